@@ -1,0 +1,1 @@
+"""Everything TVM: lowering to Relax, per-target builds, artifacts, runtime loading."""
