@@ -1,0 +1,41 @@
+"""The operator set effarch's IR claims: ONNX (default domain) operators with opset-21 semantics.
+
+Every op listed here is imported from ONNX and PyTorch, exported back to ONNX, lowered by every
+target and tested against the ONNX backend conformance cases. The importer reports any op not
+listed here, all at once. Ops are grouped by kind because statistics (FLOPs), folding and fusion
+rules care about the kind.
+"""
+
+from __future__ import annotations
+
+ELEMENTWISE_UNARY = frozenset({
+    "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Erf", "Sin", "Cos",
+    "Relu", "LeakyRelu", "Elu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Softplus",
+    "Not", "Sign", "Round", "IsNaN",
+})
+ELEMENTWISE_BINARY = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor",
+})
+ELEMENTWISE_OTHER = frozenset({"Where", "Clip", "Cast", "CastLike", "PRelu", "Identity", "Dropout"})
+CONTRACTIONS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+NORMALIZATION = frozenset({"BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax"})
+REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin"})
+POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+SHAPE_AND_DATA = frozenset({
+    "Reshape", "Transpose", "Flatten", "Concat", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze",
+    "Expand", "Shape", "Size", "ConstantOfShape", "Range", "Tile", "Pad", "Trilu",
+    "Constant",
+})
+
+SUPPORTED_OPS: frozenset[str] = (
+    ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | ELEMENTWISE_OTHER | CONTRACTIONS | NORMALIZATION
+    | REDUCTIONS | POOLING | SHAPE_AND_DATA
+)
+
+# Ops with no effect at inference time; the importer keeps them (so diffs show their removal),
+# simplification passes remove them.
+NO_OP_AT_INFERENCE = frozenset({"Identity", "Dropout"})
+
+IR_OPSET = 21
+"""The ONNX opset whose semantics domain "" nodes follow, and the opset ONNX export writes."""
