@@ -1,0 +1,369 @@
+"""ONNX importer: an ``onnx.ModelProto`` (opsets 13..21) becomes an effarch ``Graph`` in opset-21 form.
+
+Steps, in order: load (with external data), reject unsupported opsets and operators (all of them
+in one error), infer types, then build: initializers and Constant nodes become graph constants,
+every other node becomes an IR node whose attributes are plain Python values, with older-opset
+forms rewritten to their opset-21 equivalents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.inliner
+from onnx import numpy_helper
+
+from compiler.errors import EffarchError, UnsupportedOpsError
+from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
+from compiler.ir.types import Dim
+from compiler.ops import IR_OPSET, SUPPORTED_OPS
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# Protobuf cannot serialise messages over 2 GiB, so bigger models are shape-inferred from files.
+PROTOBUF_LIMIT = 2**31 - 1
+# Node metadata keys written by effarch's exporter and by torch.onnx's exporter.
+PROVENANCE_KEY = "effarch.provenance"
+REWRITES_KEY = "effarch.rewrites"
+MERGED_KEY = "effarch.merged"
+TORCH_NAMESPACE_KEY = "namespace"
+# Reductions whose axes moved from an attribute to an input in opset 18.
+AXES_TO_INPUT_AT_18 = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"})
+MAX_NAMES_LISTED = 5
+
+
+def import_onnx(model: str | Path | onnx.ModelProto) -> Graph:
+    """Import an ONNX model (a path or a loaded ModelProto) into an effarch graph."""
+    proto, digest, path = _load(model)
+    opset = _default_opset(proto)
+    if proto.functions:
+        # Model-local functions are macros; inlining them exposes their ops to the checks below.
+        proto = onnx.inliner.inline_local_functions(proto)
+    _check_supported(proto.graph)
+    inferred = _infer_types(proto, path)
+    graph = _GraphBuilder(inferred, opset).build(proto.graph)
+    graph.metadata.update({
+        "opset": str(opset),
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "source_sha256": digest,
+    })
+    logger.debug("imported %s: %d nodes, %d constants", graph.name, len(graph.nodes), len(graph.constants))
+    return graph
+
+
+# ---- loading and checks ---------------------------------------------------------------------------
+
+def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Path | None]:
+    if isinstance(model, onnx.ModelProto):
+        return model, _proto_digest(model), None
+    path = Path(model)
+    if not path.is_file():
+        raise EffarchError(f"ONNX model file '{path}' not found; check the path")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except Exception as e:  # protobuf and the external-data loader raise unrelated types
+        raise EffarchError(f"cannot read ONNX model '{path}': {e}; is it a valid .onnx file with its data?"
+                           ) from None
+    return proto, digest.hexdigest(), path
+
+
+def _proto_digest(proto: onnx.ModelProto) -> str:
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        digest = hashlib.sha256()
+        for init in proto.graph.initializer:
+            digest.update(init.raw_data)
+        return digest.hexdigest()
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    versions = [o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS]
+    if not versions:
+        raise EffarchError("the model imports no default-domain ONNX opset; re-export it with opset 21")
+    opset = versions[0]
+    if not MIN_OPSET <= opset <= IR_OPSET:
+        raise EffarchError(
+            f"ONNX opset {opset} is not supported (effarch reads opsets {MIN_OPSET}..{IR_OPSET}); convert "
+            f"it with onnx.version_converter.convert_version(model, {IR_OPSET}) or re-export with opset "
+            f"{IR_OPSET}")
+    return opset
+
+
+def is_supported(domain: str, op_type: str) -> bool:
+    return domain in DEFAULT_DOMAINS and op_type in SUPPORTED_OPS
+
+
+def _check_supported(graph: onnx.GraphProto) -> None:
+    """Raise one UnsupportedOpsError naming every unsupported op type, its count and some node names."""
+    bad: dict[str, list[str]] = {}
+    for i, node in enumerate(graph.node):
+        if not is_supported(node.domain, node.op_type):
+            key = f"{node.domain}::{node.op_type}" if node.domain not in DEFAULT_DOMAINS else node.op_type
+            bad.setdefault(key, []).append(node.name or f"#{i}")
+    if not bad:
+        return
+    parts = []
+    for op, names in sorted(bad.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        shown = ", ".join(names[:MAX_NAMES_LISTED]) + (", ..." if len(names) > MAX_NAMES_LISTED else "")
+        parts.append(f"{op} x{len(names)} [{shown}]")
+    total = sum(len(n) for n in bad.values())
+    raise UnsupportedOpsError(
+        f"unsupported operators ({len(bad)} types, {total} nodes): {', '.join(parts)}; "
+        f"effarch supports: see 'effarch ops' or compiler/ops.py")
+
+
+# ---- types ----------------------------------------------------------------------------------------
+
+def _infer_types(proto: onnx.ModelProto, path: Path | None) -> dict[str, onnx.TypeProto]:
+    """Every value's inferred ONNX type by name (inputs, outputs, intermediates, initializers)."""
+    if proto.ByteSize() <= PROTOBUF_LIMIT:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    else:
+        inferred = _infer_types_via_file(proto, path)
+    types = {v.name: v.type for v in inferred.graph.input}
+    types.update({v.name: v.type for v in inferred.graph.value_info})
+    types.update({v.name: v.type for v in inferred.graph.output})
+    return types
+
+
+def _infer_types_via_file(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory(prefix="effarch-infer-") as tmp:
+        if path is None or proto.functions:
+            path = Path(tmp) / "model.onnx"
+            onnx.save_model(proto, str(path), save_as_external_data=True, location="model.onnx.data")
+        out = Path(tmp) / "inferred.onnx"
+        onnx.shape_inference.infer_shapes_path(str(path), str(out), strict_mode=False, data_prop=True)
+        return onnx.load(str(out), load_external_data=False)
+
+
+def dtype_of(elem_type: int, what: str) -> DType:
+    try:
+        return DType.from_onnx(elem_type)
+    except ValueError:
+        name = onnx.helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        raise EffarchError(
+            f"{what} has element type {name}, which effarch does not support; supported: "
+            f"{', '.join(d.short for d in DType)}") from None
+
+
+def tensor_type_of(tp: onnx.TypeProto, what: str) -> TensorType | None:
+    """The TensorType for an ONNX TypeProto; None when inference left it unknown."""
+    kind = tp.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind != "tensor_type":
+        kind_name = kind.replace("_type", "")
+        raise EffarchError(f"{what} is a {kind_name}, not a tensor; effarch handles tensors only")
+    tt = tp.tensor_type
+    if tt.elem_type == 0:
+        return None
+    dtype = dtype_of(tt.elem_type, what)
+    if not tt.HasField("shape"):
+        return TensorType(dtype, None)
+    return TensorType(dtype, tuple(_dim(d) for d in tt.shape.dim))
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
+    kind = d.WhichOneof("value")
+    if kind == "dim_value":
+        return int(d.dim_value)
+    if kind == "dim_param":
+        return str(d.dim_param)
+    return None
+
+
+# ---- constants and attributes ---------------------------------------------------------------------
+
+def tensor_to_array(t: onnx.TensorProto, what: str) -> np.ndarray:
+    dtype_of(t.data_type, what)
+    return numpy_helper.to_array(t)
+
+
+def sparse_to_array(sp: onnx.SparseTensorProto, what: str) -> np.ndarray:
+    values = tensor_to_array(sp.values, what)
+    indices = numpy_helper.to_array(sp.indices).astype(np.int64)
+    dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
+    # Indices are either linear positions [NNZ] or coordinates [NNZ, rank].
+    flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dense.shape)
+    dense.reshape(-1)[flat] = values
+    return dense
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray:
+    """The array a Constant node produces, for each of its value_* forms."""
+    what = f"Constant node '{node.name or node.output[0]}'"
+    attr = node.attribute[0]
+    name = attr.name
+    if name == "value":
+        return tensor_to_array(attr.t, what)
+    if name == "sparse_value":
+        return sparse_to_array(attr.sparse_tensor, what)
+    scalars = {"value_float": np.float32(attr.f), "value_int": np.int64(attr.i)}
+    if name in scalars:
+        return np.array(scalars[name])
+    if name == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if name == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    raise EffarchError(f"{what} holds a {name} (strings are not supported); effarch supports numeric "
+                       f"tensors only")
+
+
+def attribute_value(attr: onnx.AttributeProto, what: str) -> Any:
+    """An attribute as a Python int/float/str, a list of them, or a numpy array."""
+    kind = attr.type
+    A = onnx.AttributeProto
+    if kind == A.TENSOR:
+        return tensor_to_array(attr.t, f"attribute '{attr.name}' of {what}")
+    if kind == A.SPARSE_TENSOR:
+        return sparse_to_array(attr.sparse_tensor, f"attribute '{attr.name}' of {what}")
+    if kind in (A.GRAPH, A.GRAPHS, A.TENSORS, A.SPARSE_TENSORS, A.TYPE_PROTO, A.TYPE_PROTOS):
+        raise EffarchError(f"attribute '{attr.name}' of {what} has kind {A.AttributeType.Name(kind)}, which "
+                           f"effarch does not support")
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+# ---- provenance -----------------------------------------------------------------------------------
+
+def module_path_from_namespace(namespace: str) -> str:
+    """torch.onnx's scope string -> the PyTorch module path, e.g. ``layer1.0.conv1``.
+
+    The scope reads ``": __main__.M/layer1.0: ...BasicBlock/conv1: ...Conv2d/conv2d: aten.conv2d.default"``:
+    segments ``name: type``; the first is the root module (empty name), the last the aten op.
+    """
+    segments = [s.strip() for s in namespace.split("/")]
+    names = [s.split(":", 1)[0].strip() for s in segments[1:-1]]
+    return ".".join(n for n in names if n)
+
+
+def provenance_of(node: onnx.NodeProto) -> Provenance:
+    meta = {p.key: p.value for p in node.metadata_props}
+    if PROVENANCE_KEY in meta:
+        rewrites = tuple(json.loads(meta.get(REWRITES_KEY, "[]")))
+        merged = tuple(json.loads(meta.get(MERGED_KEY, "[]")))
+        return Provenance(meta[PROVENANCE_KEY], rewrites, merged)
+    if TORCH_NAMESPACE_KEY in meta:
+        path = module_path_from_namespace(meta[TORCH_NAMESPACE_KEY])
+        if path:
+            return Provenance(path)
+    return Provenance(node.name)
+
+
+# ---- building the graph ---------------------------------------------------------------------------
+
+class _GraphBuilder:
+    """Builds one Graph from a checked GraphProto; ``types`` holds every inferred value type."""
+
+    def __init__(self, types: dict[str, onnx.TypeProto], opset: int) -> None:
+        self.types = types
+        self.opset = opset
+        self.graph = Graph()
+        self.env: dict[str, Value] = {}
+        self.onnx_names: set[str] = set()
+
+    def build(self, gp: onnx.GraphProto) -> Graph:
+        self.graph.name = gp.name or "main"
+        self.onnx_names = {n for node in gp.node for n in node.output} | {v.name for v in gp.input}
+        self._add_constants(gp)
+        for vi in gp.input:
+            if vi.name not in self.env:  # old exporters list initializers as inputs too
+                self.env[vi.name] = self.graph.add_input(vi.name, self._input_type(vi))
+        for node in gp.node:
+            self._add_node(node)
+        self.graph.outputs = [self._lookup(vi.name, "graph output") for vi in gp.output]
+        return self.graph
+
+    def _type(self, name: str, declared: onnx.TypeProto | None = None) -> TensorType | None:
+        tp = self.types.get(name, declared)
+        return None if tp is None else tensor_type_of(tp, f"value '{name}'")
+
+    def _input_type(self, vi: onnx.ValueInfoProto) -> TensorType:
+        t = self._type(vi.name, vi.type)
+        if t is None:
+            raise EffarchError(f"graph input '{vi.name}' has no tensor type; give it an element type")
+        return t
+
+    def _add_constants(self, gp: onnx.GraphProto) -> None:
+        for init in gp.initializer:
+            self._constant(init.name, tensor_to_array(init, f"initializer '{init.name}'"))
+        for sp in gp.sparse_initializer:
+            self._constant(sp.values.name, sparse_to_array(sp, f"initializer '{sp.values.name}'"))
+
+    def _constant(self, name: str, array: np.ndarray) -> Value:
+        v = self.graph.add_constant(name, array)
+        self.env[name] = v
+        return v
+
+    def _lookup(self, name: str, what: str) -> Value:
+        if name not in self.env:
+            raise EffarchError(f"{what} '{name}' is used before it is defined; is the ONNX graph valid?")
+        return self.env[name]
+
+    def _add_node(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Constant":
+            self._constant(node.output[0], constant_node_value(node))
+            return
+        what = f"node '{node.name}' ({node.op_type})"
+        inputs = [None if n == "" else self._lookup(n, f"input of {what}") for n in node.input]
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        attrs = {a.name: attribute_value(a, what) for a in node.attribute}
+        inputs, attrs = self._normalise(node, inputs, attrs)
+        outs = self._outputs(node)
+        ir_node = Node(node.op_type, inputs, attrs, outs, name=node.name, provenance=provenance_of(node))
+        self.graph.insert(ir_node)
+
+    def _outputs(self, node: onnx.NodeProto) -> list[Value]:
+        names = list(node.output)
+        while names and names[-1] == "":
+            names.pop()
+        outs = []
+        for name in names:
+            # An omitted optional output in the middle still needs a value; give it a fresh name.
+            v = Value(name, self._type(name)) if name else self.graph.value(self._fresh(node, "unused"))
+            if name:
+                self.env[name] = v
+            outs.append(v)
+        return outs
+
+    def _fresh(self, node: onnx.NodeProto, suffix: str) -> str:
+        """A name for a value the importer adds, clashing with no ONNX name (those come later)."""
+        name = f"{node.name or node.op_type}_{suffix}"
+        while name in self.onnx_names:
+            name += "_"
+        return name
+
+    def _normalise(self, node: onnx.NodeProto, inputs: list[Value | None],
+                   attrs: dict[str, Any]) -> tuple[list[Value | None], dict[str, Any]]:
+        """Rewrite opset-13..20 forms to opset 21 (the IR's semantics)."""
+        if self.opset < 18 and node.op_type in AXES_TO_INPUT_AT_18 and "axes" in attrs:
+            axes = np.array(attrs.pop("axes"), dtype=np.int64)
+            inputs = [inputs[0], self.graph.add_constant(self._fresh(node, "axes"), axes)]
+        if self.opset < 18 and node.op_type == "Split" and len(inputs) < 2:
+            # Opset 13 splits equally into as many parts as there are outputs; 18 says so explicitly.
+            attrs["num_outputs"] = len(node.output)
+        return inputs, attrs
+
+
+def unsupported_ops(nodes: Iterable[onnx.NodeProto]) -> list[str]:
+    """Op types among ``nodes`` that effarch does not support (for tools that only ask)."""
+    return sorted({n.op_type for n in nodes if not is_supported(n.domain, n.op_type)})
