@@ -43,7 +43,7 @@ class Provenance:
 class Value:
     """A tensor flowing through the graph: a node output, a graph input or a constant."""
 
-    __slots__ = ("name", "type", "producer", "index", "uses", "const", "const_digest")
+    __slots__ = ("name", "type", "producer", "index", "uses", "_const", "const_digest")
 
     def __init__(self, name: str, type: TensorType | None = None) -> None:
         self.name = name
@@ -52,8 +52,20 @@ class Value:
         self.index = 0
         self.uses: list[tuple[Node, int]] = []
         # For constants: the numpy payload, or None when only its digest is known (parsed text).
-        self.const: np.ndarray | None = None
+        self._const: np.ndarray | None = None
+        # A cache of the payload's digest (see compiler.ir.printer.constant_digest).
         self.const_digest: str | None = None
+
+    @property
+    def const(self) -> np.ndarray | None:
+        return self._const
+
+    @const.setter
+    def const(self, array: np.ndarray | None) -> None:
+        # A new payload invalidates the cached digest, so a printed digest is never stale.
+        if array is not self._const:
+            self.const_digest = None
+        self._const = array
 
     @property
     def is_constant(self) -> bool:
