@@ -1,0 +1,151 @@
+"""Lowering effarch's IR to a TVM Relax module with our own converters (targets/lowering/).
+
+The module's ``main`` takes the graph inputs, then one parameter per large constant (the weights);
+weights stay out of the module and travel in ``Lowered.params`` because embedded constants bloat the
+compiled library several times over. Small constants are inlined. ``main`` always returns a Tuple.
+
+Shape-like arguments must be known at compile time. A small numpy evaluator
+(``lowering.consteval``) computes small values from constants and static shapes as the nodes are
+visited, so unfolded exporter output (Shape -> Gather -> Concat -> Reshape) lowers too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler.errors import EffarchError
+from compiler.ir.core import Node, Value
+from compiler.ir.graph import Graph
+from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe, static_shape
+
+logger = logging.getLogger(__name__)
+
+# Constants with more elements than this become function parameters; smaller ones are inlined.
+INLINE_MAX_ELEMENTS = 64
+
+
+@dataclass
+class Lowered:
+    mod: tvm.IRModule
+    input_names: list[str]
+    output_names: list[str]
+    param_names: list[str] = field(default_factory=list)
+    params: list[np.ndarray] = field(default_factory=list)
+
+
+def lower(g: Graph) -> Lowered:
+    """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights."""
+    unsupported = sorted({n.qualified_op for n in g.nodes if n.domain or n.op not in CONVERTERS})
+    if unsupported:
+        raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
+    return _Lowerer(g).run()
+
+
+class _Lowerer:
+    """The state of one lowering: Relax expression and known value of every IR value."""
+
+    def __init__(self, g: Graph) -> None:
+        self.g = g
+        self.bb = relax.BlockBuilder()
+        self.exprs: dict[int, relax.Expr] = {}
+        self.known: dict[int, np.ndarray] = {}
+        self.weight_vars: list[relax.Var] = []
+        self.lowered = Lowered(tvm.IRModule(), [v.name for v in g.inputs], [v.name for v in g.outputs])
+
+    def run(self) -> Lowered:
+        input_vars = [self._input_var(v) for v in self.g.inputs]
+        for v in self.g.constants.values():
+            if v.const is None:
+                raise EffarchError(f"constant '{v.name}' has no data (parsed from text?); load its payload")
+            self.known[id(v)] = v.const
+        with self.bb.function("main", attrs={"num_input": len(input_vars)}):
+            with self.bb.dataflow():
+                for node in self.g.nodes:
+                    self._visit(node)
+                outs = [self._expr(v) for v in self.g.outputs]
+                result = self.bb.emit_output(relax.Tuple(outs))
+            self.bb.emit_func_output(result, params=input_vars + self.weight_vars)
+        self.lowered.mod = self.bb.get()
+        logger.debug("lowered %s: %d nodes, %d weights", self.g.name, len(self.g.nodes),
+                     len(self.lowered.params))
+        return self.lowered
+
+    def _input_var(self, v: Value) -> relax.Var:
+        if v.type is None or not v.type.is_static:
+            raise EffarchError(
+                f"input '{v.name}' has type {v.type}, which is not static; "
+                f"pass --shape {v.name}=d0,d1,... to fix its dimensions"
+            )
+        var = relax.Var(v.name, relax.TensorType(list(v.type.static_shape()), v.type.dtype.numpy_name))
+        self.exprs[id(v)] = var
+        return var
+
+    def _expr(self, v: Value) -> relax.Expr:
+        """The Relax expression of ``v``, materialising known values on first use."""
+        e = self.exprs.get(id(v))
+        if e is None:
+            arr = self.known[id(v)]
+            e = self._weight(v, arr) if arr.size > INLINE_MAX_ELEMENTS else self._inline(arr)
+            self.exprs[id(v)] = e
+        return e
+
+    def _inline(self, arr: np.ndarray) -> relax.Expr:
+        return self.bb.normalize(relax.const(np.ascontiguousarray(arr), str(arr.dtype)))
+
+    def _weight(self, v: Value, arr: np.ndarray) -> relax.Var:
+        # Only graph constants and Constant nodes are large and known (the evaluator keeps its
+        # results small), so every parameter is a weight the user supplied.
+        name = _param_name(v.name, self.lowered.param_names)
+        var = relax.Var(name, relax.TensorType(list(arr.shape), str(arr.dtype)))
+        self.weight_vars.append(var)
+        self.lowered.param_names.append(name)
+        self.lowered.params.append(arr)
+        return var
+
+    def _visit(self, node: Node) -> None:
+        consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
+        shapes = [None if v is None else self._shape_of(v) for v in node.inputs]
+        values = consteval.evaluate(node, consts, shapes)
+        if values is not None:
+            for out, val in zip(node.outputs, values, strict=True):
+                self.known[id(out)] = val
+            return
+        args = [None if v is None else self._expr(v) for v in node.inputs]
+        result = CONVERTERS[node.op](Call(node, args, consts, self.bb))
+        self._bind_outputs(node, result)
+
+    def _shape_of(self, v: Value) -> tuple[int, ...] | None:
+        if id(v) in self.known:
+            return tuple(self.known[id(v)].shape)
+        e = self.exprs.get(id(v))
+        return None if e is None else tuple(static_shape(e))
+
+    def _bind_outputs(self, node: Node, result: relax.Expr | Sequence[relax.Expr]) -> None:
+        results = [result] if isinstance(result, relax.Expr) else list(result)
+        if len(results) < len(node.outputs):
+            raise LoweringError(f"{describe(node)}: produced {len(results)} outputs, "
+                                f"the node has {len(node.outputs)}")
+        for out, r in zip(node.outputs, results, strict=False):
+            # An already-bound result (Identity, a Gemm without bias) needs no alias binding.
+            bound = isinstance(r, relax.Var)
+            self.exprs[id(out)] = r if bound else self.bb.emit(r, name_hint=_var_name(out.name))
+
+
+def _var_name(name: str) -> str:
+    name = re.sub(r"\W", "_", name)
+    return name if name[:1].isalpha() or name[:1] == "_" else f"v{name}"
+
+
+def _param_name(name: str, taken: list[str]) -> str:
+    base = _var_name(name)
+    candidate, i = base, 1
+    while candidate in taken:
+        candidate, i = f"{base}_{i}", i + 1
+    return candidate

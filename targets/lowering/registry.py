@@ -1,0 +1,120 @@
+"""The converter table: one small function per op, turning an IR node into Relax expressions.
+
+Every converter has the same shape: it receives a ``Call`` (the node, its inputs already converted
+to Relax, the compile-time values of those inputs where known, and the block builder) and returns
+one Relax expression, or a sequence of them for a multi-output op. Converters emit intermediate
+expressions through ``call.emit`` and leave the final one to the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tvm import relax
+
+from compiler.errors import EffarchError
+from compiler.ir.core import Node
+
+Result = relax.Expr | Sequence[relax.Expr]
+Converter = Callable[["Call"], Result]
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*ops: str) -> Callable[[Converter], Converter]:
+    """Register the decorated function as the converter of each op in ``ops``."""
+
+    def register(fn: Converter) -> Converter:
+        for op in ops:
+            if op in CONVERTERS:
+                raise RuntimeError(f"two converters for op {op}")
+            CONVERTERS[op] = fn
+        return fn
+
+    return register
+
+
+class LoweringError(EffarchError):
+    """A node cannot be lowered to Relax; the message names the node, the op and the fix."""
+
+
+@dataclass(slots=True)
+class Call:
+    node: Node
+    args: list[relax.Expr | None]  # None marks an omitted optional input
+    consts: list[np.ndarray | None]  # compile-time values of the inputs, where known
+    bb: relax.BlockBuilder
+
+    @property
+    def op(self) -> str:
+        return self.node.op
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.node.attrs.get(key, default)
+
+    def fail(self, problem: str) -> LoweringError:
+        return LoweringError(f"{describe(self.node)}: {problem}")
+
+    def arg(self, i: int) -> relax.Expr:
+        """Input ``i``, which the op requires."""
+        a = self.args[i] if i < len(self.args) else None
+        if a is None:
+            raise self.fail(f"required input {i} is missing; the model is malformed")
+        return a
+
+    def has(self, i: int) -> bool:
+        return i < len(self.args) and self.args[i] is not None
+
+    def const(self, i: int, what: str) -> np.ndarray:
+        """The compile-time value of input ``i`` (a shape-like argument such as ``what``)."""
+        c = self.consts[i] if i < len(self.consts) else None
+        if c is None:
+            raise self.fail(
+                f"{what} (input {i}) is not a compile-time constant; fix the input shapes "
+                "(--shape name=...) or fold it so that it becomes one"
+            )
+        return c
+
+    def ints(self, i: int, what: str) -> list[int]:
+        return [int(v) for v in np.asarray(self.const(i, what)).reshape(-1)]
+
+    def shape(self, i: int) -> list[int]:
+        return static_shape(self.arg(i))
+
+    def rank(self, i: int) -> int:
+        return len(self.shape(i))
+
+    def dtype(self, i: int) -> str:
+        return dtype_of(self.arg(i))
+
+    def emit(self, expr: relax.Expr) -> relax.Var:
+        return self.bb.emit(expr)
+
+
+def describe(node: Node) -> str:
+    label = node.name or (node.outputs[0].name if node.outputs else "?")
+    return f"node '{label}' ({node.qualified_op})"
+
+
+def static_shape(expr: relax.Expr) -> list[int]:
+    """The static shape of a tensor expression (graph inputs are static, so all shapes are)."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        raise EffarchError(f"expected a tensor of static shape, got {ty}; pass --shape name=... for inputs")
+    dims = []
+    for d in ty.shape.values:
+        if not hasattr(d, "value"):
+            raise EffarchError(f"dimension {d} is not static; pass --shape name=... for inputs")
+        dims.append(int(d.value))
+    return dims
+
+
+def dtype_of(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis

@@ -1,0 +1,88 @@
+"""lower(): module structure (weights as parameters, num_input, tuple output), errors, numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compiler.errors import EffarchError
+from compiler.ir.graph import Graph
+from compiler.ir.types import DType, TensorType
+from targets.lower import INLINE_MAX_ELEMENTS, lower
+from tests.targets import run_lowered, run_onnxruntime
+
+F32_TOL = {"rtol": 1e-5, "atol": 1e-5}  # fp32 matmul chains of a few dozen terms
+
+
+def f32(*shape: int) -> TensorType:
+    return TensorType(DType.F32, shape)
+
+
+def mlp() -> Graph:
+    """x -> MatMul(w1) -> Add(b1) -> Relu -> Gemm(w2^T, b2, alpha, beta)."""
+    rng = np.random.default_rng(0)
+    g = Graph("mlp")
+    x = g.add_input("x", f32(3, 8))
+    w1 = g.add_constant("w1", rng.standard_normal((8, 16), dtype=np.float32))
+    b1 = g.add_constant("b1", rng.standard_normal(16, dtype=np.float32))
+    w2 = g.add_constant("w2", rng.standard_normal((5, 16), dtype=np.float32))
+    b2 = g.add_constant("b2", rng.standard_normal(5, dtype=np.float32))
+    h = g.make_node("MatMul", [x, w1], types=[f32(3, 16)]).outputs[0]
+    h = g.make_node("Add", [h, b1], types=[f32(3, 16)]).outputs[0]
+    h = g.make_node("Relu", [h], types=[f32(3, 16)]).outputs[0]
+    y = g.make_node("Gemm", [h, w2, b2], {"transB": 1, "alpha": 0.5, "beta": 2.0}, types=[f32(3, 5)])
+    g.outputs = [y.outputs[0]]
+    return g
+
+
+def test_weights_are_parameters_not_constants() -> None:
+    g = mlp()
+    low = lower(g)
+    main = low.mod["main"]
+    assert [p.name for p in main.params] == ["x", "w1", "w2"]  # b1, b2 are small: inlined
+    assert low.param_names == ["w1", "w2"]
+    assert [p.shape for p in low.params] == [(8, 16), (5, 16)]
+    embedded = [c for c in _constants(main) if c.data.numpy().size > INLINE_MAX_ELEMENTS]
+    assert embedded == []
+
+
+def test_num_input_and_tuple_output() -> None:
+    low = lower(mlp())
+    main = low.mod["main"]
+    assert int(main.attrs["num_input"]) == 1
+    assert isinstance(main.ret_ty, relax.TupleType)
+    assert (low.input_names, low.output_names) == (["x"], [mlp().outputs[0].name])
+
+
+def test_mlp_matches_onnxruntime() -> None:
+    g = mlp()
+    x = np.random.default_rng(1).standard_normal((3, 8), dtype=np.float32)
+    (got,) = run_lowered(lower(g), {"x": x})
+    (want,) = run_onnxruntime(g, {"x": x})
+    np.testing.assert_allclose(got, want, **F32_TOL)
+
+
+def test_symbolic_input_dim_is_an_error() -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType(DType.F32, ("batch", 4)))
+    g.outputs = [g.make_node("Relu", [x], types=[x.type]).outputs[0]]
+    with pytest.raises(EffarchError, match=r"--shape x="):
+        lower(g)
+
+
+def test_non_constant_shape_argument_is_an_error() -> None:
+    g = Graph()
+    x = g.add_input("x", f32(2, 6))
+    shape = g.add_input("shape", TensorType(DType.I64, (2,)))
+    g.outputs = [g.make_node("Reshape", [x, shape], name="r", types=[f32(3, 4)]).outputs[0]]
+    with pytest.raises(EffarchError, match=r"node 'r' \(Reshape\).*not a compile-time constant"):
+        lower(g)
+
+
+def _constants(func: relax.Function) -> list[tvm.ir.expr.GenericConst]:
+    found: list[tvm.ir.expr.GenericConst] = []
+    relax.analysis.post_order_visit(
+        func, lambda e: found.append(e) if isinstance(e, tvm.ir.expr.GenericConst) else None)
+    return found
