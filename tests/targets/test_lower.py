@@ -44,7 +44,7 @@ def test_weights_are_parameters_not_constants() -> None:
     assert [p.name for p in main.params] == ["x", "w1", "w2"]  # b1, b2 are small: inlined
     assert low.param_names == ["w1", "w2"]
     assert [p.shape for p in low.params] == [(8, 16), (5, 16)]
-    embedded = [c for c in _constants(main) if c.data.numpy().size > INLINE_MAX_ELEMENTS]
+    embedded = [c for c in _constants(main) if c.value.numpy().size > INLINE_MAX_ELEMENTS]
     assert embedded == []
 
 
