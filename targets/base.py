@@ -1,0 +1,130 @@
+"""Compilation targets: what every target provides, and the registry that finds them.
+
+Adding a target means adding one module ``targets/<name>.py`` that defines ``TARGET``, an instance
+of a ``TargetSpec`` subclass whose ``name`` is ``<name>``; nothing else needs editing.
+
+Target modules import TVM's compiler parts (``tvm.relax``, ``tvm.target``) inside the methods that
+build, so loading and checking an artifact also works with TVM's runtime-only package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compiler.errors import EffarchError
+
+if TYPE_CHECKING:
+    import tvm
+
+logger = logging.getLogger(__name__)
+
+# ``platform.machine()`` spells architectures differently per OS; these are the canonical names.
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's architecture in canonical form (``x86_64``, ``aarch64``)."""
+    machine = platform.machine().lower()
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+class TargetSpec:
+    """One kind of machine effarch can build for. Subclasses fill in the CPU and TVM details."""
+
+    name: str = ""
+    description: str = ""
+    arch: str = ""  # canonical architecture the built code runs on, as ``host_arch()`` spells it
+    library_suffix: str = ".so"
+
+    # ---- CPUs ---------------------------------------------------------------------------------
+    def known_cpus(self) -> list[str]:
+        """CPU (or GPU arch) names accepted by ``resolve_cpu``."""
+        raise NotImplementedError
+
+    def default_cpu(self) -> str:
+        raise NotImplementedError
+
+    def resolve_cpu(self, cpu: str | None) -> str:
+        """``cpu`` validated, or the default; an unknown name lists the valid ones."""
+        if cpu is None:
+            return self.default_cpu()
+        known = self.known_cpus()
+        if cpu not in known:
+            raise EffarchError(f"unknown {self.name} CPU '{cpu}'; pass one of: {', '.join(known)}")
+        return cpu
+
+    # ---- building -----------------------------------------------------------------------------
+    def target_dict(self, cpu: str) -> dict[str, Any]:
+        """The TVM target as a JSON-able dict (recorded in the manifest)."""
+        raise NotImplementedError
+
+    def required_features(self, cpu: str) -> list[str]:
+        """ISA features the built code may use; the runtime refuses hosts that lack one."""
+        return []
+
+    def tvm_target(self, cpu: str | None = None) -> tvm.target.Target:
+        from tvm.target import Target
+
+        return Target(self.target_dict(self.resolve_cpu(cpu)))
+
+    def relax_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+        from tvm import relax
+
+        return relax.get_default_pipeline(tvm_target)
+
+    def export(self, executable: Any, path: Path) -> Path:
+        """Write the compiled executable as a shared library at ``path``."""
+        executable.export_library(str(path))
+        return path
+
+    # ---- running ------------------------------------------------------------------------------
+    def device(self) -> tvm.runtime.Device:
+        import tvm
+
+        return tvm.cpu(0)
+
+    def check_host(self, manifest: dict[str, Any]) -> None:
+        """Refuse an artifact this machine cannot run, with a one-line reason."""
+        arch = manifest["target"].get("arch", self.arch)
+        if arch != host_arch():
+            raise EffarchError(f"this artifact was built for {arch} but this machine is {host_arch()}; "
+                               f"rebuild it here or run it on a {arch} machine")
+
+    def __repr__(self) -> str:
+        return f"<target {self.name}: {self.description}>"
+
+
+def _candidate_modules() -> list[str]:
+    import targets
+
+    return sorted(m.name for m in pkgutil.iter_modules(targets.__path__) if not m.name.startswith("_"))
+
+
+def _spec_in(module_name: str) -> TargetSpec | None:
+    """The ``TARGET`` a ``targets.<module_name>`` module defines, or None for helper modules."""
+    try:
+        module = importlib.import_module(f"targets.{module_name}")
+    except ImportError as exc:  # a target whose optional dependencies are missing is not offered
+        logger.debug("targets.%s not importable: %s", module_name, exc)
+        return None
+    spec = getattr(module, "TARGET", None)
+    return spec if isinstance(spec, TargetSpec) and spec.name == module_name else None
+
+
+def list_targets() -> list[TargetSpec]:
+    """Every available target, sorted by name."""
+    found = (_spec_in(m) for m in _candidate_modules())
+    return [s for s in found if s is not None]
+
+
+def get_target(name: str) -> TargetSpec:
+    spec = _spec_in(name) if name in _candidate_modules() else None
+    if spec is None:
+        valid = ", ".join(s.name for s in list_targets())
+        raise EffarchError(f"unknown target '{name}'; pass one of: {valid}")
+    return spec

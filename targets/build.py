@@ -1,0 +1,188 @@
+"""Build an effarch graph into one ``.effarch`` artifact: lower, compile, export, pack.
+
+Weights never enter the shared library: lowering makes them parameters of the Relax ``main``
+function (after the graph inputs), and they travel in the artifact as safetensors. Embedding them
+made a 42 MB encoder's library 232 MB and its compile six times slower (see the TVM notes).
+
+Manifest keys: ``format_version``, ``model``, ``inputs``/``outputs``/``params`` (name, dtype, shape),
+``target`` (name, tvm_target, cpu, features, arch), ``pipeline``, ``relax_pipeline``,
+``source_sha256``, ``versions``, ``created``, ``timings_s``, ``members``, plus ``manifest_extra``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+import compiler
+from compiler.errors import EffarchError
+from compiler.ir.graph import Graph
+from compiler.ir.types import TensorType
+from targets.artifact import FORMAT_VERSION, TensorSpec, write_artifact
+from targets.base import TargetSpec, get_target
+
+logger = logging.getLogger(__name__)
+
+# Keys the build owns; manifest_extra may add keys but not replace these.
+_RESERVED = frozenset({"format_version", "inputs", "outputs", "params", "target", "members", "versions"})
+
+
+class LoweredModule(Protocol):
+    """What ``targets.lower.Lowered`` provides (engineer C1's dataclass)."""
+
+    mod: Any  # tvm.IRModule: main(inputs..., params...) -> Tuple(outputs)
+    input_names: list[str]
+    output_names: list[str]
+    param_names: list[str]
+    params: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the manifest says about the model itself, independent of how it was lowered."""
+
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    source_sha256: str
+    pipeline: str = ""
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    manifest: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: lower, compile, export, pack
+
+
+def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
+                   manifest_extra: dict[str, Any] | None = None) -> Path:
+    """Compile ``g`` for ``target`` (host CPU unless ``cpu``) into the artifact at ``out_path``."""
+    return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra).path
+
+
+def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
+          manifest_extra: dict[str, Any] | None = None) -> BuildResult:
+    """``build_artifact`` returning the manifest and per-step timings too."""
+    from targets.lower import lower  # engineer C1's lowering
+
+    spec = get_target(target)  # fail on a bad target name before the slow steps
+    t0 = time.perf_counter()
+    logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
+    lowered = lower(g)
+    lower_s = time.perf_counter() - t0
+    result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
+                           manifest_extra=manifest_extra)
+    result.timings = {"lower": lower_s, **result.timings}
+    return result
+
+
+def model_info(g: Graph, lowered: LoweredModule) -> ModelInfo:
+    types = {v.name: v.type for v in g.inputs}
+    inputs = [TensorSpec.of(n, _typed(types.get(n), n)) for n in lowered.input_names]
+    pairs = zip(lowered.output_names, g.outputs, strict=True)
+    outputs = [TensorSpec.of(n, _typed(v.type, n)) for n, v in pairs]
+    pipeline = g.metadata.get("pipeline", "")
+    return ModelInfo(g.name, inputs, outputs, g.metadata.get("source_sha256") or graph_sha256(g), pipeline)
+
+
+def _typed(t: Any, name: str) -> Any:
+    if t is None:
+        raise EffarchError(f"value '{name}' has no type; run shape inference before building")
+    return t
+
+
+def graph_sha256(g: Graph) -> str:
+    """sha256 of the graph's text form (used when the source file's hash is unknown)."""
+    from compiler.ir.printer import print_graph  # engineer A's
+
+    return hashlib.sha256(print_graph(g).encode()).hexdigest()
+
+
+def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
+                  target: str | TargetSpec = "x86", cpu: str | None = None,
+                  manifest_extra: dict[str, Any] | None = None) -> BuildResult:
+    """Compile an already-lowered module and pack it with its weights into ``out_path``."""
+    spec = get_target(target) if isinstance(target, str) else target
+    out_path = _check_out_path(Path(out_path), manifest_extra)
+    cpu = spec.resolve_cpu(cpu)
+    tvm_target = spec.tvm_target(cpu)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="effarch-build-") as tmp:
+        lib = _compile_and_export(spec, tvm_target, lowered.mod, Path(tmp), timings)
+        t0 = time.perf_counter()
+        manifest = _manifest(info, lowered, spec, cpu, tvm_target, timings, manifest_extra)
+        write_artifact(out_path, manifest, lib, dict(zip(lowered.param_names, lowered.params, strict=True)))
+        timings["pack"] = time.perf_counter() - t0
+    logger.info("wrote %s (%.2f MB)", out_path, out_path.stat().st_size / 1e6)
+    return BuildResult(out_path, manifest, timings)
+
+
+def _check_out_path(out_path: Path, extra: dict[str, Any] | None) -> Path:
+    if not out_path.parent.is_dir():
+        raise EffarchError(f"output directory '{out_path.parent}' does not exist; create it first")
+    clash = sorted(_RESERVED & set(extra or {}))
+    if clash:
+        raise EffarchError(f"manifest_extra may not set {', '.join(clash)}: the build writes those keys")
+    return out_path
+
+
+def _compile_and_export(spec: TargetSpec, tvm_target: Any, mod: Any, tmp: Path,
+                        timings: dict[str, float]) -> Path:
+    import tvm
+
+    t0 = time.perf_counter()
+    logger.info("compiling for %s (this can take a while for large models)", tvm_target)
+    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target))
+    t1 = time.perf_counter()
+    logger.info("compiled in %.1f s; exporting the shared library", t1 - t0)
+    lib = spec.export(executable, tmp / f"model{spec.library_suffix}")
+    timings.update(compile=t1 - t0, export=time.perf_counter() - t1)
+    return lib
+
+
+def _manifest(info: ModelInfo, lowered: LoweredModule, spec: TargetSpec, cpu: str, tvm_target: Any,
+              timings: dict[str, float], extra: dict[str, Any] | None) -> dict[str, Any]:
+    pairs = zip(lowered.param_names, lowered.params, strict=True)
+    params = [TensorSpec.of(n, TensorType.of(a)) for n, a in pairs]
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": info.name,
+        "inputs": [s.to_json() for s in info.inputs],
+        "outputs": [s.to_json() for s in info.outputs],
+        "params": [s.to_json() for s in params],
+        "target": {"name": spec.name, "tvm_target": _target_json(tvm_target), "cpu": cpu,
+                   "features": spec.required_features(cpu), "arch": spec.arch},
+        "pipeline": info.pipeline,
+        "relax_pipeline": "default",
+        "source_sha256": info.source_sha256,
+        "versions": _versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    }
+    manifest.update(extra or {})
+    return manifest
+
+
+def _target_json(tvm_target: Any) -> dict[str, Any]:
+    """The TVM target as plain JSON (its export() holds TVM containers)."""
+    import json
+
+    return dict(json.loads(str(tvm_target)))
+
+
+def _versions() -> dict[str, str]:
+    import tvm
+    import tvm_ffi
+
+    return {"effarch": compiler.__version__, "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
