@@ -117,7 +117,8 @@ def parse_type(cur: _Cursor) -> TensorType | None:
     m = cur.match(_TYPE, "a type such as f32[1,?,n], f32[*] or ?")
     if m.group(1) is None:
         return None
-    dtype, dims = _dtype(m.group(1), cur), m.group(2)
+    cur.pos, end = m.start(), m.end()  # so that a dtype error points at the type
+    dtype, dims, cur.pos = _dtype(m.group(1), cur), m.group(2), end
     if dims == "*":
         return TensorType(dtype, None)
     return TensorType(dtype, tuple(_dim(d) for d in dims.split(",")) if dims else ())
@@ -131,6 +132,8 @@ def _element(text: str, cur: _Cursor) -> float | int | bool:
 
 def parse_elements(cur: _Cursor, t: TensorType) -> np.ndarray:
     """``[e0, e1, ...]`` in C order, shaped by the static type ``t``."""
+    cur.skip()
+    start = cur.pos
     cur.expect("[")
     close = cur.text.find("]", cur.pos)
     if close < 0:
@@ -141,6 +144,7 @@ def parse_elements(cur: _Cursor, t: TensorType) -> np.ndarray:
         if not _ELEMENT.fullmatch(item):
             raise cur.error(f"a number, true or false (got '{item}')")
     if not t.is_static or len(items) != t.numel():
+        cur.pos = start
         raise cur.error(f"{t.numel() if t.is_static else 'a static shape with its'} elements for {t}")
     cur.pos = close + 1
     values = [_element(s, cur) for s in items]
