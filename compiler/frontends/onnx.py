@@ -154,7 +154,7 @@ def dtype_of(elem_type: int, what: str) -> DType:
     try:
         return DType.from_onnx(elem_type)
     except ValueError:
-        name = onnx.helper.tensor_dtype_to_string(elem_type) if elem_type else "undefined"
+        name = onnx.TensorProto.DataType.Name(elem_type).lower()
         raise EffarchError(
             f"{what} has element type {name}, which effarch does not support; supported: "
             f"{', '.join(d.short for d in DType)}") from None
