@@ -1,0 +1,51 @@
+"""The pass manager: the pass contract, the registry, pipeline text, instruments, default pipelines.
+
+The parts live in ``compiler.passmgr``; this module is the one place callers import from::
+
+    import passes  # registers every pass
+    from compiler.pass_manager import PassContext, PassManager, parse_pipeline
+
+    result = PassManager(parse_pipeline("fixpoint<8>(fold-constants,eliminate-dead-code)"),
+                         PassContext(opt_level=2)).run(graph)
+
+Pipeline grammar: see ``compiler.passmgr.pipeline``.
+"""
+
+from __future__ import annotations
+
+from compiler.passmgr.base import Note, Pass, PassContext, PassResult
+from compiler.passmgr.fingerprint import Fingerprint, fingerprint
+from compiler.passmgr.instruments import (
+    PrintAfterChangeInstrument,
+    SaveStagesInstrument,
+    TimingInstrument,
+    VerifyEachInstrument,
+)
+from compiler.passmgr.manager import Instrument, PassManager, PassRecord, PipelineResult
+from compiler.passmgr.pipeline import FixpointGroup, PassSpec, Pipeline, parse_pipeline
+from compiler.passmgr.registry import get_pass, register_pass, registered_passes
+
+# Run by the driver after the user's pipeline, even at -O0: TVM's Relax ops (reshape, expand,
+# broadcast_to, ...) need shape arguments that are constants, and exporters compute shapes with
+# Shape -> Gather -> Concat chains that only folding turns into constants.
+REQUIRED_BEFORE_LOWERING = "fold-constants"
+
+CLEANUP = "fold-constants,eliminate-dead-code"
+FIXPOINT_ROUNDS = 8
+
+
+def default_pipeline(opt_level: int) -> str:
+    """The pipeline for ``-O<opt_level>``: -O0 nothing, -O1 one cleanup, -O2/-O3 cleanup to a fixed point."""
+    if opt_level <= 0:
+        return ""
+    if opt_level == 1:
+        return CLEANUP
+    return f"fixpoint<{FIXPOINT_ROUNDS}>({CLEANUP})"
+
+
+__all__ = [
+    "CLEANUP", "REQUIRED_BEFORE_LOWERING", "Fingerprint", "FixpointGroup", "Instrument", "Note", "Pass",
+    "PassContext", "PassManager", "PassRecord", "PassResult", "PassSpec", "Pipeline", "PipelineResult",
+    "PrintAfterChangeInstrument", "SaveStagesInstrument", "TimingInstrument", "VerifyEachInstrument",
+    "default_pipeline", "fingerprint", "get_pass", "parse_pipeline", "register_pass", "registered_passes",
+]

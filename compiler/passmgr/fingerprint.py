@@ -1,0 +1,66 @@
+"""Structural fingerprints: two graphs get equal fingerprints exactly when no pass could tell them apart.
+
+Covered: node order, ops, domains, attributes, edges, value names and types, graph inputs and
+outputs, and constants (name, type, payload identity or digest). Provenance and node names are
+bookkeeping and left out, so a pass cannot claim a change by touching only them.
+
+Constant payloads are compared by identity (``id``), not by content: hashing every weight on
+every pass would cost more than the pass. The fingerprint keeps references to the arrays so their
+ids cannot be reused by new arrays while the fingerprint is alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compiler.ir import Graph, Value
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    structure: tuple[Any, ...]
+    # Holds the constant arrays alive so ``id`` values in ``structure`` stay unique.
+    keep_alive: tuple[Any, ...] = field(compare=False, repr=False, default=())
+
+
+def fingerprint(graph: Graph) -> Fingerprint:
+    index: dict[int, int] = {}
+    arrays: list[np.ndarray] = []
+
+    def ref(v: Value | None) -> int:
+        return -1 if v is None else index.setdefault(id(v), len(index))
+
+    def describe(v: Value) -> tuple[Any, ...]:
+        ref(v)
+        payload: Any = None
+        if v.const is not None:
+            arrays.append(v.const)
+            payload = id(v.const)
+        return (v.name, str(v.type), payload, v.const_digest)
+
+    inputs = tuple(describe(v) for v in graph.inputs)
+    constants = tuple(describe(graph.constants[k]) for k in sorted(graph.constants))
+    nodes = []
+    for n in graph.nodes:
+        outs = tuple(describe(v) for v in n.outputs)
+        ins = tuple(ref(v) for v in n.inputs)
+        nodes.append((n.domain, n.op, _attrs_key(n.attrs), ins, outs))
+    outputs = tuple(ref(v) for v in graph.outputs)
+    structure = (inputs, constants, tuple(nodes), outputs)
+    return Fingerprint(structure, tuple(arrays))
+
+
+def _attrs_key(attrs: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple((k, _attr_key(attrs[k])) for k in sorted(attrs))
+
+
+def _attr_key(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, list | tuple):
+        return tuple(_attr_key(v) for v in value)
+    # Type is part of the key: 1 and 1.0 are different ONNX attributes.
+    return (type(value).__name__, value)
