@@ -1,0 +1,285 @@
+"""The ``effarch`` command line: compile, run, inspect, passes, bench, demo, zoo, ops.
+
+Every user error ends as one line ``effarch: error: ...`` and exit status 1; an unexpected failure
+as ``effarch: internal error: ...`` and status 2 (``--debug`` shows the traceback). No command
+leaves a partial output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import EffarchError
+
+log = logging.getLogger("effarch")
+
+DEFAULT_DEMO_MODEL = "digits_cnn"
+
+
+def _progress(msg: str) -> None:
+    print(f"effarch: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- helpers shared by commands ---------------------------------------------------------------
+def _load(args: argparse.Namespace):  # -> SourceModel
+    from compiler.driver import load_model, parse_shape_args
+
+    _progress(f"loading {args.model}")
+    return load_model(_model_spec(args.model), parse_shape_args(getattr(args, "shape", None)))
+
+
+def _model_spec(model: str) -> str:
+    """A bare zoo name (``resnet18``) is accepted where no file of that name exists."""
+    from compiler import zoo
+
+    if not Path(model).exists() and ":" not in model and model in zoo.names():
+        return f"zoo:{model}"
+    return model
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise EffarchError(f"inputs file {path} not found; give an .npz with one array per model input") from None
+    except (ValueError, OSError) as e:
+        raise EffarchError(f"cannot read {path} as .npz ({e}); save inputs with numpy.savez") from None
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write atomically: a failure leaves no partial file."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _instruments(args: argparse.Namespace) -> list:
+    from compiler import pass_manager as pm
+
+    out: list = [pm.TimingInstrument()]
+    if getattr(args, "verify_each", False):
+        out.append(pm.VerifyEachInstrument())
+    if getattr(args, "save_stages", None):
+        out.append(pm.SaveStagesInstrument(Path(args.save_stages)))
+    if getattr(args, "print_changed", False):
+        out.append(pm.PrintAfterChangeInstrument(lambda text: print(text, flush=True)))
+    return out
+
+
+# ---- commands -----------------------------------------------------------------------------------
+def cmd_compile(args: argparse.Namespace) -> int:
+    from compiler import report
+    from compiler.driver import compile_model
+
+    source = _load(args)
+    out = Path(args.output)
+    _progress(f"compiling for {args.target} at -O{args.opt_level}")
+    result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
+                           pipeline=args.pipeline, instruments=_instruments(args))
+    print(report.passes_table(result.pass_records))
+    print(report.stats_comparison(result.graph_before, result.graph_after))
+    if args.verify:
+        _progress("verifying against onnxruntime on seeded random inputs")
+        checks = report.verify_artifact(source, out, seed=args.seed)
+        print(report.checks_table(checks))
+        if not all(c.ok for c in checks):
+            out.unlink(missing_ok=True)
+            raise EffarchError("outputs differ from onnxruntime beyond tolerance (see above); the artifact was "
+                               "not kept; try a lower -O level or --pipeline to find the pass")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compiler.reference import random_inputs_for_specs
+    from targets.runtime import load_artifact
+
+    art = load_artifact(Path(args.artifact))
+    inputs = _read_npz(args.inputs) if args.inputs else random_inputs_for_specs(art.input_specs, args.seed)
+    outputs = art.run(inputs)
+    for name, arr in outputs.items():
+        print(f"{name}: {arr.dtype}{list(arr.shape)}  mean {float(np.mean(arr)):.6g}  "
+              f"min {float(np.min(arr)):.6g}  max {float(np.max(arr)):.6g}")
+    if args.outputs:
+        _write_npz(args.outputs, outputs)
+        print(f"wrote {args.outputs}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from compiler import report
+
+    if args.model.endswith(".effarch"):
+        from targets.artifact import read_manifest
+
+        print(report.manifest_summary(read_manifest(Path(args.model))))
+        return 0
+    source = _load(args)
+    print(report.inspect_graph(source.graph))
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    import passes  # noqa: F401  (registers every pass)
+    from compiler.pass_manager import default_pipeline, registered_passes
+
+    for name, cls in sorted(registered_passes().items()):
+        print(f"{name:<24} {cls.description}")
+    print()
+    for level in range(4):
+        print(f"-O{level}: {default_pipeline(level) or '(no passes)'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from compiler import report
+
+    source = _load(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(report.bench_model(source, Path(tmp), target=args.target, cpu=args.cpu, opt_level=args.opt_level,
+                                 warmup=args.warmup, repeat=args.repeat, seed=args.seed))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from compiler import demo
+
+    return demo.run_demo(args.model, Path(args.out), warmup=args.warmup, repeat=args.repeat)
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from compiler import zoo
+
+    for name in zoo.names():
+        print(f"{name:<14} {zoo.get(name).description}")
+    return 0
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from compiler.ops import IR_OPSET, SUPPORTED_OPS
+
+    print(f"{len(SUPPORTED_OPS)} ONNX operators (opset {IR_OPSET} semantics; opsets 13-21 imported):")
+    print(", ".join(sorted(SUPPORTED_OPS)))
+    return 0
+
+
+# ---- argument parsing ---------------------------------------------------------------------------
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model.onnx, program.pt2, FILE.py:FUNCTION, or a zoo name (see 'effarch zoo')")
+    p.add_argument("--shape", action="append", metavar="NAME=1x3x224x224",
+                   help="fix the shape of an input with symbolic dimensions (repeatable)")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="x86", help="target to compile for ('--target help' lists them)")
+    p.add_argument("--cpu", default=None, help="CPU to compile for (default: this machine's)")
+    for level in range(4):
+        p.add_argument(f"-O{level}", dest="opt_level", action="store_const", const=level,
+                       help=f"optimisation level {level}" + (" (default)" if level == 2 else ""))
+    p.set_defaults(opt_level=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="effarch", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show info logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile a model into one .effarch artifact")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("-o", "--output", required=True, help="artifact file to write (.effarch)")
+    p.add_argument("--pipeline", default=None, help="pass pipeline text (overrides -O), e.g. "
+                                                    "'fold-constants,eliminate-dead-code'")
+    p.add_argument("--verify", action="store_true", help="compare the binary's outputs with onnxruntime")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs for --verify")
+    p.add_argument("--verify-each", action="store_true", help="run the IR verifier after every pass")
+    p.add_argument("--save-stages", metavar="DIR", help="save every stage as numbered ONNX and IR text")
+    p.add_argument("--print-changed", action="store_true", help="print the IR after each pass that changed it")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact on inputs from an .npz")
+    p.add_argument("artifact")
+    p.add_argument("--inputs", help=".npz with one array per input (default: seeded random inputs)")
+    p.add_argument("--outputs", help=".npz to write the outputs to")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="ops by type, parameters, bytes, FLOPs, inputs and outputs")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("passes", help="list the registered passes and the -O pipelines")
+    p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("bench", help="median latency of effarch vs onnxruntime vs PyTorch eager")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="compile the bundled default model for this CPU, run it, report")
+    p.add_argument("--model", default=DEFAULT_DEMO_MODEL, help="zoo model to use")
+    p.add_argument("--out", default="out/demo", help="folder for the artifact and stages")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=50)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("zoo", help="list the bundled models")
+    p.set_defaults(func=cmd_zoo)
+    p = sub.add_parser("ops", help="list the supported operators")
+    p.set_defaults(func=cmd_ops)
+    return parser
+
+
+def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except EffarchError as e:
+        if args.debug:
+            raise
+        print(f"effarch: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("effarch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"effarch: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="effarch: %(levelname)s: %(name)s: %(message)s")
+    if getattr(args, "target", None) == "help":
+        from targets.base import describe_targets
+
+        print(describe_targets())
+        return 0
+    return _guarded(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
