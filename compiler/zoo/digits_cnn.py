@@ -64,7 +64,7 @@ def test_split() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_accuracy(predict: Callable[[np.ndarray], np.ndarray]) -> float:
-    """Accuracy of ``predict`` (a [BATCH,1,8,8] batch -> logits [BATCH,10] or labels [BATCH]) on the test split.
+    """Accuracy on the test split of ``predict``: [BATCH,1,8,8] -> logits [BATCH,10] or labels [BATCH].
 
     Compiled models have a static batch, so the split is fed in batches of exactly BATCH, the last one
     padded by repeating its final image; padded predictions are dropped.

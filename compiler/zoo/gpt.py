@@ -24,14 +24,16 @@ LAYERS = 4
 
 
 class CausalSelfAttention(nn.Module):
+    mask: torch.Tensor  # a registered buffer; declared so type checkers know it is not a Module
+
     def __init__(self) -> None:
         super().__init__()
         self.qkv = nn.Linear(D_MODEL, 3 * D_MODEL)
         self.proj = nn.Linear(D_MODEL, D_MODEL)
         # 0 on and below the diagonal, the most negative float above: a token never sees the future.
         future = torch.triu(torch.ones(SEQ, SEQ, dtype=torch.bool), diagonal=1)
-        self.register_buffer("mask", torch.zeros(SEQ, SEQ).masked_fill(future, torch.finfo(torch.float32).min),
-                             persistent=False)
+        mask = torch.zeros(SEQ, SEQ).masked_fill(future, torch.finfo(torch.float32).min)
+        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape

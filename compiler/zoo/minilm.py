@@ -48,6 +48,8 @@ def model_dir() -> Path:
 class SentenceEmbedding(nn.Module):
     """BERT -> masked mean over tokens -> unit-length 384-d embedding."""
 
+    bert: Any  # transformers' BertModel; its submodules have no precise types
+
     def __init__(self, bert: nn.Module) -> None:
         super().__init__()
         self.bert = bert
