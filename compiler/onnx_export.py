@@ -52,7 +52,21 @@ def to_onnx(g: Graph) -> onnx.ModelProto:
     )
     model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER, ir_version=IR_VERSION)
     helper.set_model_props(model, {k: str(v) for k, v in sorted(g.metadata.items())})
+    if any(v.type is None for v in g.outputs):
+        _infer_output_types(model)
     return model
+
+
+def _infer_output_types(model: onnx.ModelProto) -> None:
+    """Fill graph outputs a pass left untyped (ONNX requires their types) by ONNX shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise EffarchError(f"cannot infer the types of untyped graph outputs for ONNX export: {e}") from None
+    types = {vi.name: vi.type for vi in (*inferred.graph.value_info, *inferred.graph.output)}
+    for out in model.graph.output:
+        if out.type.WhichOneof("value") is None and out.name in types:
+            out.type.CopyFrom(types[out.name])
 
 
 def save_onnx(g: Graph, path: str | Path) -> Path:
@@ -68,7 +82,7 @@ def save_onnx(g: Graph, path: str | Path) -> Path:
         tmp_model = Path(tmp) / path.name
         if external:
             onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+                            location=data_name, size_threshold=0)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))

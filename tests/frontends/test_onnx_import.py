@@ -31,8 +31,9 @@ def test_unsupported_ops_are_all_listed_in_one_error() -> None:
         import_onnx(model)
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg.startswith("unsupported operators (3 types, 10 nodes): TopK x7 [topk_0, topk_1, topk_2, topk_3, "
-                          "topk_4, ...], NonMaxSuppression x2 [nms_0, nms_1], com.acme::Frob x1 [custom]")
+    assert msg.startswith("unsupported operators (3 types, 10 nodes): TopK x7 [topk_0, topk_1, topk_2, "
+                          "topk_3, topk_4, ...], NonMaxSuppression x2 [nms_0, nms_1], "
+                          "com.acme::Frob x1 [custom]")
     assert "compiler/ops.py" in msg and "Relu" not in msg
 
 
@@ -46,7 +47,8 @@ def test_subgraph_ops_are_unsupported() -> None:
 
 @pytest.mark.parametrize("opset", [11, 22])
 def test_opset_outside_13_to_21_names_the_fix(opset: int) -> None:
-    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [f32("x", [1])], [f32("y", [1])], opset=opset)
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    model = make_model([relu], [f32("x", [1])], [f32("y", [1])], opset=opset)
     with pytest.raises(EffarchError, match=f"ONNX opset {opset} is not supported.*version_converter"):
         import_onnx(model)
 
@@ -142,7 +144,8 @@ def test_types_symbolic_dims_and_metadata() -> None:
     assert types["f"] == TensorType(DType.F32, ("N", 4))
     assert g.outputs[0].type == TensorType(DType.F32, ("N", 5))
     assert g.metadata["producer"] == "maker 1.2"
-    assert g.metadata["source_sha256"] == hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    assert g.metadata["source_sha256"] == digest
     assert [n.provenance.source for n in g.nodes] == ["conv", "relu", "pool", "flatten", "fc", "softmax"]
     gemm = next(n for n in g.nodes if n.op == "Gemm")
     assert gemm.attrs == {"transB": 1, "alpha": 1.0}
@@ -159,7 +162,8 @@ def test_torch_namespace_becomes_module_path() -> None:
     assert module_path_from_namespace(ns) == "layer1.0.conv1"
     assert module_path_from_namespace(": __main__.Net/add: aten.add.Tensor") == ""
     node = helper.make_node("Relu", ["x"], ["y"], name="node_relu")
-    node.metadata_props.add(key="namespace", value=": __main__.Net/act: torch.nn.Relu/relu: aten.relu.default")
+    ns = ": __main__.Net/act: torch.nn.Relu/relu: aten.relu.default"
+    node.metadata_props.add(key="namespace", value=ns)
     g = import_onnx(make_model([node], [f32("x", [2])], [f32("y", [2])]))
     assert g.nodes[0].provenance.source == "act"
     assert g.nodes[0].name == "node_relu"
