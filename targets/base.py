@@ -100,9 +100,9 @@ class TargetSpec:
 
 
 def _candidate_modules() -> list[str]:
-    import targets
-
-    return sorted(m.name for m in pkgutil.iter_modules(targets.__path__) if not m.name.startswith("_"))
+    # This file's folder, not ``targets.__path__``: a test package named ``targets`` can shadow it.
+    here = str(Path(__file__).parent)
+    return sorted(m.name for m in pkgutil.iter_modules([here]) if not m.name.startswith("_"))
 
 
 def _spec_in(module_name: str) -> TargetSpec | None:
