@@ -1,0 +1,305 @@
+"""fold-constants: evaluate nodes whose inputs are all constants, and Shape/Size of static shapes.
+
+Rules:
+- ``fold``: op(c1, c2, ...) -> c            every input a constant with a payload
+- ``shape-of-static``: Shape(x) -> c, Size(x) -> c   x's (sliced) shape is static
+Exporters compute shapes as Shape -> Gather -> Concat -> Reshape chains; folding Shape first lets
+the rest of the chain fold too, in the same run (nodes are visited in topological order).
+
+Common ops are evaluated with numpy; the rest with onnx's ReferenceEvaluator on a one-node model.
+The size guard refuses a fold whose outputs are larger than max(input bytes, ``size_limit``):
+ConstantOfShape, Expand or Tile of a small constant would otherwise bloat the artifact.
+A node whose output is a graph output is not folded, so every graph output stays computed by a node.
+New constants take the name of the output they replace and are never written into.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from compiler.ir import DType, Graph, Node, TensorType, Value
+from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
+
+log = logging.getLogger(__name__)
+
+Arrays = list[np.ndarray]
+Evaluator = Callable[[Node, Sequence[np.ndarray | None]], Arrays]
+
+# Ops whose result is not a function of their inputs.
+NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                              "Multinomial", "Bernoulli"})
+
+
+@register_pass
+class FoldConstants(Pass):
+    name = "fold-constants"
+    description = "replace nodes with all-constant inputs, and Shape/Size of static shapes, by constants"
+    option_defaults = {"size_limit": 1 << 20}
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        notes: list[Note] = []
+        modified = False
+        for node in graph.nodes_snapshot():
+            folded = self.try_fold(node, notes)
+            if folded is not None:
+                replace_with_constants(graph, node, folded)
+                modified = True
+        return PassResult(graph, modified, notes)
+
+    def try_fold(self, node: Node, notes: list[Note]) -> Arrays | None:
+        """The node's output arrays, or None (with a Note saying why, for nodes that came close)."""
+        outcome: Arrays | str | None
+        if node.op in ("Shape", "Size") and not node.domain:
+            rule, outcome = "shape-of-static", graph_output_refusal(node) or static_shape_of(node)
+        else:
+            rule, outcome = "fold", self.evaluate(node)
+        if outcome is None:
+            return None
+        if isinstance(outcome, str):
+            notes.append(Note.at(node, rule, outcome))
+            return None
+        names = ", ".join(f"%{v.name}" for v in node.outputs if v.uses)
+        notes.append(Note.at(node, rule, f"replaced {node.op} by constant {names}", fired=True))
+        return outcome
+
+    def evaluate(self, node: Node) -> Arrays | str | None:
+        """Arrays, a reason string for a refused candidate, or None for a node that is no candidate."""
+        if not _all_constant(node):
+            return None
+        reason = self.refusal(node)
+        if reason:
+            return reason
+        try:
+            arrays = evaluate_node(node)
+        except Exception as exc:  # an evaluator failure only means "not folded"
+            return f"could not evaluate: {type(exc).__name__}: {exc}"
+        return self.size_guard(node, sum(a.nbytes for a in arrays)) or conform(node, arrays)
+
+    def refusal(self, node: Node) -> str | None:
+        if node.domain:
+            return f"no evaluator for ops of domain '{node.domain}'"
+        if node.op in NONDETERMINISTIC:
+            return f"{node.op} is not deterministic"
+        used = [v for v in node.inputs if v is not None]
+        if any(v.const is None for v in used):
+            return "an input constant has only a digest, no payload"
+        reason = graph_output_refusal(node)
+        if reason:
+            return reason
+        declared = [v.type.nbytes() if v.type else None for v in node.outputs]
+        if all(b is not None for b in declared):
+            return self.size_guard(node, sum(b for b in declared if b is not None))
+        return None
+
+    def size_guard(self, node: Node, out_bytes: int) -> str | None:
+        in_bytes = sum(v.const.nbytes for v in node.inputs if v is not None and v.const is not None)
+        limit = max(in_bytes, int(self.options["size_limit"]))
+        if out_bytes > limit:
+            return f"size guard: output is {out_bytes} bytes, over max(input bytes, size_limit) = {limit}"
+        return None
+
+
+def graph_output_refusal(node: Node) -> str | None:
+    outputs = node.graph.outputs if node.graph is not None else []
+    names = [v.name for v in node.outputs if v in outputs]
+    return f"output %{names[0]} is a graph output and must stay computed by a node" if names else None
+
+
+def _all_constant(node: Node) -> bool:
+    return all(v is None or v.is_constant for v in node.inputs)
+
+
+def static_shape_of(node: Node) -> Arrays | str:
+    x = node.inputs[0]
+    assert x is not None  # Shape and Size have one required input
+    shape = x.type.shape if x.type is not None else None
+    if shape is None:
+        return f"rank of %{x.name} is unknown"
+    if node.op == "Shape":
+        # ONNX clamps start/end like Python slicing does.
+        shape = shape[node.attr("start", 0): node.attr("end", len(shape))]
+    dims = [d for d in shape if isinstance(d, int)]
+    if len(dims) != len(shape):
+        return f"shape of %{x.name} is not static: {x.type}"
+    return [np.array(dims if node.op == "Shape" else math.prod(dims), dtype=np.int64)]
+
+
+def conform(node: Node, arrays: Arrays) -> Arrays | str:
+    """Arrays in the declared dtypes, or why they do not match the declared types."""
+    out: Arrays = []
+    for v, a in zip(node.outputs, arrays, strict=True):
+        a = np.asarray(a)
+        if v.type is not None:
+            if v.type.is_static and a.shape != v.type.static_shape():
+                return f"evaluated shape {a.shape} differs from the declared {v.type}"
+            a = a.astype(v.type.dtype.numpy, copy=False)
+        # A fresh, read-only array: never an alias of an input payload that someone could write.
+        a = np.array(a, copy=True)
+        a.flags.writeable = False
+        out.append(a)
+    return out
+
+
+def replace_with_constants(graph: Graph, node: Node, arrays: Arrays) -> None:
+    for out, array in zip(node.outputs, arrays, strict=True):
+        if out.uses:
+            graph.replace_value(out, _named_constant(graph, out.name, array))
+    graph.remove_node(node)
+
+
+def _named_constant(graph: Graph, name: str, array: np.ndarray) -> Value:
+    # The name is already claimed by the replaced output, which is about to disappear.
+    v = Value(name, TensorType.of(array))
+    v.const = array
+    graph.constants[name] = v
+    return v
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+def evaluate_node(node: Node) -> Arrays:
+    ins = [None if v is None else v.const for v in node.inputs]
+    numpy_eval = _NUMPY.get(node.op)
+    if numpy_eval is not None and not _needs_reference(node, ins):
+        return numpy_eval(node, ins)
+    return evaluate_with_reference(node, ins)
+
+
+def _needs_reference(node: Node, ins: Sequence[np.ndarray | None]) -> bool:
+    # Integer Div/Mod and friends have ONNX-specific rounding; leave them to the reference.
+    return node.op in ("Div",) and any(a is not None and a.dtype.kind in "iub" for a in ins)
+
+
+def evaluate_with_reference(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    """Run one node through onnx.reference on a model built by the ONNX exporter."""
+    from onnx.reference import ReferenceEvaluator
+
+    from compiler.onnx_export import to_onnx
+
+    g = Graph("fold")
+    args = [None if a is None else g.add_input(f"in{i}", TensorType.of(a)) for i, a in enumerate(ins)]
+    types = [v.type for v in node.outputs]
+    one = g.make_node(node.op, args, dict(node.attrs), num_outputs=len(types), types=types,
+                      output_names=[f"out{i}" for i in range(len(types))])
+    g.outputs = list(one.outputs)
+    feeds = {v.name: a for v, a in zip(args, ins, strict=True) if v is not None and a is not None}
+    return [np.asarray(a) for a in ReferenceEvaluator(to_onnx(g)).run(None, feeds)]
+
+
+def _unary(fn: Callable[[np.ndarray], np.ndarray]) -> Evaluator:
+    return lambda node, ins: [np.asarray(fn(_req(ins, 0)))]
+
+
+def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Evaluator:
+    return lambda node, ins: [np.asarray(fn(_req(ins, 0), _req(ins, 1)))]
+
+
+def _variadic(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Evaluator:
+    return lambda node, ins: [np.asarray(functools.reduce(fn, [a for a in ins if a is not None]))]
+
+
+def _req(ins: Sequence[np.ndarray | None], i: int) -> np.ndarray:
+    a = ins[i] if i < len(ins) else None
+    if a is None:
+        raise ValueError(f"input {i} is missing")
+    return a
+
+
+def _ints(a: np.ndarray | None) -> list[int]:
+    return [] if a is None else [int(x) for x in np.asarray(a).reshape(-1)]
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _reshape(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    data, shape = _req(ins, 0), _ints(_req(ins, 1))
+    if not node.attr("allowzero", 0):
+        shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return [data.reshape(shape)]
+
+
+def _transpose(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    data = _req(ins, 0)
+    return [np.transpose(data, node.attr("perm") or list(reversed(range(data.ndim))))]
+
+
+def _squeeze(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    data = _req(ins, 0)
+    axes = _ints(ins[1]) if len(ins) > 1 else []
+    return [np.squeeze(data, axis=tuple(_axis(a, data.ndim) for a in axes) if axes else None)]
+
+
+def _unsqueeze(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    return [np.expand_dims(_req(ins, 0), tuple(_ints(_req(ins, 1))))]
+
+
+def _slice(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    data = _req(ins, 0)
+    starts, ends = _ints(_req(ins, 1)), _ints(_req(ins, 2))
+    axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+    steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    index = [slice(None)] * data.ndim
+    # Python slicing clamps out-of-range starts/ends exactly as ONNX Slice specifies.
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        index[_axis(a, data.ndim)] = slice(s, e, st)
+    return [data[tuple(index)]]
+
+
+def _flatten(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    data = _req(ins, 0)
+    axis = _axis(node.attr("axis", 1), data.ndim)
+    return [data.reshape(math.prod(data.shape[:axis]), math.prod(data.shape[axis:]))]
+
+
+def _constant_of_shape(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    value = node.attr("value")
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value)
+    return [np.full(_ints(_req(ins, 0)), fill.reshape(-1)[0], dtype=fill.dtype)]
+
+
+def _expand(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    data = _req(ins, 0)
+    return [np.broadcast_to(data, np.broadcast_shapes(data.shape, tuple(_ints(_req(ins, 1)))))]
+
+
+def _range(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    start, limit, delta = (_req(ins, i) for i in range(3))
+    return [np.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)]
+
+
+def _cast(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
+    return [_req(ins, 0).astype(DType.from_onnx(int(node.attr("to"))).numpy)]
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, x.dtype.type(0))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+_NUMPY: dict[str, Evaluator] = {
+    "Identity": _unary(lambda x: x), "Abs": _unary(np.abs), "Neg": _unary(np.negative),
+    "Exp": _unary(np.exp), "Log": _unary(np.log), "Sqrt": _unary(np.sqrt), "Floor": _unary(np.floor),
+    "Ceil": _unary(np.ceil), "Not": _unary(np.logical_not), "Sign": _unary(np.sign), "Tanh": _unary(np.tanh),
+    "Reciprocal": _unary(lambda x: (1 / x).astype(x.dtype)), "Relu": _unary(_relu),
+    "Sigmoid": _unary(_sigmoid), "Add": _binary(np.add), "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply), "Div": _binary(np.divide),
+    "Equal": _binary(np.equal), "Less": _binary(np.less), "LessOrEqual": _binary(np.less_equal),
+    "Greater": _binary(np.greater), "GreaterOrEqual": _binary(np.greater_equal),
+    "And": _binary(np.logical_and), "Or": _binary(np.logical_or), "Xor": _binary(np.logical_xor),
+    "Max": _variadic(np.maximum), "Min": _variadic(np.minimum),
+    "Where": lambda node, ins: [np.where(_req(ins, 0), _req(ins, 1), _req(ins, 2))],
+    "Concat": lambda node, ins: [np.concatenate([a for a in ins if a is not None], axis=node.attr("axis"))],
+    "Gather": lambda node, ins: [np.take(_req(ins, 0), _req(ins, 1), axis=node.attr("axis", 0))],
+    "Cast": _cast, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
+    "Slice": _slice, "Flatten": _flatten, "ConstantOfShape": _constant_of_shape, "Expand": _expand,
+    "Range": _range,
+}
