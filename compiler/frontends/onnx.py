@@ -247,12 +247,19 @@ def attribute_value(attr: onnx.AttributeProto, what: str) -> Any:
 def module_path_from_namespace(namespace: str) -> str:
     """torch.onnx's scope string -> the PyTorch module path, e.g. ``layer1.0.conv1``.
 
-    The scope reads ``": __main__.M/layer1.0: ...BasicBlock/conv1: ...Conv2d/conv2d: aten.conv2d.default"``:
-    segments ``name: type``; the first is the root module (empty name), the last the aten op.
+    The scope reads ``": __main__.M/layer1: ...Sequential/layer1.0: ...BasicBlock/layer1.0.conv1: ...Conv2d/
+    conv2d: aten.conv2d.default"``: segments ``name: type``; the first is the root module (empty
+    name), the last the aten op. torch 2.13 writes full paths per segment; a segment holding only a
+    relative name (older exporters) is appended to the path so far.
     """
-    segments = [s.strip() for s in namespace.split("/")]
-    names = [s.split(":", 1)[0].strip() for s in segments[1:-1]]
-    return ".".join(n for n in names if n)
+    segments = namespace.split("/")
+    path = ""
+    for segment in segments[1:-1]:
+        name = segment.split(":", 1)[0].strip()
+        if name and path and not name.startswith(path + "."):
+            name = f"{path}.{name}"
+        path = name or path
+    return path
 
 
 def provenance_of(node: onnx.NodeProto) -> Provenance:

@@ -159,7 +159,10 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_torch_namespace_becomes_module_path() -> None:
     ns = (": __main__.Net/layer1.0: torchvision.models.resnet.BasicBlock/conv1: torch.nn.modules.conv.Conv2d/"
           "conv2d: aten.conv2d.default")
-    assert module_path_from_namespace(ns) == "layer1.0.conv1"
+    assert module_path_from_namespace(ns) == "layer1.0.conv1"  # relative segment names
+    full = (": __main__.M/block: __main__.Block/block.seq: torch.nn.Sequential/block.seq.0: torch.nn.Linear/"
+            "linear: aten.linear.default")
+    assert module_path_from_namespace(full) == "block.seq.0"  # torch 2.13 writes full paths
     assert module_path_from_namespace(": __main__.Net/add: aten.add.Tensor") == ""
     node = helper.make_node("Relu", ["x"], ["y"], name="node_relu")
     ns = ": __main__.Net/act: torch.nn.Relu/relu: aten.relu.default"
