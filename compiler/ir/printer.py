@@ -142,7 +142,8 @@ def format_provenance(p: Provenance) -> str:
     if p == Provenance():
         return ""
     text = str(p)
-    if text == text.strip() and "\n" not in text and parse_provenance_text(text) == p:
+    readable = text == text.strip() and text.isprintable() and not text.startswith("=")
+    if readable and parse_provenance_text(text) == p:
         return "  # " + text
     return "  #= " + json.dumps([p.source, list(p.rewrites), list(p.merged)])
 
