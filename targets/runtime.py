@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import EffarchError
-from targets.artifact import Artifact, TensorSpec, open_artifact
+from targets.artifact import Artifact, TensorSpec, open_artifact, sha256_bytes
 from targets.base import get_target
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def _cached_library(art: Artifact, cache_dir: Path) -> Path:
     """The artifact's library in the cache, written there first if absent."""
     lib_dir = cache_dir / "lib"
     path = lib_dir / f"{art.library_sha256}{art.library_suffix}"
-    if path.is_file():
+    # Re-hash on reuse (libraries are small): a cache file damaged on disk is replaced, not loaded.
+    if path.is_file() and sha256_bytes(path.read_bytes()) == art.library_sha256:
         logger.debug("reusing cached library %s", path)
         return path
     lib_dir.mkdir(parents=True, exist_ok=True)
@@ -126,10 +127,13 @@ def _check_one(spec: TensorSpec, given: Any, symbols: dict[str, int]) -> None:
         raise EffarchError(f"input '{spec.name}' has dtype {given.dtype} but the model expects "
                            f"{spec.numpy_dtype} ({spec.dtype}); convert it with "
                            f".astype('{spec.numpy_dtype}')")
+    bound = dict(symbols)  # symbolic sizes fixed by earlier inputs, for the message
     if not _shape_matches(spec.shape, given.shape, symbols):
         want = "(" + ", ".join("?" if d is None else str(d) for d in spec.shape) + ")"
+        earlier = [f"{d}={bound[d]}" for d in spec.shape if isinstance(d, str) and d in bound]
+        where = f" with {', '.join(earlier)} from earlier inputs" if earlier else ""
         raise EffarchError(f"input '{spec.name}' has shape {tuple(given.shape)} but the model expects "
-                           f"{want}; pass an array of that shape")
+                           f"{want}{where}; pass an array of that shape")
 
 
 def _shape_matches(want: tuple[Any, ...], got: tuple[int, ...], symbols: dict[str, int]) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from compiler.errors import EffarchError
 from compiler.ir.graph import Graph
 from compiler.ir.types import DType, TensorType
 from compiler.reference import random_inputs, run_onnxruntime
-from targets.artifact import read_manifest
+from targets.artifact import TensorSpec, read_manifest
 from targets.build import build_artifact
 from targets.runtime import LoadedArtifact, load_artifact
 from tests.targets.test_artifact import rewrite
@@ -107,6 +109,23 @@ def test_library_is_cached_by_hash_and_reused(mlp: Built, tmp_path: Path) -> Non
     mtime = libs[0].stat().st_mtime_ns
     load_artifact(path, cache_dir=cache)
     assert list((cache / "lib").iterdir()) == libs and libs[0].stat().st_mtime_ns == mtime
+    # A damaged cache entry is rewritten, not loaded. (Replaced, not written in place: the loaded
+    # library is memory-mapped, and truncating it under the process would crash it.)
+    damaged = tmp_path / "damaged.so"
+    damaged.write_bytes(b"damaged")
+    os.replace(damaged, libs[0])
+    load_artifact(path, cache_dir=cache)
+    assert libs[0].stat().st_size > len(b"damaged")
+
+
+def test_symbolic_dims_must_agree_across_inputs(mlp: Built) -> None:
+    art = copy.copy(mlp[1])
+    art.input_specs = [TensorSpec("x", "f32", ("batch", 512)), TensorSpec("m", "bool", ("batch", None))]
+    x = np.zeros((3, 512), np.float32)
+    art.check_inputs({"x": x, "m": np.zeros((3, 7), bool)})  # any batch, any unknown dim
+    mismatch = r"input 'm' has shape \(2, 7\) but the model expects \(batch, \?\) with batch=3 from earlier"
+    with pytest.raises(EffarchError, match=mismatch):
+        art.check_inputs({"x": x, "m": np.zeros((2, 7), bool)})
 
 
 def with_target(path: Path, dst: Path, **changes: object) -> Path:
