@@ -53,6 +53,8 @@ class FoldConstants(Pass):
 
     def try_fold(self, node: Node, notes: list[Note]) -> Arrays | None:
         """The node's output arrays, or None (with a Note saying why, for nodes that came close)."""
+        if not any(v.uses for v in node.outputs) and graph_output_refusal(node) is None:
+            return None  # dead: eliminate-dead-code removes it; folding it would be wasted work
         outcome: Arrays | str | None
         if node.op in ("Shape", "Size") and not node.domain:
             rule, outcome = "shape-of-static", graph_output_refusal(node) or static_shape_of(node)
