@@ -163,8 +163,9 @@ def _restore(path: Path, stored: dict[str, np.ndarray], spec: TensorSpec) -> np.
     arr = stored[spec.name]
     if arr.dtype != spec.numpy_dtype:
         arr = arr.view(spec.numpy_dtype)  # bf16 stored as u16 bits
-    if arr.shape != spec.shape and arr.size == int(np.prod(spec.shape)):
-        arr = arr.reshape(spec.shape)  # safetensors stores 0-d tensors as shape (1,)
+    shape = tuple(d for d in spec.shape if isinstance(d, int))  # weights are static; else mismatch below
+    if arr.shape != shape and arr.size == int(np.prod(shape)) and len(shape) == len(spec.shape):
+        arr = arr.reshape(shape)  # safetensors stores 0-d tensors as shape (1,)
     if arr.shape != spec.shape:
         raise EffarchError(f"artifact '{path}': weight '{spec.name}' has shape {arr.shape}, manifest says "
                            f"{spec.shape}; the file is damaged, rebuild it")
