@@ -1,8 +1,13 @@
 """Op converters from effarch's IR to Relax, one module per op kind, sharing one table."""
 
+# Importing each kind's module registers its converters in CONVERTERS.
 from targets.lowering import consteval
-from targets.lowering import contraction as _contraction  # noqa: F401  (registers converters)
-from targets.lowering import elementwise as _elementwise  # noqa: F401  (registers converters)
+from targets.lowering import contraction as _contraction  # noqa: F401
+from targets.lowering import elementwise as _elementwise  # noqa: F401
+from targets.lowering import normalization as _normalization  # noqa: F401
+from targets.lowering import pooling as _pooling  # noqa: F401
+from targets.lowering import reduction as _reduction  # noqa: F401
+from targets.lowering import shape as _shape  # noqa: F401
 from targets.lowering.registry import CONVERTERS, Call, LoweringError, converter, describe, static_shape
 
 __all__ = ["CONVERTERS", "Call", "LoweringError", "consteval", "converter", "describe", "static_shape"]

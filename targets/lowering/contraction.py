@@ -7,6 +7,7 @@ from tvm.relax import op as R
 
 from targets.lowering.elementwise import scalar
 from targets.lowering.registry import Call, converter
+from targets.lowering.spatial import transpose_pads, window
 
 
 @converter("MatMul")
@@ -29,4 +30,45 @@ def _gemm(c: Call) -> relax.Expr:
     if not c.has(2) or beta == 0.0:
         return y
     bias = c.arg(2) if beta == 1.0 else c.emit(R.multiply(c.arg(2), scalar(beta, dt)))
+    return R.add(y, bias)
+
+
+_CONV = {1: (R.nn.conv1d, "NCW", "OIW"), 2: (R.nn.conv2d, "NCHW", "OIHW"), 3: (R.nn.conv3d, "NCDHW", "OIDHW")}
+_CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW")}
+
+
+@converter("Conv")
+def _conv(c: Call) -> relax.Expr:
+    x, w = c.arg(0), c.arg(1)
+    spatial, kernel = c.shape(0)[2:], c.shape(1)[2:]
+    if len(spatial) not in _CONV:
+        raise c.fail(f"{len(spatial)}-D convolution is not supported (1-D, 2-D and 3-D are)")
+    fn, layout, kernel_layout = _CONV[len(spatial)]
+    win = window(c, spatial, kernel)
+    y = fn(x, w, strides=win.strides, padding=win.pads, dilation=win.dilations,
+           groups=int(c.attr("group", 1)), data_layout=layout, kernel_layout=kernel_layout)
+    return _add_channel_bias(c, y, len(spatial))
+
+
+@converter("ConvTranspose")
+def _conv_transpose(c: Call) -> relax.Expr:
+    x, w = c.arg(0), c.arg(1)
+    spatial, kernel = c.shape(0)[2:], c.shape(1)[2:]
+    if len(spatial) not in _CONV_T:
+        raise c.fail(f"{len(spatial)}-D transposed convolution is not supported (1-D and 2-D are)")
+    fn, layout, kernel_layout = _CONV_T[len(spatial)]
+    win = window(c, spatial, kernel)
+    output_padding = list(c.attr("output_padding", [0] * len(spatial)))
+    pads = transpose_pads(c, spatial, kernel, win, output_padding)
+    y = fn(x, w, strides=win.strides, padding=pads, output_padding=output_padding,
+           dilation=win.dilations, groups=int(c.attr("group", 1)), data_layout=layout,
+           kernel_layout=kernel_layout)
+    return _add_channel_bias(c, y, len(spatial))
+
+
+def _add_channel_bias(c: Call, y: relax.Expr, n_spatial: int) -> relax.Expr:
+    if not c.has(2):
+        return y
+    y = c.emit(y)
+    bias = c.emit(R.reshape(c.arg(2), [1, -1] + [1] * n_spatial))
     return R.add(y, bias)

@@ -1,0 +1,146 @@
+"""ONNX backend conformance node cases, through import_onnx -> lower -> llvm -> run.
+
+The onnx wheel ships the case generators (not the .pb data), so the cases are generated in memory
+by ``collect_testcases`` (a few seconds). A case belongs to every op its model uses; only cases
+whose ops are all in SUPPORTED_OPS run, each op's cases in one test. The function-expanded variants
+(``*_expanded``) are left out: they test other ops' bodies and would double the run time. Models
+outside opsets 13..21 are converted to opset 21 with onnx's version converter first.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from compiler.errors import EffarchError
+from compiler.frontends.onnx import import_onnx
+from compiler.ops import SUPPORTED_OPS
+from targets.lower import lower
+from tests.targets import run_lowered
+
+# (rtol, atol) per expected dtype; integers and booleans compare exactly.
+TOLERANCE = {
+    np.dtype("float16"): (1e-2, 1e-3),
+    np.dtype("float32"): (1e-4, 1e-5),
+    np.dtype("float64"): (1e-7, 1e-9),
+}
+
+# Graph inputs that ops need as compile-time constants: (op, input index). The test data's values
+# become initializers, as a deployed model would carry them.
+SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "Tile": (1,), "Pad": (1, 2, 3),
+    "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+    "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    "Trilu": (1,),
+}
+
+# Cases needing what effarch does not support, by name pattern: each must fail with an EffarchError.
+EXCLUDED: dict[str, str] = {
+    r"_u?int(4|16|32|64)?$|_uint(16|32|64)|_(u)?int4|float8|FLOAT8|FLOAT4|INT4|UINT4|_e[45]m[23]": (
+        "element type outside effarch's dtypes"),
+    r"STRING|_string": "string tensors",
+}
+
+
+@dataclass
+class Outcome:
+    passed: list[str]
+    excluded: list[str]
+
+
+def _collect() -> dict[str, list[onnx.backend.test.case.test_case.TestCase]]:
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators overflow casts on purpose
+        cases = collect_testcases()
+    by_op: dict[str, list] = {op: [] for op in SUPPORTED_OPS}
+    for case in cases:
+        ops = {n.op_type for n in case.model.graph.node}
+        if case.name.endswith("_expanded") or not ops <= SUPPORTED_OPS:
+            continue
+        for op in ops:
+            by_op[op].append(case)
+    return by_op
+
+
+CASES = _collect()
+
+
+def _array(x: np.ndarray | onnx.TensorProto) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else numpy_helper.to_array(x)
+
+
+def _prepare(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> tuple[onnx.ModelProto, dict]:
+    """Convert to opset 21 when needed; freeze shape-like graph inputs into initializers."""
+    model = _to_opset_21(model)
+    feeds = {i.name: _array(x) for i, x in zip(model.graph.input, inputs, strict=False)}
+    frozen = {n.input[i] for n in model.graph.node for i in SHAPE_INPUTS.get(n.op_type, ())
+              if i < len(n.input)} & set(feeds)
+    for name in frozen:
+        model.graph.initializer.append(numpy_helper.from_array(feeds.pop(name), name))
+    kept = [i for i in model.graph.input if i.name not in frozen]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return model, feeds
+
+
+def _to_opset_21(model: onnx.ModelProto) -> onnx.ModelProto:
+    version = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if 13 <= version <= 21:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    try:
+        return onnx.version_converter.convert_version(model, 21)
+    except Exception as e:  # the converter raises bare RuntimeErrors and others
+        raise EffarchError(f"opset {version} model does not convert to opset 21: {e}") from e
+
+
+def _check(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    if want.dtype in TOLERANCE:
+        rtol, atol = TOLERANCE[want.dtype]
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def _run_case(case: onnx.backend.test.case.test_case.TestCase) -> None:
+    inputs, outputs = case.data_sets[0]
+    model, feeds = _prepare(case.model, [_array(x) for x in inputs])
+    got = run_lowered(lower(import_onnx(model)), feeds)
+    assert len(got) == len(outputs), f"{case.name}: {len(got)} outputs, expected {len(outputs)}"
+    for g, w in zip(got, outputs, strict=True):
+        _check(g, _array(w), case.name)
+
+
+def _exclusion(name: str) -> str | None:
+    return next((reason for pattern, reason in EXCLUDED.items() if re.search(pattern, name)), None)
+
+
+def run_op_cases(op: str) -> Outcome:
+    outcome = Outcome([], [])
+    for case in CASES[op]:
+        if _exclusion(case.name) is not None:
+            with pytest.raises(EffarchError):
+                _run_case(case)
+            outcome.excluded.append(case.name)
+        else:
+            _run_case(case)
+            outcome.passed.append(case.name)
+    return outcome
+
+
+@pytest.mark.parametrize("op", sorted(SUPPORTED_OPS))
+def test_conformance(op: str) -> None:
+    outcome = run_op_cases(op)
+    assert outcome.passed, f"{op}: no conformance case passes (excluded: {outcome.excluded})"
