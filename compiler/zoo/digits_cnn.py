@@ -8,6 +8,7 @@ The weights in ``data/digits_cnn.npz`` are made by ``python -m compiler.zoo.digi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from collections.abc import Callable
 from functools import cache
@@ -101,7 +102,13 @@ def _build() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return module.eval(), (torch.from_numpy(_sample(SEED)["images"]),)
 
 
-MODEL = ZooModel("digits_cnn", "1", ("images",), ("logits",), _build, _sample)
+def _version() -> str:
+    """Architecture version plus the weights' digest: retraining invalidates the cached ONNX file."""
+    digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:8] if WEIGHTS.exists() else "untrained"
+    return f"1-{digest}"
+
+
+MODEL = ZooModel("digits_cnn", _version(), ("images",), ("logits",), _build, _sample)
 
 
 def train(epochs: int = 30, out: Path = WEIGHTS) -> float:
