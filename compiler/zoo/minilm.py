@@ -65,7 +65,9 @@ class SentenceEmbedding(nn.Module):
         hidden = self.bert.encoder(embedded, attention_mask=bias).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2.0, dim=1)
+        # F.normalize(pooled, dim=1) written out: it exports as ReduceL2, which is not in effarch's op set.
+        norm = (pooled * pooled).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+        return pooled / norm
 
 
 @cache
@@ -107,4 +109,4 @@ def _build() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return load_module(), (torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"]))
 
 
-MODEL = ZooModel("minilm", "1", ("input_ids", "attention_mask"), ("sentence_embedding",), _build, _sample)
+MODEL = ZooModel("minilm", "2", ("input_ids", "attention_mask"), ("sentence_embedding",), _build, _sample)
