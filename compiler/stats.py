@@ -40,8 +40,8 @@ class GraphStats:
 
     def summary(self) -> str:
         flops = "unknown" if self.flops is None else f"{self.flops / 1e6:.2f} MFLOP"
-        return (f"{self.nodes} nodes, {self.parameters:,} parameters, {self.constant_bytes / 1e6:.2f} MB constants, "
-                f"{flops}")
+        return (f"{self.nodes} nodes, {self.parameters:,} parameters, "
+                f"{self.constant_bytes / 1e6:.2f} MB constants, {flops}")
 
 
 def graph_stats(g: Graph) -> GraphStats:

@@ -25,8 +25,8 @@ class EliminateDeadCode(Pass):
         unused = sorted(k for k, v in graph.constants.items() if not v.uses and v not in graph.outputs)
         graph.remove_unused_constants()
         notes += [Note("unused-constant", f"removed unused constant %{k}", fired=True) for k in unused]
-        kept = [Note("unused-input", f"graph input %{v.name} is unused; kept: inputs are the model's interface")
-                for v in graph.inputs if not v.uses and v not in graph.outputs]
+        kept = [Note("unused-input", f"graph input %{v.name} is unused; kept: inputs are the model's "
+                     "interface") for v in graph.inputs if not v.uses and v not in graph.outputs]
         return PassResult(graph, bool(notes), notes + kept)
 
 

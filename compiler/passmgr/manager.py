@@ -124,7 +124,8 @@ class PassManager:
         start = time.perf_counter()
         result = pass_(graph, self.ctx)
         seconds = time.perf_counter() - start
-        record = PassRecord(pass_.name, seconds, result.modified, list(result.notes), iteration, spec=str(spec))
+        record = PassRecord(pass_.name, seconds, result.modified, list(result.notes), iteration,
+                            spec=str(spec))
         log.debug("%s: modified=%s in %.3f s", spec, result.modified, seconds)
         for inst in self.instruments:
             inst.after_pass(pass_, result, record)

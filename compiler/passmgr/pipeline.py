@@ -136,18 +136,18 @@ class _Parser:
 
     def options(self) -> tuple[tuple[str, str], ...]:
         self.expect("{")
-        out = [self.option()]
+        out = [self.option(())]
         while self.peek() == ",":
             self.pos += 1
-            out.append(self.option())
+            out.append(self.option(tuple(k for k, _ in out)))
         self.expect("}")
-        keys = [k for k, _ in out]
-        if len(set(keys)) != len(keys):
-            self.fail(f"an option is given twice in {{{','.join(keys)}}}")
         return tuple(out)
 
-    def option(self) -> tuple[str, str]:
+    def option(self, seen: tuple[str, ...]) -> tuple[str, str]:
+        column = self.column()
         key = self.match(_KEY, "an option name")
+        if key in seen:
+            self.fail(f"option '{key}' is given twice", column)
         self.expect("=")
         return key, self.match(_VALUE, f"a value for option '{key}'")
 
@@ -180,4 +180,5 @@ class _Parser:
     def fail(self, message: str, column: int | None = None) -> NoReturn:
         col = column if column is not None else self.column()
         found = repr(self.text[col - 1]) if col - 1 < len(self.text) else "the end"
-        raise EffarchError(f"pipeline syntax error at column {col} (found {found}): {message} in {self.text!r}")
+        raise EffarchError(f"pipeline syntax error at column {col} (found {found}): {message} "
+                           f"in {self.text!r}")

@@ -42,8 +42,9 @@ EXACT: Tolerance = (0.0, 0.0)
 Expect = str | Callable[[Graph], object] | None
 
 
-def check_pass(pass_: Pass, before: Graph, *, expect: Expect = None, inputs: dict[str, np.ndarray] | None = None,
-               seed: int = 0, tol: Tolerance | None = None, ctx: PassContext | None = None) -> PassResult:
+def check_pass(pass_: Pass, before: Graph, *, expect: Expect = None,
+               inputs: dict[str, np.ndarray] | None = None, seed: int = 0,
+               tol: Tolerance | None = None, ctx: PassContext | None = None) -> PassResult:
     """Run ``pass_`` on a clone of ``before``, check everything listed above, return the result."""
     ctx = ctx or PassContext()
     verify(before)
@@ -56,7 +57,7 @@ def check_pass(pass_: Pass, before: Graph, *, expect: Expect = None, inputs: dic
     _check_expect(result.graph, expect)
     _check_numbers(before, result.graph, inputs if inputs is not None else random_inputs(before, seed), tol)
     _check_second_run(pass_, result.graph, ctx)
-    assert _payload_digests(before) == payloads, f"pass '{pass_.name}' wrote into a constant array of its input"
+    assert _payload_digests(before) == payloads, f"pass '{pass_.name}' wrote into an input constant array"
     return result
 
 
@@ -67,7 +68,7 @@ def check_not_fired(pass_: Pass, graph: Graph, reason_contains: str,
     fp_before = fingerprint(clone)
     result = pass_.run(clone, ctx or PassContext())
     assert not result.modified, f"pass '{pass_.name}' fired (modified=True); expected it not to"
-    assert fingerprint(result.graph) == fp_before, f"pass '{pass_.name}' changed the graph but said it did not"
+    assert fingerprint(result.graph) == fp_before, f"pass '{pass_.name}' changed the graph but denied it"
     skipped = [str(n) for n in result.notes if not n.fired]
     assert any(reason_contains in n.reason for n in result.notes if not n.fired), (
         f"no note of pass '{pass_.name}' says {reason_contains!r}; its notes: {skipped}")
@@ -84,11 +85,13 @@ def _check_expect(graph: Graph, expect: Expect) -> None:
         return
     if callable(expect):
         ok = expect(graph)
-        assert ok is None or ok, f"expectation {getattr(expect, '__name__', expect)} failed on:\n{print_graph(graph)}"
+        name = getattr(expect, "__name__", expect)
+        assert ok is None or ok, f"expectation {name} failed on:\n{print_graph(graph)}"
         return
     want = print_graph(parse_graph(textwrap.dedent(expect).strip() + "\n"))
     got = print_graph(graph)
-    diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "expected", "got", lineterm=""))
+    lines = difflib.unified_diff(want.splitlines(), got.splitlines(), "expected", "got", lineterm="")
+    diff = "\n".join(lines)
     assert got == want, f"pass result differs from the expected IR:\n{diff}"
 
 

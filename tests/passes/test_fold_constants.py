@@ -79,7 +79,8 @@ def test_weight_cast_and_transpose_fold_into_a_new_constant() -> None:
     g = Graph()
     x = g.add_input("x", TensorType.of(np.zeros((2, 5), np.float32)))
     wc = g.add_constant("w", w)
-    cast = g.make_node("Cast", [wc], {"to": 1}, types=[TensorType.of(w.astype(np.float32))], output_names=["wf"])
+    cast = g.make_node("Cast", [wc], {"to": 1}, types=[TensorType.of(w.astype(np.float32))],
+                       output_names=["wf"])
     wt = g.make_node("Transpose", [cast.outputs[0]], {"perm": [1, 0]},
                      types=[TensorType.of(w.T.astype(np.float32))], output_names=["wt"])
     mm = g.make_node("MatMul", [x, wt.outputs[0]], types=[TensorType.of(np.zeros((2, 4), np.float32))],
@@ -180,7 +181,8 @@ NUMPY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("op", "attrs", "arrays"), NUMPY_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(NUMPY_CASES)])
+@pytest.mark.parametrize(("op", "attrs", "arrays"), NUMPY_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(NUMPY_CASES)])
 def test_numpy_evaluators_match_the_onnx_reference(op: str, attrs: dict, arrays: list[np.ndarray]) -> None:
     g = Graph()
     ins = [g.add_constant(f"c{i}", a) for i, a in enumerate(arrays)]

@@ -105,7 +105,7 @@ def test_writing_into_a_constant_payload_is_caught() -> None:
         }
     """)
     g.constants["b"].const = np.array([1.0, 2.0], np.float32)  # writable, shared with the clone
-    with pytest.raises(AssertionError, match="wrote into a constant"):
+    with pytest.raises(AssertionError, match="wrote into an input constant"):
         check_pass(WritesIntoWeights(), g)
 
 
