@@ -68,7 +68,10 @@ def run_onnxruntime(model: Graph | onnx.ModelProto | str | Path,
     if missing:
         raise EffarchError(f"reference run is missing inputs {missing}; give every model input")
     feeds = {k: np.asarray(v) for k, v in inputs.items() if k in expected}
-    results = session.run(names, feeds)
+    try:
+        results = session.run(names, feeds)
+    except Exception as e:  # onnxruntime's own exception types: bad feeds or a failing kernel
+        raise EffarchError(f"onnxruntime failed running the reference model: {_first_line(e)}") from None
     return dict(zip(names, results, strict=True))
 
 
@@ -92,4 +95,9 @@ def _session(ort: Any, model: Graph | onnx.ModelProto | str | Path, options: Any
     except EffarchError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types for invalid models
-        raise EffarchError(f"onnxruntime cannot load the reference model: {e}") from None
+        raise EffarchError(f"onnxruntime cannot load the reference model: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -167,7 +167,7 @@ def tensor_type_of(tp: onnx.TypeProto, what: str) -> TensorType | None:
         return None
     if kind != "tensor_type":
         kind_name = kind.replace("_type", "")
-        raise EffarchError(f"{what} is a {kind_name}, not a tensor; effarch handles tensors only")
+        raise EffarchError(f"{what} has {kind_name} type, not a tensor; effarch handles tensors only")
     tt = tp.tensor_type
     if tt.elem_type == 0:
         return None

@@ -1,0 +1,221 @@
+"""Conformance round trip: ONNX backend node cases -> import -> export -> onnxruntime == expected outputs.
+
+The installed onnx wheel ships no ``onnx/backend/test/data/node`` folder, so the cases come from the
+generator that writes those files: ``onnx.backend.test.case.node.collect_testcases`` (same models,
+same inputs and expected outputs). Cases are selected by the op types in their models.
+
+Cases written for opsets above 21 are retargeted to opset 21 when the model is also valid there
+(the op's schema changed only by types, which onnx.checker confirms); cases below opset 13 are
+converted with onnx.version_converter. Cases using what effarch does not support (an op outside
+SUPPORTED_OPS, an element type outside DType, a non-tensor value, an opset still out of range) must
+fail import with a one-line EffarchError saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.errors import EffarchError
+from compiler.frontends.onnx import DEFAULT_DOMAINS, MIN_OPSET, import_onnx
+from compiler.ir import DType
+from compiler.onnx_export import to_onnx
+from compiler.ops import IR_OPSET, SUPPORTED_OPS
+from compiler.reference import run_onnxruntime
+
+# Cases that import but cannot be checked against their expected outputs, with the reason.
+ORT_LACKS_KERNEL = "onnxruntime has no CPU kernel for it (the original model fails there too)"
+ORT_NO_BF16_IO = "onnxruntime's Python API cannot feed or return bfloat16 arrays (the original fails too)"
+RANDOM_OUTPUT = "training-mode Dropout draws random masks; only output names, dtypes and shapes are checked"
+EXCLUDED: dict[str, str] = {
+    "test_attention_3d_causal_bf16_expanded": ORT_NO_BF16_IO,
+    "test_attention_4d_attn_mask_causal_bf16_expanded": ORT_NO_BF16_IO,
+    "test_attention_4d_causal_bf16_expanded": ORT_NO_BF16_IO,
+    "test_attention_4d_causal_padded_kv_bf16_expanded": ORT_NO_BF16_IO,
+    "test_attention_4d_padded_kv_bf16_expanded": ORT_NO_BF16_IO,
+    "test_cast_BFLOAT16_to_FLOAT": ORT_NO_BF16_IO,
+    "test_cast_FLOAT_to_BFLOAT16": ORT_NO_BF16_IO,
+    "test_castlike_BFLOAT16_to_FLOAT": ORT_NO_BF16_IO,
+    "test_castlike_BFLOAT16_to_FLOAT_expanded": ORT_NO_BF16_IO,
+    "test_castlike_FLOAT_to_BFLOAT16": ORT_NO_BF16_IO,
+    "test_castlike_FLOAT_to_BFLOAT16_expanded": ORT_NO_BF16_IO,
+    "test_max_int16": ORT_LACKS_KERNEL,
+    "test_min_int16": ORT_LACKS_KERNEL,
+    "test_mod_float16_mixed_sign_fmod_0": ORT_LACKS_KERNEL,
+    "test_mod_float32_mixed_sign_fmod_0": ORT_LACKS_KERNEL,
+    "test_mod_float64_mixed_sign_fmod_0": ORT_LACKS_KERNEL,
+    "test_mod_float_edge_cases_fmod_0_float16": ORT_LACKS_KERNEL,
+    "test_mod_float_edge_cases_fmod_0_float32": ORT_LACKS_KERNEL,
+    "test_mod_float_edge_cases_fmod_0_float64": ORT_LACKS_KERNEL,
+    "test_reduce_max_empty_set_bool": ORT_LACKS_KERNEL,
+    "test_training_dropout": RANDOM_OUTPUT,
+    "test_training_dropout_default": RANDOM_OUTPUT,
+    "test_training_dropout_default_mask": RANDOM_OUTPUT,
+    "test_training_dropout_mask": RANDOM_OUTPUT,
+}
+SUPPORTED_ELEM_TYPES = frozenset(d.onnx_code for d in DType)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: onnx.ModelProto  # retargeted to opset 21 where that is valid
+    data_sets: list[tuple[list[np.ndarray], list[np.ndarray]]]
+    rtol: float
+    atol: float
+
+    @property
+    def op_types(self) -> set[str]:
+        return {n.op_type for n in self.model.graph.node if n.domain in DEFAULT_DOMAINS}
+
+
+@cache
+def _cases() -> dict[str, Case]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators overflow on purpose for cast edge cases
+        from onnx.backend.test.case.node import collect_testcases
+
+        raw = collect_testcases(None)
+    cases = {}
+    for c in raw:
+        if {n.op_type for n in c.model.graph.node} & SUPPORTED_OPS:
+            cases[c.name] = Case(c.name, _retarget(c.model), c.data_sets, c.rtol, c.atol)
+    return cases
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS)
+
+
+def _retarget(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model at opset 21 when it is valid there, else unchanged."""
+    opset = _opset(model)
+    if MIN_OPSET <= opset <= IR_OPSET:
+        return model
+    try:
+        if opset < MIN_OPSET:
+            moved = onnx.version_converter.convert_version(model, IR_OPSET)
+        else:
+            moved = onnx.ModelProto()
+            moved.CopyFrom(model)
+            next(o for o in moved.opset_import if o.domain in DEFAULT_DOMAINS).version = IR_OPSET
+        onnx.checker.check_model(moved, full_check=True)
+    except Exception:  # the checker and converter raise several types; either way it stays out of range
+        return model
+    return moved
+
+
+def _expected_import_error(model: onnx.ModelProto) -> str | None:
+    """A regex for the error import must raise, judged from the model alone (not from the importer)."""
+    if not MIN_OPSET <= _opset(model) <= IR_OPSET:
+        return r"ONNX opset \d+ is not supported"
+    if any(n.op_type not in SUPPORTED_OPS or n.domain not in DEFAULT_DOMAINS for n in model.graph.node):
+        return r"unsupported operators \(\d+ types"
+    values = [*model.graph.input, *model.graph.output]
+    if any(v.type.WhichOneof("value") != "tensor_type" for v in values):
+        return "type, not a tensor"
+    elem_types = [v.type.tensor_type.elem_type for v in values]
+    elem_types += [i.data_type for i in model.graph.initializer]
+    if any(t not in SUPPORTED_ELEM_TYPES for t in elem_types):
+        return "element type .* which effarch does not support"
+    return None
+
+
+def _assert_matches(actual: np.ndarray, expected: np.ndarray, case: Case, name: str) -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+    if expected.dtype == DType.BF16.numpy:  # numpy's comparisons do not know ml_dtypes' bfloat16
+        actual, expected = actual.astype(np.float32), expected.astype(np.float32)
+    if np.issubdtype(expected.dtype, np.floating):
+        np.testing.assert_allclose(actual, expected, rtol=case.rtol, atol=case.atol, err_msg=name)
+    else:
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+
+
+def _round_trip(case: Case) -> onnx.ModelProto:
+    exported = to_onnx(import_onnx(case.model))
+    onnx.checker.check_model(exported, full_check=True)
+    again = to_onnx(import_onnx(exported))
+    exported_text = onnx.printer.to_text(exported.graph)
+    assert onnx.printer.to_text(again.graph) == exported_text, "export -> import -> export changed the graph"
+    return exported
+
+
+def _run_data_sets(case: Case, model: onnx.ModelProto, check: Callable[..., None]) -> None:
+    initializers = {i.name for i in case.model.graph.initializer}
+    input_names = [v.name for v in case.model.graph.input if v.name not in initializers]
+    output_names = [v.name for v in case.model.graph.output]
+    for inputs, expected in case.data_sets:
+        feeds = {name: _array(x) for name, x in zip(input_names, inputs, strict=True)}
+        results = run_onnxruntime(model, feeds)
+        assert list(results) == output_names
+        for name, want in zip(output_names, expected, strict=True):
+            check(results[name], _array(want), case, name)
+
+
+def _array(x: np.ndarray | onnx.TensorProto) -> np.ndarray:
+    # Some generators (Cast) store their data as TensorProtos to keep exact bit patterns.
+    return onnx.numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else x
+
+
+def _check_shape(actual: np.ndarray, expected: np.ndarray, case: Case, name: str) -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+
+
+def run_case(case: Case) -> str:
+    """Check one case; returns how it was judged ("passed", "rejected", or an EXCLUDED reason)."""
+    error = _expected_import_error(case.model)
+    if error is not None:
+        with pytest.raises(EffarchError, match=error) as info:
+            import_onnx(case.model)
+        assert "\n" not in str(info.value)
+        return "rejected"
+    exported = _round_trip(case)
+    reason = EXCLUDED.get(case.name)
+    if reason in (ORT_LACKS_KERNEL, ORT_NO_BF16_IO):
+        with pytest.raises(EffarchError, match="onnxruntime"):
+            _run_data_sets(case, case.model, _assert_matches)
+        return reason
+    _run_data_sets(case, exported, _check_shape if reason == RANDOM_OUTPUT else _assert_matches)
+    return reason or "passed"
+
+
+@pytest.mark.parametrize("name", sorted(_cases()))
+def test_backend_case_round_trips(name: str) -> None:
+    run_case(_cases()[name])
+
+
+def test_every_supported_op_has_a_passing_case() -> None:
+    passing: set[str] = set()
+    for case in _cases().values():
+        if _expected_import_error(case.model) is None and case.name not in EXCLUDED:
+            passing |= case.op_types
+    assert SUPPORTED_OPS - passing == set()
+
+
+def test_exclusions_name_real_importable_cases() -> None:
+    cases = _cases()
+    for name in EXCLUDED:
+        assert name in cases, f"excluded case {name} does not exist"
+        assert _expected_import_error(cases[name].model) is None, f"{name} is rejected anyway; drop it"
+
+
+def test_rejections_are_judged_from_the_model() -> None:
+    # Guard against the classifier rejecting everything: most selected cases must really run.
+    judged = [_expected_import_error(c.model) is None for c in _cases().values()]
+    assert sum(judged) > len(judged) // 2
+    assert re.search("opset", _expected_import_error(_with_opset(11)) or "")
+
+
+def _with_opset(opset: int) -> onnx.ModelProto:
+    node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([node], "g", [x], [y])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
