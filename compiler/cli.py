@@ -106,7 +106,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from compiler.reference import random_inputs_for_specs
+    from compiler.report import random_inputs_for_specs
     from targets.runtime import load_artifact
 
     art = load_artifact(Path(args.artifact))
@@ -165,8 +165,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from compiler import zoo
 
-    for name in zoo.names():
-        print(f"{name:<14} {zoo.get(name).description}")
+    for name, description in zoo.describe().items():
+        print(f"{name:<14} {description}")
     return 0
 
 

@@ -1,0 +1,92 @@
+"""The effarch command line end to end: real subprocess-free calls of ``main`` on real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from compiler.cli import main
+
+
+def _small_onnx(path: Path) -> Path:
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.arange(12, dtype=np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="act")],
+        "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ops_and_passes_list(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "ops")
+    assert code == 0 and "Conv" in out and "LayerNormalization" in out
+    code, out, _ = _run(capsys, "passes")
+    assert code == 0 and "fold-constants" in out and "eliminate-dead-code" in out and "-O2:" in out
+
+
+def test_inspect_reports_ops_params_flops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "inspect", str(_small_onnx(tmp_path / "m.onnx")))
+    assert code == 0
+    assert "MatMul" in out and "Relu" in out and "12 parameters" in out
+    assert "x: f32[2,4]" in out and "y: f32[2,3]" in out
+    assert "MFLOP" in out  # 2*2*4*3 = 48 FLOPs for the MatMul plus the Relu
+
+
+def test_compile_verify_run_roundtrip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _small_onnx(tmp_path / "m.onnx")
+    art = tmp_path / "m.effarch"
+    code, out, err = _run(capsys, "compile", str(model), "--target", "x86", "-o", str(art), "--verify")
+    assert code == 0, err
+    assert art.exists() and "Check against onnxruntime" in out and "MISMATCH" not in out
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    np.savez(tmp_path / "x.npz", x=x)
+    code, _, err = _run(capsys, "run", str(art), "--inputs", str(tmp_path / "x.npz"),
+                        "--outputs", str(tmp_path / "y.npz"))
+    assert code == 0, err
+    with np.load(tmp_path / "y.npz") as y:
+        np.testing.assert_allclose(y["y"], np.maximum(x @ np.arange(12, dtype=np.float32).reshape(4, 3), 0),
+                                   rtol=1e-6)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["compile", "missing.onnx", "-o", "{tmp}/o.effarch"], "not found"),
+    (["compile", "{model}", "--target", "vax", "-o", "{tmp}/o.effarch"], "vax"),
+    (["compile", "{model}", "--cpu", "pentium-9000", "-o", "{tmp}/o.effarch"], "pentium-9000"),
+    (["compile", "{model}", "--pipeline", "fold-constans", "-o", "{tmp}/o.effarch"], "fold-constants"),
+    (["compile", "{model}", "--shape", "x=2xfour", "-o", "{tmp}/o.effarch"], "--shape"),
+    (["inspect", "{tmp}/garbage.onnx"], "ONNX"),
+    (["run", "{tmp}/garbage.effarch"], "garbage.effarch"),
+])
+def test_bad_input_is_one_line_error_and_no_output(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   argv: list[str], message: str) -> None:
+    model = _small_onnx(tmp_path / "m.onnx")
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model")
+    (tmp_path / "garbage.effarch").write_bytes(b"not an artifact")
+    args = [a.format(tmp=tmp_path, model=model) for a in argv]
+    code, _, err = _run(capsys, *args)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("effarch: error: ") and message in lines[-1], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o.effarch").exists()
+
+
+def test_run_rejects_wrong_input_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    art = tmp_path / "m.effarch"
+    assert _run(capsys, "compile", str(_small_onnx(tmp_path / "m.onnx")), "-o", str(art))[0] == 0
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 4), np.float32))
+    code, _, err = _run(capsys, "run", str(art), "--inputs", str(tmp_path / "x.npz"), "--outputs",
+                        str(tmp_path / "y.npz"))
+    assert code == 1 and "'x'" in err and "(2, 4)" in err.replace("[2, 4]", "(2, 4)")
+    assert not (tmp_path / "y.npz").exists()
