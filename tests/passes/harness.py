@@ -75,6 +75,13 @@ def check_not_fired(pass_: Pass, graph: Graph, reason_contains: str,
     return result
 
 
+def payload(graph: Graph, name: str) -> np.ndarray:
+    """The array of constant %name (asserting it exists and has one)."""
+    v = graph.constants.get(name)
+    assert v is not None and v.const is not None, f"%{name} is not a constant with a payload"
+    return v.const
+
+
 def _check_honest(pass_: Pass, unchanged: bool, modified: bool) -> None:
     assert not (modified and unchanged), f"pass '{pass_.name}' reported modified=True but changed nothing"
     assert modified or unchanged, f"pass '{pass_.name}' changed the graph but reported modified=False"
