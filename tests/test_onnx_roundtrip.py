@@ -26,6 +26,7 @@ import pytest
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import DEFAULT_DOMAINS, MIN_OPSET, import_onnx
 from compiler.ir import DType
+from compiler.ir.verifier import verify
 from compiler.onnx_export import to_onnx
 from compiler.ops import IR_OPSET, SUPPORTED_OPS
 from compiler.reference import run_onnxruntime
@@ -139,7 +140,9 @@ def _assert_matches(actual: np.ndarray, expected: np.ndarray, case: Case, name: 
 
 
 def _round_trip(case: Case) -> onnx.ModelProto:
-    exported = to_onnx(import_onnx(case.model))
+    graph = import_onnx(case.model)
+    verify(graph)
+    exported = to_onnx(graph)
     onnx.checker.check_model(exported, full_check=True)
     again = to_onnx(import_onnx(exported))
     exported_text = onnx.printer.to_text(exported.graph)

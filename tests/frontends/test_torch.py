@@ -11,6 +11,7 @@ import torch
 from compiler.errors import EffarchError
 from compiler.frontends.torch import import_exported_program, import_torch, load_builder, load_pt2
 from compiler.ir import Graph
+from compiler.ir.verifier import verify
 from compiler.reference import run_onnxruntime
 from tests.frontends import builders
 
@@ -22,7 +23,9 @@ F32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 @pytest.fixture(scope="module")
 def net_graph() -> Graph:
     module, example = builders.build()
-    return import_torch(module, example)
+    graph = import_torch(module, example)
+    verify(graph)
+    return graph
 
 
 def test_module_paths_become_provenance(net_graph: Graph) -> None:
