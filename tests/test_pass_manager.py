@@ -201,7 +201,9 @@ class Liar(Grow):
 def test_honesty_check_in_the_context_catches_a_false_modified(temporary_passes) -> None:
     temporary_passes(Liar)
     PassManager("test-liar").run(parse_graph(SHAPE_CHAIN))  # unchecked: no error
-    with pytest.raises(PassError, match="test-liar' changed the graph but reported modified=False"):
+    want = r"^pass 'test-liar' failed: changed the graph but reported modified=False;.*"
+    want += r"\(ran before it: nothing\)$"
+    with pytest.raises(PassError, match=want):
         PassManager("test-liar", PassContext(check_honesty=True)).run(parse_graph(SHAPE_CHAIN))
 
 

@@ -138,4 +138,7 @@ def _failure_message(name: str, exc: Exception, records: list[PassRecord]) -> st
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     # Effarch errors already read as sentences; show the type of anything else (a bug in the pass).
     detail = text if isinstance(exc, EffarchError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+    own = f"pass '{name}' "
+    if detail.startswith(own):  # the honesty check already named the pass
+        detail = detail[len(own):]
     return f"pass '{name}' failed: {detail} (ran before it: {ran})"
