@@ -246,7 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_zoo)
     p = sub.add_parser("ops", help="list the supported operators")
     p.set_defaults(func=cmd_ops)
+    _register_plugin_commands(sub)
     return parser
+
+
+def _register_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands contributed by modules in ``compiler.commands``: each defines ``register(sub)``, which adds
+    its parser with ``set_defaults(func=...)``; func takes the parsed args and returns the exit status."""
+    import importlib
+    import pkgutil
+
+    from compiler import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"compiler.commands.{info.name}").register(sub)
 
 
 def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
