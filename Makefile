@@ -7,7 +7,8 @@ STAMP   = $(VENV)/.effarch-setup
 .PHONY: setup demo test lint clean
 
 # torch is installed first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/install-system-deps.sh
+	bash tools/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
