@@ -61,7 +61,7 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -283,15 +283,28 @@ def _guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _asks_target_help(argv):
+        return cmd_target_help(argparse.Namespace())
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="effarch: %(levelname)s: %(name)s: %(message)s")
-    if getattr(args, "target", None) == "help":
-        from targets.base import describe_targets
-
-        print(describe_targets())
-        return 0
     return _guarded(args.func, args)
+
+
+def _asks_target_help(argv: list[str]) -> bool:
+    """``--target help`` lists targets without needing the rest of the command line."""
+    return "--target=help" in argv or any(a == "--target" and b == "help" for a, b in zip(argv, argv[1:], strict=False))
+
+
+def cmd_target_help(args: argparse.Namespace) -> int:
+    from targets.base import list_targets
+
+    for spec in list_targets():
+        cpus = spec.known_cpus()
+        shown = ", ".join(cpus[:14]) + (f", ... ({len(cpus) - 14} more)" if len(cpus) > 14 else "")
+        print(f"{spec.name:<6} {spec.description}\n       default cpu: {spec.default_cpu()}\n       cpus: {shown}")
+    return 0
 
 
 if __name__ == "__main__":

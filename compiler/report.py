@@ -67,7 +67,7 @@ def inspect_graph(g: Graph) -> str:
 
 def stats_comparison(before: Graph, after: Graph) -> str:
     a, b = graph_stats(before), graph_stats(after)
-    rows = [["nodes", a.nodes, b.nodes, _delta(a.nodes, b.nodes)],
+    rows: list[list[Any]] = [["nodes", a.nodes, b.nodes, _delta(a.nodes, b.nodes)],
             ["parameters", f"{a.parameters:,}", f"{b.parameters:,}", _delta(a.parameters, b.parameters)],
             ["constant bytes", _mb(a.constant_bytes), _mb(b.constant_bytes),
              _delta(a.constant_bytes, b.constant_bytes)],
@@ -123,7 +123,7 @@ def manifest_summary(m: dict[str, Any]) -> str:
              f"  target:   {target.get('name')} cpu={target.get('cpu')} ({target.get('arch', '')})",
              f"  pipeline: {m.get('pipeline') or '(none)'}",
              f"  source:   {m.get('source', {}).get('spec', '')} sha256 {m.get('source_sha256', '')[:16]}",
-             f"  versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())]
+             "  versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())]
     for role in ("inputs", "outputs"):
         lines.append(f"  {role}:")
         lines += [f"    {t['name']}: {t['dtype']}{t['shape']}" for t in m.get(role, [])]
