@@ -97,7 +97,7 @@ class _Lowerer:
         return e
 
     def _inline(self, arr: np.ndarray) -> relax.Expr:
-        return self.bb.normalize(relax.const(np.ascontiguousarray(arr), str(arr.dtype)))
+        return self.bb.normalize(relax.const(np.asarray(arr, order="C"), str(arr.dtype)))
 
     def _weight(self, v: Value, arr: np.ndarray) -> relax.Var:
         # Only graph constants and Constant nodes are large and known (the evaluator keeps its

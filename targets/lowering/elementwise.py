@@ -39,6 +39,10 @@ def _identity(c: Call) -> relax.Expr:
 @converter("Dropout")
 def _dropout(c: Call) -> list[relax.Expr]:
     # Dropout at inference is the identity; its optional mask output is all true.
+    training = c.has(2) and bool(c.const(2, "training_mode").reshape(-1)[0])
+    ratio = float(c.const(1, "ratio").reshape(-1)[0]) if c.has(1) else 0.5
+    if training and ratio != 0.0:
+        raise c.fail("training_mode=True drops at random; export the model in eval mode")
     if len(c.node.outputs) == 1:
         return [c.arg(0)]
     return [c.arg(0), R.ones(relax.ShapeExpr(c.shape(0)), "bool")]
@@ -91,7 +95,7 @@ def _softplus(c: Call) -> relax.Expr:
 
 # ---- binary: numpy broadcasting, as in ONNX -----------------------------------------------------
 _BINARY: dict[str, Callable[[relax.Expr, relax.Expr], relax.Expr]] = {
-    "Add": R.add, "Sub": R.subtract, "Mul": R.multiply, "Pow": R.power,
+    "Add": R.add, "Sub": R.subtract, "Mul": R.multiply,
     "Equal": R.equal, "Less": R.less, "LessOrEqual": R.less_equal, "Greater": R.greater,
     "GreaterOrEqual": R.greater_equal, "And": R.logical_and, "Or": R.logical_or,
     "Xor": R.logical_xor,
@@ -103,11 +107,31 @@ def _binary(c: Call) -> relax.Expr:
     return _BINARY[c.op](c.arg(0), c.arg(1))
 
 
+def is_float(dtype: str) -> bool:
+    return DType.from_numpy(np.dtype(dtype)).is_float
+
+
+@converter("Pow")
+def _pow(c: Call) -> relax.Expr:
+    # ONNX lets the exponent's type differ; the result has the base's type. Relax's power is
+    # float-only and same-typed, so integers go through float64 (exact for the usual magnitudes).
+    base, exponent, dt = c.arg(0), c.arg(1), c.dtype(0)
+    work = dt if is_float(dt) else "float64"
+    if dt != work:
+        base = c.emit(R.astype(base, work))
+    if c.dtype(1) != work:
+        exponent = c.emit(R.astype(exponent, work))
+    y = R.power(base, exponent)
+    return y if work == dt else R.astype(c.emit(y), dt)
+
+
 @converter("Div")
 def _div(c: Call) -> relax.Expr:
-    a, b = c.arg(0), c.arg(1)
-    if DType.from_numpy(np.dtype(c.dtype(0))).is_float:
+    a, b, dt = c.arg(0), c.arg(1), c.dtype(0)
+    if is_float(dt):
         return R.divide(a, b)
+    if dt.startswith("uint"):
+        return R.floor_divide(a, b)
     # ONNX integer division truncates toward zero: |a| // |b| with the sign of a * b.
     q = R.floor_divide(R.abs(a), R.abs(b))
     return R.multiply(q, R.multiply(R.sign(a), R.sign(b)))
@@ -116,6 +140,8 @@ def _div(c: Call) -> relax.Expr:
 @converter("Mod")
 def _mod(c: Call) -> relax.Expr:
     a, b = c.arg(0), c.arg(1)
+    if is_float(c.dtype(0)) and not c.attr("fmod", 0):
+        raise c.fail("float Mod needs fmod=1 in opset 21; set fmod=1 (C fmod) or use integers")
     if c.attr("fmod", 0):
         # fmod: the result takes the sign of the dividend (C fmod); a - trunc(a / b) * b
         return R.subtract(a, R.multiply(R.trunc(R.divide(a, b)), b))

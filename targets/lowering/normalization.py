@@ -21,7 +21,7 @@ def _batch_norm(c: Call) -> relax.Expr:
         return c.emit(R.reshape(c.arg(i), per_channel))
 
     inv_std = c.emit(R.rsqrt(R.add(c.arg(4), scalar(c.attr("epsilon", 1e-5), c.dtype(4)))))
-    factor = c.emit(R.reshape(R.multiply(c.arg(1), inv_std), per_channel))
+    factor = c.emit(R.reshape(c.emit(R.multiply(c.arg(1), inv_std)), per_channel))
     shift = c.emit(R.subtract(channel(2), R.multiply(channel(3), factor)))
     if c.dtype(1) != dt:
         factor, shift = c.emit(R.astype(factor, dt)), c.emit(R.astype(shift, dt))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tvm import relax
 from tvm.relax import op as R
 
-from targets.lowering.registry import Call, converter
-from targets.lowering.spatial import window
+from targets.lowering.registry import Call, converter, static_shape
+from targets.lowering.spatial import Window, window
 
 _LAYOUT = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
 _MAX = {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d}
@@ -25,9 +25,30 @@ def _pool(c: Call) -> relax.Expr:
         raise c.fail(f"{n}-D pooling is not supported (1-D to 3-D are)")
     win = window(c, spatial, list(c.attr("kernel_shape")))
     fn = (_MAX if c.op == "MaxPool" else _AVG)[n]
-    return fn(c.arg(0), pool_size=win.kernel, strides=win.strides, padding=win.pads,
-              dilation=win.dilations, ceil_mode=bool(c.attr("ceil_mode", 0)),
-              count_include_pad=bool(c.attr("count_include_pad", 0)), layout=_LAYOUT[n])
+    ceil_mode = bool(c.attr("ceil_mode", 0))
+    y = fn(c.arg(0), pool_size=win.kernel, strides=win.strides, padding=win.pads,
+           dilation=win.dilations, ceil_mode=ceil_mode,
+           count_include_pad=bool(c.attr("count_include_pad", 0)), layout=_LAYOUT[n])
+    if not ceil_mode:
+        return y
+    return _drop_windows_starting_in_padding(c, c.emit(y), spatial, win)
+
+
+def _drop_windows_starting_in_padding(c: Call, y: relax.Expr, spatial: list[int], win: Window) -> relax.Expr:
+    # ONNX (like PyTorch) drops a last ceil-mode window that would start in the end padding;
+    # Relax keeps it, so slice it off.
+    n = len(spatial)
+    keep = []
+    for i, size in enumerate(spatial):
+        span = (win.kernel[i] - 1) * win.dilations[i] + 1
+        out = -(-(size + win.pads[i] + win.pads[n + i] - span) // win.strides[i]) + 1
+        if (out - 1) * win.strides[i] >= size + win.pads[i]:
+            out -= 1
+        keep.append(out)
+    have = static_shape(y)[2:]
+    if have == keep:
+        return y
+    return R.strided_slice(y, list(range(2, n + 2)), [0] * n, keep)
 
 
 @converter("GlobalAveragePool", "GlobalMaxPool")

@@ -26,7 +26,14 @@ def _reduce(c: Call) -> relax.Expr:
         axes = list(range(rank))
     if rank == 0:
         return c.arg(0)
-    return _REDUCE[c.op](c.arg(0), sorted(set(axes)), keepdims=keepdims)
+    if any(c.shape(0)[a] == 0 for a in axes):
+        raise c.fail("reducing an empty axis is not supported; give the input at least one element")
+    x = c.arg(0)
+    if c.dtype(0) == "bool":
+        # Relax reduces numbers only; on booleans max is any() and min is all(), through uint8.
+        x = c.emit(R.astype(x, "uint8"))
+        return R.astype(c.emit(_REDUCE[c.op](x, sorted(set(axes)), keepdims=keepdims)), "bool")
+    return _REDUCE[c.op](x, sorted(set(axes)), keepdims=keepdims)
 
 
 @converter("ArgMax", "ArgMin")

@@ -12,12 +12,14 @@ from targets.lowering.registry import Call, converter, norm_axis
 
 
 def _const(arr: np.ndarray) -> relax.Expr:
-    return relax.const(np.ascontiguousarray(arr), str(arr.dtype))
+    return relax.const(np.asarray(arr, order="C"), str(arr.dtype))
 
 
 @converter("Reshape")
 def _reshape(c: Call) -> relax.Expr:
     dims, shape = c.ints(1, "shape"), c.shape(0)
+    if 0 in shape:
+        raise c.fail(f"reshaping the empty tensor of shape {shape} is not supported")
     if not c.attr("allowzero", 0):
         dims = [shape[i] if d == 0 else d for i, d in enumerate(dims)]
     if -1 in dims:
@@ -57,6 +59,8 @@ def _split(c: Call) -> list[relax.Expr]:
         # Equal parts; with num_outputs not dividing the dim, the last part is smaller.
         part = -(-shape[axis] // n)
         sizes = [min(part, shape[axis] - i * part) for i in range(n)]
+    if 0 in sizes:
+        raise c.fail(f"split sizes {sizes} contain an empty part; zero-size tensors are not supported")
     indices = list(np.cumsum(sizes[:-1]).astype(int))
     parts = c.emit(R.split(c.arg(0), [int(i) for i in indices], axis))
     return [relax.TupleGetItem(parts, i) for i in range(n)]
@@ -166,8 +170,11 @@ def _pad(c: Call) -> relax.Expr:
     if min(full) < 0:
         raise c.fail("negative pads (cropping) are not supported; use Slice")
     mode = c.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
-        raise c.fail(f"pad mode '{mode}' is not supported (constant, reflect, edge are)")
+    if mode not in _PAD_MODES:
+        raise c.fail(f"pad mode '{mode}' is not supported ({', '.join(_PAD_MODES)} are)")
     value = float(c.const(2, "constant_value").reshape(-1)[0]) if c.has(2) else 0.0
     width = [p for ax in range(rank) for p in (full[ax], full[rank + ax])]
-    return R.nn.pad(c.arg(0), width, pad_mode=mode, pad_value=value)
+    return R.nn.pad(c.arg(0), width, pad_mode=_PAD_MODES[mode], pad_value=value)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}

@@ -51,7 +51,9 @@ def _same_pads(spatial: list[int], kernel: list[int], strides: list[int], dilati
 
 def transpose_pads(c: Call, spatial: list[int], kernel: list[int], w: Window,
                    output_padding: list[int]) -> list[int]:
-    """ConvTranspose pads: explicit, or derived from ``output_shape`` / SAME auto_pad (ONNX spec)."""
+    """ConvTranspose pads: explicit, or derived from ``output_shape`` / SAME auto_pad (ONNX spec).
+
+    Grows ``output_padding`` in place where ``output_shape`` exceeds the unpadded output."""
     auto_pad = c.attr("auto_pad", "NOTSET")
     output_shape = c.attr("output_shape")
     if output_shape is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
@@ -65,7 +67,9 @@ def transpose_pads(c: Call, spatial: list[int], kernel: list[int], w: Window,
         full = w.strides[i] * (spatial[i] - 1) + output_padding[i] + (kernel[i] - 1) * w.dilations[i] + 1
         total = full - output_shape[i]
         if total < 0:
-            raise c.fail(f"output_shape {output_shape} is larger than the full output; not supported")
+            # A larger output than the full one: the extra rows come from output_padding.
+            output_padding[i] -= total
+            total = 0
         small, big = total // 2, total - total // 2
         begins.append(small if auto_pad == "SAME_UPPER" else big)
         ends.append(big if auto_pad == "SAME_UPPER" else small)

@@ -22,7 +22,7 @@ def run_lowered(lowered: Lowered, inputs: dict[str, np.ndarray]) -> list[np.ndar
     target = tvm.target.Target({"kind": "llvm"})
     ex = tvm.compile(lowered.mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n])) for n in lowered.input_names]
+    args = [tvm.runtime.tensor(np.asarray(inputs[n], order="C")) for n in lowered.input_names]
     args += [tvm.runtime.tensor(p) for p in lowered.params]
     result = vm["main"](*args)
     return [result[i].numpy() for i in range(len(result))]

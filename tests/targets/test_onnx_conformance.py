@@ -28,8 +28,8 @@ from tests.targets import run_lowered
 # (rtol, atol) per expected dtype; integers and booleans compare exactly.
 TOLERANCE = {
     np.dtype("float16"): (1e-2, 1e-3),
-    np.dtype("float32"): (1e-4, 1e-5),
-    np.dtype("float64"): (1e-7, 1e-9),
+    np.dtype("float32"): (1e-3, 1e-5),  # ONNX's own rtol: some expected outputs have 4 digits
+    np.dtype("float64"): (1e-3, 1e-7),
 }
 
 # Graph inputs that ops need as compile-time constants: (op, input index). The test data's values
@@ -38,14 +38,22 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "Tile": (1,), "Pad": (1, 2, 3),
     "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
-    "Trilu": (1,),
+    "Trilu": (1,), "Dropout": (1, 2),
 }
 
 # Cases needing what effarch does not support, by name pattern: each must fail with an EffarchError.
 EXCLUDED: dict[str, str] = {
-    r"_u?int(4|16|32|64)?$|_uint(16|32|64)|_(u)?int4|float8|FLOAT8|FLOAT4|INT4|UINT4|_e[45]m[23]": (
+    r"_uint(16|32|64)$|_u?int[24]|float[48]|FLOAT[48]|U?INT[24]|_e[45]m[23]|_e8m0": (
         "element type outside effarch's dtypes"),
     r"STRING|_string": "string tensors",
+    r"_sequence|_opt$": "sequence and optional types",
+    r"training_mode|test_training_dropout(_default)?(_mask)?$": "training-mode BatchNormalization/Dropout",
+    r"mod_.*fmod_0": "float Mod with fmod=0 is opset 28 (effarch follows opset 21)",
+    r"empty_set(_bool)?$|allowzero_reordered": "zero-size tensors",
+    r"range_b?float16": "Range on 16-bit floats is opset 27",
+    r"maxpool_with_argmax": "MaxPool's Indices output",
+    r"convtranspose_3d": "3-D ConvTranspose",
+    r"split_zero_size": "zero-size tensors",
 }
 
 
@@ -74,8 +82,12 @@ def _collect() -> dict[str, list[onnx.backend.test.case.test_case.TestCase]]:
 CASES = _collect()
 
 
-def _array(x: np.ndarray | onnx.TensorProto) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else numpy_helper.to_array(x)
+def _array(x: object) -> np.ndarray:
+    if isinstance(x, onnx.TensorProto):
+        return numpy_helper.to_array(x)
+    if isinstance(x, list | dict | type(None)):
+        raise EffarchError(f"test data of type {type(x).__name__} is not a tensor")
+    return np.asarray(x)
 
 
 def _prepare(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> tuple[onnx.ModelProto, dict]:
@@ -100,13 +112,24 @@ def _to_opset_21(model: onnx.ModelProto) -> onnx.ModelProto:
         return copy
     try:
         return onnx.version_converter.convert_version(model, 21)
-    except Exception as e:  # the converter raises bare RuntimeErrors and others
-        raise EffarchError(f"opset {version} model does not convert to opset 21: {e}") from e
+    except Exception:  # the converter raises bare RuntimeErrors and others
+        # No adapter (e.g. 22 -> 21, a bump that only added element types): relabel the model
+        # and keep it if it checks at opset 21; otherwise import_onnx rejects its opset.
+        relabelled = onnx.ModelProto()
+        relabelled.CopyFrom(model)
+        next(o for o in relabelled.opset_import if o.domain in ("", "ai.onnx")).version = 21
+        try:
+            onnx.checker.check_model(relabelled, full_check=True)
+        except Exception:
+            return model
+        return relabelled
 
 
 def _check(got: np.ndarray, want: np.ndarray, name: str) -> None:
     assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
     assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    if want.dtype.name == "bfloat16":  # numpy's testing sees no NaN in ml_dtypes' bfloat16
+        got, want = got.astype(np.float32), want.astype(np.float32)
     if want.dtype in TOLERANCE:
         rtol, atol = TOLERANCE[want.dtype]
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
