@@ -1,0 +1,14 @@
+"""Fixtures: the wrong pass is registered only while a test that asks for it runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler.passmgr import registry
+from tests.debugging.models import FlipSign
+
+
+@pytest.fixture
+def flip_sign(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(registry._REGISTRY, FlipSign.name, FlipSign)
+    return FlipSign.name
