@@ -83,7 +83,7 @@ class Value:
 class Node:
     """One operation: ONNX op semantics (opset 21) for domain "", attributes as Python values."""
 
-    __slots__ = ("op", "domain", "name", "_inputs", "attrs", "outputs", "provenance", "graph")
+    __slots__ = ("op", "domain", "name", "_inputs", "attrs", "outputs", "provenance", "graph", "body")
 
     def __init__(
         self,
@@ -95,6 +95,7 @@ class Node:
         domain: str = "",
         name: str = "",
         provenance: Provenance | None = None,
+        body: Any = None,
     ) -> None:
         self.op = op
         self.domain = domain
@@ -102,6 +103,9 @@ class Node:
         self.attrs: dict[str, AttrValue] = dict(attrs or {})
         self.provenance = provenance or Provenance(name)
         self.graph: Any = None  # set by Graph when inserted
+        # A group node (a fusion) owns a body: a Graph whose inputs stand for this node's inputs
+        # and whose outputs are this node's outputs, position by position. None for plain ops.
+        self.body: Any = body
         self._inputs: list[Value | None] = []
         for v in inputs:
             self._append_input(v)

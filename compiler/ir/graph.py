@@ -176,7 +176,7 @@ class Graph:
             ins = [None if v is None else vmap[id(v)] for v in n.inputs]
             outs = [copy_value(v) for v in n.outputs]
             nn = Node(n.op, ins, dict(n.attrs), outs, domain=n.domain, name=n.name,
-                      provenance=n.provenance)
+                      provenance=n.provenance, body=None if n.body is None else n.body.clone())
             nn.graph = g
             g.nodes.append(nn)
         g.outputs = [vmap[id(v)] for v in self.outputs]

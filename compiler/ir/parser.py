@@ -2,7 +2,9 @@
 
 ``print_graph(parse_graph(s)) == s`` for every printed ``s``. Hand-written texts may also use
 forward references (a node input defined by a later line), blank lines and ``#`` comment lines
-in the body. Errors are ``ParseError`` with ``line N, col M:`` and what was expected.
+in the body. A ``graph`` line inside a body opens the nested body of the node just above it; the
+block ends at the ``}`` indented like that ``graph`` line and is parsed as a graph of its own.
+Errors are ``ParseError`` with ``line N, col M:`` and what was expected.
 """
 
 from __future__ import annotations
@@ -203,8 +205,9 @@ def parse_provenance(cur: _Cursor) -> Provenance:
 class _GraphParser:
     """Builds the graph line by line; values may be used before the line that defines them."""
 
-    def __init__(self, text: str, constants: dict[str, np.ndarray]) -> None:
+    def __init__(self, text: str, constants: dict[str, np.ndarray], line_offset: int = 0) -> None:
         self.lines = text.split("\n")
+        self.line_offset = line_offset
         self.constants = constants
         self.graph = Graph()
         self.values: dict[str, Value] = {}
@@ -348,21 +351,40 @@ class _GraphParser:
             self.metadata(_Cursor(self.lines[i], i + 1))
             i = self.skip_blank(i + 1)
         if i == len(self.lines):
-            raise ParseError(f"line {i}, col 1: expected 'graph', found end of text")
-        self.header(_Cursor(self.lines[i], i + 1))
+            raise ParseError(f"line {self.line_offset + i}, col 1: expected 'graph', found end of text")
+        self.header(_Cursor(self.lines[i], self.line_offset + i + 1))
         i += 1
         while True:
             if i == len(self.lines):
-                raise ParseError(f"line {i}, col 1: expected '}}' closing the graph, found end of text")
+                raise ParseError(f"line {self.line_offset + i}, col 1: expected '}}' closing the graph, "
+                                 "found end of text")
             stripped = self.lines[i].strip()
             if stripped == "}":
                 break
-            if stripped and not stripped.startswith("#"):
-                self.body_line(_Cursor(self.lines[i], i + 1))
+            if stripped.startswith("graph ") or stripped.startswith("graph\t"):
+                i = self.nested_body(i)
+            elif stripped and not stripped.startswith("#"):
+                self.body_line(_Cursor(self.lines[i], self.line_offset + i + 1))
             i += 1
         if self.skip_blank(i + 1) != len(self.lines):
-            raise ParseError(f"line {self.skip_blank(i + 1) + 1}, col 1: expected end of text after '}}'")
+            raise ParseError(f"line {self.line_offset + self.skip_blank(i + 1) + 1}, col 1: "
+                             "expected end of text after '}'")
         return self.finish()
+
+    def nested_body(self, start: int) -> int:
+        """Parse the body block opening at line ``start`` into the last node; return its last line."""
+        line = self.lines[start]
+        indent = line[: len(line) - len(line.lstrip())]
+        end = start + 1
+        while end < len(self.lines) and self.lines[end] != indent + "}":
+            end += 1
+        owner = self.graph.nodes[-1] if self.graph.nodes else None
+        if owner is None or owner.body is not None:
+            raise ParseError(f"line {self.line_offset + start + 1}, col {len(indent) + 1}: expected a node "
+                             "line before this body (a body follows the group node that owns it)")
+        block = "\n".join(s[len(indent):] if s.startswith(indent) else s for s in self.lines[start:end + 1])
+        owner.body = _GraphParser(block, self.constants, self.line_offset + start).parse()
+        return end
 
     def skip_blank(self, i: int) -> int:
         while i < len(self.lines) and not self.lines[i].strip():

@@ -20,6 +20,16 @@ graph main(%x: f32[1,3,8,8], %ids: i64[batch,128]) -> (%y, %a) {
   same provenance it is written as ``#= ["source", [rewrites], [merged]]`` instead.
 - ``name="..."`` after the types appears only when ``node.name`` differs from the provenance
   source (the parser defaults the name to that source).
+- A group node (``node.body``, made by fusion) is followed by its body: a nested ``graph`` block
+  indented two more spaces than the node, with its own value names. Bodies carry no metadata.
+
+```
+  %r = effarch::FusedConv(%x, %w) : f32[1,8,4,4]  # conv <fuse-operators:conv-act> {conv,relu}
+    graph conv_relu(%x: f32[1,3,4,4], %w: f32[8,3,1,1]) -> (%r) {
+      %c = Conv(%x, %w) : f32[1,8,4,4]  # conv
+      %r = Relu(%c) : f32[1,8,4,4]  # relu
+    }
+```
 """
 
 from __future__ import annotations
@@ -176,6 +186,13 @@ def format_node(n: Node) -> str:
     return line + format_provenance(n.provenance)
 
 
+def format_body(n: Node) -> list[str]:
+    """The nested block of a group node: its body's text, two spaces deeper than the node line."""
+    if n.body is None:
+        return []
+    return ["    " + line for line in _graph_lines(n.body, metadata=False)]
+
+
 def format_metadata(key: str, value: str) -> str:
     value = str(value)
     plain = value and value == value.strip() and value.isprintable() and not value.startswith('"')
@@ -187,11 +204,17 @@ def format_header(g: Graph) -> str:
     return f"graph {quote_name(g.name)}({ins}) -> ({_refs(g.outputs)}) {{"
 
 
-def print_graph(g: Graph) -> str:
-    """The graph's text form, one definition per line, ending with a newline."""
-    lines = [format_metadata(k, v) for k, v in g.metadata.items()]
+def _graph_lines(g: Graph, *, metadata: bool = True) -> list[str]:
+    lines = [format_metadata(k, v) for k, v in g.metadata.items()] if metadata else []
     lines.append(format_header(g))
     lines += [format_constant(v) for v in g.constants.values()]
-    lines += [format_node(n) for n in g.nodes]
+    for n in g.nodes:
+        lines.append(format_node(n))
+        lines += format_body(n)
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def print_graph(g: Graph) -> str:
+    """The graph's text form, one definition per line, ending with a newline."""
+    return "\n".join(_graph_lines(g)) + "\n"

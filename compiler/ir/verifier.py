@@ -4,6 +4,8 @@ Structure: each node input is a graph input, a constant of this graph or an outp
 node (so ``graph.nodes`` is a topological order); ``value.uses`` matches the node inputs exactly;
 outputs know their producer and index; ``node.graph`` is the graph; graph outputs are defined;
 value names are unique; every value has a type; domain "" ops are in ``SUPPORTED_OPS``.
+Group nodes: the body verifies on its own, and its inputs and outputs match the node's, position
+by position, in number and type (a body is the node's definition, so they cannot differ).
 Types: the rules in ``_TYPE_RULES`` for common ops; they skip what is unknown (``None`` types,
 unknown ranks, symbolic dims) rather than guess.
 """
@@ -35,7 +37,7 @@ def verify(g: Graph) -> None:
 def find_problems(g: Graph) -> list[str]:
     """Every problem in ``g`` as one line each, in a stable order."""
     return [*_check_sources(g), *_check_nodes(g), *_check_uses(g), *_check_outputs(g),
-            *_check_names_and_types(g), *_check_op_types(g)]
+            *_check_names_and_types(g), *_check_op_types(g), *_check_bodies(g)]
 
 
 def _label(i: int, n: Node) -> str:
@@ -129,6 +131,30 @@ def _check_names_and_types(g: Graph) -> Iterable[str]:
     for v in g.values():
         if v.type is None:
             yield f"value %{v.name} has no type"
+
+
+# ---- group bodies -----------------------------------------------------------------------------
+def _check_bodies(g: Graph) -> Iterable[str]:
+    for i, n in enumerate(g.nodes):
+        if n.body is None:
+            continue
+        label = f"{_label(i, n)} body"
+        yield from (f"{label}: {p}" for p in find_problems(n.body))
+        yield from _check_signature(label, "input", n.inputs, n.body.inputs)
+        yield from _check_signature(label, "output", n.outputs, n.body.outputs)
+
+
+def _check_signature(label: str, what: str, outer: Iterable[Value | None],
+                     inner: list[Value]) -> Iterable[str]:
+    outer = list(outer)
+    if len(outer) != len(inner):
+        yield f"{label} has {len(inner)} {what}s but the node has {len(outer)}"
+        return
+    for j, (o, b) in enumerate(zip(outer, inner, strict=True)):
+        if o is None:
+            yield f"{label}: node {what} {j} is omitted; a group node needs every {what}"
+        elif o.type is not None and b.type is not None and o.type != b.type:
+            yield f"{label} {what} {j} %{b.name} is {b.type} but the node's %{o.name} is {o.type}"
 
 
 # ---- per-op type rules ------------------------------------------------------------------------
