@@ -3,6 +3,10 @@
 Constants become initializers, every typed value gets a value_info (symbolic dims as dim_param), node
 names are unique and derived from provenance, and the provenance itself rides in node metadata_props
 so that importing the export gives back the same provenance.
+
+Group nodes (fusions, ``node.body``) become calls to model-local functions in domain "effarch", one
+function per group named ``<op>_<k>`` (``FusedConv_0``), so onnxruntime runs the fused graph and
+Netron shows each group as one box that opens to its body. The importer reads them back as groups.
 """
 
 from __future__ import annotations
@@ -38,11 +42,11 @@ _A = onnx.AttributeProto
 
 def to_onnx(g: Graph) -> onnx.ModelProto:
     """The graph as an opset-21 ModelProto (constants inline as initializers)."""
-    domains = sorted({n.domain for n in g.nodes if n.domain not in ("", "ai.onnx")})
-    opsets = [helper.make_opsetid("", IR_OPSET)] + [helper.make_opsetid(d, 1) for d in domains]
+    functions = _Functions()
     names = _unique_node_names(g.nodes)
+    nodes = [_node_proto(n, name, functions) for n, name in zip(g.nodes, names, strict=True)]
     graph = helper.make_graph(
-        [_node_proto(n, name) for n, name in zip(g.nodes, names, strict=True)],
+        nodes,
         g.name or "main",
         [_value_info(v) for v in g.inputs],
         [_value_info(v) for v in g.outputs],
@@ -50,11 +54,43 @@ def to_onnx(g: Graph) -> onnx.ModelProto:
         value_info=[_value_info(v) for n in g.nodes for v in n.outputs
                     if v.type is not None and v not in g.outputs],
     )
-    model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER, ir_version=IR_VERSION)
+    model = helper.make_model(graph, opset_imports=_opsets(nodes), producer_name=PRODUCER,
+                              ir_version=IR_VERSION, functions=functions.protos)
     helper.set_model_props(model, {k: str(v) for k, v in sorted(g.metadata.items())})
     if any(v.type is None for v in g.outputs):
         _infer_output_types(model)
     return model
+
+
+def _opsets(nodes: list[onnx.NodeProto]) -> list[onnx.OperatorSetIdProto]:
+    domains = sorted({n.domain for n in nodes if n.domain not in ("", "ai.onnx")})
+    return [helper.make_opsetid("", IR_OPSET)] + [helper.make_opsetid(d, 1) for d in domains]
+
+
+class _Functions:
+    """The model-local functions of the group nodes met so far, each named ``<op>_<k>``."""
+
+    def __init__(self) -> None:
+        self.protos: list[onnx.FunctionProto] = []
+
+    def add(self, n: Node) -> str:
+        body = n.body
+        name = f"{n.op}_{len(self.protos)}"
+        self.protos.append(onnx.FunctionProto())  # reserve the slot: nested groups number after it
+        slot = len(self.protos) - 1
+        names = _unique_node_names(body.nodes)
+        nodes = [_constant_node(v) for v in body.constants.values()]
+        nodes += [_node_proto(b, nm, self) for b, nm in zip(body.nodes, names, strict=True)]
+        self.protos[slot] = helper.make_function(
+            n.domain, name, [v.name for v in body.inputs], [v.name for v in body.outputs], nodes,
+            _opsets(nodes), attributes=sorted(n.attrs), doc_string=body.name,
+            value_info=[_value_info(v) for b in body.nodes for v in b.outputs if v.type is not None])
+        return name
+
+
+def _constant_node(v: Value) -> onnx.NodeProto:
+    """A body constant as a Constant node: functions have no initializers."""
+    return helper.make_node("Constant", [], [v.name], value=_initializer(v))
 
 
 def _infer_output_types(model: onnx.ModelProto) -> None:
@@ -137,16 +173,18 @@ def _output_names(n: Node) -> list[str]:
     graph_outputs = {id(v) for v in (n.graph.outputs if n.graph is not None else [])}
     # An unused optional output is omitted (""), so onnxruntime does not compute it.
     for i, v in enumerate(n.outputs):
-        if i > 0 and n.op not in SPLIT_LIKE and not v.uses and id(v) not in graph_outputs:
+        # A group's outputs are positional results of its function: never omitted.
+        if i > 0 and n.op not in SPLIT_LIKE and n.body is None and not v.uses and id(v) not in graph_outputs:
             outs[i] = ""
     while outs and outs[-1] == "":
         outs.pop()
     return outs
 
 
-def _node_proto(n: Node, name: str) -> onnx.NodeProto:
+def _node_proto(n: Node, name: str, functions: _Functions) -> onnx.NodeProto:
     inputs = ["" if v is None else v.name for v in n.inputs]
-    node = helper.make_node(n.op, inputs, _output_names(n), name=name, domain=n.domain or None)
+    op = n.op if n.body is None else functions.add(n)
+    node = helper.make_node(op, inputs, _output_names(n), name=name, domain=n.domain or None)
     node.attribute.extend(_attribute(n, k, v) for k, v in sorted(n.attrs.items()))
     _set_provenance(node, n)
     return node

@@ -4,6 +4,10 @@ Steps, in order: load (with external data), reject unsupported opsets and operat
 in one error), infer types, then build: initializers and Constant nodes become graph constants,
 every other node becomes an IR node whose attributes are plain Python values, with older-opset
 forms rewritten to their opset-21 equivalents.
+
+Model-local functions are inlined, except those in domain "effarch": effarch's exporter writes each
+group node (a fusion) as one such function, and they come back as group nodes whose body is the
+function (the op is the function name without its ``_<k>`` suffix).
 """
 
 from __future__ import annotations
@@ -40,18 +44,21 @@ TORCH_NAMESPACE_KEY = "namespace"
 # Reductions whose axes moved from an attribute to an input in opset 18.
 AXES_TO_INPUT_AT_18 = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"})
 MAX_NAMES_LISTED = 5
+GROUP_DOMAIN = "effarch"
 
 
 def import_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     """Import an ONNX model (a path or a loaded ModelProto) into an effarch graph."""
     proto, digest, path = _load(model)
     opset = _default_opset(proto)
-    if proto.functions:
+    groups = [(f.domain, f.name) for f in proto.functions if f.domain == GROUP_DOMAIN]
+    if len(groups) < len(proto.functions):
         # Model-local functions are macros; inlining them exposes their ops to the checks below.
-        proto = onnx.inliner.inline_local_functions(proto)
-    _check_supported(proto.graph)
+        proto = onnx.inliner.inline_selected_functions(proto, groups, exclude=True)
+    functions = {(f.domain, f.name): f for f in proto.functions if f.domain == GROUP_DOMAIN}
+    _check_supported(proto.graph, functions)
     inferred = _infer_types(proto, path)
-    graph = _GraphBuilder(inferred, opset).build(proto.graph)
+    graph = _GraphBuilder(inferred, opset, functions).build(proto.graph)
     graph.metadata.update({
         "opset": str(opset),
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
@@ -107,11 +114,14 @@ def is_supported(domain: str, op_type: str) -> bool:
     return domain in DEFAULT_DOMAINS and op_type in SUPPORTED_OPS
 
 
-def _check_supported(graph: onnx.GraphProto) -> None:
+def _check_supported(graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.FunctionProto]) -> None:
     """Raise one UnsupportedOpsError naming every unsupported op type, its count and some node names."""
     bad: dict[str, list[str]] = {}
-    for i, node in enumerate(graph.node):
-        if not is_supported(node.domain, node.op_type):
+    nodes = [*graph.node, *(n for f in functions.values() for n in f.node)]
+    for i, node in enumerate(nodes):
+        if (node.domain, node.op_type) in functions:
+            continue
+        if not is_supported(node.domain, node.op_type) and node.op_type != "Constant":
             key = f"{node.domain}::{node.op_type}" if node.domain not in DEFAULT_DOMAINS else node.op_type
             bad.setdefault(key, []).append(node.name or f"#{i}")
     if not bad:
@@ -280,9 +290,11 @@ def provenance_of(node: onnx.NodeProto) -> Provenance:
 class _GraphBuilder:
     """Builds one Graph from a checked GraphProto; ``types`` holds every inferred value type."""
 
-    def __init__(self, types: dict[str, onnx.TypeProto], opset: int) -> None:
+    def __init__(self, types: dict[str, onnx.TypeProto], opset: int,
+                 functions: dict[tuple[str, str], onnx.FunctionProto] | None = None) -> None:
         self.types = types
         self.opset = opset
+        self.functions = functions or {}
         self.graph = Graph()
         self.env: dict[str, Value] = {}
         self.onnx_names: set[str] = set()
@@ -336,8 +348,26 @@ class _GraphBuilder:
         attrs = {a.name: attribute_value(a, what) for a in node.attribute}
         inputs, attrs = self._normalise(node, inputs, attrs)
         outs = self._outputs(node)
+        function = self.functions.get((node.domain, node.op_type))
+        if function is not None:
+            self.graph.insert(self._group(node, function, inputs, attrs, outs))
+            return
         ir_node = Node(node.op_type, inputs, attrs, outs, name=node.name, provenance=provenance_of(node))
         self.graph.insert(ir_node)
+
+    def _group(self, node: onnx.NodeProto, function: onnx.FunctionProto, inputs: list[Value | None],
+               attrs: dict[str, Any], outs: list[Value]) -> Node:
+        """A group node whose body is ``function``, typed by this call site's input types."""
+        types = [v.type if v is not None else None for v in inputs]
+        body_proto = _function_graph(function, types)
+        body_types = _infer_types(onnx.helper.make_model(
+            body_proto, opset_imports=list(function.opset_import), functions=list(self.functions.values()),
+            ir_version=onnx.IR_VERSION), None)
+        body = _GraphBuilder(body_types, self.opset, self.functions).build(body_proto)
+        body.name = function.doc_string or function.name
+        op = function.name.rsplit("_", 1)[0]
+        return Node(op, inputs, attrs, outs, domain=node.domain, name=node.name,
+                    provenance=provenance_of(node), body=body)
 
     def _outputs(self, node: onnx.NodeProto) -> list[Value]:
         names = list(node.output)
@@ -369,6 +399,20 @@ class _GraphBuilder:
             # Opset 13 splits equally into as many parts as there are outputs; 18 says so explicitly.
             attrs["num_outputs"] = len(node.output)
         return inputs, attrs
+
+
+def _function_graph(function: onnx.FunctionProto, types: list[TensorType | None]) -> onnx.GraphProto:
+    """A function as a graph whose inputs have the call site's types (for inference and building)."""
+    def info(name: str, t: TensorType | None) -> onnx.ValueInfoProto:
+        if t is None:
+            return onnx.helper.make_empty_tensor_value_info(name)
+        return onnx.helper.make_tensor_value_info(name, t.dtype.onnx_code, None if t.shape is None else list(t.shape))
+
+    declared = {vi.name: vi for vi in function.value_info}
+    outputs = [declared.get(o) or onnx.helper.make_empty_tensor_value_info(o) for o in function.output]
+    return onnx.helper.make_graph(list(function.node), function.name,
+                                  [info(n, t) for n, t in zip(function.input, types, strict=True)],
+                                  outputs, value_info=list(function.value_info))
 
 
 def unsupported_ops(nodes: Iterable[onnx.NodeProto]) -> list[str]:
