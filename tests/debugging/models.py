@@ -46,3 +46,23 @@ class FlipSign(Pass):
             graph.replace_value(v, graph.add_constant(graph.fresh_name(v.name + "_neg"), -v.const))
         graph.remove_unused_constants()
         return PassResult(graph, bool(targets))
+
+
+def symbolic_batch_onnx(path: Path) -> Path:
+    """x[batch,4] -> Reshape(x, Shape(x)) -> MatMul(w) -> Add(Mul(b0, two)): Shape cannot fold, Mul can."""
+    inits = [
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 3], W.ravel().tolist()),
+        helper.make_tensor("b0", TensorProto.FLOAT, [3], [0.5, -0.25, 1.0]),
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="x_shape"),
+        helper.make_node("Reshape", ["x", "s"], ["r"], name="same_shape"),
+        helper.make_node("Mul", ["b0", "two"], ["b"], name="bias_scale"),
+        helper.make_node("MatMul", ["r", "w"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "b"], ["y"], name="bias"),
+    ]
+    graph = helper.make_graph(nodes, "symbolic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
