@@ -146,8 +146,8 @@ def _div(_: Node, c: Arrays) -> np.ndarray:
 
 
 def _range(_: Node, c: Arrays) -> np.ndarray:
-    start, limit, delta = (x.reshape(()) for x in c if x is not None)
-    return np.arange(start, limit, delta).astype(start.dtype)
+    start, limit, delta = (x.reshape(()).item() for x in c if x is not None)
+    return np.arange(start, limit, delta).astype(_v(c, 0).dtype)
 
 
 def _cast(node: Node, c: Arrays) -> np.ndarray:
@@ -162,6 +162,23 @@ def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Evaluator:
 
 def _unary(fn: Callable[[np.ndarray], np.ndarray]) -> Evaluator:
     return lambda _, c: fn(c[0])  # type: ignore[arg-type]
+
+
+def _v(c: Arrays, i: int) -> np.ndarray:
+    """Input ``i``, known (the evaluator runs only when every present input is)."""
+    x = c[i]
+    assert x is not None
+    return x
+
+
+def _reduce_prod(n: Node, c: Arrays) -> np.ndarray:
+    axes = None if len(c) < 2 or c[1] is None else tuple(int(a) for a in c[1].reshape(-1))
+    return np.prod(_v(c, 0), axis=axes, keepdims=bool(n.attrs.get("keepdims", 1)))
+
+
+def _constant_of_shape(n: Node, c: Arrays) -> np.ndarray:
+    value = np.asarray(n.attrs.get("value", np.zeros(1, np.float32))).reshape(-1)[0]
+    return np.full([int(d) for d in _v(c, 0).reshape(-1)], value)
 
 
 _EVAL: dict[str, Evaluator] = {
@@ -180,19 +197,16 @@ _EVAL: dict[str, Evaluator] = {
     "Greater": _binary(np.greater),
     "And": _binary(np.logical_and),
     "Or": _binary(np.logical_or),
-    "Where": lambda _, c: np.where(c[0], c[1], c[2]),  # type: ignore[arg-type]
+    "Where": lambda _, c: np.asarray(np.where(_v(c, 0), _v(c, 1), _v(c, 2))),
     "Cast": _cast,
-    "Gather": lambda n, c: np.take(c[0], c[1], axis=n.attrs.get("axis", 0), mode="wrap"),  # type: ignore[arg-type]
+    "Gather": lambda n, c: np.take(_v(c, 0), _v(c, 1), axis=n.attrs.get("axis", 0), mode="wrap"),
     "Concat": lambda n, c: np.concatenate([x for x in c if x is not None], axis=n.attrs["axis"]),
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
     "Slice": _slice,
     "Reshape": _reshape,
     "Range": _range,
-    "ConstantOfShape": lambda n, c: np.full(
-        [int(d) for d in c[0].reshape(-1)],  # type: ignore[union-attr]
-        np.asarray(n.attrs.get("value", np.zeros(1, np.float32))).reshape(-1)[0]),
-    "Expand": lambda _, c: c[0] * np.ones([int(d) for d in c[1].reshape(-1)], c[0].dtype),  # type: ignore[union-attr]
-    "ReduceProd": lambda n, c: np.prod(c[0], keepdims=bool(n.attrs.get("keepdims", 1)), axis=None
-                                       if len(c) < 2 or c[1] is None else tuple(int(a) for a in c[1])),
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": lambda _, c: _v(c, 0) * np.ones([int(d) for d in _v(c, 1).reshape(-1)], _v(c, 0).dtype),
+    "ReduceProd": _reduce_prod,
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from tvm import relax
@@ -18,7 +18,7 @@ from tvm import relax
 from compiler.errors import EffarchError
 from compiler.ir.core import Node
 
-Result = relax.Expr | Sequence[relax.Expr]
+Result: TypeAlias = relax.Expr | Sequence[relax.Expr]
 Converter = Callable[["Call"], Result]
 
 CONVERTERS: dict[str, Converter] = {}

@@ -81,7 +81,10 @@ def _slice(c: Call) -> relax.Expr:
             # Walk a flipped axis forwards: index i there is dim - 1 - i here.
             x = c.emit(R.flip(x, ax))
             lo, hi, st = shape[ax] - 1 - lo, shape[ax] - 1 - hi, -st
-        begin.append(lo), end.append(max(hi, lo)), stride.append(st), ax_list.append(ax)
+        begin.append(lo)
+        end.append(max(hi, lo))
+        stride.append(st)
+        ax_list.append(ax)
     return R.strided_slice(x, ax_list, begin, end, stride, assume_inbound=True)
 
 

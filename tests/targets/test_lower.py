@@ -86,3 +86,56 @@ def _constants(func: relax.Function) -> list[tvm.ir.expr.GenericConst]:
     relax.analysis.post_order_visit(
         func, lambda e: found.append(e) if isinstance(e, tvm.ir.expr.GenericConst) else None)
     return found
+
+
+def test_unfolded_shape_arithmetic_is_evaluated_at_compile_time() -> None:
+    # Reshape(x, Concat(Gather(Shape(x), 0), [-1])): the exporter's flatten, never folded.
+    g = Graph()
+    x = g.add_input("x", f32(2, 3, 4))
+    shape = g.make_node("Shape", [x], types=[TensorType(DType.I64, (3,))]).outputs[0]
+    zero = g.add_constant("zero", np.array([0], np.int64))
+    first = g.make_node("Gather", [shape, zero], {"axis": 0}, types=[TensorType(DType.I64, (1,))])
+    rest = g.add_constant("rest", np.array([-1], np.int64))
+    target = g.make_node("Concat", [first.outputs[0], rest], {"axis": 0}, types=[TensorType(DType.I64, (2,))])
+    y = g.make_node("Reshape", [x, target.outputs[0]], types=[f32(2, 12)]).outputs[0]
+    g.outputs = [y, shape]
+    low = lower(g)
+    ops = _call_ops(low.mod["main"])
+    assert ops == {"relax.reshape"}, ops  # Shape, Gather and Concat left no trace
+    xv = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    got, got_shape = run_lowered(low, {"x": xv})
+    want, want_shape = run_onnxruntime(g, {"x": xv})
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_shape, want_shape)
+
+
+def test_conv_batchnorm_pool_match_onnxruntime() -> None:
+    rng = np.random.default_rng(2)
+    g = Graph("cnn")
+    x = g.add_input("x", f32(1, 3, 9, 9))
+    w = g.add_constant("w", rng.standard_normal((4, 3, 3, 3), dtype=np.float32))
+    stats = [g.add_constant(n, rng.uniform(0.5, 1.5, 4).astype(np.float32)) for n in ("s", "b", "m", "v")]
+    h = g.make_node("Conv", [x, w], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}, types=[f32(1, 4, 5, 5)])
+    h = g.make_node("BatchNormalization", [h.outputs[0], *stats], {"epsilon": 1e-3}, types=[f32(1, 4, 5, 5)])
+    h = g.make_node("MaxPool", [h.outputs[0]], {"kernel_shape": [2, 2], "ceil_mode": 1, "strides": [2, 2]},
+                    types=[f32(1, 4, 3, 3)])
+    g.outputs = [h.outputs[0]]
+    xv = rng.standard_normal((1, 3, 9, 9), dtype=np.float32)
+    (got,) = run_lowered(lower(g), {"x": xv})
+    (want,) = run_onnxruntime(g, {"x": xv})
+    np.testing.assert_allclose(got, want, **F32_TOL)
+
+
+def test_unlowerable_op_names_it() -> None:
+    g = Graph()
+    x = g.add_input("x", f32(2))
+    g.outputs = [g.make_node("NonZero", [x], types=[None]).outputs[0]]
+    with pytest.raises(EffarchError, match="NonZero"):
+        lower(g)
+
+
+def _call_ops(func: relax.Function) -> set[str]:
+    ops: set[str] = set()
+    relax.analysis.post_order_visit(
+        func, lambda e: ops.add(e.op.name) if isinstance(e, relax.Call) and hasattr(e.op, "name") else None)
+    return ops
