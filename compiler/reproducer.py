@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,10 @@ def _run_pipeline(graph: Any, pipeline: str, info: dict[str, Any]) -> Any:
 
     ctx = PassContext(opt_level=int(info.get("opt_level", 2)), target=str(info.get("target", "x86")))
     return PassManager(parse_pipeline(pipeline), ctx).run(graph.clone()).graph
+
+
+def replay_and_report(path: Path | str, write: Callable[[str], None]) -> int:
+    """What ``effarch compile --reproduce FILE`` does: replay, write the report, 1 if reproduced."""
+    result = replay(path)
+    write(result.report())
+    return 0 if result.ok else 1

@@ -17,7 +17,7 @@ from compiler.errors import EffarchError
 from compiler.numeric import NumericCheckInstrument, run_graph
 from compiler.pass_manager import PassManager
 from compiler.reference import random_inputs
-from compiler.reproducer import replay
+from compiler.reproducer import replay, replay_and_report
 from tests.debugging.models import small_onnx
 
 PIPELINE = "fold-constants,eliminate-dead-code,{bad},fold-constants,eliminate-dead-code"
@@ -76,6 +76,8 @@ def test_verify_cli_bisects_writes_and_replays_a_reproducer(tmp_path: Path, flip
     # The pass alone flips the output: its error against its own input is as large as against the original.
     assert replayed.against_input[0].cosine < 0.999 and not replayed.against_input[0].ok
     assert "reproduced: the pass breaks tolerance" in replayed.report()
+    written: list[str] = []
+    assert replay_and_report(repro, written.append) == 1 and written == [replayed.report()]
 
 
 def test_verify_cli_per_pass_table_on_a_correct_pipeline(tmp_path: Path,
