@@ -76,11 +76,15 @@ class NumericCheckInstrument(Instrument):
         self.rows: list[PassNumerics] = []
         self.first_bad: PassNumerics | None = None
         self.bad_input: Any = None  # ONNX ModelProto that went into ``first_bad``'s pass
-        self._last_model: Any = None
+        self.running = ""  # the pass now running: after a crash, the one that crashed
+        self.last_model: Any = None  # ONNX ModelProto of the graph the running pass was given
 
     def run_start(self, graph: Graph, ctx: PassContext) -> None:
         self.rows, self.first_bad, self.bad_input = [], None, None
-        self._last_model = _export(graph)[0]
+        self.last_model = _export(graph)[0]
+
+    def before_pass(self, pass_: Pass, graph: Graph, ctx: PassContext) -> None:
+        self.running = repr(pass_)  # the spec text, options included
 
     def after_pass(self, pass_: Pass, result: PassResult, record: PassRecord) -> None:
         row = PassNumerics(len(self.rows) + 1, record.spec or record.name, record.iteration, record.modified)
@@ -92,9 +96,9 @@ class NumericCheckInstrument(Instrument):
                 row.error = str(exc)
         self.rows.append(row)
         if not row.ok and self.first_bad is None:
-            self.first_bad, self.bad_input = row, self._last_model
+            self.first_bad, self.bad_input = row, self.last_model
         if model is not None:
-            self._last_model = model
+            self.last_model = model
         log.debug("numerics after %s: %s", row.spec, "ok" if row.ok else "BROKEN")
 
     @property

@@ -72,12 +72,19 @@ Found = tuple[Any, str, int] | None  # (graph or ONNX model before the guilty pa
 
 def _each(source: Any, text: str, inputs: dict, expected: dict, args: argparse.Namespace) -> Found:
     import passes  # noqa: F401  (registers every pass)
+    from compiler.errors import PassError
     from compiler.numeric import NumericCheckInstrument, numerics_table
     from compiler.pass_manager import PassContext, PassManager, parse_pipeline
 
     check = NumericCheckInstrument(inputs, expected)
     ctx = PassContext(opt_level=args.opt_level, target=args.target)
-    PassManager(parse_pipeline(text), ctx, [check]).run(source.graph.clone())
+    try:
+        PassManager(parse_pipeline(text), ctx, [check]).run(source.graph.clone())
+    except PassError as exc:
+        # A crash reproducer: the graph the pass was given, and the pass; replay shows the error.
+        print(numerics_table(check.rows))
+        print(f"step {len(check.rows) + 1}, '{check.running}' failed: {exc}")
+        return check.last_model, check.running, len(check.rows) + 1
     print(numerics_table(check.rows))
     bad = check.first_bad
     if bad is None:

@@ -66,3 +66,15 @@ def symbolic_batch_onnx(path: Path) -> Path:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+class Crash(Pass):
+    """Deliberately broken: fails on any graph with a MatMul."""
+
+    name = "crash-on-matmul"
+    description = "deliberately broken test pass: raises on MatMul"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if "MatMul" in graph.op_counts():
+            raise ValueError("MatMul is not handled")
+        return PassResult(graph, False)

@@ -110,3 +110,14 @@ def test_replay_of_a_file_that_is_no_reproducer_says_so(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(b"not a zip")
     with pytest.raises(EffarchError, match="not a zip file"):
         replay(tmp_path / "x.zip")
+
+
+def test_a_crashing_pass_gets_a_reproducer_that_replays_the_crash(tmp_path: Path, crash: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model, repro = small_onnx(tmp_path / "m.onnx"), tmp_path / "crash.zip"
+    code, out, _ = _run(capsys, "verify", str(model), "--pipeline", f"fold-constants,{crash}",
+                        "--reproducer-out", str(repro))
+    assert code == 1 and f"step 2, '{crash}' failed" in out
+    replayed = replay(repro)
+    assert not replayed.ok and "MatMul is not handled" in replayed.error
+    assert "the pass failed" in replayed.report()
