@@ -24,15 +24,15 @@ log = logging.getLogger("effarch")
 DEFAULT_DEMO_MODEL = "digits_cnn"
 
 
-def _progress(msg: str) -> None:
+def progress(msg: str) -> None:
     print(f"effarch: {msg}", file=sys.stderr, flush=True)
 
 
 # ---- helpers shared by commands ---------------------------------------------------------------
-def _load(args: argparse.Namespace):  # -> SourceModel
+def load_source(args: argparse.Namespace):  # -> SourceModel; shared by plug-in commands
     from compiler.driver import load_model, parse_shape_args
 
-    _progress(f"loading {args.model}")
+    progress(f"loading {args.model}")
     return load_model(_model_spec(args.model), parse_shape_args(getattr(args, "shape", None)))
 
 
@@ -45,7 +45,7 @@ def _model_spec(model: str) -> str:
     return model
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def read_npz(path: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -70,14 +70,17 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def _instruments(args: argparse.Namespace) -> list:
     from compiler import pass_manager as pm
+    from compiler.impact import ImpactInstrument, PrintChangedInstrument, TargetLatency
 
-    out: list = [pm.TimingInstrument()]
-    if getattr(args, "verify_each", False):
+    measure = TargetLatency(target=args.target, cpu=args.cpu) if args.measure else None
+    out: list = [ImpactInstrument(measure=measure)]
+    if args.verify_each:
         out.append(pm.VerifyEachInstrument())
-    if getattr(args, "save_stages", None):
+    if args.save_stages:
         out.append(pm.SaveStagesInstrument(Path(args.save_stages)))
-    if getattr(args, "print_changed", False):
-        out.append(pm.PrintAfterChangeInstrument(lambda text: print(text, flush=True)))
+    if args.print_changed:
+        out.append(PrintChangedInstrument(lambda text: print(text, flush=True), color=sys.stdout.isatty(),
+                                          quiet=True))
     return out
 
 
@@ -85,16 +88,24 @@ def _instruments(args: argparse.Namespace) -> list:
 def cmd_compile(args: argparse.Namespace) -> int:
     from compiler import report
     from compiler.driver import compile_model
+    from compiler.impact import impact_table
 
-    source = _load(args)
+    if args.reproduce:
+        from compiler.reproducer import replay_and_report
+
+        return replay_and_report(args.reproduce, print)
+    if not args.model or not args.output:
+        raise EffarchError("compile needs a model and -o FILE.effarch (or --reproduce FILE)")
+    source = load_source(args)
     out = Path(args.output)
-    _progress(f"compiling for {args.target} at -O{args.opt_level}")
+    progress(f"compiling for {args.target} at -O{args.opt_level}")
+    instruments = _instruments(args)
     result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
-                           pipeline=args.pipeline, instruments=_instruments(args))
-    print(report.passes_table(result.pass_records))
+                           pipeline=args.pipeline, instruments=instruments)
+    print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))
     if args.verify:
-        _progress("verifying against onnxruntime on seeded random inputs")
+        progress("verifying against onnxruntime on seeded random inputs")
         checks = report.verify_artifact(source, out, seed=args.seed)
         print(report.checks_table(checks))
         if not all(c.ok for c in checks):
@@ -110,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from targets.runtime import load_artifact
 
     art = load_artifact(Path(args.artifact))
-    inputs = _read_npz(args.inputs) if args.inputs else random_inputs_for_specs(art.input_specs, args.seed)
+    inputs = read_npz(args.inputs) if args.inputs else random_inputs_for_specs(art.input_specs, args.seed)
     outputs = art.run(inputs)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype}{list(arr.shape)}  mean {float(np.mean(arr)):.6g}  "
@@ -129,7 +140,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         print(report.manifest_summary(read_manifest(Path(args.model))))
         return 0
-    source = _load(args)
+    source = load_source(args)
     print(report.inspect_graph(source.graph))
     return 0
 
@@ -149,7 +160,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from compiler import report
 
-    source = _load(args)
+    source = load_source(args)
     with tempfile.TemporaryDirectory() as tmp:
         print(report.bench_model(source, Path(tmp), target=args.target, cpu=args.cpu, opt_level=args.opt_level,
                                  warmup=args.warmup, repeat=args.repeat, seed=args.seed))
@@ -179,8 +190,9 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 # ---- argument parsing ---------------------------------------------------------------------------
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model.onnx, program.pt2, FILE.py:FUNCTION, or a zoo name (see 'effarch zoo')")
+def add_model_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    p.add_argument("model", nargs="?" if optional else None,
+                   help="model.onnx, program.pt2, FILE.py:FUNCTION, or a zoo name (see 'effarch zoo')")
     p.add_argument("--shape", action="append", metavar="NAME=1x3x224x224",
                    help="fix the shape of an input with symbolic dimensions (repeatable)")
 
@@ -201,16 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="compile a model into one .effarch artifact")
-    _add_model_args(p)
+    add_model_args(p, optional=True)
     _add_target_args(p)
-    p.add_argument("-o", "--output", required=True, help="artifact file to write (.effarch)")
+    p.add_argument("-o", "--output", help="artifact file to write (.effarch)")
     p.add_argument("--pipeline", default=None, help="pass pipeline text (overrides -O), e.g. "
                                                     "'fold-constants,eliminate-dead-code'")
     p.add_argument("--verify", action="store_true", help="compare the binary's outputs with onnxruntime")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs for --verify")
     p.add_argument("--verify-each", action="store_true", help="run the IR verifier after every pass")
     p.add_argument("--save-stages", metavar="DIR", help="save every stage as numbered ONNX and IR text")
-    p.add_argument("--print-changed", action="store_true", help="print the IR after each pass that changed it")
+    p.add_argument("--print-changed", action="store_true",
+                   help="print a diff of the IR after each pass that changed it")
+    p.add_argument("--measure", action="store_true",
+                   help="build and time the model after each pass that changed it (per-pass latency impact)")
+    p.add_argument("--reproduce", metavar="FILE", help="replay a reproducer written by 'effarch verify --bisect'")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run an artifact on inputs from an .npz")
@@ -221,14 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="ops by type, parameters, bytes, FLOPs, inputs and outputs")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("passes", help="list the registered passes and the -O pipelines")
     p.set_defaults(func=cmd_passes)
 
     p = sub.add_parser("bench", help="median latency of effarch vs onnxruntime vs PyTorch eager")
-    _add_model_args(p)
+    add_model_args(p)
     _add_target_args(p)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeat", type=int, default=50)

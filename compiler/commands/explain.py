@@ -91,10 +91,10 @@ def _check(note: Any) -> str:
 
 
 def register(sub: Any) -> None:
-    from compiler.cli import _add_model_args
+    from compiler.cli import add_model_args
 
     p = sub.add_parser("explain", help="why a pass's rules fired or not: its rewrites and near misses")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--pass", dest="pass_text", required=True, metavar="NAME",
                    help="the pass to explain, with options if any, e.g. 'fold-constants{size_limit=4096}'")
     p.add_argument("--before", default="", metavar="PIPELINE", help="passes to run first, as pipeline text")
@@ -104,10 +104,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from compiler.cli import _load
+    from compiler.cli import load_source
     from compiler.pass_manager import PassContext
 
-    source = _load(args)
+    source = load_source(args)
     explanation = explain_pass(source.graph, args.pass_text, args.before, PassContext(target=args.target))
     print(format_explanation(explanation, args.limit))
     return 0

@@ -17,10 +17,10 @@ DEFAULT_REPRODUCER = "{stem}-{pass_}.repro.zip"
 
 
 def register(sub: Any) -> None:
-    from compiler.cli import _add_model_args
+    from compiler.cli import add_model_args
 
     p = sub.add_parser("verify", help="check the numbers after every pass against onnxruntime; find the guilty pass")
-    _add_model_args(p)
+    add_model_args(p)
     for level in range(4):
         p.add_argument(f"-O{level}", dest="opt_level", action="store_const", const=level,
                        help=f"check the -O{level} pipeline" + (" (default)" if level == 2 else ""))
@@ -36,16 +36,16 @@ def register(sub: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from compiler.cli import _load, _progress, _read_npz
+    from compiler.cli import load_source, progress, read_npz
     from compiler.numeric import run_graph
     from compiler.reference import random_inputs
 
-    source = _load(args)
-    inputs = _read_npz(args.inputs) if args.inputs else random_inputs(source.graph, args.seed)
-    _progress("running the original model in onnxruntime")
+    source = load_source(args)
+    inputs = read_npz(args.inputs) if args.inputs else random_inputs(source.graph, args.seed)
+    progress("running the original model in onnxruntime")
     expected = run_graph(source.reference_onnx, inputs)
     text = full_pipeline(args.opt_level, args.pipeline)
-    _progress(f"checking {text or '(no passes)'}")
+    progress(f"checking {text or '(no passes)'}")
     found = _bisect(source, text, inputs, expected, args) if args.bisect else _each(source, text, inputs,
                                                                                  expected, args)
     if found is None:

@@ -90,3 +90,27 @@ def test_run_rejects_wrong_input_shape(tmp_path: Path, capsys: pytest.CaptureFix
                         str(tmp_path / "y.npz"))
     assert code == 1 and "'x'" in err and "(2, 4)" in err.replace("[2, 4]", "(2, 4)")
     assert not (tmp_path / "y.npz").exists()
+
+
+def _foldable_onnx(path: Path) -> Path:
+    """x @ Transpose(w): the transpose of a constant is folded at compile time."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 4], np.arange(12, dtype=np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"], name="wt", perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")],
+        "foldable", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_compile_prints_impact_and_changed_diffs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _foldable_onnx(tmp_path / "f.onnx")
+    code, out, err = _run(capsys, "compile", str(model), "-O1", "-o", str(tmp_path / "f.effarch"),
+                          "--print-changed", "--save-stages", str(tmp_path / "stages"))
+    assert code == 0, err
+    assert "Per-pass impact" in out and "fold-constants" in out
+    assert "*** IR diff after fold-constants" in out
+    assert "-  %wt = Transpose(%w)" in out.replace("  # wt", "")
+    stages = sorted(p.name for p in (tmp_path / "stages").iterdir())
+    assert stages[:2] == ["00-input.ir", "00-input.onnx"] and any("fold-constants" in s for s in stages)
