@@ -93,7 +93,7 @@ class LoadedArtifact:
         import tvm
 
         self.check_inputs(inputs)
-        arrays = [np.ascontiguousarray(inputs[s.name]) for s in self.input_specs]
+        arrays = [np.asarray(inputs[s.name], order="C") for s in self.input_specs]  # keeps rank 0
         return [tvm.runtime.tensor(a, self.device) for a in arrays]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

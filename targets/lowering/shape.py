@@ -8,7 +8,7 @@ from tvm.relax import op as R
 
 from targets.lowering import consteval
 from targets.lowering.elementwise import scalar
-from targets.lowering.registry import Call, converter, norm_axis
+from targets.lowering.registry import Call, LoweringError, converter, norm_axis
 
 
 def _const(arr: np.ndarray) -> relax.Expr:
@@ -94,12 +94,16 @@ def _gather(c: Call) -> relax.Expr:
     dim = c.shape(0)[axis]
     known = c.consts[1]
     if known is not None:
+        if known.size and (known.min() < -dim or known.max() >= dim):
+            raise LoweringError(f"node '{c.node.name}' (Gather): constant indices fall outside [-{dim}, {dim}); "
+                                f"fix the model's indices")
         indices = _const(np.where(known < 0, known + dim, known).astype(np.int64))
-    else:
-        idx = c.arg(1)
-        indices = c.emit(R.where(R.less(idx, scalar(0, c.dtype(1))),
-                                 R.add(idx, scalar(dim, c.dtype(1))), idx))
-    return R.take(c.arg(0), indices, axis)
+        return R.take(c.arg(0), indices, axis)
+    idx = c.arg(1)
+    indices = c.emit(R.where(R.less(idx, scalar(0, c.dtype(1))), R.add(idx, scalar(dim, c.dtype(1))), idx))
+    # Run-time indices (token ids, ...) are clamped: TVM's default "fast" mode reads out of bounds
+    # (and can crash the process) on a bad index, where ONNX leaves the result undefined.
+    return R.take(c.arg(0), indices, axis, mode="clip")
 
 
 @converter("Squeeze")
