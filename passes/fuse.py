@@ -3,7 +3,9 @@
 A fusion replaces a set of nodes by one group node in domain "effarch" (``FusedConv``,
 ``FusedMatMul``, ``FusedElementwise``, ``LayerNorm``, ``Attention``) whose ``body`` holds the
 original nodes. Groups export to ONNX as local functions and lower to one TVM kernel each
-(targets/lowering/fused.py). The rules, tried in this order (``patterns=`` picks a subset):
+(targets/lowering/fused.py). The rules use the shared rule framework (passes/rules.py); each is
+anchored on the *first* node of its group and its Match names the last one as the anchor, so the
+group node goes where the last member was. Tried in this order (``patterns=`` picks a subset):
 
 - ``attention``: MatMul, optional scale Mul/Div, optional mask Add, Softmax, MatMul -> Attention
 - ``layernorm``: ReduceMean, Sub, square, ReduceMean, Add eps, Sqrt, Div [, Mul, Add] -> LayerNorm
@@ -19,17 +21,20 @@ an unfusable op ends the group).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from compiler.errors import EffarchError
 from compiler.ir import Graph, Node, Value
-from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
+from compiler.pass_manager import register_pass
+from passes.rules import Match, MatchResult, Rewriter, Rule, RuleSet
 
 PASS_NAME = "fuse-operators"
 GROUP_DOMAIN = "effarch"
 # Constants up to this many elements are copied into a group's body (scales, eps, clip bounds,
-# axes); bigger ones (weights) stay graph constants and enter the group as inputs.
+# axes); bigger ones (weights) stay graph constants and enter the group as inputs. Outer copies
+# left unused are eliminate-dead-code's business.
 BODY_CONSTANT_MAX = 64
 # A group holds at most this many nodes: long chains gain nothing more and hurt compile time.
 MAX_GROUP = 16
@@ -44,14 +49,6 @@ ELEMENTWISE = frozenset({
 EPILOGUE = ELEMENTWISE | {"BatchNormalization"}
 CONV_ANCHORS = frozenset({"Conv", "ConvTranspose"})
 MATMUL_ANCHORS = frozenset({"MatMul", "Gemm"})
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    law: str  # the rewrite in one line, for `effarch explain` and the docs
-    op: str  # the group node's op
-    match: Callable[[Node], list[Node] | str]  # the members, or why this node does not start a group
 
 
 # ---- epilogue growth ------------------------------------------------------------------------------
@@ -83,22 +80,19 @@ def grow(anchor: Node, allowed: frozenset[str]) -> tuple[list[Node], str]:
     return best, reason
 
 
-def _epilogue(anchors: frozenset[str], what: str) -> Callable[[Node], list[Node] | str]:
-    def match(node: Node) -> list[Node] | str:
-        if node.op not in anchors:
-            return f"not a {what}"
-        members, reason = grow(node, EPILOGUE)
-        return members if len(members) > 1 else reason
-    return match
+Members = list[Node] | str | None  # a group (in graph order), a near-miss reason, or no candidate
+
+
+def _epilogue(node: Node) -> Members:
+    members, reason = grow(node, EPILOGUE)
+    return members if len(members) > 1 else reason
 
 
 # ---- elementwise chains ---------------------------------------------------------------------------
-def match_elementwise_chain(node: Node) -> list[Node] | str:
-    if node.op not in ELEMENTWISE:
-        return "not an elementwise op"
+def match_elementwise_chain(node: Node) -> Members:
     producers = [v.producer for v in node.inputs if v is not None and v.producer is not None]
     if any(p.op in ELEMENTWISE and not p.domain and len(p.outputs[0].uses) == 1 for p in producers):
-        return "not the head of its chain (a chain starts at its first elementwise op)"
+        return None  # inside a chain whose head did not fuse: the head gave the reason
     members, reason = grow(node, ELEMENTWISE)
     return members if len(members) > 1 else reason
 
@@ -107,12 +101,12 @@ def match_elementwise_chain(node: Node) -> list[Node] | str:
 LAYERNORM_OPS = ELEMENTWISE | {"ReduceMean"}
 
 
-def match_layernorm(node: Node) -> list[Node] | str:
-    if node.op != "ReduceMean":
-        return "not a ReduceMean"
+def match_layernorm(node: Node) -> Members:
     x = node.inputs[0]
-    centred = [u for u, _ in node.outputs[0].uses if u.op == "Sub" and u.inputs[0] is x]
+    centred = [u for u, _ in node.outputs[0].uses if u.op == "Sub"]
     if not centred:
+        return None
+    if all(u.inputs[0] is not x for u in centred):
         return "the mean is not subtracted from its own input (x - mean(x))"
     members, _ = grow(node, LAYERNORM_OPS)
     ops = [m.op for m in members]
@@ -122,44 +116,30 @@ def match_layernorm(node: Node) -> list[Node] | str:
 
 
 # ---- attention ------------------------------------------------------------------------------------
-def _single_use(v: Value | None) -> Node | None:
-    if v is None or v.producer is None or len(v.uses) != 1:
+def _sole_user(node: Node, *ops: str) -> Node | None:
+    uses = node.outputs[0].uses
+    if len(uses) != 1 or uses[0][0].op not in ops or uses[0][0].domain:
         return None
-    return v.producer
+    return uses[0][0]
 
 
-def match_attention(node: Node) -> list[Node] | str:
-    if node.op != "Softmax":
-        return "not a Softmax"
-    users = node.outputs[0].uses
+def match_attention(node: Node) -> Members:
+    """Anchored on the scores MatMul; walks forward through scale and mask to the Softmax."""
+    chain, current = [node], node
+    for ops in (("Mul", "Div"), ("Add",)):
+        nxt = _sole_user(current, *ops)
+        if nxt is not None and nxt.inputs[0] is current.outputs[0]:
+            chain.append(current := nxt)
+    softmax = _sole_user(current, "Softmax")
+    if softmax is None:
+        return None  # not the scores of an attention
+    users = softmax.outputs[0].uses
     if len(users) != 1 or users[0][0].op != "MatMul" or users[0][1] != 0:
         feeds = ", ".join(u.qualified_op for u, _ in users) or "nothing"
         return f"the probabilities feed {feeds}, not exactly one MatMul as its left operand"
-    chain, producer = [node], _single_use(node.inputs[0])
-    for op in ("Add", "Mul|Div"):
-        if producer is not None and producer.op in op.split("|"):
-            chain.insert(0, producer)
-            producer = _single_use(producer.inputs[0])
-    if producer is None or producer.op != "MatMul":
-        return "the scores are not a single-use MatMul (optionally scaled and masked)"
-    if node.outputs[0] in node.graph.outputs:
-        return "the probabilities are a graph output"
-    return [producer, *chain, users[0][0]]
-
-
-RULES: tuple[Rule, ...] = (
-    Rule("attention", "MatMul(Softmax([Add]([Mul|Div](MatMul(q, k), s), mask)), v) -> Attention",
-         "Attention", match_attention),
-    Rule("layernorm", "(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* g + b] -> LayerNorm",
-         "LayerNorm", match_layernorm),
-    Rule("conv-bn-act", "act(BN(Conv(x, w)) [op y ...]) -> FusedConv", "FusedConv",
-         _epilogue(CONV_ANCHORS, "Conv")),
-    Rule("matmul-bias-act", "act(MatMul(x, w) + b [op y ...]) -> FusedMatMul", "FusedMatMul",
-         _epilogue(MATMUL_ANCHORS, "MatMul or Gemm")),
-    Rule("elementwise-chain", "f(g(...(x))) of elementwise ops -> FusedElementwise", "FusedElementwise",
-         match_elementwise_chain),
-)
-RULE_NAMES = tuple(r.name for r in RULES)
+    if any(m.outputs[0] in node.graph.outputs for m in (*chain, softmax)):
+        return "an intermediate of the attention is a graph output"
+    return [*chain, softmax, users[0][0]]
 
 
 # ---- building a group -----------------------------------------------------------------------------
@@ -182,7 +162,10 @@ def build_body(name: str, members: list[Node], outputs: list[Value]) -> tuple[Gr
     body, vmap = Graph(name), {}
     inputs = [v for v in _external_inputs(members) if not _small_constant(v)]
     for v in _external_inputs(members):
-        vmap[id(v)] = body.add_input(v.name, v.type) if v in inputs else body.add_constant(v.name, v.const)
+        if v in inputs:
+            vmap[id(v)] = body.add_input(v.name, v.type)  # type: ignore[arg-type]  # verified graphs are typed
+        else:
+            vmap[id(v)] = body.add_constant(v.name, v.const)  # type: ignore[arg-type]  # _small_constant
     for m in members:
         ins = [None if v is None else vmap[id(v)] for v in m.inputs]
         node = body.make_node(m.op, ins, dict(m.attrs), num_outputs=len(m.outputs),
@@ -193,63 +176,58 @@ def build_body(name: str, members: list[Node], outputs: list[Value]) -> tuple[Gr
     return body, inputs
 
 
-def make_group(graph: Graph, members: list[Node], rule: Rule) -> Node:
-    """Replace ``members`` (in graph order) by one group node placed where the last member was."""
-    outputs = _live(members, graph)
-    body, inputs = build_body(rule.name, members, outputs)
-    anchor = members[0]
-    sources = (s for m in members for s in (m.provenance.source, *m.provenance.merged) if s)
-    merged = tuple(dict.fromkeys(sources))  # each source once, in member order
-    group = Node(rule.op, list(inputs), {}, [Value(v.name, v.type) for v in outputs], domain=GROUP_DOMAIN,
-                 name=anchor.name, provenance=anchor.provenance.rewritten(PASS_NAME, rule.name, merged),
-                 body=body)
-    graph.insert(group, before=members[-1])
-    for old, new in zip(outputs, group.outputs, strict=True):
-        graph.replace_value(old, new)
-    for m in reversed(members):
-        graph.remove_node(m)
-    # Constants copied into the body and read nowhere else moved; the rest stay.
-    for v in _external_inputs(body.nodes):
-        outer = graph.constants.get(v.name)
-        if outer is not None and not outer.uses and outer not in graph.outputs:
-            del graph.constants[v.name]
-    return group
+def _group_rule(name: str, law: str, op: str, anchors: Iterable[str], find: Callable[[Node], Members]) -> Rule:
+    """A fusion rule: ``find`` gives the members from their first node; the group replaces them."""
+    def match(node: Node) -> MatchResult:
+        members = find(node)
+        if members is None or isinstance(members, str):
+            return members
+        # The last member is the Match's anchor: the group node goes there, after every input.
+        return Match(members[-1], tuple(members[:-1]), origin=members[0], bind={"members": members})
+
+    def rewrite(rw: Rewriter, m: Match) -> None:
+        members = m.bind["members"]
+        outputs = _live(members, rw.graph)
+        body, inputs = build_body(name, members, outputs)
+        group = Node(op, list(inputs), {}, [Value(v.name, v.type) for v in outputs], domain=GROUP_DOMAIN,
+                     name=members[0].name, body=body)
+        rw.insert(group)
+        for old, new in zip(outputs, group.outputs, strict=True):
+            rw.replace(old, new)
+
+    return Rule(name, law, tuple(anchors), match, rewrite)
 
 
-def _candidates(graph: Graph) -> Iterable[Node]:
-    for node in graph.nodes_snapshot():
-        if node.graph is graph and not node.domain:
-            yield node
+RULES: tuple[Rule, ...] = (
+    _group_rule("attention", "MatMul(Softmax([Add]([Mul|Div](MatMul(q, k), s), mask)), v) -> Attention",
+                "Attention", ["MatMul"], match_attention),
+    _group_rule("layernorm", "(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* g + b] -> LayerNorm",
+                "LayerNorm", ["ReduceMean"], match_layernorm),
+    _group_rule("conv-bn-act", "act(BN(Conv(x, w)) [op y ...]) -> FusedConv", "FusedConv",
+                sorted(CONV_ANCHORS), _epilogue),
+    _group_rule("matmul-bias-act", "act(MatMul(x, w) + b [op y ...]) -> FusedMatMul", "FusedMatMul",
+                sorted(MATMUL_ANCHORS), _epilogue),
+    _group_rule("elementwise-chain", "f(g(...(x))) of elementwise ops -> FusedElementwise",
+                "FusedElementwise", sorted(ELEMENTWISE), match_elementwise_chain),
+)
+RULE_NAMES = tuple(r.name for r in RULES)
 
 
 @register_pass
-class FuseOperators(Pass):
+class FuseOperators(RuleSet):
+    """The rules above; ``patterns=a+b`` keeps only the named rules (all by default)."""
+
     name = PASS_NAME
     description = "group ops into one-kernel group nodes: attention, layernorm, conv/matmul epilogues"
-    option_defaults = {"patterns": RULE_NAMES}
+    rules = RULES
+    option_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({"patterns": RULE_NAMES, "max_sweeps": 4})
 
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         unknown = sorted(set(self.options["patterns"]) - set(RULE_NAMES))
         if unknown:
             raise EffarchError(f"fuse-operators has no pattern {', '.join(unknown)}; "
                                f"choose from {'+'.join(RULE_NAMES)}")
-        notes: list[Note] = []
-        for rule in (r for r in RULES if r.name in self.options["patterns"]):
-            notes += self._apply(graph, rule)
-        return PassResult(graph, any(n.fired for n in notes), notes)
 
-    @staticmethod
-    def _apply(graph: Graph, rule: Rule) -> list[Note]:
-        notes = []
-        for node in _candidates(graph):
-            if node.graph is not graph:  # absorbed by a group made earlier in this loop
-                continue
-            found = rule.match(node)
-            if isinstance(found, str):
-                if not found.startswith("not a"):  # the node is not this rule's kind: no note
-                    notes.append(Note.at(node, rule.name, found))
-                continue
-            group = make_group(graph, found, rule)
-            ops = "+".join(m.op for m in found)
-            notes.append(Note.at(group, rule.name, f"{ops} -> {GROUP_DOMAIN}::{rule.op}", fired=True))
-        return notes
+    def active_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.name in self.options["patterns"])

