@@ -166,10 +166,11 @@ def device_cpu(session: Any, arch: str, addr: DeviceAddress) -> DeviceCpu:
     session.upload(str(probe), target=probe.name)
     try:
         module = session.load_module(probe.name)
-    except tvm.error.TVMError as exc:
-        detail = str(exc).strip().splitlines()[-1][:160]
-        raise EffarchError(f"the device at {addr} cannot load {arch} code, so it is not an {arch} machine "
-                           f"({detail}); build the artifact for that device's target") from None
+    except tvm.error.RPCError as exc:
+        # dlopen's own message for a foreign ELF is "No such file or directory": not worth showing.
+        logger.debug("probe load failed: %s", exc)
+        raise EffarchError(f"the device at {addr} cannot load {arch} code, so it is not an {arch} machine; "
+                           f"build the artifact for that device's target (--target/--cpu)") from None
     words = tvm.runtime.tensor(np.zeros(2, "int64"), session.cpu())
     module["effarch_probe"](words)
     hwcap, hwcap2 = (int(w) for w in words.numpy())
