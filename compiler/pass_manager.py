@@ -33,18 +33,37 @@ REQUIRED_BEFORE_LOWERING = "fold-constants"
 CLEANUP = "fold-constants,eliminate-dead-code"
 FIXPOINT_ROUNDS = 8
 
+# The passes of each level, in order; a name not registered (yet) is left out, so a level only
+# ever names passes that exist. -O1 cleans up; -O2 adds folding (BatchNorm into convs,
+# canonical forms of exporter patterns) and fusion; -O3 adds everything else.
+O1_PASSES = ("simplify", "fold-constants", "eliminate-dead-code")
+O2_FOLDING = ("canonicalize", "fold-batchnorm")
+O3_EXTRA = ("eliminate-common-subexpressions", "propagate-shapes")
+FUSION = "fuse-operators"
+
 
 def default_pipeline(opt_level: int) -> str:
-    """The pipeline for ``-O<opt_level>``: -O0 nothing, -O1 one cleanup, -O2/-O3 cleanup to a fixed point."""
+    """The pipeline for ``-O<opt_level>``: -O0 nothing, -O1 one cleanup, -O2 cleanup to a fixed
+    point then folding and fusion, -O3 the same with every other pass in the fixed point."""
     if opt_level <= 0:
         return ""
     if opt_level == 1:
-        return CLEANUP
-    return f"fixpoint<{FIXPOINT_ROUNDS}>({CLEANUP})"
+        return ",".join(_registered(O1_PASSES))
+    loop = O1_PASSES if opt_level == 2 else (*O1_PASSES[:1], *O3_EXTRA, *O1_PASSES[1:])
+    stages = [f"fixpoint<{FIXPOINT_ROUNDS}>({','.join(_registered(loop))})",
+              *_registered((*O2_FOLDING, "fold-constants", FUSION, "eliminate-dead-code"))]
+    return ",".join(stages)
+
+
+def _registered(names: tuple[str, ...]) -> list[str]:
+    import passes  # noqa: F401  (registers every pass; imported here because passes import this module)
+
+    known = registered_passes()
+    return [n for n in names if n in known]
 
 
 __all__ = [
-    "CLEANUP", "REQUIRED_BEFORE_LOWERING", "Fingerprint", "FixpointGroup", "Instrument", "Note", "Pass",
+    "CLEANUP", "FUSION", "REQUIRED_BEFORE_LOWERING", "Fingerprint", "FixpointGroup", "Instrument", "Note", "Pass",
     "PassContext", "PassManager", "PassRecord", "PassResult", "PassSpec", "Pipeline", "PipelineResult",
     "PrintAfterChangeInstrument", "SaveStagesInstrument", "TimingInstrument", "VerifyEachInstrument",
     "default_pipeline", "fingerprint", "get_pass", "parse_pipeline", "register_pass", "registered_passes",

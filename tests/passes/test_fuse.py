@@ -13,7 +13,7 @@ from compiler.ir import Graph, parse_graph, print_graph
 from compiler.ir.printer import constant_digest
 from compiler.ir.verifier import find_problems
 from compiler.onnx_export import to_onnx
-from compiler.pass_manager import PassContext
+from compiler.pass_manager import PassContext, default_pipeline, parse_pipeline, registered_passes
 from compiler.reference import random_inputs
 from passes.fuse import FuseOperators
 from tests.passes.harness import check_not_fired, check_pass
@@ -225,3 +225,19 @@ def test_a_lone_elementwise_op_is_not_a_chain() -> None:
     """)
     check_not_fired(FuseOperators(), g, "output is a graph output")
 
+
+
+# ---- opt levels -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_opt_levels_add_folding_and_fusion_from_O2(level: int) -> None:
+    text = default_pipeline(level)
+    assert str(parse_pipeline(text)) == text
+    names = [s.name for s in parse_pipeline(text).specs()]
+    assert ("fuse-operators" in names) == (level >= 2)
+    assert ("eliminate-dead-code" in names) == (level >= 1)
+    assert set(names) <= set(registered_passes())
+    if level >= 2:  # fusion comes after every folding pass, and its orphans are cleaned up after it
+        assert names.index("fuse-operators") > max(names.index(n) for n in names if n.startswith("fold"))
+        assert names[-1] == "eliminate-dead-code"
+    if level == 3:  # -O3 is -O2 and more
+        assert {s.name for s in parse_pipeline(default_pipeline(2)).specs()} <= set(names)
