@@ -61,10 +61,11 @@ def _live(members: list[Node], graph: Graph) -> list[Value]:
 
 
 def grow(anchor: Node, allowed: frozenset[str]) -> tuple[list[Node], str]:
-    """The largest closed group starting at ``anchor``, and why it stopped growing."""
+    """The largest closed group starting at ``anchor``, and why it stopped growing ("" when the
+    anchor's output feeds nothing that could join)."""
     graph, members, best = anchor.graph, [anchor], [anchor]
     position = {id(n): i for i, n in enumerate(graph.nodes)}
-    reason = "output is a graph output"
+    reason = f"its output is only a graph output, or it reached the {MAX_GROUP}-node limit"
     while len(members) < MAX_GROUP:
         inside = {id(m) for m in members}
         users = [u for v in _live(members, graph) for u, _ in v.uses if id(u) not in inside]
@@ -77,6 +78,8 @@ def grow(anchor: Node, allowed: frozenset[str]) -> tuple[list[Node], str]:
         members.append(nxt)
         if len(_live(members, graph)) == 1:
             best = list(members)
+    if len(members) == 1 and anchor.op in ELEMENTWISE:
+        reason = ""  # a lone elementwise op is no candidate for a chain: nothing to explain
     return best, reason
 
 
@@ -94,7 +97,7 @@ def match_elementwise_chain(node: Node) -> Members:
     if any(p.op in ELEMENTWISE and not p.domain and len(p.outputs[0].uses) == 1 for p in producers):
         return None  # inside a chain whose head did not fuse: the head gave the reason
     members, reason = grow(node, ELEMENTWISE)
-    return members if len(members) > 1 else reason
+    return members if len(members) > 1 else (reason or None)
 
 
 # ---- LayerNorm from primitives --------------------------------------------------------------------

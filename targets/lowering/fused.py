@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from tvm import relax
+import tvm
+from tvm import relax, tirx
 
 from compiler.ir.core import Node, Value
 from targets.lowering.registry import LoweringError, describe
@@ -27,6 +28,12 @@ KERNEL_PREFIX = "fused_"
 # Known inputs up to this many elements become constants of the function (same limit as
 # targets.lower's inlining); bigger ones are weights and stay parameters.
 INLINE_MAX_ELEMENTS = 64
+
+
+def kernel_names(mod: tvm.IRModule, relax_pipeline: tvm.transform.Pass) -> list[str]:
+    """The kernels (PrimFuncs) ``mod`` compiles to through ``relax_pipeline``, sorted by name."""
+    built = relax_pipeline(mod)
+    return sorted(gv.name_hint for gv, f in built.functions.items() if isinstance(f, tirx.PrimFunc))
 
 
 def kernel_name(node: Node) -> str:

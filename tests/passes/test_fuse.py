@@ -217,13 +217,16 @@ def test_a_mean_not_subtracted_is_not_a_layernorm() -> None:
     check_not_fired(FuseOperators(patterns="layernorm"), g, "the mean is not subtracted from its own input")
 
 
-def test_a_lone_elementwise_op_is_not_a_chain() -> None:
+def test_a_chain_whose_head_is_also_read_elsewhere_is_not_fused() -> None:
     g = parse_graph("""
-        graph main(%x: f32[3]) -> (%y) {
-          %y = Relu(%x) : f32[3]
+        graph main(%x: f32[1,2,4,4]) -> (%y, %p) {
+          %r = Relu(%x) : f32[1,2,4,4]
+          %y = Neg(%r) : f32[1,2,4,4]
+          %p = MaxPool(%r) {kernel_shape=[2,2]} : f32[1,2,3,3]
         }
     """)
-    check_not_fired(FuseOperators(), g, "output is a graph output")
+    result = check_not_fired(FuseOperators(), g, "its output feeds MaxPool, which cannot join an epilogue")
+    assert [n.rule for n in result.notes] == ["elementwise-chain"]  # Neg alone is no candidate
 
 
 

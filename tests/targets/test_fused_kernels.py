@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, tirx
+from tvm import relax
 
 from compiler.ir import Graph, Node, parse_graph
 from compiler.pass_manager import PassContext
 from compiler.reference import random_inputs, run_onnxruntime
 from passes.fuse import FuseOperators
 from targets.lower import lower
-from targets.lowering.fused import KERNEL_PREFIX, kernel_name
+from targets.lowering.fused import KERNEL_PREFIX, kernel_name, kernel_names
 from tests.passes.test_fuse import ATTENTION, LAYERNORM
 from tests.targets import run_lowered
 
@@ -58,8 +58,7 @@ def kernels(g: Graph) -> list[str]:
     """The PrimFuncs of ``g``'s module after TVM's default CPU pipeline (FuseOps, FuseTIR)."""
     target = tvm.target.Target({"kind": "llvm"})
     with target:
-        mod = relax.get_default_pipeline(target)(lower(g).mod)
-    return sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+        return kernel_names(lower(g).mod, relax.get_default_pipeline(target))
 
 
 def check_one_kernel_per_group(g: Graph) -> list[str]:
