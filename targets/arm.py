@@ -40,7 +40,7 @@ HWCAP_NAME = {
     "fp-armv8": "fp", "neon": "asimd", "aes": "aes", "sha2": "sha2", "sha3": "sha3", "sm4": "sm4",
     "crc": "crc32", "lse": "atomics", "fullfp16": "asimdhp", "rdm": "asimdrdm", "jsconv": "jscvt",
     "complxnum": "fcma", "rcpc": "lrcpc", "dotprod": "asimddp", "fp16fml": "asimdfhm", "sve": "sve",
-    "sve2": "sve2", "i8mm": "i8mm", "bf16": "bf16", "flagm": "flagm", "ssbs": "ssbs", "rand": "rng",
+    "sve2": "sve2", "i8mm": "i8mm", "bf16": "bf16",
 }
 # Bit positions of those names in AT_HWCAP and AT_HWCAP2 (Linux arch/arm64/include/uapi/asm/hwcap.h).
 _HWCAP_BITS = {

@@ -12,6 +12,7 @@ Every network step has a deadline, so a device that does not answer is an error,
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -238,12 +239,23 @@ def run_remote(artifact_path: str | Path, url: str, inputs: dict[str, np.ndarray
     art = open_artifact(artifact_path)
     try:
         arrays = _check_inputs(art.input_specs, inputs)
-        t0 = time.perf_counter()
-        session = connect(addr, timeout_s, session_timeout_s)
-        arch = str(art.manifest["target"].get("arch", ""))
-        check_device(art.manifest, device_cpu(session, arch, addr), addr)
-        outputs = _run_on(session, art, arrays)
-        logger.info("ran %s on %s in %.2f s", art.path.name, addr, time.perf_counter() - t0)
-        return outputs
+        return _run_in_session(addr, art, arrays, timeout_s, session_timeout_s)
+    except EffarchError as exc:
+        # The traceback's frames hold the session; dropped here, it closes now (see below).
+        raise exc.with_traceback(None) from None
     finally:
         art.close()
+        # A session closes when its last handle dies, and TVM's VM wrapper keeps reference cycles.
+        # The Python RPC server serves one session at a time, so a lingering one blocks the next run.
+        gc.collect()
+
+
+def _run_in_session(addr: DeviceAddress, art: Artifact, arrays: list[np.ndarray], timeout_s: float,
+                    session_timeout_s: float) -> dict[str, np.ndarray]:
+    t0 = time.perf_counter()
+    session = connect(addr, timeout_s, session_timeout_s)
+    arch = str(art.manifest["target"].get("arch", ""))
+    check_device(art.manifest, device_cpu(session, arch, addr), addr)
+    outputs = _run_on(session, art, arrays)
+    logger.info("ran %s on %s in %.2f s", art.path.name, addr, time.perf_counter() - t0)
+    return outputs

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import importlib.metadata
 import json
 import logging
@@ -151,8 +152,17 @@ def prepare(cache: Path | None = None) -> Path:
     wanted = {d: _pinned(d) for d in WHEELS} | {"suite": SUITE}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return cache
-    t0 = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs preparing at once: the second waits, then reuses
+        if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
+            _prepare_parts(cache)
+            stamp.write_text(json.dumps(wanted))
+    return cache
+
+
+def _prepare_parts(cache: Path) -> None:
+    t0 = time.perf_counter()
     for part, make in (("site", _prepare_site), ("rootfs", lambda d, _w: _prepare_rootfs(d))):
         # Built beside the cache and renamed in: an interrupted prepare leaves nothing half-made.
         with tempfile.TemporaryDirectory(prefix=f".{part}.", dir=cache) as work:
@@ -160,9 +170,7 @@ def prepare(cache: Path | None = None) -> Path:
             shutil.rmtree(cache / part, ignore_errors=True)
             os.replace(Path(work) / part, cache / part)
     _write_launchers(cache)
-    stamp.write_text(json.dumps(wanted))
     logger.info("prepared the emulated Arm device in %.0f s at %s", time.perf_counter() - t0, cache)
-    return cache
 
 
 # ---- start / stop / status --------------------------------------------------------------------
