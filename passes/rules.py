@@ -259,9 +259,12 @@ def is_dead(graph: Graph, node: Node) -> bool:
     return all(not v.uses and v not in graph.outputs for v in node.outputs)
 
 
-def forward(node: Node, value: Value | None, detail: str = "") -> Match | None:
-    """A match that replaces ``node``'s output by ``value`` (None when the input is omitted)."""
-    return None if value is None else Match(node, forward=value, detail=detail)
+def forward(node: Node, value: Value | None, detail: str = "", absorbed: tuple[Node, ...] = ()) -> Match | None:
+    """A match that replaces ``node``'s output by ``value`` (None when the input is omitted).
+
+    ``absorbed``: the pattern's inner nodes, erased too once nothing else uses them.
+    """
+    return None if value is None else Match(node, absorbed=absorbed, forward=value, detail=detail)
 
 
 def producer(v: Value | None, *ops: str) -> Node | None:
