@@ -8,6 +8,12 @@ artifact's architecture, that returns the kernel's ``AT_HWCAP`` words. A device 
 it has the wrong architecture; one whose hwcaps lack a feature the artifact uses is refused. Both
 errors come before the model's code runs, so a wrong device gives a message instead of SIGILL.
 Every network step has a deadline, so a device that does not answer is an error, never a hang.
+
+A real board (e.g. a Raspberry Pi 4, Cortex-A72) needs only TVM's runtime and its RPC server:
+    pip install apache-tvm==<host version> cloudpickle psutil tornado
+    TVM_USE_RUNTIME_LIB=1 python3 -m tvm.exec.rpc_server --host 0.0.0.0 --port 9190
+    # or, with a tracker on HOST:9190:  ... --tracker HOST:9190 --key rasp4
+then, here: ``effarch run m.effarch --device rpc://BOARD:9190`` (or ``tracker://HOST:9190/rasp4``).
 """
 
 from __future__ import annotations
