@@ -1,0 +1,345 @@
+"""The CUDA target: NVIDIA GPUs, with kernels compiled to machine code (SASS) when the model is built.
+
+TVM 0.27 exports a CUDA module as CUDA C source and compiles it when the library is loaded, so a
+plain export would need a CUDA compiler wherever the model runs. Here the export hook
+(``fpack_imports``) rewrites TVM's serialized module tree instead: each CUDA module's source is
+compiled by nvcc into a fatbin holding SASS for the chosen architecture, and the module is stored
+with format ``fatbin``, which TVM's CUDA runtime hands straight to ``cuModuleLoadData``. Running an
+artifact needs the NVIDIA driver and TVM's CUDA runtime library, but no compiler.
+
+Schedules: TVM's dlight GPU rules after legalization and fusion, as TVM's own CUDA pipeline does.
+Weights are parameters, as on x86: they travel beside the library, never inside it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compiler.errors import EffarchError
+from targets.base import TargetSpec
+
+if TYPE_CHECKING:
+    import tvm
+
+logger = logging.getLogger(__name__)
+
+# Architectures nvcc 12/13 and TVM's CUDA codegen both handle; sm_90 is the H200/H100.
+ARCHS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_120")
+DEFAULT_ARCH = "sm_90"
+
+DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # where the CUDA toolkit installs by default
+
+FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)  # header of every fatbin nvcc writes
+_U64 = struct.Struct("<Q")
+_BAD_IDENTIFIER = re.compile(r"\b(\d\w*_ptr)\b")
+_build_state = threading.local()  # the arch of the build in progress on this thread
+_LIB_KEY = b"_lib"  # the host DSO's own slot in the import tree; it has no payload
+
+# Same macros TVM's own nvcc helper undefines, so half/bf16 operators in the generated code compile.
+_NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-U__CUDA_NO_HALF_OPERATORS__",
+               "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+               "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+               "-U__CUDA_NO_BFLOAT162_CONVERSIONS__"]
+
+
+# ---- compiling CUDA source to machine code ------------------------------------------------------
+def find_nvcc() -> str:
+    """Path of nvcc: ``$CUDA_HOME/bin``, then ``PATH``, then ``DEFAULT_NVCC``."""
+    candidates = [Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"] if os.environ.get("CUDA_HOME") else []
+    found = shutil.which("nvcc")
+    candidates += [Path(found)] if found else []
+    candidates.append(DEFAULT_NVCC)
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    raise EffarchError("compiling for --target cuda needs nvcc (the CUDA toolkit, 12 or newer) to make GPU "
+                       "machine code; install it, or set CUDA_HOME to its folder")
+
+
+def c_safe_source(source: str) -> str:
+    """Rename kernel parameters TVM names after graph values that start with a digit (``0_bias_ptr``).
+
+    TVM's CUDA codegen prints buffer parameters as ``<relax var>_ptr`` without making them C
+    identifiers; a numeric literal never contains ``_ptr``, so the rename touches nothing else.
+    """
+    return _BAD_IDENTIFIER.sub(r"v\1", source)
+
+
+def compile_fatbin(source: str, arch: str, workdir: Path) -> bytes:
+    """nvcc ``source`` into a fatbin with SASS for ``arch`` only (no PTX, so nothing is left to JIT)."""
+    cu, out = workdir / "kernels.cu", workdir / "kernels.fatbin"
+    cu.write_text(c_safe_source(source))
+    number = arch.removeprefix("sm_")
+    # No --use_fast_math (TVM's helper adds it): approximate exp/div would break fp32 tolerances.
+    cmd = [find_nvcc(), "--fatbin", f"-gencode=arch=compute_{number},code=sm_{number}", *_NVCC_FLAGS,
+           "-o", str(out), str(cu)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        first = (proc.stderr or proc.stdout).strip().splitlines()[:1]
+        raise EffarchError(f"nvcc failed on the generated kernels for {arch} ({' '.join(first)}); "
+                           f"the generated source is {cu}")
+    return out.read_bytes()
+
+
+# ---- TVM's serialized import tree (the blob an exported library carries) ------------------------
+def _read_chunk(buf: bytes, pos: int) -> tuple[bytes, int]:
+    (size,) = _U64.unpack_from(buf, pos)
+    end = pos + 8 + size
+    if end > len(buf):
+        raise ValueError("chunk runs past the end")
+    return buf[pos + 8:end], end
+
+
+def _chunk(data: bytes) -> bytes:
+    return _U64.pack(len(data)) + data
+
+
+def split_imports_blob(blob: bytes) -> tuple[bytes, list[tuple[bytes, bytes | None]]]:
+    """TVM 0.27's import blob -> (tree header, [(module kind, payload)]); '_lib' has no payload.
+
+    Layout: u64 size, CSR row pointers, child indices, then per module a kind and its SaveToBytes.
+    """
+    try:
+        body, end = _read_chunk(blob, 0)
+        if end != len(blob):
+            raise ValueError("size field does not match")
+        (rows,) = _U64.unpack_from(body, 0)
+        pos = 8 + 8 * rows
+        (children,) = _U64.unpack_from(body, pos)
+        pos += 8 + 8 * children
+        header, modules = body[:pos], []
+        for _ in range(rows - 1):
+            kind, pos = _read_chunk(body, pos)
+            payload = None
+            if kind != _LIB_KEY:
+                payload, pos = _read_chunk(body, pos)
+            modules.append((kind, payload))
+        if pos != len(body):
+            raise ValueError("trailing bytes")
+    except (struct.error, ValueError) as exc:
+        raise EffarchError(f"TVM's packed module tree has an unexpected layout ({exc}); effarch's CUDA "
+                           f"export supports TVM 0.27, so install apache-tvm==0.27.*") from None
+    return header, modules
+
+
+def join_imports_blob(header: bytes, modules: list[tuple[bytes, bytes | None]]) -> bytes:
+    parts = [header]
+    for kind, payload in modules:
+        parts.append(_chunk(kind))
+        if payload is not None:
+            parts.append(_chunk(payload))
+    return _chunk(b"".join(parts))
+
+
+def split_cuda_module(payload: bytes) -> tuple[str, bytes, bytes]:
+    """A CUDA module's bytes -> (format, function table bytes, code). Layout: [fmt][fmap][code].
+
+    The function table's encoding is TVM's own; it is kept verbatim, so only the code's position is
+    needed: the code is the last chunk, and its length prefix is the only one consistent with that.
+    """
+    fmt, pos = _read_chunk(payload, 0)
+    for start in range(pos, len(payload) - 7):
+        (size,) = _U64.unpack_from(payload, start)
+        if start + 8 + size == len(payload):
+            return fmt.decode(), payload[pos:start], payload[start + 8:]
+    raise EffarchError("TVM's CUDA module has an unexpected layout; effarch's CUDA export supports TVM 0.27")
+
+
+def with_machine_code(blob: bytes, arch: str, workdir: Path) -> bytes:
+    """The import blob with every CUDA-source module replaced by one holding an nvcc fatbin."""
+    header, modules = split_imports_blob(blob)
+    rewritten = []
+    for kind, payload in modules:
+        if kind == b"cuda" and payload is not None:
+            fmt, fmap, code = split_cuda_module(payload)
+            if fmt == "cuda":  # CUDA C source, as TVM's codegen leaves it
+                logger.info("compiling %d kB of generated CUDA source for %s with nvcc", len(code) // 1024, arch)
+                fatbin = compile_fatbin(code.decode(), arch, workdir)
+                payload = _chunk(b"fatbin") + fmap + _chunk(fatbin)
+        rewritten.append((kind, payload))
+    return join_imports_blob(header, rewritten)
+
+
+def _blob_object_source(blob_path: Path, symbol: str, size: int) -> str:
+    """Assembly defining ``symbol`` as the blob's bytes (.incbin: no multi-MB C array to compile)."""
+    return (f'\t.section .rodata\n\t.globl {symbol}\n\t.type {symbol}, @object\n\t.balign 16\n{symbol}:\n'
+            f'\t.incbin "{blob_path}"\n\t.size {symbol}, {size}\n\t.section .note.GNU-stack,"",@progbits\n')
+
+
+def make_fpack_imports(arch: str) -> Any:
+    """An ``export_library`` hook that packs the imports with CUDA source replaced by SASS."""
+
+    def fpack_imports(mod: Any, is_system_lib: bool, prefix: str, workspace_dir: str) -> str:
+        import tvm_ffi
+
+        if is_system_lib or prefix:
+            raise EffarchError("the CUDA target does not build system libraries; drop the system-lib option")
+        blob = tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")(mod).numpy().tobytes()
+        workdir = Path(workspace_dir)
+        blob_path = workdir / "imports.bin"
+        blob_path.write_bytes(with_machine_code(blob, arch, workdir))
+        symbol = str(tvm_ffi.get_global_func("runtime.ModuleImportsBlobName")())
+        asm = workdir / "devc.S"
+        asm.write_text(_blob_object_source(blob_path.resolve(), symbol, blob_path.stat().st_size))
+        return str(asm)
+
+    return fpack_imports
+
+
+def fatbins_in(library: bytes) -> list[bytes]:
+    """Every fatbin embedded in a built library (header: magic, version, header size, body size)."""
+    found, pos = [], library.find(FATBIN_MAGIC)
+    while pos >= 0:
+        header_size = struct.unpack_from("<H", library, pos + 6)[0]
+        (body_size,) = _U64.unpack_from(library, pos + 8)
+        found.append(library[pos:pos + header_size + body_size])
+        pos = library.find(FATBIN_MAGIC, pos + header_size + body_size)
+    return found
+
+
+def fatbin_entries(fatbin: bytes) -> list[tuple[str, str]]:
+    """(kind, arch) per fatbin entry: ('sass', 'sm_90') for machine code, ('ptx', ...) for PTX."""
+    header_size = struct.unpack_from("<H", fatbin, 6)[0]
+    entries, pos = [], header_size
+    while pos + 32 <= len(fatbin):
+        kind, _, entry_header = struct.unpack_from("<HHI", fatbin, pos)
+        (size,) = _U64.unpack_from(fatbin, pos + 8)
+        arch = struct.unpack_from("<I", fatbin, pos + 28)[0]
+        entries.append(({1: "ptx", 2: "sass"}.get(kind, f"kind{kind}"), f"sm_{arch}"))
+        pos += entry_header + size
+    return entries
+
+
+def machine_code_report(library: bytes) -> dict[str, Any]:
+    """What GPU code a built library holds: fatbin entries, and CUDA C kernels left as source (0)."""
+    entries = [e for fb in fatbins_in(library) for e in fatbin_entries(fb)]
+    return {"fatbin_entries": entries, "cuda_source_kernels": library.count(b'extern "C" __global__')}
+
+
+# ---- running ------------------------------------------------------------------------------------
+def _load_cuda_driver() -> None:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        raise EffarchError("this artifact runs on an NVIDIA GPU but this machine has no NVIDIA driver "
+                           "(libcuda.so.1 not found); run it on a machine with an NVIDIA GPU, or compile "
+                           "with --target x86") from None
+
+
+def _preload_cudart() -> bool:
+    """TVM's CUDA runtime links libcudart.so.13; toolkits often keep it off the loader's path."""
+    roots = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
+    for path in [Path(r) / d / "libcudart.so.13" for r in roots if r for d in ("lib64", "lib")]:
+        if path.is_file():
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            return True
+    return False
+
+
+def _load_tvm_cuda_runtime() -> None:
+    """TVM's CUDA runtime library registers the CUDA device and module loader; load it if needed."""
+    import tvm
+    import tvm_ffi
+
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is not None:
+        return
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        if "libcudart" not in str(exc) or not _preload_cudart():
+            raise EffarchError(f"cannot load TVM's CUDA runtime ({exc}); install the CUDA 13 runtime "
+                               f"(libcudart.so.13) and apache-tvm with CUDA support") from None
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+
+
+def _compute_capability(device: Any) -> tuple[int, int]:
+    major, minor = str(device.compute_version).split(".")
+    return int(major), int(minor)
+
+
+def check_gpu_runs(arch: str, capability: tuple[int, int]) -> None:
+    """SASS for sm_XY runs on GPUs of the same major version X with minor version >= Y."""
+    number = arch.removeprefix("sm_")
+    want = (int(number[:-1]), int(number[-1]))
+    if capability[0] != want[0] or capability[1] < want[1]:
+        have = f"sm_{capability[0]}{capability[1]}"
+        raise EffarchError(f"this artifact holds GPU code for {arch} but this GPU is {have}; "
+                           f"rebuild it with --arch {have}")
+
+
+class CudaTarget(TargetSpec):
+    name = "cuda"
+    description = "NVIDIA GPUs through TVM's CUDA codegen and dlight schedules; SASS built with nvcc"
+    arch = "x86_64"  # the host side of the library: it launches the kernels
+
+    def known_cpus(self) -> list[str]:
+        return list(ARCHS)
+
+    def default_cpu(self) -> str:
+        return DEFAULT_ARCH
+
+    def target_dict(self, cpu: str) -> dict[str, Any]:
+        # A generic x86-64 host: the host code only launches kernels, so it should run on any x86-64.
+        return {"kind": "cuda", "arch": cpu, "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
+
+    def relax_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+        # ``export`` is not given the target, and the build calls this just before it: remember the arch.
+        _build_state.arch = str(tvm_target.attrs["arch"])
+        return cuda_pipeline(tvm_target)
+
+    def export(self, executable: Any, path: Path) -> Path:
+        find_nvcc()  # fail before the export starts, with the install hint
+        arch = getattr(_build_state, "arch", DEFAULT_ARCH)
+        executable.export_library(str(path), fpack_imports=make_fpack_imports(arch))
+        return path
+
+    def device(self) -> tvm.runtime.Device:
+        import tvm
+
+        _load_tvm_cuda_runtime()
+        return tvm.cuda(0)
+
+    def check_host(self, manifest: dict[str, Any]) -> None:
+        super().check_host(manifest)
+        _load_cuda_driver()
+        device = self.device()
+        if not device.exist:
+            raise EffarchError("the NVIDIA driver is installed but it sees no GPU; run this artifact on a "
+                               "machine with an NVIDIA GPU (check nvidia-smi)")
+        check_gpu_runs(manifest["target"].get("cpu", DEFAULT_ARCH), _compute_capability(device))
+
+
+def cuda_pipeline(tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CUDA pipeline, spelled out: legalize, fuse, then dlight schedules every TIR function."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    schedules = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(),
+                                        dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Transpose(),
+                                        dl.gpu.Fallback())
+    legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), schedules]
+
+    @tvm.transform.module_pass(opt_level=0, name="effarch.cuda_pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with tvm_target:
+            passes = (cuda.library_dispatch_passes(tvm_target) + legalize
+                      + cuda.dataflow_lower_passes(tvm_target) + cuda.finalize_passes(tvm_target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+TARGET = CudaTarget()
