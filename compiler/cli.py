@@ -36,6 +36,12 @@ def load_source(args: argparse.Namespace):  # -> SourceModel; shared by plug-in 
     return load_model(_model_spec(args.model), parse_shape_args(getattr(args, "shape", None)))
 
 
+def load_source_spec(model: str):  # -> SourceModel
+    from compiler.driver import load_model
+
+    return load_model(_model_spec(model))
+
+
 def _model_spec(model: str) -> str:
     """A bare zoo name (``resnet18``) is accepted where no file of that name exists."""
     from compiler import zoo
@@ -120,12 +126,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compiler.report import random_inputs_for_specs
     from targets.runtime import load_artifact
 
-    art = load_artifact(Path(args.artifact))
-    inputs = read_npz(args.inputs) if args.inputs else random_inputs_for_specs(art.input_specs, args.seed)
-    outputs = art.run(inputs)
+    if args.device:
+        from targets.artifact import open_artifact
+        from targets.remote import run_remote
+
+        specs = open_artifact(Path(args.artifact)).input_specs
+        inputs = read_npz(args.inputs) if args.inputs else random_inputs_for_specs(specs, args.seed)
+        progress(f"running on {args.device}")
+        outputs = run_remote(Path(args.artifact), args.device, inputs, timeout_s=args.device_timeout)
+    else:
+        art = load_artifact(Path(args.artifact))
+        inputs = read_npz(args.inputs) if args.inputs else random_inputs_for_specs(art.input_specs, args.seed)
+        outputs = art.run(inputs)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype}{list(arr.shape)}  mean {float(np.mean(arr)):.6g}  "
               f"min {float(np.min(arr)):.6g}  max {float(np.max(arr)):.6g}")
+    if args.reference:
+        from compiler import report
+        from compiler.reference import run_onnxruntime
+        from compiler.verify import compare_outputs
+
+        checks = compare_outputs(outputs, run_onnxruntime(load_source_spec(args.reference).reference_onnx, inputs))
+        print(report.checks_table(checks, "onnxruntime on this machine"))
+        if not all(c.ok for c in checks):
+            raise EffarchError("outputs differ from onnxruntime beyond tolerance (see above)")
     if args.outputs:
         _write_npz(args.outputs, outputs)
         print(f"wrote {args.outputs}")
@@ -199,7 +223,8 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="x86", help="target to compile for ('--target help' lists them)")
-    p.add_argument("--cpu", default=None, help="CPU to compile for (default: this machine's)")
+    p.add_argument("--cpu", "--arch", dest="cpu", default=None,
+                   help="CPU (or GPU arch for cuda, e.g. sm_90) to compile for (default: this machine's)")
     for level in range(4):
         p.add_argument(f"-O{level}", dest="opt_level", action="store_const", const=level,
                        help=f"optimisation level {level}" + (" (default)" if level == 2 else ""))
@@ -234,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help=".npz with one array per input (default: seeded random inputs)")
     p.add_argument("--outputs", help=".npz to write the outputs to")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", metavar="URL", help="run on a remote device: rpc://HOST:PORT (a TVM RPC server, "
+                                                   "e.g. a board or tools/arm_device.py) or tracker://HOST:PORT/KEY")
+    p.add_argument("--device-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the device to answer (default 10)")
+    p.add_argument("--reference", metavar="MODEL",
+                   help="also run MODEL (.onnx, zoo name, ...) in onnxruntime here and compare the outputs")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="ops by type, parameters, bytes, FLOPs, inputs and outputs")
@@ -317,9 +348,14 @@ def cmd_target_help(args: argparse.Namespace) -> int:
     from targets.base import list_targets
 
     for spec in list_targets():
+        print(f"{spec.name:<6} {spec.description}\n       default cpu: {spec.default_cpu()}")
+        notable = spec.notable_cpus()
+        for cpu, what in notable.items():
+            print(f"       {cpu:<14} {what}")
         cpus = spec.known_cpus()
-        shown = ", ".join(cpus[:14]) + (f", ... ({len(cpus) - 14} more)" if len(cpus) > 14 else "")
-        print(f"{spec.name:<6} {spec.description}\n       default cpu: {spec.default_cpu()}\n       cpus: {shown}")
+        if not notable or len(cpus) > len(notable):
+            shown = ", ".join(cpus[:14]) + (f", ... ({len(cpus) - 14} more)" if len(cpus) > 14 else "")
+            print(f"       {'all' if not notable else 'also'}: {shown}")
     return 0
 
 

@@ -100,6 +100,9 @@ class ArmTarget(TargetSpec):
     def default_cpu(self) -> str:
         return DEFAULT_CPU
 
+    def notable_cpus(self) -> dict[str, str]:
+        return dict(NOTABLE_CPUS)
+
     def required_features(self, cpu: str) -> list[str]:
         return sorted(_llvm_features(cpu) & HWCAP_NAME.keys())
 

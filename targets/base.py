@@ -49,6 +49,10 @@ class TargetSpec:
     def default_cpu(self) -> str:
         raise NotImplementedError
 
+    def notable_cpus(self) -> dict[str, str]:
+        """CPUs worth naming in ``--target help`` (name -> one line); empty: the first known ones."""
+        return {}
+
     def resolve_cpu(self, cpu: str | None) -> str:
         """``cpu`` validated, or the default; an unknown name lists the valid ones."""
         if cpu is None:

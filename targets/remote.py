@@ -201,7 +201,7 @@ def check_device(manifest: dict[str, Any], cpu: DeviceCpu, addr: DeviceAddress) 
 
 # ---- running ----------------------------------------------------------------------------------
 def _check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from targets.runtime import _check_one  # the local runtime's per-input check, same messages
+    from targets.runtime import check_input  # same messages as local runs
 
     names = [s.name for s in specs]
     wrong = sorted(set(names) ^ set(inputs))
@@ -210,7 +210,7 @@ def _check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> lis
                            f"{', '.join(str(s) for s in specs)}")
     symbols: dict[str, int] = {}
     for spec in specs:
-        _check_one(spec, inputs[spec.name], symbols)
+        check_input(spec, inputs[spec.name], symbols)
     return [np.ascontiguousarray(inputs[n]) for n in names]
 
 

@@ -86,7 +86,7 @@ class LoadedArtifact:
                                f"the model takes only {', '.join(map(repr, expected))}")
         symbols: dict[str, int] = {}
         for spec in self.input_specs:
-            _check_one(spec, inputs[spec.name], symbols)
+            check_input(spec, inputs[spec.name], symbols)
 
     # ---- running ------------------------------------------------------------------------------
     def _to_device(self, inputs: dict[str, np.ndarray]) -> list[Any]:
@@ -119,7 +119,7 @@ class LoadedArtifact:
         return f"LoadedArtifact({self.path}, target={self.target.name}, inputs={len(self.input_specs)})"
 
 
-def _check_one(spec: TensorSpec, given: Any, symbols: dict[str, int]) -> None:
+def check_input(spec: TensorSpec, given: Any, symbols: dict[str, int]) -> None:
     if not isinstance(given, np.ndarray):
         raise EffarchError(f"input '{spec.name}' is a {type(given).__name__}; pass a numpy array of "
                            f"{spec.dtype}{list(spec.shape)}")
