@@ -97,6 +97,7 @@ class Rewriter:
         merged = tuple(s for n in match.nodes if n is not origin for s in _sources(n.provenance))
         self.provenance = origin.provenance.rewritten(pass_name, rule.name, merged=merged)
         self.created: list[Node] = []
+        self._unnamed: set[int] = set()  # ids of rw.node outputs that may take a replaced value's name
 
     def node(self, op: str, inputs: Iterable[Value | None], attrs: dict[str, AttrValue] | None = None, *,
              types: Sequence[TensorType | None], domain: str = "", name: str = "",
@@ -107,6 +108,8 @@ class Rewriter:
                                     provenance=self.provenance, before=self.match.anchor,
                                     output_names=list(output_names) if output_names else None)
         self.created.append(node)
+        if not output_names:
+            self._unnamed.update(id(v) for v in node.outputs)
         return node
 
     def insert(self, node: Node) -> Node:
@@ -124,13 +127,15 @@ class Rewriter:
     def replace(self, old: Value, new: Value) -> None:
         """Every use of ``old`` (graph outputs included) now reads ``new``.
 
-        A graph output keeps its name: ``new`` takes it (names are the model's interface).
+        A graph output keeps its name: ``new`` takes it (names are the model's interface). So does a
+        value replaced by an unnamed output of ``node()``, which keeps printed IR readable.
         """
         refusal = forward_refusal(self.graph, old, new)
         if refusal:
             raise EffarchError(f"rule rewrite cannot replace %{old.name}: {refusal}; check it in match")
-        if old in self.graph.outputs:
+        if old in self.graph.outputs or id(new) in self._unnamed:
             old.name, new.name = new.name, old.name
+            self._unnamed.discard(id(new))
         self.graph.replace_value(old, new)
 
 
