@@ -288,6 +288,12 @@ class CudaTarget(TargetSpec):
     def default_cpu(self) -> str:
         return DEFAULT_ARCH
 
+    def resolve_cpu(self, cpu: str | None) -> str:
+        """The GPU architecture (the CLI's ``--arch``; ``cpu`` for the TargetSpec interface)."""
+        if cpu is not None and cpu not in ARCHS:
+            raise EffarchError(f"unknown CUDA architecture '{cpu}'; pass --arch one of: {', '.join(ARCHS)}")
+        return cpu or DEFAULT_ARCH
+
     def target_dict(self, cpu: str) -> dict[str, Any]:
         # A generic x86-64 host: the host code only launches kernels, so it should run on any x86-64.
         return {"kind": "cuda", "arch": cpu, "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
