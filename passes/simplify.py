@@ -14,7 +14,20 @@ import numpy as np
 
 from compiler.ir import DType, Node, Value
 from compiler.pass_manager import register_pass
-from passes.rules import Matcher, MatchResult, Rule, RuleSet, const, forward, is_fill, producer, static_shape
+from passes.rules import (
+    Match,
+    Matcher,
+    MatchResult,
+    Rewriter,
+    Rule,
+    RuleSet,
+    const,
+    forward,
+    is_fill,
+    producer,
+    static_shape,
+    users_reason,
+)
 
 # Casts A -> B where B represents every value of A exactly: a chain A -> B -> C then equals A -> C.
 EXACT_WIDENING: dict[DType, frozenset[DType]] = {
@@ -119,7 +132,26 @@ def cast_chain(node: Node) -> MatchResult:
         return f"{a.short} -> {b.short} -> {c.short} is lossy: {b.short} cannot hold every {a.short}"
     if c == a:
         return forward(node, inner.inputs[0], f"{a.short} -> {b.short} -> {a.short}", (inner,))
-    return None  # A -> C directly would be shorter, but it is one Cast either way: not a no-op rule
+    return None  # cast-chain shortens it
+
+
+def cast_chain_shorten(node: Node) -> MatchResult:
+    inner = producer(node.inputs[0], "Cast")
+    a = _dtype(inner.inputs[0]) if inner is not None else None
+    if inner is None or a is None or a == DType.from_onnx(int(node.attr("to"))):
+        return None  # no chain, unknown input dtype (cast-roundtrip says so), or a round trip
+    b = DType.from_onnx(int(inner.attr("to")))
+    if b not in EXACT_WIDENING.get(a, frozenset()):
+        return None  # cast-roundtrip's note already says the chain is lossy
+    reason = users_reason(inner.outputs[0], node.graph, f"the {b.short} cast")
+    if reason:
+        return reason
+    return Match(node, absorbed=(inner,), bind={"x": inner.inputs[0]})
+
+
+def rewrite_cast_chain(rw: Rewriter, m: Match) -> None:
+    out = m.anchor.outputs[0]
+    rw.replace(out, rw.node("Cast", [m.bind["x"]], {"to": m.anchor.attr("to")}, types=[out.type]).outputs[0])
 
 
 def _axes(node: Node, rank: int | None) -> list[int] | None:
@@ -173,6 +205,8 @@ SIMPLIFY_RULES: tuple[Rule, ...] = (
     Rule("transpose-inverse", "Transpose(Transpose(x, p), inverse(p)) -> x", ("Transpose",), transpose_inverse),
     Rule("cast-same", "Cast(x: T, to=T) -> x", ("Cast",), cast_same),
     Rule("cast-roundtrip", "Cast(Cast(x: A, to=B), to=A) -> x when B holds every A", ("Cast",), cast_chain),
+    Rule("cast-chain", "Cast(Cast(x: A, to=B), to=C) -> Cast(x, to=C) when B holds every A", ("Cast",),
+         cast_chain_shorten, rewrite_cast_chain),
     Rule("squeeze-unsqueeze", "Unsqueeze(Squeeze(x, a), a) -> x, Squeeze(Unsqueeze(x, a), a) -> x",
          ("Squeeze", "Unsqueeze"), squeeze_unsqueeze),
     Rule("expand-same", "Expand(x, s) -> x when broadcasting x to s keeps x's shape", ("Expand",), expand_same),

@@ -50,6 +50,32 @@ def test_reshape_to_its_own_shape_of() -> None:
     _fires("  %s = Shape(%x) : i64[2]\n  %r = Reshape(%x, %s) : f32[2,3]", "reshape-same")
 
 
+def test_exact_cast_chain_becomes_one_cast() -> None:
+    g = parse_graph("""
+        graph main(%x: i8[2,3]) -> (%y) {
+          %a = Cast(%x) {to=6} : i32[2,3]
+          %b = Cast(%a) {to=1} : f32[2,3]
+          %y = Exp(%b) : f32[2,3]
+        }
+    """)
+    check_pass(Simplify(), g, expect="""
+        graph main(%x: i8[2,3]) -> (%y) {
+          %b = Cast(%x) {to=1} : f32[2,3]  #= ["", ["simplify:cast-chain"], []]
+          %y = Exp(%b) : f32[2,3]
+        }
+    """)
+
+
+def test_cast_chain_with_a_shared_middle_stays() -> None:
+    g = parse_graph("""
+        graph main(%x: i8[2,3]) -> (%y, %a) {
+          %a = Cast(%x) {to=6} : i32[2,3]
+          %y = Cast(%a) {to=1} : f32[2,3]
+        }
+    """)
+    check_not_fired(Simplify(), g, "the i32 cast output %a is a graph output")
+
+
 def test_squeeze_then_unsqueeze_with_negative_axes() -> None:
     g = parse_graph("""
         graph main(%x: f32[2,1,3]) -> (%y) {
