@@ -63,11 +63,38 @@ def lower_group(outer: Any, node: Node) -> relax.Expr | list[relax.Expr]:
         inner.bb.emit_func_output(result)
     if inner.weight_vars:
         raise LoweringError(f"{describe(node)}: its body computes a large constant; fold constants first")
-    func = inner.bb.get()[name].without_attr("global_symbol")
-    call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), args), name_hint=name)
+    func, constants = _lift_constants(inner.bb.get()[name].without_attr("global_symbol"))
+    call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), [*args, *constants]), name_hint=name)
     if len(outs) == 1:
         return call
     return [outer.bb.emit(relax.TupleGetItem(call, i)) for i in range(len(outs))]
+
+
+@relax.expr_functor.mutator
+class _ConstantLifter(relax.PyExprMutator):  # type: ignore[misc]  # TVM's mutator base is untyped
+    """Replaces every constant in a function by a new parameter: FuseTIR accepts no constants in a
+    primitive function, not even scalars passed to a ``call_tir`` (Clip's bounds, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: list[relax.Var] = []
+        self.constants: list[relax.Expr] = []
+
+    def visit_generic_const_(self, op: relax.Expr) -> relax.Expr:
+        param = relax.Var(f"const_{len(self.params)}", op.ty)
+        self.params.append(param)
+        self.constants.append(op)
+        return param
+
+
+def _lift_constants(func: relax.Function) -> tuple[relax.Function, list[relax.Expr]]:
+    """``func`` with its constants as trailing parameters, and those constants (the arguments)."""
+    lifter = _ConstantLifter()
+    body = lifter.visit_expr(func.body)
+    if not lifter.params:
+        return func, []
+    lifted = relax.Function([*func.params, *lifter.params], body, func.ret_ty, func.is_pure, func.attrs)
+    return lifted, lifter.constants
 
 
 def _signature(outer: Any, inner: Any, node: Node) -> tuple[list[relax.Var], list[relax.Expr]]:
@@ -94,9 +121,9 @@ def _seed(outer: Any, inner: Any, body_value: Value, known: np.ndarray | None, o
           add_param: Callable[[Value, relax.Expr], None]) -> None:
     """Make ``body_value`` available inside the function.
 
-    A small known value is known inside too (converters read shapes and axes from it); FuseTIR
-    accepts no tensor constants in a primitive function, so unless it is a scalar its data also
-    arrives as a parameter, bound in ``main`` to the constant."""
+    A small known value is known inside too (converters read shapes and axes from it); unless it
+    is a scalar (which converters inline, and ``_lift_constants`` lifts) its data also arrives as
+    a parameter, bound in ``main`` to the constant."""
     if known is not None and np.asarray(known).size <= INLINE_MAX_ELEMENTS:
         inner.known[id(body_value)] = known
         if np.ndim(known) == 0:

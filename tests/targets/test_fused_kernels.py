@@ -102,3 +102,22 @@ def test_layernorm_group_is_one_kernel_where_tvm_alone_makes_several() -> None:
 
 def test_attention_alone_is_several_kernels_for_tvm() -> None:
     assert len(kernels(parse_graph(ATTENTION))) > len(kernels(fuse(parse_graph(ATTENTION)))) == 1
+
+
+def test_constants_inside_a_group_become_parameters_of_its_kernel() -> None:
+    # Clip's bounds reach call_tir as scalar constants, which FuseTIR refuses inside a primitive
+    # function; the lowering lifts them into parameters (MiniLM's Clip(x, CastLike(eps)) needs this).
+    fused = fuse(parse_graph("""
+        graph main(%x: f32[1,3,5,5], %w: f32[6,3,1,1]) -> (%y) {
+          %lo = const f32[] [0.0]
+          %hi = const f32[] [6.0]
+          %eps = const f32[] [1e-09]
+          %c = Conv(%x, %w) : f32[1,6,5,5]
+          %r = Clip(%c, %lo, %hi) : f32[1,6,5,5]
+          %e = CastLike(%eps, %r) : f32[]
+          %y = Clip(%r, %e) : f32[1,6,5,5]
+        }
+    """))
+    assert [n.op for n in groups(fused)] == ["FusedConv"]
+    check_one_kernel_per_group(fused)
+    check_numbers(fused, seed=3)
