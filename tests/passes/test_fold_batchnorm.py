@@ -7,9 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from compiler.frontends.torch import import_torch
 from compiler.ir import Graph, TensorType
 from compiler.ir.core import Provenance
+from compiler.pass_manager import PassContext, PassManager, parse_pipeline
 from passes.fold_batchnorm import FoldBatchNorm
 from tests.passes.harness import check_not_fired, check_pass
 
@@ -134,3 +137,26 @@ def test_batched_matmul_is_not_folded() -> None:
     bn = g.make_node("BatchNormalization", [mm.outputs[0], *_bn_params(g, 3, rng)], types=[_t((2, 3, 3))])
     g.outputs = [bn.outputs[0]]
     check_not_fired(FoldBatchNorm(), g, "not a rank-2 product")
+
+
+def _randomized(bn: torch.nn.BatchNorm2d, seed: int) -> torch.nn.BatchNorm2d:
+    gen = torch.Generator().manual_seed(seed)
+    c = bn.num_features
+    state = {"weight": torch.randn(c, generator=gen), "bias": torch.randn(c, generator=gen),
+             "running_mean": torch.randn(c, generator=gen), "running_var": torch.rand(c, generator=gen) + 0.1}
+    bn.load_state_dict(state, strict=False)
+    return bn
+
+
+@pytest.mark.parametrize("conv", [
+    torch.nn.Conv2d(4, 8, 3, groups=2, bias=False),
+    torch.nn.Conv2d(8, 8, 3, groups=8, padding=1),
+    torch.nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2),
+], ids=["grouped-no-bias", "depthwise", "grouped-conv-transpose"])
+def test_pytorch_conv_and_batchnorm_modules_fold(conv: torch.nn.Conv2d | torch.nn.ConvTranspose2d) -> None:
+    model = torch.nn.Sequential(conv, _randomized(torch.nn.BatchNorm2d(conv.out_channels, eps=0.05), 1)).eval()
+    g = import_torch(model, (torch.randn(1, conv.in_channels, 6, 6),))
+    # The exporter builds a missing conv bias as Expand(CastLike(0, x), Shape(W)[0:1]): fold it first.
+    cleanup = "fold-constants,canonicalize-patterns{rules=castlike},fold-constants,eliminate-dead-code"
+    g = PassManager(parse_pipeline(cleanup), PassContext()).run(g).graph
+    check_pass(FoldBatchNorm(), g, expect=lambda h: "BatchNormalization" not in [n.op for n in h.nodes])
