@@ -5,8 +5,8 @@ through ONNX shape inference with data propagation: shape arithmetic (Shape -> G
 Reshape) is evaluated symbolically, so a Reshape fed by such a chain on a static input gets a
 static output type. Afterwards fold-constants can fold ``Shape`` of those values.
 
-A dimension is refined (``?`` or a symbol -> a number; ``?`` -> a symbol of the graph) and never
-loosened. Disagreements (dtype, or two different numbers) keep effarch's type and become a Note:
+Float weights travel as typed inputs, without their data. A dimension is refined (``?`` or a
+symbol -> a number; ``?`` -> a symbol of the graph) and never loosened. Disagreements (dtype, or two different numbers) keep effarch's type and become a Note:
 the verifier and the lowering trust effarch's types, and a conflict means an importer bug to fix.
 Values inside group bodies are left alone: their types come from the nodes they were fused from.
 """
@@ -48,7 +48,7 @@ class PropagateShapes(Pass):
 
 def infer_types(graph: Graph) -> dict[str, TensorType | None] | str:
     """Inferred types by value name, or why inference failed."""
-    model = to_onnx(graph)
+    model = to_onnx(without_weights(graph))
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.Clear()
@@ -58,6 +58,20 @@ def infer_types(graph: Graph) -> dict[str, TensorType | None] | str:
         return f"ONNX shape inference failed: {str(e).splitlines()[0]}"
     infos = (*model.graph.value_info, *model.graph.output)
     return {vi.name: from_type_proto(vi.type) for vi in infos}
+
+
+def without_weights(graph: Graph) -> Graph:
+    """A copy whose float constants are graph inputs of the same type.
+
+    Inference needs their types only (data propagation reads integer shape tensors), and leaving
+    the weights out keeps the export cheap and under protobuf's 2 GB limit.
+    """
+    light = graph.clone()
+    for name in [k for k, v in light.constants.items() if v.const is not None and v.const.dtype.kind == "f"]:
+        v = light.constants.pop(name)
+        v.const = None
+        light.inputs.append(v)
+    return light
 
 
 def from_type_proto(t: onnx.TypeProto) -> TensorType | None:

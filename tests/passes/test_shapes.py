@@ -90,3 +90,16 @@ def test_refine_never_loosens_a_dimension() -> None:
     assert refine(ours, TensorType(DType.F32, None)) == ours
     assert refine(None, ours) == ours
     assert "rank 2" in str(refine(ours, TensorType(DType.F32, (2, 3))))
+
+
+def test_weights_are_typed_without_their_data() -> None:
+    g = parse_graph("""
+        graph main(%x: f32[2,3]) -> (%y) {
+          %w = const f32[3,4] [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 2.0, 3.0]
+          %m = MatMul(%x, %w) : f32[?,?]
+          %y = Relu(%m) : f32[*]
+        }
+    """)
+    result = check_pass(PropagateShapes(), g)
+    assert [str(n.outputs[0].type) for n in result.graph.nodes] == ["f32[2,4]", "f32[2,4]"]
+    assert result.graph.constants["w"].const is not None  # the graph itself keeps its weights
