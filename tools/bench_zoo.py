@@ -1,0 +1,73 @@
+"""Benchmark every zoo model: effarch (x86) against onnxruntime and PyTorch eager, one markdown table.
+
+    python tools/bench_zoo.py [--opt 2] [--warmup 5] [--repeat 30] [--models mlp,gpt]
+
+Each runtime is timed in its own worker process (compiler.bench); rounds alternate between them and
+the table shows medians after warm-up, with ratios from the same run. Prints the table with the date,
+the machine and the command, ready for docs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+from compiler import zoo
+from compiler.bench import bench
+from compiler.driver import compile_model, load_model
+from compiler.report import reference_onnx_path
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path) -> str:
+    source = load_model(f"zoo:{name}")
+    artifact = folder / f"{name}.effarch"
+    compile_model(source, artifact, target="x86", opt_level=opt)
+    result = bench(reference_onnx_path(source, folder), artifact, zoo.get(name).sample_inputs(0),
+                   torch_spec=f"zoo:{name}", warmup=warmup, repeat=repeat)
+    ours, ort, eager = (result.row(r).median_ms for r in ("effarch", "onnxruntime", "pytorch-eager"))
+    return f"| {name} | {_ms(ours)} | {_ms(ort)} | {_ms(eager)} | {_ratio(ours, ort)} | {_ratio(ours, eager)} |"
+
+
+def _ratio(ours: float | None, other: float | None) -> str:
+    return "n/a" if ours is None or other is None else f"{ours / other:.1f}x"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--opt", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--models", default=",".join(zoo.names()))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            print(f"benchmarking {name}", file=sys.stderr, flush=True)
+            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp)))
+    today = datetime.date.today().isoformat()
+    print(f"Measured {today} on {_cpu_name()} ({platform.machine()}, 2 threads per runtime) with\n"
+          f"`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
+          f"the last two columns are effarch's time divided by the peer's (above 1: the peer is faster).\n")
+    print(f"| model | effarch -O{args.opt} | onnxruntime | PyTorch eager | effarch / ORT | effarch / eager |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
