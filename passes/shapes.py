@@ -6,8 +6,9 @@ Reshape) is evaluated symbolically, so a Reshape fed by such a chain on a static
 static output type. Afterwards fold-constants can fold ``Shape`` of those values.
 
 Float weights travel as typed inputs, without their data. A dimension is refined (``?`` or a
-symbol -> a number; ``?`` -> a symbol of the graph) and never loosened. Disagreements (dtype, or two different numbers) keep effarch's type and become a Note:
-the verifier and the lowering trust effarch's types, and a conflict means an importer bug to fix.
+symbol -> a number; ``?`` -> a symbol of the graph) and never loosened. Disagreements (dtype, or
+two different numbers) keep effarch's type and become a Note: the verifier and the lowering trust
+effarch's types, and a conflict means an importer bug to fix.
 Values inside group bodies are left alone: their types come from the nodes they were fused from.
 """
 
