@@ -1,0 +1,11 @@
+"""Node-level diffs of two graphs that follow provenance: ``effarch diff A B``.
+
+``load_graph`` reads any model file, IR text or saved stage; ``diff_graphs`` matches nodes (by
+provenance, then by structure) and returns a ``GraphDiff``; ``render_text``, ``render_json`` and
+``write_html`` present it.
+"""
+
+from compiler.diff.changes import diff_graphs
+from compiler.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
+
+__all__ = ["Change", "ConstantChange", "Fused", "GraphDiff", "NodeRef", "Rewritten", "diff_graphs"]

@@ -1,0 +1,66 @@
+"""A diff as JSON for scripts. The schema is stable; a breaking change bumps ``schema``.
+
+```
+{
+  "schema": "effarch.diff/1",
+  "a": "before.onnx", "b": "after.onnx",
+  "summary": {"nodes_a": int, "nodes_b": int, "matched": int, "unchanged": int, "added": int,
+              "removed": int, "rewritten": int, "fused": int, "fused_sources": int,
+              "constants_changed": int, "constants_added": int, "constants_removed": int},
+  "added":     [NODE, ...],                      # nodes of b with no counterpart in a
+  "removed":   [NODE, ...],                      # nodes of a with no counterpart in b
+  "rewritten": [{"a": NODE, "b": NODE, "matched_by": "provenance" | "structure",
+                 "changes": [{"what": "op" | "attr" | "input" | "type" | "rewrites",
+                              "key": str, "before": str, "after": str}, ...]}, ...],
+  "fused":     [{"sources": [NODE, ...], "into": NODE, "rules": ["pass:rule", ...]}, ...],
+  "constants": [{"a": str, "b": str, "matched_by": "name" | "consumer", "type_a": str,
+                 "type_b": str, "max_abs_change": float | null}, ...],
+  "constants_added": [str, ...], "constants_removed": [str, ...],
+  "matches": [[index_a, index_b], ...]           # every matched node pair, fusion heads included
+}
+NODE = {"index": int, "op": str, "label": str, "outputs": [str, ...], "provenance": str}
+```
+``index`` is the node's position in its graph; ``label`` its provenance source, else its name,
+else its first output. ``key`` is the attribute name, the input slot, or the output slot.
+``max_abs_change`` is null when the shapes differ or a payload is only known by digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from compiler.diff.model import GraphDiff, NodeRef
+
+SCHEMA = "effarch.diff/1"
+
+
+def diff_to_dict(d: GraphDiff) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA, "a": d.label_a, "b": d.label_b, "summary": d.summary(),
+        "added": [_node(r) for r in d.added],
+        "removed": [_node(r) for r in d.removed],
+        "rewritten": [{"a": _node(r.a), "b": _node(r.b), "matched_by": r.matched_by,
+                       "changes": [dataclasses.asdict(c) for c in r.changes]} for r in d.rewritten],
+        "fused": [{"sources": [_node(s) for s in f.sources], "into": _node(f.into), "rules": list(f.rules)}
+                  for f in d.fused],
+        "constants": [{"a": c.name_a, "b": c.name_b, "matched_by": c.matched_by, "type_a": c.type_a,
+                       "type_b": c.type_b, "max_abs_change": _finite(c.max_abs_change)} for c in d.constants],
+        "constants_added": list(d.constants_added), "constants_removed": list(d.constants_removed),
+        "matches": [[i, j] for i, j in sorted(d.matches.items())],
+    }
+
+
+def render_json(d: GraphDiff) -> str:
+    return json.dumps(diff_to_dict(d), indent=1) + "\n"
+
+
+def _node(r: NodeRef) -> dict[str, Any]:
+    return {"index": r.index, "op": r.op, "label": r.label, "outputs": list(r.outputs), "provenance": r.provenance}
+
+
+def _finite(x: float | None) -> float | None:
+    # JSON has no NaN or infinity; a change that large is reported as unknown.
+    return x if x is not None and math.isfinite(x) else None
