@@ -280,14 +280,15 @@ def match_layernorm_affine(node: Node) -> MatchResult:
     # Mul(LN(x, s, b), g) -> LN(x, s*g, b*g); Add(LN(x, s, b), c) -> LN(x, s, b + c)
     for ln_out, k in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
         ln = producer(ln_out, "LayerNormalization")
-        if ln is None or ln_out is None:
-            continue
-        if len(ln_out.uses) != 1 or any(v.uses for v in ln.outputs[1:]):
+        c = const(k)
+        if ln is None or ln_out is None or c is None:
+            continue  # a residual Add(LN(x), y) is no candidate
+        if not private(ln_out) or any(v.uses for v in ln.outputs[1:]):
             return "the LayerNormalization output has other users"
-        s, b, c = const(ln.inputs[1]), const(ln.inputs[2]) if len(ln.inputs) > 2 else None, const(k)
+        s, b = const(ln.inputs[1]), const(ln.inputs[2]) if len(ln.inputs) > 2 else None
         shape = static_shape(ln.inputs[1])
-        if s is None or c is None or shape is None:
-            return "the LayerNormalization parameters or the operand are not constant"
+        if s is None or shape is None or (len(ln.inputs) > 2 and ln.inputs[2] is not None and b is None):
+            return "the LayerNormalization scale or bias is not constant"
         try:
             folded = np.broadcast_shapes(shape, c.shape) == shape
         except ValueError:

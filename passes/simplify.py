@@ -106,8 +106,22 @@ def transpose_inverse(node: Node) -> MatchResult:
         return "the rank is unknown"
     composed = [p[i] for i in q]
     if composed != sorted(composed):
-        return f"perm {q} does not invert perm {p}"
+        return None  # transpose-compose merges them
     return forward(node, inner.inputs[0], absorbed=(inner,))
+
+
+def transpose_compose(node: Node) -> MatchResult:
+    inner = producer(node.inputs[0], "Transpose")
+    p, q = (_perm(inner), _perm(node)) if inner is not None else (None, None)
+    if inner is None or p is None or q is None or [p[i] for i in q] == sorted(p):
+        return None  # no pair, unknown rank (transpose-inverse says so) or an inverse pair
+    reason = users_reason(inner.outputs[0], node.graph, "the first Transpose")
+    return reason or Match(node, absorbed=(inner,), bind={"x": inner.inputs[0], "perm": [p[i] for i in q]})
+
+
+def rewrite_transpose_compose(rw: Rewriter, m: Match) -> None:
+    out = m.anchor.outputs[0]
+    rw.replace(out, rw.node("Transpose", [m.bind["x"]], {"perm": m.bind["perm"]}, types=[out.type]).outputs[0])
 
 
 def _dtype(v: Value | None) -> DType | None:
@@ -203,6 +217,8 @@ SIMPLIFY_RULES: tuple[Rule, ...] = (
     Rule("reshape-same", "Reshape(x, shape(x)) -> x", ("Reshape",), reshape_same),
     Rule("transpose-identity", "Transpose(x, [0,1,...]) -> x", ("Transpose",), transpose_identity),
     Rule("transpose-inverse", "Transpose(Transpose(x, p), inverse(p)) -> x", ("Transpose",), transpose_inverse),
+    Rule("transpose-compose", "Transpose(Transpose(x, p), q) -> Transpose(x, p[q])", ("Transpose",),
+         transpose_compose, rewrite_transpose_compose),
     Rule("cast-same", "Cast(x: T, to=T) -> x", ("Cast",), cast_same),
     Rule("cast-roundtrip", "Cast(Cast(x: A, to=B), to=A) -> x when B holds every A", ("Cast",), cast_chain),
     Rule("cast-chain", "Cast(Cast(x: A, to=B), to=C) -> Cast(x, to=C) when B holds every A", ("Cast",),

@@ -50,6 +50,22 @@ def test_reshape_to_its_own_shape_of() -> None:
     _fires("  %s = Shape(%x) : i64[2]\n  %r = Reshape(%x, %s) : f32[2,3]", "reshape-same")
 
 
+def test_two_transposes_compose_into_one() -> None:
+    g = parse_graph("""
+        graph main(%x: f32[2,3,4,5]) -> (%y) {
+          %a = Transpose(%x) {perm=[0, 2, 1, 3]} : f32[2,4,3,5]
+          %b = Transpose(%a) {perm=[0, 1, 3, 2]} : f32[2,4,5,3]
+          %y = Exp(%b) : f32[2,4,5,3]
+        }
+    """)
+    check_pass(Simplify(), g, expect="""
+        graph main(%x: f32[2,3,4,5]) -> (%y) {
+          %b = Transpose(%x) {perm=[0, 2, 3, 1]} : f32[2,4,5,3]  #= ["", ["simplify:transpose-compose"], []]
+          %y = Exp(%b) : f32[2,4,5,3]
+        }
+    """)
+
+
 def test_exact_cast_chain_becomes_one_cast() -> None:
     g = parse_graph("""
         graph main(%x: i8[2,3]) -> (%y) {
@@ -152,8 +168,9 @@ NEAR_MISSES = [
      "f32 -> f16 -> f32 is lossy"),
     ("int truncation", "%x: f32[2,3]", "  %h = Cast(%x) {to=7} : i64[2,3]\n  %r = Cast(%h) {to=1} : f32[2,3]",
      "f32 -> i64 -> f32 is lossy"),
-    ("non-inverse transposes", "%x: f32[2,3,4]", "  %t = Transpose(%x) {perm=[1, 2, 0]} : f32[3,4,2]\n"
-     "  %r = Transpose(%t) {perm=[1, 2, 0]} : f32[4,2,3]", "does not invert perm [1, 2, 0]"),
+    ("shared transposes", "%x: f32[2,3,4]", "  %t = Transpose(%x) {perm=[1, 2, 0]} : f32[3,4,2]\n"
+     "  %r = Transpose(%t) {perm=[1, 2, 0]} : f32[4,2,3]\n  %t2 = Neg(%t) : f32[3,4,2]",
+     "the first Transpose output %t has 2 users"),
     ("dropout in training", "%x: f32[2,3]", "  %ratio = const f32[] [0.5]\n  %tm = const bool[] [true]\n"
      "  %r = Dropout(%x, %ratio, %tm) : f32[2,3]", "training_mode %tm is not the constant false"),
     ("squeeze other axes", "%x: f32[1,3,1]", "  %a = const i64[1] [0]\n  %b = const i64[1] [2]\n"
