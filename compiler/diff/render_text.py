@@ -37,11 +37,11 @@ def render_text(d: GraphDiff, *, color: bool = False, limit: int = 50) -> str:
 
 def summary_line(d: GraphDiff) -> str:
     s = d.summary()
-    parts = [f"{s['unchanged']} unchanged", f"{s['rewritten']} rewritten",
-             f"{s['fused']} fused (from {s['fused_sources']} nodes)", f"{s['removed']} removed",
+    fused = f"{s['fused']} fused" + (f" (from {s['fused_sources']} nodes)" if s["fused"] else "")
+    parts = [f"{s['unchanged']} unchanged", f"{s['rewritten']} rewritten", fused, f"{s['removed']} removed",
              f"{s['added']} added", f"{s['constants_changed']} constants changed"]
     if s["constants_added"] or s["constants_removed"]:
-        parts.append(f"{s['constants_added']} constants added, {s['constants_removed']} removed")
+        parts.append(f"constants: {s['constants_added']} added, {s['constants_removed']} removed")
     return "  " + ", ".join(parts)
 
 
