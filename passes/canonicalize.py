@@ -220,7 +220,8 @@ def match_layernorm(node: Node) -> MatchResult:
         return None
     mean = producer(sub.inputs[1], "ReduceMean")
     add = producer(std.inputs[0], "Add")
-    var = producer(add.inputs[0], "ReduceMean") if add is not None else None
+    var_in, eps_in = _var_and_eps(add)
+    var = producer(var_in, "ReduceMean")
     sq = producer(var.inputs[0], "Pow", "Mul") if var is not None else None
     if mean is None or add is None or var is None or sq is None:
         return "not Div(x - mean(x), Sqrt(mean((x - mean(x))^2) + eps))"
@@ -229,7 +230,7 @@ def match_layernorm(node: Node) -> MatchResult:
     if mean.inputs[0] is not x or not squares:
         return "the variance is not the mean of (x - mean(x))^2"
     axis = _trailing_axis(mean, x) if _axes_of(mean) == _axes_of(var) else None
-    eps = scalar(add.inputs[1])
+    eps = scalar(eps_in)
     if axis is None or eps is None:
         return "the reductions are not over the same trailing axes with keepdims, or eps is not a scalar"
     reason = _private(d, 2 if sq.op == "Pow" else 3, (std, add, var, sq, mean))
@@ -240,6 +241,14 @@ def match_layernorm(node: Node) -> MatchResult:
         return "the input shape is not static, so the scale and bias shapes are unknown"
     return Match(node, absorbed=(std, add, var, sq, sub, mean),
                  bind={"x": x, "axis": axis, "eps": eps, "shape": normalized[axis:]})
+
+
+def _var_and_eps(add: Node | None) -> tuple[Value | None, Value | None]:
+    """The two inputs of var + eps, written in either order."""
+    if add is None:
+        return None, None
+    a, b = add.inputs[0], add.inputs[1]
+    return (b, a) if scalar(a) is not None else (a, b)
 
 
 def _private(d: Value | None, d_uses: int, inner: tuple[Node, ...]) -> str | None:

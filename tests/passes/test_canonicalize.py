@@ -187,3 +187,21 @@ def test_castlike_becomes_a_cast_to_the_dtype_of_its_second_input() -> None:
           %y = Min(%x, %c) : f32[2]
         }
     """)
+
+
+def test_layernorm_with_a_self_product_and_eps_first() -> None:
+    g = parse_graph("""
+        graph main(%x: f32[2,3,8]) -> (%y) {
+          %axes = const i64[1] [-1]
+          %eps = const f32[] [1e-05]
+          %mean = ReduceMean(%x, %axes) {keepdims=1} : f32[2,3,1]
+          %d = Sub(%x, %mean) : f32[2,3,8]
+          %sq = Mul(%d, %d) : f32[2,3,8]
+          %var = ReduceMean(%sq, %axes) {keepdims=1} : f32[2,3,1]
+          %ve = Add(%eps, %var) : f32[2,3,1]
+          %std = Sqrt(%ve) : f32[2,3,1]
+          %y = Div(%d, %std) : f32[2,3,8]
+        }
+    """)
+    result = check_pass(CanonicalizePatterns(), g, expect=_ops(["LayerNormalization"]))
+    assert result.graph.nodes[0].attr("axis") == 2
