@@ -37,7 +37,7 @@ FIXPOINT_ROUNDS = 8
 # ever names passes that exist. -O1 cleans up; -O2 adds folding (BatchNorm into convs,
 # canonical forms of exporter patterns) and fusion; -O3 adds everything else.
 O1_PASSES = ("simplify", "fold-constants", "eliminate-dead-code")
-O2_FOLDING = ("canonicalize", "fold-batchnorm")
+O2_FOLDING = ("canonicalize-patterns", "fold-batchnorm")
 O3_EXTRA = ("eliminate-common-subexpressions", "propagate-shapes")
 FUSION = "fuse-operators"
 
