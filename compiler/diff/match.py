@@ -118,30 +118,64 @@ def match_by_provenance(a: Side, b: Side, m: Matching) -> None:
 
 
 def _pair_same_op_first(a: Side, ia: list[int], b: Side, jb: list[int]) -> list[tuple[int, int]]:
-    pairs, rest_b = [], list(jb)
-    rest_a = []
-    for i in ia:
-        same = next((j for j in rest_b if b.nodes[j].qualified_op == a.nodes[i].qualified_op), None)
-        if same is None:
-            rest_a.append(i)
-        else:
-            pairs.append((i, same))
-            rest_b.remove(same)
-    # Same source but a different op: the node was rewritten into another op.
-    return pairs + list(zip(rest_a, rest_b, strict=False))
+    """Within one source: the same node name first (exporters name nodes uniquely and passes keep
+    the name of the node they rewrite), then the same op in graph order, then a node that became
+    another op (``Conv`` -> ``FusedConv``, an op inside a group's body, or the last one left)."""
+    by_name = {b.nodes[j].name: j for j in jb if b.nodes[j].name}
+    pairs = [(i, by_name[a.nodes[i].name]) for i in ia if a.nodes[i].name in by_name]
+    rest_a = [i for i in ia if i not in {p for p, _ in pairs}]
+    rest_b = [j for j in jb if j not in {q for _, q in pairs}]
+    for related in (_same_op, _became):
+        for i in list(rest_a):
+            j = next((j for j in rest_b if related(a.nodes[i], b.nodes[j])), None)
+            if j is not None:
+                pairs.append((i, j))
+                rest_a.remove(i)
+                rest_b.remove(j)
+    if len(rest_a) == len(rest_b) == 1:
+        pairs.append((rest_a[0], rest_b[0]))
+    return pairs
+
+
+def _same_op(x: Node, y: Node) -> bool:
+    return x.qualified_op == y.qualified_op
+
+
+def _became(x: Node, y: Node) -> bool:
+    in_body = y.body is not None and any(n.qualified_op == x.qualified_op for n in y.body.nodes)
+    return in_body or x.op in y.op
 
 
 def _find_fusions(a: Side, b: Side, m: Matching) -> None:
+    """A B node whose ``merged`` gained sources absorbed the unmatched A nodes with those sources
+    that connect to its A counterpart (a source can name several nodes, e.g. a ReLU module used
+    twice; each use fuses into a different node)."""
     groups_a = a.by_source()
-    matched_a = set(m.pairs)
+    taken = set(m.pairs)
     b_to_a = {j: i for i, j in m.pairs.items()}
     for j, node in enumerate(b.nodes):
-        old = a.nodes[b_to_a[j]].provenance.merged if j in b_to_a else ()
-        new_sources = [s for s in node.provenance.merged if s not in old]
-        taken = [i for s in new_sources for i in groups_a.get(s, []) if i not in matched_a]
-        if taken:
-            m.absorbed[j] = sorted(set(taken))
-            matched_a.update(taken)
+        head = b_to_a.get(j)
+        old = a.nodes[head].provenance.merged if head is not None else ()
+        new_sources = {s for s in node.provenance.merged if s not in old}
+        candidates = {i for s in new_sources for i in groups_a.get(s, []) if i not in taken}
+        absorbed = _connected(a, head, candidates) if head is not None else candidates
+        if absorbed:
+            m.absorbed[j] = sorted(absorbed)
+            taken |= absorbed
+
+
+def _connected(a: Side, head: int, candidates: set[int]) -> set[int]:
+    """The candidates reachable from ``head`` through candidates, along edges either way."""
+    found: set[int] = set()
+    frontier = [head]
+    while frontier:
+        i = frontier.pop()
+        near = [a.producer(v) for v in a.nodes[i].inputs] + [u for u, _ in a.users[i] if isinstance(u, int)]
+        for k in near:
+            if k in candidates and k not in found:
+                found.add(k)
+                frontier.append(k)
+    return found
 
 
 # ---- 2. structure -----------------------------------------------------------------------------
