@@ -51,13 +51,17 @@ def write_html(d: GraphDiff, a: Graph, b: Graph, path: str | Path) -> Path:
     path = Path(path)
     page = render_html(d, a, b)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise EffarchError(f"cannot write {path}: {e.strerror}; check the folder exists and is writable") from None
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the page is an ordinary document
         os.replace(tmp, path)
     except OSError as e:
-        raise EffarchError(f"cannot write {path}: {e.strerror}; check the folder exists and is writable") from None
+        Path(tmp).unlink(missing_ok=True)
+        raise EffarchError(f"cannot write {path}: {e.strerror}; check the disk has space") from None
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,22 @@ def test_unreadable_ir_is_one_line_error(tmp_path: Path) -> None:
     bad.write_text("graph main( {")
     with pytest.raises(EffarchError, match=r"^cannot parse IR text .*bad.ir: .*; is it a file written by effarch\?$"):
         load_graph(str(bad))
+
+
+def test_html_is_written_whole_and_self_contained(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "report.html"
+    text = run(capsys, *write_pair(tmp_path), "--html", out)
+    assert "1 fused" in text
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "/*JS*/" not in page and "/*CSS*/" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from a network
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ir", "b.ir", "report.html"]  # no temp file left
+
+
+def test_html_into_a_missing_folder_is_one_line_error(tmp_path: Path) -> None:
+    from compiler.diff import diff_graphs
+    from compiler.diff.render_html import write_html
+
+    a, b = parse_graph(BASE), parse_graph(AFTER)
+    with pytest.raises(EffarchError, match=r"^cannot write .*report.html: .*; check the folder exists"):
+        write_html(diff_graphs(a, b), a, b, tmp_path / "nowhere" / "report.html")

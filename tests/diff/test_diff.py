@@ -132,3 +132,41 @@ def test_5000_node_graph_with_known_perturbation_is_fast_and_exact() -> None:
     attr_changed = {r.a.index for r in d.rewritten if any(c.what == "attr" for c in r.changes)}
     assert attr_changed == set(p.attr_changed)
     assert d.unchanged >= 5000 - 6 * count
+
+
+TWO_BLOCKS = """
+graph main(%x: f32[1,8,4,4], %w: f32[8,8,1,1]) -> (%y) {
+  %c1 = Conv(%x, %w) : f32[1,8,4,4] name="node_conv1"  # conv1
+  %b1 = Neg(%c1) : f32[1,8,4,4]  # bn1
+  %r1 = Relu(%b1) : f32[1,8,4,4] name="node_relu_1"  # relu
+  %c2 = Conv(%r1, %w) : f32[1,8,4,4] name="node_conv2"  # conv2
+  %b2 = Neg(%c2) : f32[1,8,4,4]  # bn2
+  %s = Add(%b2, %x) : f32[1,8,4,4]  # block
+  %y = Relu(%s) : f32[1,8,4,4] name="node_relu_2"  # relu
+}
+"""
+
+FUSED_BLOCKS = """
+graph main(%x: f32[1,8,4,4], %w: f32[8,8,1,1]) -> (%y) {
+  %r1 = effarch::FusedConv(%x, %w) : f32[1,8,4,4] name="node_conv1"  # conv1 <fuse:conv-bn-act> {bn1,relu}
+    graph conv_bn_act(%x: f32[1,8,4,4], %w: f32[8,8,1,1]) -> (%r) {
+      %c = Conv(%x, %w) : f32[1,8,4,4]  # conv1
+      %r = Relu(%c) : f32[1,8,4,4]  # relu
+    }
+  %y = effarch::FusedConv(%r1, %w, %x) : f32[1,8,4,4] name="node_conv2"  # conv2 <fuse:conv-bn-act> {bn2,block,relu}
+    graph conv_bn_act(%x: f32[1,8,4,4], %w: f32[8,8,1,1], %z: f32[1,8,4,4]) -> (%r) {
+      %c = Conv(%x, %w) : f32[1,8,4,4]  # conv2
+      %s = Add(%c, %z) : f32[1,8,4,4]  # block
+      %r = Relu(%s) : f32[1,8,4,4]  # relu
+    }
+}
+"""
+
+
+def test_each_fusion_takes_the_nodes_connected_to_it_when_a_source_repeats() -> None:
+    # One ReLU module used twice: both uses carry source "relu"; each belongs to its own block.
+    d = diff_text(TWO_BLOCKS, FUSED_BLOCKS)
+    got = [([(s.op, s.index) for s in f.sources], f.into.index, f.rules) for f in d.fused]
+    assert got == [([("Conv", 0), ("Neg", 1), ("Relu", 2)], 0, ("fuse:conv-bn-act",)),
+                   ([("Conv", 3), ("Neg", 4), ("Add", 5), ("Relu", 6)], 1, ("fuse:conv-bn-act",))]
+    assert d.is_empty is False and not d.removed and not d.added and not d.rewritten
