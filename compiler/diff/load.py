@@ -38,6 +38,9 @@ def read_ir(path: Path) -> Graph:
 
 def find_stage(path: Path) -> Path | None:
     """The ``.ir`` file of a saved stage named ``DIR/N`` or ``DIR/PASS``; None when ``path`` is not one."""
+    if path.is_dir() and any(STAGE_FILE.fullmatch(p.name) for p in path.iterdir()):
+        raise EffarchError(f"{path} holds saved stages; name one: {path}/N or {path}/PASS "
+                           f"(the saved stages are {_stage_names(path)})")
     if path.exists() or not path.parent.is_dir():
         return None
     stages = sorted(p for p in path.parent.iterdir() if STAGE_FILE.fullmatch(p.name))
@@ -46,9 +49,12 @@ def find_stage(path: Path) -> Path | None:
     want = path.name
     found = [p for p in stages if _stage_matches(p.name, want)]
     if not found:
-        names = ", ".join(p.stem for p in stages)
-        raise EffarchError(f"no stage '{want}' in {path.parent}; the saved stages are {names}")
+        raise EffarchError(f"no stage '{want}' in {path.parent}; the saved stages are {_stage_names(path.parent)}")
     return found[-1]
+
+
+def _stage_names(directory: Path) -> str:
+    return ", ".join(sorted(p.stem for p in directory.iterdir() if STAGE_FILE.fullmatch(p.name)))
 
 
 def _stage_matches(filename: str, want: str) -> bool:

@@ -80,6 +80,8 @@ def test_saved_stages_by_number_and_pass_name(tmp_path: Path, capsys) -> None:  
     assert doc["summary"]["removed"] >= 1 and doc["summary"]["nodes_a"] == count
     with pytest.raises(EffarchError, match=r"no stage 'fuse' in .*; the saved stages are 00-input, "):
         load_graph(str(stages / "fuse"))
+    with pytest.raises(EffarchError, match=r"holds saved stages; name one: .*/N or .*/PASS \(the saved stages"):
+        load_graph(str(stages))
 
 
 def test_pt2_program_against_its_ir_text(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -101,6 +101,9 @@ def test_thousand_node_model_is_collapsed_and_searchable(tmp_path: Path) -> None
     added_exp = sum(1 for r in d.added if r.op == "Exp")
     assert added_exp >= 10 and len(re.findall(r'<g class="node added hit"', dom)) == added_exp
     assert re.search(r'<span id="hits">1 of \d+</span>', dom)
+    shot = tmp_path / "big.png"
+    assert chromium(tmp_path, page.as_uri() + "#select=b:n500", f"--screenshot={shot}").returncode == 0
+    assert shot.stat().st_size > 20_000
 
 
 def test_errors_in_a_page_are_caught(tmp_path: Path) -> None:
