@@ -16,8 +16,8 @@ def diff_graphs(a: Graph, b: Graph, label_a: str = "a", label_b: str = "b") -> G
     m = match_nodes(sa, sb)
     consts = match_constants(sa, sb, m)
     d = GraphDiff(label_a, label_b, len(a.nodes), len(b.nodes), dict(m.pairs), dict(m.how))
-    heads = _record_fusions(sa, sb, m, d)
     cmp = _Comparer(sa, sb, m, consts)
+    heads = _record_fusions(sa, sb, m, d, cmp)
     for i, j in sorted(m.pairs.items()):
         changes = cmp.changes(i, j)
         if changes and j not in heads:
@@ -34,13 +34,14 @@ def _ref(side: Side, i: int) -> NodeRef:
     return NodeRef.of(side.nodes[i], i)
 
 
-def _record_fusions(sa: Side, sb: Side, m: Matching, d: GraphDiff) -> set[int]:
+def _record_fusions(sa: Side, sb: Side, m: Matching, d: GraphDiff, cmp: _Comparer) -> set[int]:
     b_to_a = {j: i for i, j in m.pairs.items()}
     for j, absorbed in sorted(m.absorbed.items()):
         head = [b_to_a[j]] if j in b_to_a else []
         old = sa.nodes[head[0]].provenance.rewrites if head else ()
         rules = tuple(r for r in sb.nodes[j].provenance.rewrites if r not in old)
-        d.fused.append(Fused(tuple(_ref(sa, i) for i in sorted(head + absorbed)), _ref(sb, j), rules))
+        attrs = tuple(c for c in cmp.changes(head[0], j) if c.what == "attr") if head else ()
+        d.fused.append(Fused(tuple(_ref(sa, i) for i in sorted(head + absorbed)), _ref(sb, j), rules, attrs))
     return set(m.absorbed)
 
 

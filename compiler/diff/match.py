@@ -8,8 +8,9 @@
    neighbourhoods do. Levels go from strict (op, attributes, inputs and users, three hops) to loose
    (op and one side of the neighbourhood); equal signatures pair in graph order. Each round of
    matches adds anchors, so rounds repeat until none matches more.
-3. What is left, in small weakly connected pieces, goes to networkx's isomorphism matcher (which
-   is exponential in the worst case, hence only on pieces of at most ``NX_PIECE_LIMIT`` nodes).
+3. What is left, in small weakly connected pieces, goes to networkx's ISMAGS: the largest common
+   subgraph of two pieces pairs nodes whose every neighbour changed. It is exponential in the
+   worst case, hence only on pieces of at most ``NX_PIECE_LIMIT`` nodes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from compiler.ir.printer import value_digest
 log = logging.getLogger(__name__)
 
 NX_PIECE_LIMIT = 12
+NX_BUDGET = 2000  # piece comparisons at most, so many small leftovers cannot take minutes
 MAX_ROUNDS = 200
 
 
@@ -263,15 +265,19 @@ def _user_terms(side: Side, i: int, sig: dict[int, int], anchors: dict[int, int]
 
 # ---- 3. small remainders ----------------------------------------------------------------------
 def match_small_pieces(a: Side, b: Side, m: Matching) -> None:
+    """Pairs of small unmatched pieces share their largest common subgraph (same ops, same edges):
+    nodes whose every neighbour changed but which still sit in the same local structure."""
     pieces_b = _pieces(b, set(range(len(b.nodes))) - set(m.pairs.values()) - set(m.absorbed))
+    budget = NX_BUDGET
     for piece_a in _pieces(a, set(range(len(a.nodes))) - set(m.pairs) - set(m.absorbed_a())):
-        for k, piece_b in enumerate(pieces_b):
-            mapping = _isomorphism(piece_a, piece_b)
-            if mapping is not None:
-                for i, j in mapping.items():
-                    m.add(i, j, "structure")
-                del pieces_b[k]
-                break
+        if budget < len(pieces_b):
+            log.debug("structural matching stopped: more than %d small pieces to compare", NX_BUDGET)
+            return
+        budget -= len(pieces_b)
+        best = max((_common(piece_a, pb) for pb in pieces_b), key=len, default={})
+        for i, j in best.items():
+            m.add(i, j, "structure")
+        pieces_b = [pb.subgraph(set(pb) - set(best.values())).copy() for pb in pieces_b]
 
 
 def _pieces(side: Side, free: set[int]) -> list[nx.DiGraph]:
@@ -287,11 +293,13 @@ def _pieces(side: Side, free: set[int]) -> list[nx.DiGraph]:
             if 2 <= len(c) <= NX_PIECE_LIMIT]
 
 
-def _isomorphism(ga: nx.DiGraph, gb: nx.DiGraph) -> dict[int, int] | None:
-    if len(ga) != len(gb) or sorted(_ops(ga)) != sorted(_ops(gb)):
-        return None
-    matcher = nx.algorithms.isomorphism.DiGraphMatcher(ga, gb, node_match=lambda x, y: x["op"] == y["op"])
-    return dict(matcher.mapping) if matcher.is_isomorphic() else None
+def _common(ga: nx.DiGraph, gb: nx.DiGraph) -> dict[int, int]:
+    """The largest common induced subgraph of two pieces, if it has an edge; else nothing."""
+    if len(ga) < 2 or len(gb) < 2 or len(set(_ops(ga)) & set(_ops(gb))) == 0:
+        return {}
+    ismags = nx.algorithms.isomorphism.ISMAGS(ga, gb, node_match=lambda x, y: x["op"] == y["op"])
+    mapping: dict[int, int] = next(iter(ismags.largest_common_subgraph()), {})
+    return mapping if ga.subgraph(mapping).number_of_edges() else {}
 
 
 def _ops(g: nx.DiGraph) -> Iterable[str]:

@@ -61,6 +61,9 @@ class Fused:
     sources: tuple[NodeRef, ...]
     into: NodeRef
     rules: tuple[str, ...]
+    # Attribute changes of the source node the fused one descends from (op and inputs change by
+    # the nature of a fusion and are not repeated here).
+    changes: tuple[Change, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def _notes_b(d: GraphDiff) -> dict[int, list[str]]:
     for f in d.fused:
         sources = " + ".join(str(s) for s in f.sources)
         notes.setdefault(f.into.index, []).append(f"fused from {sources} by {', '.join(f.rules) or '?'}")
+        notes[f.into.index] += [_change_line(c.what, c.key, c.before, c.after) for c in f.changes]
     return notes
 
 

@@ -10,15 +10,16 @@
   "added":     [NODE, ...],                      # nodes of b with no counterpart in a
   "removed":   [NODE, ...],                      # nodes of a with no counterpart in b
   "rewritten": [{"a": NODE, "b": NODE, "matched_by": "provenance" | "structure",
-                 "changes": [{"what": "op" | "attr" | "input" | "type" | "rewrites",
-                              "key": str, "before": str, "after": str}, ...]}, ...],
-  "fused":     [{"sources": [NODE, ...], "into": NODE, "rules": ["pass:rule", ...]}, ...],
+                 "changes": [CHANGE, ...]}, ...],
+  "fused":     [{"sources": [NODE, ...], "into": NODE, "rules": ["pass:rule", ...],
+                 "changes": [CHANGE, ...]}, ...],  # attribute changes of the fused node's origin
   "constants": [{"a": str, "b": str, "matched_by": "name" | "consumer", "type_a": str,
                  "type_b": str, "max_abs_change": float | null}, ...],
   "constants_added": [str, ...], "constants_removed": [str, ...],
   "matches": [[index_a, index_b], ...]           # every matched node pair, fusion heads included
 }
 NODE = {"index": int, "op": str, "label": str, "outputs": [str, ...], "provenance": str}
+CHANGE = {"what": "op" | "attr" | "input" | "type" | "rewrites", "key": str, "before": str, "after": str}
 ```
 ``index`` is the node's position in its graph; ``label`` its provenance source, else its name,
 else its first output. ``key`` is the attribute name, the input slot, or the output slot.
@@ -44,8 +45,8 @@ def diff_to_dict(d: GraphDiff) -> dict[str, Any]:
         "removed": [_node(r) for r in d.removed],
         "rewritten": [{"a": _node(r.a), "b": _node(r.b), "matched_by": r.matched_by,
                        "changes": [dataclasses.asdict(c) for c in r.changes]} for r in d.rewritten],
-        "fused": [{"sources": [_node(s) for s in f.sources], "into": _node(f.into), "rules": list(f.rules)}
-                  for f in d.fused],
+        "fused": [{"sources": [_node(s) for s in f.sources], "into": _node(f.into), "rules": list(f.rules),
+                   "changes": [dataclasses.asdict(c) for c in f.changes]} for f in d.fused],
         "constants": [{"a": c.name_a, "b": c.name_b, "matched_by": c.matched_by, "type_a": c.type_a,
                        "type_b": c.type_b, "max_abs_change": _finite(c.max_abs_change)} for c in d.constants],
         "constants_added": list(d.constants_added), "constants_removed": list(d.constants_removed),

@@ -71,7 +71,7 @@ def _node_lines(r: NodeRef) -> list[str]:
 def _fused_lines(f: Fused) -> list[str]:
     sources = " + ".join(str(s) for s in f.sources)
     rules = ", ".join(f.rules) or "(no rule recorded)"
-    return [f"{sources} => {f.into}", f"by {rules}"]
+    return [f"{sources} => {f.into}", f"by {rules}", *(_change_text(c) for c in f.changes)]
 
 
 def _rewritten_lines(r: Rewritten) -> list[str]:

@@ -65,7 +65,7 @@ def test_fusion_from_merged_provenance_names_sources_and_rule() -> None:
     d = diff_text(BASE, after)
     [f] = d.fused
     assert [(s.op, s.label) for s in f.sources] == [("Conv", "conv"), ("Mul", "scale")]
-    assert (f.into.op, f.rules) == ("Conv", ("fuse:conv-mul",))
+    assert (f.into.op, f.rules, f.changes) == ("Conv", ("fuse:conv-mul",), ())
     # The Relu now reads the fused node, which stands for the Mul it read before: not a change.
     assert not d.removed and not d.added and not d.rewritten
     assert d.status_a() == {0: "fused", 1: "fused", 2: "unchanged", 3: "unchanged"}
@@ -170,3 +170,28 @@ def test_each_fusion_takes_the_nodes_connected_to_it_when_a_source_repeats() -> 
     assert got == [([("Conv", 0), ("Neg", 1), ("Relu", 2)], 0, ("fuse:conv-bn-act",)),
                    ([("Conv", 3), ("Neg", 4), ("Add", 5), ("Relu", 6)], 1, ("fuse:conv-bn-act",))]
     assert d.is_empty is False and not d.removed and not d.added and not d.rewritten
+
+
+def test_a_fused_node_reports_its_origin_s_attribute_changes() -> None:
+    after = FUSED_BLOCKS.replace('%r1 = effarch::FusedConv(%x, %w) : f32[1,8,4,4] name="node_conv1"',
+                                 '%r1 = effarch::FusedConv(%x, %w) {group=1} : f32[1,8,4,4] name="node_conv1"')
+    [first, second] = diff_text(TWO_BLOCKS, after).fused
+    assert [(c.what, c.key, c.before, c.after) for c in first.changes] == [("attr", "group", "(absent)", "1")]
+    assert second.changes == ()
+
+
+def test_nodes_whose_every_neighbour_changed_match_by_common_subgraph() -> None:
+    before = """
+graph main(%x: f32[4]) -> (%y) {
+  %n = Neg(%x) : f32[4]
+  %p = Abs(%n) : f32[4]
+  %t = Tanh(%p) : f32[4]
+  %q = Add(%p, %t) : f32[4]
+  %y = Sigmoid(%q) : f32[4]
+}
+"""
+    after = before.replace("Neg(", "Exp(").replace("Tanh(", "Relu(").replace("Sigmoid(", "Erf(")
+    d = diff_text(before, after)
+    assert d.matches == {1: 1, 3: 3} and set(d.matched_by.values()) == {"structure"}
+    assert sorted(r.op for r in d.removed) == ["Neg", "Sigmoid", "Tanh"]
+    assert sorted(r.op for r in d.added) == ["Erf", "Exp", "Relu"]
