@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from compiler.diff import GraphDiff, diff_graphs
-from compiler.ir import Graph, parse_graph
+from compiler.ir import DType, Graph, TensorType, parse_graph
 from tests.diff.graphs import perturb, random_graph
 
 BASE = """
@@ -195,3 +195,25 @@ graph main(%x: f32[4]) -> (%y) {
     assert d.matches == {1: 1, 3: 3} and set(d.matched_by.values()) == {"structure"}
     assert sorted(r.op for r in d.removed) == ["Neg", "Sigmoid", "Tanh"]
     assert sorted(r.op for r in d.added) == ["Erf", "Exp", "Relu"]
+
+
+def test_long_chain_of_one_op_matches_in_linear_time() -> None:
+    # Signatures alone cannot tell 5,000 identical Relus apart; propagation from the ends can.
+    t = TensorType(DType.F32, (4,))
+
+    def chain(extra_at: int) -> Graph:
+        g = Graph()
+        v = g.add_input("x", t)
+        for k in range(5000):
+            v = g.make_node("Relu", [v], types=[t]).outputs[0]
+            if k == extra_at:
+                v = g.make_node("Neg", [v], types=[t]).outputs[0]
+        g.outputs = [v]
+        return g
+
+    t0 = time.perf_counter()
+    d = diff_graphs(chain(-1), chain(2500))
+    assert time.perf_counter() - t0 < 10.0
+    assert [r.op for r in d.added] == ["Neg"] and not d.removed and len(d.matches) == 5000
+    [rw] = d.rewritten
+    assert rw.a.index == 2501 and [c.what for c in rw.changes] == ["input"]
