@@ -66,7 +66,11 @@ def write_html(d: GraphDiff, a: Graph, b: Graph, path: str | Path) -> Path:
 
 
 def _static(name: str) -> str:
-    return (STATIC / name).read_text(encoding="utf-8")
+    try:
+        return (STATIC / name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EffarchError(f"the diff page's {name} is missing from {STATIC}; reinstall effarch with its "
+                           f"package data (compiler/diff/static)") from None
 
 
 def _escape(text: str) -> str:

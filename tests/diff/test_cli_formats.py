@@ -129,3 +129,11 @@ def test_html_into_a_missing_folder_is_one_line_error(tmp_path: Path) -> None:
     a, b = parse_graph(BASE), parse_graph(AFTER)
     with pytest.raises(EffarchError, match=r"^cannot write .*report.html: .*; check the folder exists"):
         write_html(diff_graphs(a, b), a, b, tmp_path / "nowhere" / "report.html")
+
+
+def test_colour_by_default_only_on_a_terminal(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert "\x1b[35m* Conv 'conv'" in run(capsys, *write_pair(tmp_path))
+    assert "\x1b[" not in run(capsys, *write_pair(tmp_path), "--no-color")
