@@ -3,7 +3,7 @@
 The body of a group is lowered, with the ordinary converters, into its own Relax function marked
 ``Primitive`` -- the form TVM's FuseOps gives the groups it makes -- and ``main`` calls it. After
 LegalizeOps turns the body's ops into ``call_tir``s, FuseTIR merges each primitive function into
-one PrimFunc, named after the function (``fused_<op>_<node>``). TVM's FuseOps still runs on what
+one PrimFunc, named after the function (``effarch_<kind>_<node>``). TVM's FuseOps still runs on what
 stays in ``main``, but never splits or re-forms our groups: they are calls, not ops, to it.
 
 Parameters: a group input whose value is known at compile time and small (a shape, an axis list,
@@ -24,7 +24,7 @@ from tvm import relax, tirx
 from compiler.ir.core import Node, Value
 from targets.lowering.registry import LoweringError, describe
 
-KERNEL_PREFIX = "fused_"
+KERNEL_PREFIX = "effarch_"  # TVM names its own fused kernels "fused_..."
 # Known inputs up to this many elements become constants of the function (same limit as
 # targets.lower's inlining); bigger ones are weights and stay parameters.
 INLINE_MAX_ELEMENTS = 64
