@@ -1,6 +1,6 @@
 """Structural fingerprints: two graphs get equal fingerprints exactly when no pass could tell them apart.
 
-Covered: node order, ops, domains, attributes, edges, value names and types, graph inputs and
+Covered: node order, ops, domains, attributes, group bodies, edges, value names and types, graph inputs and
 outputs, and constants (name, type, payload identity or digest). Provenance and node names are
 bookkeeping and left out, so a pass cannot claim a change by touching only them.
 
@@ -47,7 +47,11 @@ def fingerprint(graph: Graph) -> Fingerprint:
     for n in graph.nodes:
         outs = tuple(describe(v) for v in n.outputs)
         ins = tuple(ref(v) for v in n.inputs)
-        nodes.append((n.domain, n.op, _attrs_key(n.attrs), ins, outs))
+        # A group node's body is part of what it computes: a pass that only edits a body changed the graph.
+        body = None if n.body is None else fingerprint(n.body)
+        if body is not None:
+            arrays.extend(body.keep_alive)
+        nodes.append((n.domain, n.op, _attrs_key(n.attrs), ins, outs, None if body is None else body.structure))
     outputs = tuple(ref(v) for v in graph.outputs)
     structure = (inputs, constants, tuple(nodes), outputs)
     return Fingerprint(structure, tuple(arrays))

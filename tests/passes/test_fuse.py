@@ -244,3 +244,13 @@ def test_opt_levels_add_folding_and_fusion_from_O2(level: int) -> None:
         assert names[-1] == "eliminate-dead-code"
     if level == 3:  # -O3 is -O2 and more
         assert {s.name for s in parse_pipeline(default_pipeline(2)).specs()} <= set(names)
+
+
+def test_fingerprint_sees_a_change_inside_a_body() -> None:
+    from compiler.passmgr.fingerprint import fingerprint
+
+    g = parse_graph(GROUP)
+    before = fingerprint(g)
+    group = next(n for n in g.nodes if n.body is not None)
+    group.body.nodes[-1].attrs["marker"] = 1  # what a pass editing only the body would do
+    assert fingerprint(g) != before
