@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -63,15 +62,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a failure leaves no partial file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from compiler.fileio import atomic_write
+
+    with atomic_write(Path(path).absolute()) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
 def _instruments(args: argparse.Namespace) -> list:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from compiler.errors import EffarchError
+from compiler.fileio import atomic_write
 from compiler.ir.types import Dim, DType, TensorType
 
 FORMAT_VERSION = 1
@@ -87,17 +86,11 @@ def write_artifact(out_path: Path, manifest: dict[str, Any], library: Path,
         "weights": {"name": WEIGHTS, "sha256": sha256_bytes(weights)},
     }
     out_path = Path(out_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as z:
-            z.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True), zipfile.ZIP_DEFLATED)
-            z.writestr(lib_name, lib_bytes, zipfile.ZIP_DEFLATED)
-            # Stored, not deflated: weights barely compress and are read back whole.
-            z.writestr(WEIGHTS, weights, zipfile.ZIP_STORED)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out_path) as f, zipfile.ZipFile(f, "w") as z:
+        z.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True), zipfile.ZIP_DEFLATED)
+        z.writestr(lib_name, lib_bytes, zipfile.ZIP_DEFLATED)
+        # Stored, not deflated: weights barely compress and are read back whole.
+        z.writestr(WEIGHTS, weights, zipfile.ZIP_STORED)
     return out_path
 
 

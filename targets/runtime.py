@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import EffarchError
+from compiler.fileio import atomic_write
 from targets.artifact import Artifact, TensorSpec, open_artifact, sha256_bytes
 from targets.base import get_target
 
@@ -42,14 +42,8 @@ def _cached_library(art: Artifact, cache_dir: Path) -> Path:
         return path
     lib_dir.mkdir(parents=True, exist_ok=True)
     # Write then rename: another process loading the same model never sees half a library.
-    fd, tmp = tempfile.mkstemp(prefix=".lib.", suffix=art.library_suffix, dir=lib_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(art.library_bytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, prefix=".lib.", suffix=art.library_suffix) as f:
+        f.write(art.library_bytes())
     return path
 
 
