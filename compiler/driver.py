@@ -176,6 +176,6 @@ def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: s
     t1 = time.perf_counter()
     extra = {"pipeline": text, "opt_level": opt_level, "source": {"kind": source.kind, "spec": source.spec,
                                                                   "sha256": source.sha256}}
-    build_artifact(graph, out, target=target, cpu=cpu, manifest_extra=extra)
+    build_artifact(graph, out, target=target, cpu=cpu, manifest_extra=extra, opt_level=opt_level)
     t2 = time.perf_counter()
     return CompileResult(out, source.graph, graph, text, records, {"passes": t1 - t0, "build": t2 - t1})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.errors import EffarchError
-from targets.base import TargetSpec
+from targets.base import LLVMTarget
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def cross_compiler() -> Any:
     return cc.cross_compiler(CROSS_CC)
 
 
-class ArmTarget(TargetSpec):
+class ArmTarget(LLVMTarget):
     name = "arm"
     description = "aarch64 CPUs through LLVM, cross-compiled (NEON; dot product/SVE as the CPU allows)"
     arch = "aarch64"

@@ -40,6 +40,7 @@ class TargetSpec:
     description: str = ""
     arch: str = ""  # canonical architecture the built code runs on, as ``host_arch()`` spells it
     library_suffix: str = ".so"
+    channels_last = False  # lower convolutional networks NHWC from -O2 (lowering.channels_last)
 
     # ---- CPUs ---------------------------------------------------------------------------------
     def known_cpus(self) -> list[str]:
@@ -76,7 +77,10 @@ class TargetSpec:
 
         return Target(self.target_dict(self.resolve_cpu(cpu)))
 
-    def relax_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+    def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
+                       report: Any = None) -> tvm.transform.Pass:
+        """The Relax-to-machine-code pipeline; ``report`` (a ``ScheduleReport``) learns which
+        schedule rule took each kernel, where the target schedules kernels itself."""
         from tvm import relax
 
         return relax.get_default_pipeline(tvm_target)
@@ -101,6 +105,18 @@ class TargetSpec:
 
     def __repr__(self) -> str:
         return f"<target {self.name}: {self.description}>"
+
+
+class LLVMTarget(TargetSpec):
+    """A CPU reached through TVM's LLVM backend (x86, Arm): effarch's schedule library from -O2."""
+
+    channels_last = True
+
+    def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
+                       report: Any = None) -> tvm.transform.Pass:
+        from targets.schedules.pipeline import cpu_pipeline
+
+        return cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report)
 
 
 def _candidate_modules() -> list[str]:

@@ -62,26 +62,27 @@ class BuildResult:
     path: Path
     manifest: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)  # seconds: lower, compile, export, pack
+    schedules: dict[str, str] = field(default_factory=dict)  # kernel -> schedule rule (CPU targets)
 
 
 def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
-                   manifest_extra: dict[str, Any] | None = None) -> Path:
+                   manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> Path:
     """Compile ``g`` for ``target`` (host CPU unless ``cpu``) into the artifact at ``out_path``."""
-    return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra).path
+    return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra, opt_level=opt_level).path
 
 
 def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
-          manifest_extra: dict[str, Any] | None = None) -> BuildResult:
+          manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> BuildResult:
     """``build_artifact`` returning the manifest and per-step timings too."""
     from targets.lower import lower  # engineer C1's lowering
 
     spec = get_target(target)  # fail on a bad target name before the slow steps
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
-    lowered = lower(g)
+    lowered = lower(g, channels_last=spec.channels_last and opt_level >= 2)
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
-                           manifest_extra=manifest_extra)
+                           manifest_extra=manifest_extra, opt_level=opt_level)
     result.timings = {"lower": lower_s, **result.timings}
     return result
 
@@ -110,21 +111,32 @@ def graph_sha256(g: Graph) -> str:
 
 def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
                   target: str | TargetSpec = "x86", cpu: str | None = None,
-                  manifest_extra: dict[str, Any] | None = None) -> BuildResult:
-    """Compile an already-lowered module and pack it with its weights into ``out_path``."""
+                  manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> BuildResult:
+    """Compile an already-lowered module and pack it with its weights into ``out_path``.
+
+    From ``opt_level`` 2 the CPU targets schedule every kernel with effarch's schedule library."""
+    from targets.schedules import ScheduleReport
+
     spec = get_target(target) if isinstance(target, str) else target
     out_path = _check_out_path(Path(out_path), manifest_extra)
     cpu = spec.resolve_cpu(cpu)
     tvm_target = spec.tvm_target(cpu)
     timings: dict[str, float] = {}
+    report = ScheduleReport()
+    pipeline = spec.relax_pipeline(tvm_target, opt_level=opt_level, report=report)
     with tempfile.TemporaryDirectory(prefix="effarch-build-") as tmp:
-        lib = _compile_and_export(spec, tvm_target, lowered.mod, Path(tmp), timings)
+        lib = _compile_and_export(spec, tvm_target, pipeline, lowered.mod, Path(tmp), timings)
         t0 = time.perf_counter()
         manifest = _manifest(info, lowered, spec, cpu, tvm_target, timings, manifest_extra)
+        manifest["relax_pipeline"] = "effarch-schedules" if report.rules else "default"
+        if report.rules:
+            manifest["schedules"] = report.counts()
+            for kernel, rule in sorted(report.rules.items()):
+                logger.info("kernel %-48s scheduled by %s", kernel, rule)
         write_artifact(out_path, manifest, lib, dict(zip(lowered.param_names, lowered.params, strict=True)))
         timings["pack"] = time.perf_counter() - t0
     logger.info("wrote %s (%.2f MB)", out_path, out_path.stat().st_size / 1e6)
-    return BuildResult(out_path, manifest, timings)
+    return BuildResult(out_path, manifest, timings, dict(report.rules))
 
 
 def _check_out_path(out_path: Path, extra: dict[str, Any] | None) -> Path:
@@ -136,13 +148,13 @@ def _check_out_path(out_path: Path, extra: dict[str, Any] | None) -> Path:
     return out_path
 
 
-def _compile_and_export(spec: TargetSpec, tvm_target: Any, mod: Any, tmp: Path,
+def _compile_and_export(spec: TargetSpec, tvm_target: Any, pipeline: Any, mod: Any, tmp: Path,
                         timings: dict[str, float]) -> Path:
     import tvm
 
     t0 = time.perf_counter()
     logger.info("compiling for %s (this can take a while for large models)", tvm_target)
-    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.relax_pipeline(tvm_target))
+    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     t1 = time.perf_counter()
     logger.info("compiled in %.1f s; exporting the shared library", t1 - t0)
     lib = spec.export(executable, tmp / f"model{spec.library_suffix}")

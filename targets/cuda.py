@@ -298,7 +298,8 @@ class CudaTarget(TargetSpec):
         # A generic x86-64 host: the host code only launches kernels, so it should run on any x86-64.
         return {"kind": "cuda", "arch": cpu, "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
 
-    def relax_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+    def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
+                       report: Any = None) -> tvm.transform.Pass:
         # ``export`` is not given the target, and the build calls this just before it: remember the arch.
         _build_state.arch = str(tvm_target.attrs["arch"])
         return cuda_pipeline(tvm_target)

@@ -24,6 +24,7 @@ from compiler.errors import EffarchError
 from compiler.ir.core import Node, Value
 from compiler.ir.graph import Graph
 from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe, static_shape
+from targets.lowering.channels_last import lower_nhwc
 from targets.lowering.fused import lower_group
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,15 @@ class Lowered:
     params: list[np.ndarray] = field(default_factory=list)
 
 
-def lower(g: Graph) -> Lowered:
-    """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights."""
+def lower(g: Graph, *, channels_last: bool = False) -> Lowered:
+    """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
+
+    ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
+    layout; see ``lowering.channels_last``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
-    return _Lowerer(g).run()
+    return _Lowerer(g, channels_last=channels_last).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -58,12 +62,18 @@ def _unsupported(g: Graph) -> set[str]:
 class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, g: Graph, *, channels_last: bool = False) -> None:
         self.g = g
         self.bb = relax.BlockBuilder()
         self.exprs: dict[int, relax.Expr] = {}
+        self.channels_last = channels_last
+        self.nhwc_exprs: dict[int, relax.Expr] = {}  # values held channels-last (4-D, NHWC)
         self.known: dict[int, np.ndarray] = {}
         self.weight_vars: list[relax.Var] = []
+        # Weights a group's body receives as parameters: known here, so converters can re-lay
+        # them out at compile time (see Call.weights); a top-level lowering has them in ``known``.
+        self.weight_arrays: dict[int, np.ndarray] = {}
+        self.in_group = False
         self.lowered = Lowered(tvm.IRModule(), [v.name for v in g.inputs], [v.name for v in g.outputs])
 
     def run(self) -> Lowered:
@@ -79,10 +89,24 @@ class _Lowerer:
                 outs = [self._expr(v) for v in self.g.outputs]
                 result = self.bb.emit_output(relax.Tuple(outs))
             self.bb.emit_func_output(result, params=input_vars + self.weight_vars)
-        self.lowered.mod = self.bb.get()
+        self.lowered.mod = self._drop_unused_weights(self.bb.get())
         logger.debug("lowered %s: %d nodes, %d weights", self.g.name, len(self.g.nodes),
                      len(self.lowered.params))
         return self.lowered
+
+    def _drop_unused_weights(self, mod: tvm.IRModule) -> tvm.IRModule:
+        """Remove weights no kernel reads (a converter replaced them by a re-laid-out copy)."""
+        main = mod["main"]
+        used = relax.analysis.free_vars(main.body)
+        keep = [i for i, var in enumerate(self.weight_vars) if any(var.same_as(u) for u in used)]
+        if len(keep) == len(self.weight_vars):
+            return mod
+        n_in = len(main.params) - len(self.weight_vars)
+        params = list(main.params[:n_in]) + [self.weight_vars[i] for i in keep]
+        mod["main"] = relax.Function(params, main.body, main.ret_ty, main.is_pure, main.attrs)
+        self.lowered.param_names = [self.lowered.param_names[i] for i in keep]
+        self.lowered.params = [self.lowered.params[i] for i in keep]
+        return mod
 
     def _input_var(self, v: Value) -> relax.Var:
         if v.type is None or not v.type.is_static:
@@ -97,6 +121,9 @@ class _Lowerer:
     def _expr(self, v: Value) -> relax.Expr:
         """The Relax expression of ``v``, materialising known values on first use."""
         e = self.exprs.get(id(v))
+        if e is None and id(v) in self.nhwc_exprs:  # back to the IR's NCHW, once
+            e = self.bb.emit(relax.op.permute_dims(self.nhwc_exprs[id(v)], [0, 3, 1, 2]))
+            self.exprs[id(v)] = e
         if e is None:
             arr = self.known[id(v)]
             e = self._weight(v, arr) if arr.size > INLINE_MAX_ELEMENTS else self._inline(arr)
@@ -109,7 +136,11 @@ class _Lowerer:
     def _weight(self, v: Value, arr: np.ndarray) -> relax.Var:
         # Only graph constants and Constant nodes are large and known (the evaluator keeps its
         # results small), so every parameter is a weight the user supplied.
-        name = _param_name(v.name, self.lowered.param_names)
+        return self.add_weight(v.name, arr)
+
+    def add_weight(self, hint: str, arr: np.ndarray) -> relax.Var:
+        """A new parameter of ``main`` holding ``arr``, which travels with the artifact's weights."""
+        name = _param_name(hint, self.lowered.param_names)
         var = relax.Var(name, relax.TensorType(list(arr.shape), str(arr.dtype)))
         self.weight_vars.append(var)
         self.lowered.param_names.append(name)
@@ -125,27 +156,78 @@ class _Lowerer:
                 self.known[id(out)] = val
             return
         if node.body is not None:  # a group: one primitive function, one kernel
-            self._bind_outputs(node, lower_group(self, node))
+            results, nhwc = lower_group(self, node)
+            self._bind_outputs(node, results, nhwc)
             return
-        args = [None if v is None else self._expr(v) for v in node.inputs]
-        result = CONVERTERS[node.op](Call(node, args, consts, self.bb))
-        self._bind_outputs(node, result)
+        nhwc_result = lower_nhwc(self, node) if self.channels_last else None
+        if nhwc_result is not None:
+            self._bind_outputs(node, nhwc_result, [True])
+            return
+        self._bind_outputs(node, CONVERTERS[node.op](self.call(node)))
+
+    # ---- what converters (and lowering.channels_last) use ----------------------------------------
+    def call(self, node: Node, *, nchw: bool = True) -> Call:
+        """The converter's view of ``node``. With ``nchw=False`` inputs held NHWC are left out
+        (None) of ``args`` rather than transposed back (channels-last converters use that)."""
+        args = [None if v is None or (not nchw and self._nhwc_only(v)) else self._expr(v) for v in node.inputs]
+        consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
+        weights = [None if v is None else self.weight_value(v) for v in node.inputs]
+        return Call(node, args, consts, self.bb, weights, lambda arr: self._new_weight(node, arr))
+
+    def expr(self, v: Value) -> relax.Expr:
+        return self._expr(v)
+
+    def is_nhwc(self, v: Value | None) -> bool:
+        return v is not None and id(v) in self.nhwc_exprs
+
+    def _nhwc_only(self, v: Value) -> bool:
+        return id(v) in self.nhwc_exprs and id(v) not in self.exprs
+
+    def nhwc(self, v: Value) -> relax.Expr:
+        """``v`` channels-last, transposing an NCHW value once."""
+        e = self.nhwc_exprs.get(id(v))
+        if e is None:
+            e = self.bb.emit(relax.op.permute_dims(self._expr(v), [0, 2, 3, 1]))
+            self.nhwc_exprs[id(v)] = e
+        return e
+
+    def weight_value(self, v: Value) -> np.ndarray | None:
+        arr = self.known.get(id(v))
+        if arr is not None and arr.size > INLINE_MAX_ELEMENTS:
+            return arr
+        return self.weight_arrays.get(id(v))
+
+    def _new_weight(self, node: Node, arr: np.ndarray) -> relax.Expr:
+        """A converter's re-laid-out weight: a parameter of ``main``; inside a group a constant,
+        which ``lower_group`` turns into a parameter of the group and a weight of ``main``."""
+        arr = np.ascontiguousarray(arr)
+        if self.in_group:
+            return self._inline(arr)
+        return self.add_weight(f"{node.name or node.outputs[0].name}_packed", arr)
 
     def _shape_of(self, v: Value) -> tuple[int, ...] | None:
         if id(v) in self.known:
             return tuple(self.known[id(v)].shape)
+        if self._nhwc_only(v):
+            n, h, w, c = static_shape(self.nhwc_exprs[id(v)])
+            return (n, c, h, w)
         e = self.exprs.get(id(v))
         return None if e is None else tuple(static_shape(e))
 
-    def _bind_outputs(self, node: Node, result: relax.Expr | Sequence[relax.Expr]) -> None:
+    def _bind_outputs(self, node: Node, result: relax.Expr | Sequence[relax.Expr],
+                      nhwc: Sequence[bool] = ()) -> None:
+        """Bind the node's outputs; those flagged in ``nhwc`` are channels-last values."""
         results = [result] if isinstance(result, relax.Expr) else list(result)
         if len(results) < len(node.outputs):
             raise LoweringError(f"{describe(node)}: produced {len(results)} outputs, "
                                 f"the node has {len(node.outputs)}")
-        for out, r in zip(node.outputs, results, strict=False):
+        for i, (out, r) in enumerate(zip(node.outputs, results, strict=False)):
             # An already-bound result (Identity, a Gemm without bias) needs no alias binding.
-            bound = isinstance(r, relax.Var)
-            self.exprs[id(out)] = r if bound else self.bb.emit(r, name_hint=_var_name(out.name))
+            bound = r if isinstance(r, relax.Var) else self.bb.emit(r, name_hint=_var_name(out.name))
+            if i < len(nhwc) and nhwc[i]:
+                self.nhwc_exprs[id(out)] = bound
+            else:
+                self.exprs[id(out)] = bound
 
 
 def _var_name(name: str) -> str:

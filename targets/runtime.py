@@ -47,6 +47,16 @@ def _cached_library(art: Artifact, cache_dir: Path) -> Path:
     return path
 
 
+def use_every_core() -> None:
+    """Run TVM's kernels on every core this process may use.
+
+    TVM's thread pool assumes two hardware threads per core on x86 and starts half as many
+    workers as there are CPUs, so a 2-CPU machine ran every kernel on one. ``TVM_NUM_THREADS``,
+    where the user set it, still decides."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores))  # read when the pool starts: before any run
+
+
 class LoadedArtifact:
     """A model ready to run: ``run(inputs)`` maps input names to arrays and returns named outputs."""
 
@@ -61,6 +71,7 @@ class LoadedArtifact:
         self.target = get_target(self.manifest["target"]["name"])
         self.target.check_host(self.manifest)
         self.device = self.target.device()
+        use_every_core()
         module = tvm.runtime.load_module(str(_cached_library(art, cache_dir)))
         self._vm = VirtualMachine(module, self.device)
         self._main = self._vm["main"]

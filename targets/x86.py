@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.errors import EffarchError
-from targets.base import TargetSpec, host_arch
+from targets.base import LLVMTarget, host_arch
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _host_llvm_features() -> frozenset[str]:
     return frozenset(str(k) for k, on in features.items() if bool(on))
 
 
-class X86Target(TargetSpec):
+class X86Target(LLVMTarget):
     name = "x86"
     description = "x86-64 CPUs through LLVM (AVX2/AVX-512/VNNI as the CPU allows)"
     arch = "x86_64"

@@ -21,7 +21,10 @@ def _gemm(c: Call) -> relax.Expr:
     a, b, dt = c.arg(0), c.arg(1), c.dtype(0)
     if c.attr("transA", 0):
         a = c.emit(R.permute_dims(a, [1, 0]))
-    if c.attr("transB", 0):
+    weight = c.weight(1)
+    if c.attr("transB", 0) and weight is not None:
+        b = c.new_weight(weight.T)  # transposed once here, not on every call
+    elif c.attr("transB", 0):
         b = c.emit(R.permute_dims(b, [1, 0]))
     y = c.emit(R.matmul(a, b))
     alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))

@@ -46,28 +46,34 @@ def _var_name(name: str) -> str:
     return re.sub(r"\W", "_", name).strip("_") or "v"
 
 
-def lower_group(outer: Any, node: Node) -> relax.Expr | list[relax.Expr]:
-    """Emit the group's primitive function into ``outer``'s module; return the call's results.
+def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
+    """Emit the group's primitive function into ``outer``'s module; return the call's results
+    and, for each, whether it is a channels-last (NHWC) value.
 
     ``outer`` is the lowering in progress (``targets.lower._Lowerer``): its block builder, the
     Relax expression of every IR value, and the values known at compile time."""
-    inner = type(outer)(node.body)
+    inner = type(outer)(node.body, channels_last=outer.channels_last)
+    inner.in_group = True
     params, args = _signature(outer, inner, node)
     name = kernel_name(node)
     with inner.bb.function(name, params, attrs={"Primitive": True}, pure=True):
         with inner.bb.dataflow():
             for body_node in node.body.nodes:
                 inner._visit(body_node)
-            outs = [inner._expr(v) for v in node.body.outputs]
+            nhwc = [inner._nhwc_only(v) for v in node.body.outputs]
+            outs = [inner.nhwc(v) if flag else inner._expr(v) for v, flag in zip(node.body.outputs, nhwc,
+                                                                                  strict=True)]
             result = inner.bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         inner.bb.emit_func_output(result)
     if inner.weight_vars:
         raise LoweringError(f"{describe(node)}: its body computes a large constant; fold constants first")
     func, constants = _lift_constants(inner.bb.get()[name].without_attr("global_symbol"))
-    call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), [*args, *constants]), name_hint=name)
+    constants = [_as_weight(outer, name, c) for c in constants]
+    func, call_args = _drop_unused_params(func, [*args, *constants])
+    call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), call_args), name_hint=name)
     if len(outs) == 1:
-        return call
-    return [outer.bb.emit(relax.TupleGetItem(call, i)) for i in range(len(outs))]
+        return [call], nhwc
+    return [outer.bb.emit(relax.TupleGetItem(call, i)) for i in range(len(outs))], nhwc
 
 
 @relax.expr_functor.mutator
@@ -97,14 +103,30 @@ def _lift_constants(func: relax.Function) -> tuple[relax.Function, list[relax.Ex
     return lifted, lifter.constants
 
 
+def _drop_unused_params(func: relax.Function, args: list[relax.Expr]) -> tuple[relax.Function, list[relax.Expr]]:
+    """Parameters the body never reads (a weight a converter replaced by a re-laid-out copy) go."""
+    used = relax.analysis.free_vars(func.body)
+    keep = [i for i, p in enumerate(func.params) if any(p.same_as(u) for u in used)]
+    if len(keep) == len(func.params):
+        return func, args
+    params = [func.params[i] for i in keep]
+    return relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs), [args[i] for i in keep]
+
+
+def _as_weight(outer: Any, name: str, const: relax.Expr) -> relax.Expr:
+    """A large constant argument (a weight a converter re-laid out) becomes a weight of ``main``."""
+    arr = const.value.numpy()
+    return outer.add_weight(name, arr) if arr.size > INLINE_MAX_ELEMENTS else const
+
+
 def _signature(outer: Any, inner: Any, node: Node) -> tuple[list[relax.Var], list[relax.Expr]]:
     """The function's parameters and the call's arguments; seeds ``inner`` with what is known."""
     params: list[relax.Var] = []
     args: list[relax.Expr] = []
 
-    def add_param(body_value: Value, arg: relax.Expr) -> None:
+    def add_param(body_value: Value, arg: relax.Expr, nhwc: bool = False) -> None:
         param = relax.Var(_var_name(body_value.name), arg.ty)
-        inner.exprs[id(body_value)] = param
+        (inner.nhwc_exprs if nhwc else inner.exprs)[id(body_value)] = param
         params.append(param)
         args.append(arg)
 
@@ -113,6 +135,9 @@ def _signature(outer: Any, inner: Any, node: Node) -> tuple[list[relax.Var], lis
     for outer_value, body_input in zip(node.inputs, node.body.inputs, strict=True):
         if outer_value is None:
             raise LoweringError(f"{describe(node)}: a group needs every input")
+        if outer._nhwc_only(outer_value):  # stays channels-last across the call
+            add_param(body_input, outer.nhwc(outer_value), nhwc=True)
+            continue
         _seed(outer, inner, body_input, outer.known.get(id(outer_value)), outer_value, add_param)
     return params, args
 
@@ -128,5 +153,7 @@ def _seed(outer: Any, inner: Any, body_value: Value, known: np.ndarray | None, o
         inner.known[id(body_value)] = known
         if np.ndim(known) == 0:
             return
+    elif known is not None:
+        inner.weight_arrays[id(body_value)] = known
     arg = outer._expr(outer_value) if outer_value is not None else outer._inline(known)
     add_param(body_value, arg)

@@ -9,7 +9,7 @@ expressions through ``call.emit`` and leave the final one to the driver.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -41,12 +41,24 @@ class LoweringError(EffarchError):
     """A node cannot be lowered to Relax; the message names the node, the op and the fix."""
 
 
+def _no_weights(arr: np.ndarray) -> relax.Expr:
+    raise EffarchError("this lowering cannot add weights")
+
+
 @dataclass(slots=True)
 class Call:
     node: Node
     args: list[relax.Expr | None]  # None marks an omitted optional input
     consts: list[np.ndarray | None]  # compile-time values of the inputs, where known
     bb: relax.BlockBuilder
+    # Weights (large constants) among the inputs, so a converter can lay them out at compile
+    # time, and the way to hand the re-laid-out array back as a new weight of the model.
+    weights: list[np.ndarray | None] = field(default_factory=list)
+    new_weight: Callable[[np.ndarray], relax.Expr] = _no_weights
+
+    def weight(self, i: int) -> np.ndarray | None:
+        """Input ``i``'s value if it is a weight known at compile time, else None."""
+        return self.weights[i] if i < len(self.weights) else None
 
     @property
     def op(self) -> str:

@@ -1,0 +1,124 @@
+"""Channels-last (NHWC) lowering of convolutional networks, for the CPU targets.
+
+The IR follows ONNX, so images are NCHW. On a CPU the fast layout keeps channels innermost:
+a convolution becomes a register-tiled GEMM whose vectors run along output channels (multiples
+of 8 or 16 in real networks) and depthwise convolutions vectorise along channels too. So 2-D
+convolutions are lowered NHWC with HWIO weights laid out at compile time, and the values they
+produce stay NHWC through every op below that does not care about the layout (elementwise
+ops, pools, channel concatenation). A transpose back to NCHW is emitted once, where a
+layout-sensitive op (Reshape, Flatten, a graph output) first needs the value.
+
+Each converter here returns None when it does not apply; the node then takes the ordinary
+NCHW converter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tvm import relax
+from tvm.relax import op as R
+
+from compiler.ir.core import Node
+from targets.lowering.registry import CONVERTERS, Call, static_shape
+from targets.lowering.spatial import window
+
+TO_NHWC = [0, 2, 3, 1]
+TO_NCHW = [0, 3, 1, 2]
+
+# Ops whose every output element depends only on the same element of each input (after
+# broadcasting): they compute the same in either layout.
+ELEMENTWISE = frozenset({
+    "Abs", "Neg", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Erf", "Sin", "Cos", "Relu", "Sigmoid", "Tanh",
+    "Sign", "Round", "Identity", "Reciprocal", "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Gelu",
+    "Softplus", "Clip", "Cast", "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
+})
+
+NhwcConverter = Callable[[Any, Node], relax.Expr | None]
+
+
+def lower_nhwc(lowering: Any, node: Node) -> relax.Expr | None:
+    """The node lowered channels-last (its output NHWC), or None to lower it as usual."""
+    if len(node.outputs) != 1 or node.body is not None or node.domain:
+        return None
+    out_type = node.outputs[0].type
+    if out_type is None or out_type.rank != 4:
+        return None
+    if node.op == "Conv":
+        return _conv(lowering, node)
+    if node.op in ELEMENTWISE:
+        return _elementwise(lowering, node)
+    if node.op in ("MaxPool", "AveragePool"):
+        return _pool(lowering, node)
+    if node.op in ("GlobalAveragePool", "GlobalMaxPool") and lowering.is_nhwc(node.inputs[0]):
+        fn = R.mean if node.op == "GlobalAveragePool" else R.max
+        return fn(lowering.nhwc(node.inputs[0]), [1, 2], keepdims=True)
+    if node.op == "Concat":
+        return _concat(lowering, node)
+    return None
+
+
+def _conv(lowering: Any, node: Node) -> relax.Expr | None:
+    x, w = node.inputs[0], node.inputs[1]
+    weight = lowering.weight_value(w)
+    if x is None or w is None or weight is None or weight.ndim != 4:
+        return None
+    c = lowering.call(node, nchw=False)
+    win = window(c, _spatial(x), list(weight.shape[2:]))
+    hwio = c.new_weight(weight.transpose(2, 3, 1, 0))  # OIHW -> HWIO, once at compile time
+    y = R.nn.conv2d(lowering.nhwc(x), hwio, strides=win.strides, padding=win.pads, dilation=win.dilations,
+                    groups=int(c.attr("group", 1)), data_layout="NHWC", kernel_layout="HWIO")
+    if not c.has(2):
+        return y
+    y = c.emit(y)
+    return R.add(y, c.emit(R.reshape(c.arg(2), [1, 1, 1, -1])))
+
+
+def _spatial(v: Any) -> list[int]:
+    """H, W of a 4-D value, from its IR type (NCHW)."""
+    return list(v.type.static_shape()[2:])
+
+
+def _elementwise(lowering: Any, node: Node) -> relax.Expr | None:
+    """Only where a 4-D input is already NHWC: the others are brought to it (rank-aligned first)."""
+    present = [v for v in node.inputs if v is not None]
+    if not any(lowering.is_nhwc(v) for v in present):
+        return None
+    c = lowering.call(node, nchw=False)
+    c.args = [None if v is None else _aligned(lowering, c, v) for v in node.inputs]
+    return CONVERTERS[node.op](c)  # type: ignore[return-value]
+
+
+def _aligned(lowering: Any, c: Call, v: Any) -> relax.Expr:
+    if lowering.is_nhwc(v):
+        return lowering.nhwc(v)
+    expr = lowering.expr(v)
+    shape = static_shape(expr)
+    if len(shape) == 0:
+        return expr
+    if len(shape) < 4:  # numpy broadcasting aligns from the right: make it 4-D first
+        expr = c.emit(R.reshape(expr, [1] * (4 - len(shape)) + shape))
+    return c.emit(R.permute_dims(expr, TO_NHWC))
+
+
+def _pool(lowering: Any, node: Node) -> relax.Expr | None:
+    if not lowering.is_nhwc(node.inputs[0]) or node.attrs.get("ceil_mode", 0) or len(node.outputs) > 1:
+        return None
+    c = lowering.call(node, nchw=False)
+    win = window(c, _spatial(node.inputs[0]), list(c.attr("kernel_shape")))
+    x = lowering.nhwc(node.inputs[0])
+    if node.op == "MaxPool":
+        return R.nn.max_pool2d(x, pool_size=win.kernel, strides=win.strides, padding=win.pads,
+                               dilation=win.dilations, layout="NHWC")
+    return R.nn.avg_pool2d(x, pool_size=win.kernel, strides=win.strides, padding=win.pads,
+                           dilation=win.dilations, count_include_pad=bool(c.attr("count_include_pad", 0)),
+                           layout="NHWC")
+
+
+def _concat(lowering: Any, node: Node) -> relax.Expr | None:
+    axis = int(node.attrs.get("axis", 1))
+    if axis not in (1, -3) or not any(lowering.is_nhwc(v) for v in node.inputs):
+        return None
+    c = lowering.call(node, nchw=False)
+    return R.concat([_aligned(lowering, c, v) for v in node.inputs], axis=3)

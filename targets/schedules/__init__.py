@@ -1,0 +1,99 @@
+"""effarch's CPU schedule library: every kernel after fusion gets a schedule, none runs as a plain loop.
+
+A kernel (a PrimFunc after LegalizeOps, FuseOps and FuseTIR) is offered to the rules in ``RULES``
+in order; the first that accepts it schedules it. The rules read only the kernel's structure and
+the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) and Arm (NEON) alike:
+
+| kind             | kernels                                   | module          |
+|------------------|-------------------------------------------|-----------------|
+| contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
+| window-reduction | pools, sums over outer axes               | contraction     |
+| row-reduction    | softmax, layer norm, sums along the last axis | reduction (dlight's CPU rule) |
+| elementwise      | elementwise chains, broadcasts, transposes, pads | elementwise |
+| generic          | anything else: outer loop on all cores, inner loop vectorised where legal | fallback |
+
+``ScheduleKernels`` is the Relax module pass; it records which rule took each kernel, which
+``effarch compile -v`` prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from targets.schedules import mathfun as _mathfun  # noqa: F401  (registers vector exp/erf/tanh/sigmoid)
+from targets.schedules.contraction import schedule_contraction, schedule_window_reduction
+from targets.schedules.elementwise import schedule_elementwise
+from targets.schedules.fallback import schedule_generic
+from targets.schedules.machine import Machine, machine_of
+from targets.schedules.reduction import schedule_row_reduction
+
+logger = logging.getLogger(__name__)
+
+# A rule schedules ``sch`` in place and says whether it applied; on False or an error the
+# kernel goes to the next rule with a fresh schedule.
+Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
+
+RULES: list[tuple[str, Rule]] = [
+    ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),
+    ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),
+    ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m, t) or False),
+    ("elementwise", lambda sch, m, t: schedule_elementwise(sch, m)),
+    ("generic", lambda sch, m, t: schedule_generic(sch, m)),
+]
+
+
+@dataclass
+class ScheduleReport:
+    """Which rule scheduled each kernel (name -> rule), filled in as the pass runs."""
+
+    rules: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rule in self.rules.values():
+            out[rule] = out.get(rule, 0) + 1
+        return out
+
+
+def schedule_kernel(func: tirx.PrimFunc, target: Target, m: Machine) -> tuple[tirx.PrimFunc, str]:
+    """``func`` scheduled by the first rule that takes it, and that rule's name."""
+    for name, rule in RULES:
+        sch = s_tir.Schedule(func)
+        try:
+            result = rule(sch, m, target)
+        except (s_tir.ScheduleError, tvm.TVMError, ValueError, AssertionError) as exc:
+            logger.debug("rule %s failed on %s: %s", name, func.attrs.get("global_symbol", "?"), exc)
+            continue
+        if result is False:
+            continue
+        done = result if isinstance(result, s_tir.Schedule) else sch
+        return done.mod["main"].with_attr("tirx.is_scheduled", True), name
+    return func, "none"
+
+
+def schedule_pass(target: Target, report: ScheduleReport | None = None) -> tvm.transform.Pass:
+    """The module pass that schedules every unscheduled PrimFunc for ``target``."""
+    m = machine_of(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="effarch.ScheduleKernels")
+    def _schedule(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+                continue
+            scheduled, rule = schedule_kernel(func, target, m)
+            mod[gv] = scheduled
+            if report is not None:
+                report.rules[gv.name_hint] = rule
+            logger.debug("kernel %s: %s", gv.name_hint, rule)
+        return mod
+
+    return _schedule
+
+
+__all__ = ["RULES", "Machine", "ScheduleReport", "machine_of", "schedule_kernel", "schedule_pass"]

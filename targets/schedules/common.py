@@ -1,0 +1,99 @@
+"""Loop helpers every rule shares: parallel outer loops, vector inner loops, static extents."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.ir import Expr as PrimExpr
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+
+from targets.schedules.machine import Machine
+
+# Below this many iterations a parallel launch costs more than it saves (TVM's pool wakes threads).
+PARALLEL_MIN_WORK = 4096
+
+
+def extent(sch: s_tir.Schedule, loop: LoopRV) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def vector_lanes(total: int, lanes: int) -> int:
+    """The largest power-of-two vector width up to ``lanes`` that divides ``total`` (1: none)."""
+    v = lanes
+    while v > 1 and total % v:
+        v //= 2
+    return v if v >= 4 or v == lanes else 1
+
+
+def vectorize_inner(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
+    """Vectorize the innermost loop in chunks of exactly ``lanes`` (wider vectors spill)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    n = extent(sch, inner)
+    if n is None or n < 2:
+        return
+    v = vector_lanes(n, lanes)
+    if v == 1:
+        return
+    if n > v:
+        inner = sch.split(inner, factors=[None, v])[1]
+    sch.vectorize(inner)
+
+
+def parallel_outer(sch: s_tir.Schedule, loops: list[LoopRV], m: Machine, work: int) -> LoopRV | None:
+    """Fuse ``loops`` into one and run it on every core, when there is enough work for that."""
+    if not loops:
+        return None
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if m.cores > 1 and work >= PARALLEL_MIN_WORK and (extent(sch, fused) or 0) > 1:
+        sch.parallel(fused)
+    return fused
+
+
+def schedule_injective(sch: s_tir.Schedule, block: SBlockRV, m: Machine, dtype_bits: int = 32) -> None:
+    """An elementwise, broadcast, pad or transpose block: all loops fused, cores over the outside,
+    a vector over the inside."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    n = extent(sch, fused) or 0
+    lanes = vector_lanes(n, m.lanes(dtype_bits)) if n else 1
+    if lanes > 1 and n > lanes:
+        outer, inner = sch.split(fused, factors=[None, lanes])
+        sch.vectorize(inner)
+    else:
+        outer = fused
+    if m.cores > 1 and n >= PARALLEL_MIN_WORK:
+        sch.parallel(outer)
+
+
+def dtype_bits(sch: s_tir.Schedule, block: SBlockRV) -> int:
+    writes = sch.get(block).writes
+    return _bits(writes[0].source.dtype) if writes else 32
+
+
+def walk(expr: object) -> list[object]:
+    """Every sub-expression of a TIR expression, the expression itself included (pre-order)."""
+    out: list[object] = []
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        out.append(e)
+        for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+            child = getattr(e, field, None)
+            if isinstance(child, PrimExpr):
+                stack.append(child)
+        for field in ("args", "indices"):
+            stack.extend(c for c in getattr(e, field, ()) if isinstance(c, PrimExpr))
+    return out
+
+
+def _bits(dtype: object) -> int:
+    bits = getattr(dtype, "bits", None)
+    if bits is not None:
+        return int(bits)
+    digits = "".join(ch for ch in str(dtype) if ch.isdigit())
+    return int(digits) if digits else 32

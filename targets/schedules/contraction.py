@@ -1,0 +1,203 @@
+"""Contractions: matmul, batched matmul, dense with packed weights and convolutions in any layout.
+
+One register-tiled schedule serves them all, because after legalization each is one reduction
+block ``C[s...] += A[...] * B[...]``. The rule picks two spatial axes of the output:
+
+- the *vector* axis ``v``: the output's innermost dimension, which one operand also reads
+  contiguously (matmul: the column ``n``; NHWC conv: the output channel; NCHW conv: the width);
+- the *row* axis ``r``: a spatial axis that operand does not read, so one vector load of it is
+  reused ``MR`` times (matmul: the row ``m``; NHWC conv: the output width; NCHW: the channel).
+
+The loops become ``[other spatial, v/NR, r/MR] (parallel)  [reductions]  [MR (unrolled), NR
+(vector lanes x unroll)]``: an ``MR x NR`` tile of accumulators stays in registers for the
+whole reduction, and the epilogue (bias, activation, residual add) is applied while writing the
+tile back. Producers (padding, weight reshapes) are materialised and scheduled as injective loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.ir import Expr as PrimExpr
+from tvm.ir import TensorLoad
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
+from tvm.s_tir.schedule import SBlockRV
+
+from targets.schedules.common import dtype_bits, parallel_outer, schedule_injective, vector_lanes, walk
+from targets.schedules.machine import Machine
+
+_UNROLL_MAX = 4  # vectors per row of the register tile
+
+
+@dataclass(frozen=True)
+class Tile:
+    v: int  # index (among the block's iters) of the vector axis
+    r: int | None  # index of the row axis (None: a single row)
+    lanes: int
+    nv: int  # vectors per row
+    mr: int  # rows
+
+
+def _var_in(expr: PrimExpr, var: tirx.Var) -> bool:
+    return any(isinstance(e, tirx.Var) and e.same_as(var) for e in walk(expr))
+
+
+def _is_mac(block: tirx.stmt.SBlock) -> bool:
+    """``C[...] = C[...] + A[...] * B[...]`` (possibly with casts): a contraction, not a sum/max."""
+    body = block.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return False
+    value = body.value
+    terms = [value.a, value.b]
+    for t in terms:
+        while isinstance(t, tirx.Cast):
+            t = t.value
+        if isinstance(t, tirx.Mul):
+            return True
+    return False
+
+
+def find_main(infos: list[SBlockInfo]) -> int | None:
+    """The index of the one reduction block, if every other block is injective."""
+    reductions = [i for i, b in enumerate(infos) if b.is_reduction()]
+    if len(reductions) != 1 or any(not b.is_injective() for i, b in enumerate(infos) if i != reductions[0]):
+        return None
+    return reductions[0]
+
+
+def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | None:
+    block = sch.get(info.block_rv)
+    iters = [it.var for it in block.iter_vars]
+    kinds = info.dom_kind()
+    out_idx = block.body.indices
+    last = out_idx[-1]
+    v = next((i for i, var in enumerate(iters) if kinds[i] == "S" and last.same_as(var)), None)
+    if v is None:
+        return None
+    ev = int(info.iters[v].dom)
+    lanes = vector_lanes(ev, m.lanes(dtype_bits(sch, info.block_rv)))
+    # The operands read contiguously along v; the row axis must not index them (that is the reuse).
+    out_buf = block.body.buffer
+    v_reads = [ld for ld in _loads(block.body.value)
+               if not ld.source.same_as(out_buf) and _var_in(ld.indices[-1], iters[v])]
+    spatial = [i for i, k in enumerate(kinds) if k == "S" and i != v and int(info.iters[i].dom) > 1]
+    rows = [i for i in spatial if not any(_var_in(ix, iters[i]) for ld in v_reads for ix in ld.indices)]
+    r = rows[-1] if rows else None
+    er = int(info.iters[r].dom) if r is not None else 1
+    if not v_reads:
+        return None  # nothing is contiguous along v: vectors would be gathers (softmax, layernorm rows)
+    nv, mr = _best_tile(ev // lanes, er, m.accumulators)
+    return Tile(v, r, lanes, nv, mr)
+
+
+def _best_tile(vectors: int, rows: int, budget: int) -> tuple[int, int]:
+    """(vectors per row, rows): the most accumulators within ``budget``, both dividing evenly."""
+    best = (1, 1)
+    for nv in range(1, _UNROLL_MAX + 1):
+        if vectors % nv:
+            continue
+        for mr in range(1, min(rows, budget) + 1):
+            if rows % mr or nv * mr > budget:
+                continue
+            if (nv * mr, nv) > (best[0] * best[1], best[0]):
+                best = (nv, mr)
+    return best
+
+
+def _loads(expr: PrimExpr) -> list[TensorLoad]:
+    return [e for e in walk(expr) if isinstance(e, TensorLoad)]
+
+
+def schedule_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
+    """A function whose one reduction is a multiply-accumulate (matmul, conv, dense)."""
+    return _schedule_single_reduction(sch, m, mac=True)
+
+
+def schedule_window_reduction(sch: s_tir.Schedule, m: Machine) -> bool:
+    """A function whose one reduction is not a product (pools, sums over outer axes): the same
+    tiling, vectors along the output's innermost axis, the reduction loops outside them."""
+    return _schedule_single_reduction(sch, m, mac=False)
+
+
+def _schedule_single_reduction(sch: s_tir.Schedule, m: Machine, *, mac: bool) -> bool:
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return False
+    main_i = find_main(infos)
+    if main_i is None or _is_mac(sch.get(infos[main_i].block_rv)) != mac:
+        return False
+    info = infos[main_i]
+    tile = choose_tile(sch, info, m)
+    if tile is None:
+        return False
+    main = info.block_rv
+    consumers = [b.block_rv for b in infos[main_i + 1:]]
+    producers = [b.block_rv for b in infos[:main_i]]
+    writeback = sch.cache_write(main, 0, "local")
+    leftover = _inline_epilogue(sch, writeback, consumers)
+    _tile_main(sch, info, main, writeback, tile, m)
+    for block in producers + leftover:
+        schedule_injective(sch, block, m, dtype_bits(sch, block))
+    return True
+
+
+def _inline_epilogue(sch: s_tir.Schedule, writeback: SBlockRV, consumers: list[SBlockRV]) -> list[SBlockRV]:
+    """Fold bias, activation and residual blocks into the tile's write-back; return the rest.
+
+    The chain is first inlined forwards into its last block (GELU reads its input twice, which
+    block-by-block reverse inlining gets wrong), then that block into the write-back."""
+    rest = []
+    for block in consumers[:-1]:
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            rest.append(block)
+    if consumers:
+        try:
+            sch.reverse_compute_inline(consumers[-1])
+        except s_tir.ScheduleError:
+            rest.append(consumers[-1])
+    return rest
+
+
+def _tile_main(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SBlockRV, t: Tile,
+               m: Machine) -> None:
+    loops = sch.get_loops(main)
+    kinds = info.dom_kind()
+    v_o, v_u, v_l = sch.split(loops[t.v], factors=[None, t.nv, t.lanes])
+    outer, inner = [], []
+    r_i = None
+    if t.r is not None:
+        r_o, r_i = sch.split(loops[t.r], factors=[None, t.mr])
+    for i, loop in enumerate(loops):
+        if kinds[i] == "S" and i not in (t.v, t.r):
+            outer.append(loop)
+    outer += [v_o] + ([r_o] if t.r is not None else [])
+    reductions = [loop for i, loop in enumerate(loops) if kinds[i] == "R"]
+    inner = ([r_i] if r_i is not None else []) + [v_u, v_l]
+    sch.reorder(*outer, *reductions, *inner)
+    work = 1
+    for it in info.iters:
+        work *= int(it.dom)
+    fused = parallel_outer(sch, outer, m, work)
+    if r_i is not None:
+        sch.unroll(r_i)
+    sch.unroll(v_u)
+    if t.lanes > 1:
+        sch.vectorize(v_l)
+    sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
+    _vectorize_writeback(sch, writeback, t)
+    if reductions:
+        init = sch.decompose_reduction(main, reductions[0])
+        _vectorize_writeback(sch, init, t)
+
+
+def _vectorize_writeback(sch: s_tir.Schedule, block: SBlockRV, t: Tile) -> None:
+    """The write-back (and init) loops under the tile: rows unrolled, the row vectorized."""
+    loops = sch.get_loops(block)
+    inner = loops[-1]
+    if t.lanes > 1:
+        _, inner = sch.split(inner, factors=[None, t.lanes])
+        sch.vectorize(inner)
