@@ -74,6 +74,7 @@ class _Lowerer:
         # them out at compile time (see Call.weights); a top-level lowering has them in ``known``.
         self.weight_arrays: dict[int, np.ndarray] = {}
         self.in_group = False
+        self.relaid: list[tuple[relax.Expr, str]] = []  # in a group: re-laid-out weights, by name
         self.lowered = Lowered(tvm.IRModule(), [v.name for v in g.inputs], [v.name for v in g.outputs])
 
     def run(self) -> Lowered:
@@ -172,7 +173,7 @@ class _Lowerer:
         args = [None if v is None or (not nchw and self._nhwc_only(v)) else self._expr(v) for v in node.inputs]
         consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
         weights = [None if v is None else self.weight_value(v) for v in node.inputs]
-        return Call(node, args, consts, self.bb, weights, lambda arr: self._new_weight(node, arr))
+        return Call(node, args, consts, self.bb, weights, self._new_weight)
 
     def expr(self, v: Value) -> relax.Expr:
         return self._expr(v)
@@ -197,13 +198,14 @@ class _Lowerer:
             return arr
         return self.weight_arrays.get(id(v))
 
-    def _new_weight(self, node: Node, arr: np.ndarray) -> relax.Expr:
+    def _new_weight(self, arr: np.ndarray, name: str) -> relax.Expr:
         """A converter's re-laid-out weight: a parameter of ``main``; inside a group a constant,
         which ``lower_group`` turns into a parameter of the group and a weight of ``main``."""
-        arr = np.ascontiguousarray(arr)
         if self.in_group:
-            return self._inline(arr)
-        return self.add_weight(f"{node.name or node.outputs[0].name}_packed", arr)
+            const = relax.const(arr, str(arr.dtype))
+            self.relaid.append((const, name))
+            return const
+        return self.add_weight(name, arr)
 
     def _shape_of(self, v: Value) -> tuple[int, ...] | None:
         if id(v) in self.known:

@@ -66,7 +66,7 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         return None
     c = lowering.call(node, nchw=False)
     win = window(c, _spatial(x), list(weight.shape[2:]))
-    hwio = c.new_weight(weight.transpose(2, 3, 1, 0))  # OIHW -> HWIO, once at compile time
+    hwio = c.relaid_weight(1, weight.transpose(2, 3, 1, 0), "HWIO")  # OIHW -> HWIO, once, here
     y = R.nn.conv2d(lowering.nhwc(x), hwio, strides=win.strides, padding=win.pads, dilation=win.dilations,
                     groups=int(c.attr("group", 1)), data_layout="NHWC", kernel_layout="HWIO")
     if not c.has(2):

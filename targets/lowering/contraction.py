@@ -23,7 +23,7 @@ def _gemm(c: Call) -> relax.Expr:
         a = c.emit(R.permute_dims(a, [1, 0]))
     weight = c.weight(1)
     if c.attr("transB", 0) and weight is not None:
-        b = c.new_weight(weight.T)  # transposed once here, not on every call
+        b = c.relaid_weight(1, weight.T, "T")  # transposed once here, not on every call
     elif c.attr("transB", 0):
         b = c.emit(R.permute_dims(b, [1, 0]))
     y = c.emit(R.matmul(a, b))

@@ -68,7 +68,7 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
     if inner.weight_vars:
         raise LoweringError(f"{describe(node)}: its body computes a large constant; fold constants first")
     func, constants = _lift_constants(inner.bb.get()[name].without_attr("global_symbol"))
-    constants = [_as_weight(outer, name, c) for c in constants]
+    constants = [_as_weight(outer, inner, name, c) for c in constants]
     func, call_args = _drop_unused_params(func, [*args, *constants])
     call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), call_args), name_hint=name)
     if len(outs) == 1:
@@ -113,10 +113,13 @@ def _drop_unused_params(func: relax.Function, args: list[relax.Expr]) -> tuple[r
     return relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs), [args[i] for i in keep]
 
 
-def _as_weight(outer: Any, name: str, const: relax.Expr) -> relax.Expr:
+def _as_weight(outer: Any, inner: Any, group: str, const: relax.Expr) -> relax.Expr:
     """A large constant argument (a weight a converter re-laid out) becomes a weight of ``main``."""
     arr = const.value.numpy()
-    return outer.add_weight(name, arr) if arr.size > INLINE_MAX_ELEMENTS else const
+    if arr.size <= INLINE_MAX_ELEMENTS:
+        return const
+    name = next((n for c, n in inner.relaid if c.same_as(const)), group)
+    return outer.add_weight(name, arr)
 
 
 def _signature(outer: Any, inner: Any, node: Node) -> tuple[list[relax.Var], list[relax.Expr]]:

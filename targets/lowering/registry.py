@@ -41,7 +41,7 @@ class LoweringError(EffarchError):
     """A node cannot be lowered to Relax; the message names the node, the op and the fix."""
 
 
-def _no_weights(arr: np.ndarray) -> relax.Expr:
+def _no_weights(arr: np.ndarray, name: str) -> relax.Expr:
     raise EffarchError("this lowering cannot add weights")
 
 
@@ -54,11 +54,17 @@ class Call:
     # Weights (large constants) among the inputs, so a converter can lay them out at compile
     # time, and the way to hand the re-laid-out array back as a new weight of the model.
     weights: list[np.ndarray | None] = field(default_factory=list)
-    new_weight: Callable[[np.ndarray], relax.Expr] = _no_weights
+    add_weight: Callable[[np.ndarray, str], relax.Expr] = _no_weights
 
     def weight(self, i: int) -> np.ndarray | None:
         """Input ``i``'s value if it is a weight known at compile time, else None."""
         return self.weights[i] if i < len(self.weights) else None
+
+    def relaid_weight(self, i: int, arr: np.ndarray, layout: str) -> relax.Expr:
+        """``arr`` (input ``i``'s weight in another ``layout``) as a weight of the model, named
+        after the original (``w.T``, ``w.HWIO``); the original goes if nothing else reads it."""
+        v = self.node.inputs[i]
+        return self.add_weight(np.ascontiguousarray(arr), f"{v.name if v is not None else self.node.name}.{layout}")
 
     @property
     def op(self) -> str:

@@ -41,9 +41,11 @@ def test_weights_are_parameters_not_constants() -> None:
     g = mlp()
     low = lower(g)
     main = low.mod["main"]
-    assert [p.name for p in main.params] == ["x", "w1", "w2"]  # b1, b2 are small: inlined
-    assert low.param_names == ["w1", "w2"]
-    assert [p.shape for p in low.params] == [(8, 16), (5, 16)]
+    # b1, b2 are small: inlined; Gemm's transB weight is transposed at compile time, once
+    assert [p.name for p in main.params] == ["x", "w1", "w2_T"]
+    assert low.param_names == ["w1", "w2_T"]
+    assert [p.shape for p in low.params] == [(8, 16), (16, 5)]
+    np.testing.assert_array_equal(low.params[1], g.constants["w2"].const.T)
     embedded = [c for c in _constants(main) if c.value.numpy().size > INLINE_MAX_ELEMENTS]
     assert embedded == []
 
