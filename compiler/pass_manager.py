@@ -35,9 +35,11 @@ FIXPOINT_ROUNDS = 8
 
 # The passes of each level, in order; a name not registered (yet) is left out, so a level only
 # ever names passes that exist. -O1 cleans up; -O2 adds folding (BatchNorm into convs,
-# canonical forms of exporter patterns) and fusion; -O3 adds everything else.
+# canonical forms of exporter patterns) and fusion; -O3 adds everything else. Constants are folded
+# between canonicalisation and fold-batchnorm: canonical forms turn the exporter's CastLike into a
+# Cast, and until that is folded a conv's zero bias is not a constant, so no BatchNorm would fold.
 O1_PASSES = ("simplify", "fold-constants", "eliminate-dead-code")
-O2_FOLDING = ("canonicalize-patterns", "fold-batchnorm")
+O2_FOLDING = ("canonicalize-patterns", "fold-constants", "fold-batchnorm")
 O3_EXTRA = ("eliminate-common-subexpressions", "propagate-shapes")
 FUSION = "fuse-operators"
 

@@ -29,6 +29,7 @@ from compiler.ir.graph import Graph
 from compiler.ir.types import TensorType
 from targets.artifact import FORMAT_VERSION, TensorSpec, write_artifact
 from targets.base import TargetSpec, get_target
+from targets.native_log import captured_native_logs
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     spec = get_target(target)  # fail on a bad target name before the slow steps
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
-    lowered = lower(g, channels_last=spec.channels_last and opt_level >= 2)
+    with captured_native_logs():
+        lowered = lower(g, channels_last=spec.channels_last and opt_level >= 2)
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
                            manifest_extra=manifest_extra, opt_level=opt_level)
@@ -154,7 +156,8 @@ def _compile_and_export(spec: TargetSpec, tvm_target: Any, pipeline: Any, mod: A
 
     t0 = time.perf_counter()
     logger.info("compiling for %s (this can take a while for large models)", tvm_target)
-    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+    with captured_native_logs():
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     t1 = time.perf_counter()
     logger.info("compiled in %.1f s; exporting the shared library", t1 - t0)
     lib = spec.export(executable, tmp / f"model{spec.library_suffix}")

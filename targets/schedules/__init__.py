@@ -9,6 +9,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
 | window-reduction | pools, sums over outer axes               | contraction     |
 | row-reduction    | softmax, layer norm, sums along the last axis | reduction (dlight's CPU rule) |
+| stages           | attention, matmul + layer norm: several reductions, each its own way | stages |
 | elementwise      | elementwise chains, broadcasts, transposes, pads | elementwise |
 | generic          | anything else: outer loop on all cores, inner loop vectorised where legal | fallback |
 
@@ -32,6 +33,7 @@ from targets.schedules.elementwise import schedule_elementwise
 from targets.schedules.fallback import schedule_generic
 from targets.schedules.machine import Machine, machine_of
 from targets.schedules.reduction import schedule_row_reduction
+from targets.schedules.stages import schedule_stages
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ RULES: list[tuple[str, Rule]] = [
     ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),
     ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),
     ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m, t) or False),
+    ("stages", lambda sch, m, t: schedule_stages(sch, m)),
     ("elementwise", lambda sch, m, t: schedule_elementwise(sch, m)),
     ("generic", lambda sch, m, t: schedule_generic(sch, m)),
 ]

@@ -153,3 +153,11 @@ def test_arm_library_uses_neon_vectors(tmp_path: Path) -> None:
     fmla = [line for line in asm.splitlines() if "\tfmla\tv" in line]
     assert len(fmla) >= 8, "no NEON fmla on vector registers in the aarch64 library"
 
+
+
+def test_kernel_profile_names_every_kernel_and_its_rule() -> None:
+    from targets.profile import kernel_times
+
+    kernels = kernel_times(_optimized("mlp"), repeat=3)
+    assert len(kernels) == 3 and all(k.rule == "contraction" and k.ms > 0 for k in kernels)
+    assert kernels == sorted(kernels, key=lambda k: -k.total_ms)

@@ -1,0 +1,53 @@
+"""TVM's C++ log lines ("[12:00:00] .../transform.h:1261: Warning: Fast mode segfaults ...") go
+straight to file descriptor 2, past Python's logging. ``captured_native_logs`` catches them while
+TVM works and hands them to this module's logger at INFO (``effarch -v`` shows them);
+any other text written to the descriptor meanwhile is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
+# "[15:49:08] /project/src/relax/ir/block_builder.cc:67: Warning: ..." (dmlc/TVM log format)
+_TVM_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+\.(cc|h|cpp):\d+: ")
+
+
+@contextlib.contextmanager
+def captured_native_logs() -> Iterator[None]:
+    """Route what native code writes to stderr through logging while the block runs."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # stderr replaced (pytest capture, IDEs): nothing to do
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            _replay(sink.read().decode(errors="replace"))
+
+
+def _replay(text: str) -> None:
+    passthrough = []
+    for line in text.splitlines():
+        if _TVM_LINE.match(line):
+            logger.info("tvm: %s", line)
+        else:
+            passthrough.append(line)
+    if passthrough:
+        sys.stderr.write("\n".join(passthrough) + "\n")

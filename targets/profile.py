@@ -1,0 +1,85 @@
+"""Where a model's time goes: each kernel built alone and timed on random data, with its rule.
+
+TVM 0.27 has no per-op profiler for the Relax VM, so each PrimFunc of the scheduled module is
+compiled on its own, called on random buffers of its parameter shapes, and timed with
+``time_evaluator`` (median). The sum comes close to the model's latency; the gap is the VM's
+own work (allocation, calls) and caches that a real run shares between kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from compiler.ir.graph import Graph
+from targets.base import get_target
+from targets.lower import lower
+from targets.schedules import ScheduleReport
+from targets.schedules.pipeline import cpu_pipeline
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    name: str
+    rule: str
+    calls: int
+    ms: float  # median time of one call
+
+    @property
+    def total_ms(self) -> float:
+        return self.ms * self.calls
+
+
+def scheduled_module(g: Graph, target: str = "x86", cpu: str | None = None,
+                     opt_level: int = 2) -> tuple[tvm.IRModule, tvm.target.Target, ScheduleReport]:
+    spec = get_target(target)
+    tvm_target = spec.tvm_target(cpu)
+    report = ScheduleReport()
+    mod = lower(g, channels_last=spec.channels_last and opt_level >= 2).mod
+    with tvm_target:
+        legal = cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report, stop_after_schedules=True)(mod)
+    return legal, tvm_target, report
+
+
+def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_level: int = 2,
+                 repeat: int = 20) -> list[KernelTime]:
+    """Every kernel's median time, slowest in total first."""
+    mod, tvm_target, report = scheduled_module(g, target, cpu, opt_level)
+    calls = _call_counts(mod)
+    out = []
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            ms = _time_kernel(func, tvm_target, repeat)
+            out.append(KernelTime(gv.name_hint, report.rules.get(gv.name_hint, "none"), calls.get(gv.name_hint, 1), ms))
+    return sorted(out, key=lambda k: -k.total_ms)
+
+
+def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            name = expr.args[0].name_hint
+            counts[name] = counts.get(name, 0) + 1
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int) -> float:
+    lib = tvm.tirx.build(func.with_attr("global_symbol", "kernel"), target=tvm_target)
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu()
+    args = []
+    for param in func.params:
+        shape = [int(d) for d in param.shape]  # a buffer parameter carries its shape
+        dtype = str(param.dtype)
+        data = rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype)
+        args.append(tvm.runtime.tensor(data, dev))
+    timer = lib.time_evaluator("kernel", dev, number=5, repeat=repeat)
+    return float(np.median(timer(*args).results)) * 1e3

@@ -1,0 +1,45 @@
+"""Where a model's time goes on this CPU: every kernel after fusion and scheduling, timed alone.
+
+    python tools/profile_kernels.py resnet18 [--top 15] [--opt 2]
+
+Prints a markdown table (kernel, schedule rule, calls, ms per call, ms in total, share) with the
+date, the machine and the command, ready for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+from compiler.driver import load_model, optimize, pipeline_for
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="zoo name, .onnx, .pt2 or FILE.py:func")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--opt", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    from targets.profile import kernel_times  # after the thread count is set
+
+    spec = args.model if ":" in args.model or "." in args.model else f"zoo:{args.model}"
+    graph, _ = optimize(load_model(spec).graph, pipeline_for(args.opt, None))
+    kernels = kernel_times(graph, opt_level=args.opt)
+    total = sum(k.total_ms for k in kernels)
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
+    print(f"Measured {datetime.date.today()} on {cpu} ({os.environ['TVM_NUM_THREADS']} threads) with "
+          f"`python tools/profile_kernels.py {' '.join(sys.argv[1:])}`: {len(kernels)} kernels, "
+          f"{total:.2f} ms in all (each kernel timed alone, median).\n")
+    print("| kernel | rule | calls | ms / call | ms | share |\n|---|---|---|---|---|---|")
+    for k in kernels[: args.top]:
+        print(f"| {k.name} | {k.rule} | {k.calls} | {k.ms:.3f} | {k.total_ms:.3f} | {k.total_ms / total:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
