@@ -42,6 +42,10 @@ class TargetSpec:
     library_suffix: str = ".so"
     channels_last = False  # lower convolutional networks NHWC from -O2 (lowering.channels_last)
 
+    def pack_width(self, cpu: str | None) -> int:
+        """Output columns per packed weight panel (``lowering.packed``); 0: no packing."""
+        return 0
+
     # ---- CPUs ---------------------------------------------------------------------------------
     def known_cpus(self) -> list[str]:
         """CPU (or GPU arch) names accepted by ``resolve_cpu``."""
@@ -111,6 +115,12 @@ class LLVMTarget(TargetSpec):
     """A CPU reached through TVM's LLVM backend (x86, Arm): effarch's schedule library from -O2."""
 
     channels_last = True
+
+    def pack_width(self, cpu: str | None) -> int:
+        """Output columns per packed weight panel: two vectors, the register tile's usual width."""
+        from targets.schedules.machine import machine_of
+
+        return 2 * machine_of(self.tvm_target(cpu)).lanes()
 
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None) -> tvm.transform.Pass:

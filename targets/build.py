@@ -81,7 +81,8 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
     with captured_native_logs():
-        lowered = lower(g, channels_last=spec.channels_last and opt_level >= 2)
+        lowered = lower(g, channels_last=spec.channels_last and opt_level >= 2,
+                        pack=spec.pack_width(cpu) if opt_level >= 2 else 0)
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
                            manifest_extra=manifest_extra, opt_level=opt_level)

@@ -42,15 +42,16 @@ class Lowered:
     params: list[np.ndarray] = field(default_factory=list)
 
 
-def lower(g: Graph, *, channels_last: bool = False) -> Lowered:
+def lower(g: Graph, *, channels_last: bool = False, pack: int = 0) -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
 
     ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
-    layout; see ``lowering.channels_last``)."""
+    layout; see ``lowering.channels_last``); ``pack`` > 0 packs the weights of matmuls and
+    convolutions in panels of that many output columns (``lowering.packed``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
-    return _Lowerer(g, channels_last=channels_last).run()
+    return _Lowerer(g, channels_last=channels_last, pack=pack).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -62,11 +63,12 @@ def _unsupported(g: Graph) -> set[str]:
 class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
-    def __init__(self, g: Graph, *, channels_last: bool = False) -> None:
+    def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0) -> None:
         self.g = g
         self.bb = relax.BlockBuilder()
         self.exprs: dict[int, relax.Expr] = {}
         self.channels_last = channels_last
+        self.pack = pack
         self.nhwc_exprs: dict[int, relax.Expr] = {}  # values held channels-last (4-D, NHWC)
         self.known: dict[int, np.ndarray] = {}
         self.weight_vars: list[relax.Var] = []
@@ -173,7 +175,7 @@ class _Lowerer:
         args = [None if v is None or (not nchw and self._nhwc_only(v)) else self._expr(v) for v in node.inputs]
         consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
         weights = [None if v is None else self.weight_value(v) for v in node.inputs]
-        return Call(node, args, consts, self.bb, weights, self._new_weight)
+        return Call(node, args, consts, self.bb, weights, self._new_weight, self.pack)
 
     def expr(self, v: Value) -> relax.Expr:
         return self._expr(v)

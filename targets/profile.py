@@ -38,7 +38,8 @@ def scheduled_module(g: Graph, target: str = "x86", cpu: str | None = None,
     spec = get_target(target)
     tvm_target = spec.tvm_target(cpu)
     report = ScheduleReport()
-    mod = lower(g, channels_last=spec.channels_last and opt_level >= 2).mod
+    mod = lower(g, channels_last=spec.channels_last and opt_level >= 2,
+                pack=spec.pack_width(cpu) if opt_level >= 2 else 0).mod
     with tvm_target:
         legal = cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report, stop_after_schedules=True)(mod)
     return legal, tvm_target, report

@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from compiler.ir.core import Node
+from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv
 from targets.lowering.registry import CONVERTERS, Call, static_shape
 from targets.lowering.spatial import window
 
@@ -66,9 +67,15 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         return None
     c = lowering.call(node, nchw=False)
     win = window(c, _spatial(x), list(weight.shape[2:]))
-    hwio = c.relaid_weight(1, weight.transpose(2, 3, 1, 0), "HWIO")  # OIHW -> HWIO, once, here
-    y = R.nn.conv2d(lowering.nhwc(x), hwio, strides=win.strides, padding=win.pads, dilation=win.dilations,
-                    groups=int(c.attr("group", 1)), data_layout="NHWC", kernel_layout="HWIO")
+    groups = int(c.attr("group", 1))
+    if c.pack and conv_packable(weight.shape[0], weight.shape[1], groups, c.pack) and len(win.pads) == 4:
+        packed = c.relaid_weight(1, pack_conv(weight, c.pack), f"p{c.pack}")  # once, at compile time
+        y = c.bb.emit_te(conv2d_nhwc_packed, lowering.nhwc(x), packed, strides=win.strides, pads=win.pads,
+                         dilations=win.dilations, groups=groups, primfunc_name_hint="conv2d_nhwc_packed")
+    else:
+        hwio = c.relaid_weight(1, weight.transpose(2, 3, 1, 0), "HWIO")  # OIHW -> HWIO, once, here
+        y = R.nn.conv2d(lowering.nhwc(x), hwio, strides=win.strides, padding=win.pads, dilation=win.dilations,
+                        groups=groups, data_layout="NHWC", kernel_layout="HWIO")
     if not c.has(2):
         return y
     y = c.emit(y)

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
 from targets.lowering.elementwise import scalar
+from targets.lowering.packed import dense_packed, pack_dense
 from targets.lowering.registry import Call, converter
 from targets.lowering.spatial import transpose_pads, window
 
 
 @converter("MatMul")
 def _matmul(c: Call) -> relax.Expr:
+    weight = c.weight(1)
+    if weight is not None and _packable(c, weight):
+        return c.bb.emit_te(dense_packed, c.arg(0), c.relaid_weight(1, pack_dense(weight, c.pack), f"p{c.pack}"),
+                            primfunc_name_hint="dense_packed")
     return R.matmul(c.arg(0), c.arg(1))
+
+
+def _packable(c: Call, w: np.ndarray) -> bool:
+    """A weight [K, N] the CPU kernels read packed: a float weight of the input's dtype."""
+    return (c.pack > 0 and w.ndim == 2 and w.shape[1] % c.pack == 0 and c.rank(0) >= 2
+            and np.issubdtype(w.dtype, np.floating) and str(w.dtype) == c.dtype(0))
 
 
 @converter("Gemm")
@@ -22,11 +34,17 @@ def _gemm(c: Call) -> relax.Expr:
     if c.attr("transA", 0):
         a = c.emit(R.permute_dims(a, [1, 0]))
     weight = c.weight(1)
-    if c.attr("transB", 0) and weight is not None:
-        b = c.relaid_weight(1, weight.T, "T")  # transposed once here, not on every call
-    elif c.attr("transB", 0):
-        b = c.emit(R.permute_dims(b, [1, 0]))
-    y = c.emit(R.matmul(a, b))
+    if weight is not None and c.attr("transB", 0):
+        weight = weight.T  # transposed once here, not on every call
+    if weight is not None and _packable(c, weight):
+        packed = c.relaid_weight(1, pack_dense(weight, c.pack), f"p{c.pack}")
+        y = c.bb.emit_te(dense_packed, a, packed, primfunc_name_hint="dense_packed")
+    else:
+        if weight is not None and c.attr("transB", 0):
+            b = c.relaid_weight(1, weight, "T")
+        elif c.attr("transB", 0):
+            b = c.emit(R.permute_dims(b, [1, 0]))
+        y = c.emit(R.matmul(a, b))
     alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))
     if alpha != 1.0:
         y = c.emit(R.multiply(y, scalar(alpha, dt)))

@@ -52,7 +52,7 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
 
     ``outer`` is the lowering in progress (``targets.lower._Lowerer``): its block builder, the
     Relax expression of every IR value, and the values known at compile time."""
-    inner = type(outer)(node.body, channels_last=outer.channels_last)
+    inner = type(outer)(node.body, channels_last=outer.channels_last, pack=outer.pack)
     inner.in_group = True
     params, args = _signature(outer, inner, node)
     name = kernel_name(node)
@@ -67,13 +67,33 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
         inner.bb.emit_func_output(result)
     if inner.weight_vars:
         raise LoweringError(f"{describe(node)}: its body computes a large constant; fold constants first")
-    func, constants = _lift_constants(inner.bb.get()[name].without_attr("global_symbol"))
+    inner_mod = inner.bb.get()
+    func, constants = _lift_constants(_with_kernels_of(outer, inner_mod, inner_mod[name].without_attr("global_symbol")))
     constants = [_as_weight(outer, inner, name, c) for c in constants]
     func, call_args = _drop_unused_params(func, [*args, *constants])
     call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), call_args), name_hint=name)
     if len(outs) == 1:
         return [call], nhwc
     return [outer.bb.emit(relax.TupleGetItem(call, i)) for i in range(len(outs))], nhwc
+
+
+@relax.expr_functor.mutator
+class _KernelRenamer(relax.PyExprMutator):  # type: ignore[misc]  # TVM's mutator base is untyped
+    """Points ``call_tir``s at the kernels' names in the outer module."""
+
+    def __init__(self, mapping: dict[str, tvm.ir.GlobalVar]) -> None:
+        super().__init__()
+        self.mapping = mapping
+
+    def visit_global_var_(self, gv: tvm.ir.GlobalVar) -> relax.Expr:
+        return self.mapping.get(gv.name_hint, gv)
+
+
+def _with_kernels_of(outer: Any, inner_mod: tvm.IRModule, func: relax.Function) -> relax.Function:
+    """Kernels a converter emitted inside the group (``emit_te``) move to the outer module."""
+    mapping = {gv.name_hint: outer.bb.add_func(f, gv.name_hint)
+               for gv, f in inner_mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    return _KernelRenamer(mapping).visit_expr(func) if mapping else func
 
 
 @relax.expr_functor.mutator

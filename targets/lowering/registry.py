@@ -55,6 +55,7 @@ class Call:
     # time, and the way to hand the re-laid-out array back as a new weight of the model.
     weights: list[np.ndarray | None] = field(default_factory=list)
     add_weight: Callable[[np.ndarray, str], relax.Expr] = _no_weights
+    pack: int = 0  # output columns per packed weight panel (lowering.packed); 0: weights unpacked
 
     def weight(self, i: int) -> np.ndarray | None:
         """Input ``i``'s value if it is a weight known at compile time, else None."""

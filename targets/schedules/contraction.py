@@ -28,6 +28,8 @@ from tvm.s_tir.schedule import SBlockRV
 from targets.schedules.common import dtype_bits, parallel_outer, schedule_injective, vector_lanes, walk
 from targets.schedules.machine import Machine
 
+PACK_ATTR = "effarch.packed"  # set by targets.lowering.packed on blocks that read packed weights
+
 _UNROLL_MAX = 4  # vectors per row of the register tile
 
 
@@ -88,15 +90,18 @@ def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | Non
     er = int(info.iters[r].dom) if r is not None else 1
     if not v_reads:
         return None  # nothing is contiguous along v: vectors would be gathers (softmax, layernorm rows)
-    nv, mr = _best_tile(ev // lanes, er, m.accumulators)
+    packed = int(block.annotations.get(PACK_ATTR, 0))
+    nv, mr = _best_tile(ev // lanes, er, m.accumulators, packed // lanes if packed % lanes == 0 else 0)
     return Tile(v, r, lanes, nv, mr)
 
 
-def _best_tile(vectors: int, rows: int, budget: int) -> tuple[int, int]:
-    """(vectors per row, rows): the most accumulators within ``budget``, both dividing evenly."""
+def _best_tile(vectors: int, rows: int, budget: int, panel: int = 0) -> tuple[int, int]:
+    """(vectors per row, rows): the most accumulators within ``budget``, both dividing evenly.
+    With weights packed in panels of ``panel`` vectors, a row of the tile lies within one panel
+    or covers whole panels, so that every vector load is contiguous."""
     best = (1, 1)
     for nv in range(1, _UNROLL_MAX + 1):
-        if vectors % nv:
+        if vectors % nv or (panel and panel % nv and nv % panel):
             continue
         for mr in range(1, min(rows, budget) + 1):
             if rows % mr or nv * mr > budget:
