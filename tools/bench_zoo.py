@@ -1,6 +1,6 @@
 """Benchmark every zoo model: effarch (x86) against onnxruntime and PyTorch eager, one markdown table.
 
-    python tools/bench_zoo.py [--opt 2] [--warmup 5] [--repeat 30] [--models mlp,gpt]
+    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt]
 
 Each runtime is timed in its own worker process (compiler.bench); rounds alternate between them and
 the table shows medians after warm-up, with ratios from the same run. Prints the table with the date,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import platform
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from compiler import zoo
 from compiler.bench import bench
 from compiler.driver import compile_model, load_model
 from compiler.report import reference_onnx_path
+from compiler.stats import graph_stats
 
 
 def _cpu_name() -> str:
@@ -27,6 +29,15 @@ def _cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
+
+
+def _llvm_cpu() -> str:
+    from targets.base import get_target
+
+    target = get_target("x86")
+    cpu = target.default_cpu()
+    isa = "AVX-512" if "avx512f" in target.required_features(cpu) else "AVX2"
+    return f"LLVM: {cpu}, {isa}"
 
 
 def _ms(v: float | None) -> str:
@@ -40,18 +51,21 @@ def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path) -> st
     result = bench(reference_onnx_path(source, folder), artifact, zoo.get(name).sample_inputs(0),
                    torch_spec=f"zoo:{name}", warmup=warmup, repeat=repeat)
     ours, ort, eager = (result.row(r).median_ms for r in ("effarch", "onnxruntime", "pytorch-eager"))
-    return f"| {name} | {_ms(ours)} | {_ms(ort)} | {_ms(eager)} | {_ratio(ours, ort)} | {_ratio(ours, eager)} |"
+    flops = graph_stats(source.graph).flops
+    gflops = "n/a" if ours is None or not flops else f"{flops / ours / 1e6:.1f}"
+    return (f"| {name} | {_ms(ours)} | {_ms(ort)} | {_ms(eager)} | {_ratio(ours, ort)} | {_ratio(ours, eager)} "
+            f"| {gflops} |")
 
 
 def _ratio(ours: float | None, other: float | None) -> str:
-    return "n/a" if ours is None or other is None else f"{ours / other:.1f}x"
+    return "n/a" if ours is None or other is None else f"{ours / other:.2f}x"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opt", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=60)
     parser.add_argument("--models", default=",".join(zoo.names()))
     args = parser.parse_args()
     rows = []
@@ -60,12 +74,17 @@ def main() -> int:
             print(f"benchmarking {name}", file=sys.stderr, flush=True)
             rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp)))
     today = datetime.date.today().isoformat()
-    print(f"Measured {today} on {_cpu_name()} ({platform.machine()}, 2 threads per runtime) with\n"
-          f"`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
-          f"the last two columns are effarch's time divided by the peer's (above 1: the peer is faster).\n")
-    print(f"| model | effarch -O{args.opt} | onnxruntime | PyTorch eager | effarch / ORT | effarch / eager |")
-    print("|---|---|---|---|---|---|")
+    print(f"Measured {today} on {_cpu_name()} ({_llvm_cpu()}, {platform.machine()}, 2 threads per runtime) "
+          f"with\n`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
+          f"the ratio columns are effarch's time divided by the peer's (above 1: the peer is faster); "
+          f"GFLOP/s is the model's FLOPs over effarch's time.\n")
+    print(f"| model | effarch -O{args.opt} | onnxruntime | PyTorch eager | effarch / ORT | effarch / eager "
+          f"| effarch GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    ratios = [float(r.split("|")[5].strip().rstrip("x")) for r in rows if "n/a" not in r.split("|")[5]]
+    if ratios:
+        print(f"\nGeometric mean of effarch / ORT: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x")
     return 0
 
 

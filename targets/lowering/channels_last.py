@@ -21,7 +21,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from compiler.ir.core import Node
-from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv
+from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
 from targets.lowering.registry import CONVERTERS, Call, static_shape
 from targets.lowering.spatial import window
 
@@ -68,8 +68,9 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
     c = lowering.call(node, nchw=False)
     win = window(c, _spatial(x), list(weight.shape[2:]))
     groups = int(c.attr("group", 1))
-    if c.pack and conv_packable(weight.shape[0], weight.shape[1], groups, c.pack) and len(win.pads) == 4:
-        packed = c.relaid_weight(1, pack_conv(weight, c.pack), f"p{c.pack}")  # once, at compile time
+    nr = panel_width(weight.shape[0], c.pack) if c.pack else 0
+    if nr and conv_packable(weight.shape[0], weight.shape[1], groups, nr) and len(win.pads) == 4:
+        packed = c.relaid_weight(1, pack_conv(weight, nr), f"p{nr}")  # once, at compile time
         y = c.bb.emit_te(conv2d_nhwc_packed, lowering.nhwc(x), packed, strides=win.strides, pads=win.pads,
                          dilations=win.dilations, groups=groups, primfunc_name_hint="conv2d_nhwc_packed")
     else:

@@ -7,7 +7,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from targets.lowering.elementwise import scalar
-from targets.lowering.packed import dense_packed, pack_dense
+from targets.lowering.packed import dense_packed, pack_dense, panel_width
 from targets.lowering.registry import Call, converter
 from targets.lowering.spatial import transpose_pads, window
 
@@ -15,16 +15,24 @@ from targets.lowering.spatial import transpose_pads, window
 @converter("MatMul")
 def _matmul(c: Call) -> relax.Expr:
     weight = c.weight(1)
-    if weight is not None and _packable(c, weight):
-        return c.bb.emit_te(dense_packed, c.arg(0), c.relaid_weight(1, pack_dense(weight, c.pack), f"p{c.pack}"),
-                            primfunc_name_hint="dense_packed")
+    nr = _panel(c, weight)
+    if weight is not None and nr:
+        return _dense_packed(c, c.arg(0), weight, nr)
     return R.matmul(c.arg(0), c.arg(1))
 
 
-def _packable(c: Call, w: np.ndarray) -> bool:
-    """A weight [K, N] the CPU kernels read packed: a float weight of the input's dtype."""
-    return (c.pack > 0 and w.ndim == 2 and w.shape[1] % c.pack == 0 and c.rank(0) >= 2
-            and np.issubdtype(w.dtype, np.floating) and str(w.dtype) == c.dtype(0))
+def _panel(c: Call, w: np.ndarray | None) -> int:
+    """The panel width a [K, N] float weight of the input's dtype is packed with; 0: not packed."""
+    if w is None or not c.pack or w.ndim != 2 or c.rank(0) < 2:
+        return 0
+    if not np.issubdtype(w.dtype, np.floating) or str(w.dtype) != c.dtype(0):
+        return 0
+    return panel_width(w.shape[1], c.pack)
+
+
+def _dense_packed(c: Call, a: relax.Expr, weight: np.ndarray, nr: int) -> relax.Expr:
+    packed = c.relaid_weight(1, pack_dense(weight, nr), f"p{nr}")  # packed once, at compile time
+    return c.bb.emit_te(dense_packed, a, packed, primfunc_name_hint="dense_packed")
 
 
 @converter("Gemm")
@@ -36,9 +44,9 @@ def _gemm(c: Call) -> relax.Expr:
     weight = c.weight(1)
     if weight is not None and c.attr("transB", 0):
         weight = weight.T  # transposed once here, not on every call
-    if weight is not None and _packable(c, weight):
-        packed = c.relaid_weight(1, pack_dense(weight, c.pack), f"p{c.pack}")
-        y = c.bb.emit_te(dense_packed, a, packed, primfunc_name_hint="dense_packed")
+    nr = _panel(c, weight)
+    if weight is not None and nr:
+        y = _dense_packed(c, a, weight, nr)
     else:
         if weight is not None and c.attr("transB", 0):
             b = c.relaid_weight(1, weight, "T")

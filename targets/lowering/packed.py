@@ -18,6 +18,15 @@ from tvm import te, topi
 PACK_ATTR = "effarch.packed"
 
 
+def panel_width(columns: int, pack: int) -> int:
+    """The panel width for ``columns`` output columns: ``pack`` (two vectors) if it divides them,
+    else half of it (one vector), else 0: not packed."""
+    for nr in (pack, pack // 2):
+        if nr >= 4 and columns % nr == 0:
+            return nr
+    return 0
+
+
 def pack_dense(w: np.ndarray, nr: int) -> np.ndarray:
     """[K, N] -> [N/NR, K, NR]."""
     k, n = w.shape

@@ -8,7 +8,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 |------------------|-------------------------------------------|-----------------|
 | contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
 | window-reduction | pools, sums over outer axes               | contraction     |
-| row-reduction    | softmax, layer norm, sums along the last axis | reduction (dlight's CPU rule) |
+| row-reduction    | softmax, layer norm, sums along the last axis | reduction       |
 | stages           | attention, matmul + layer norm: several reductions, each its own way | stages |
 | elementwise      | elementwise chains, broadcasts, transposes, pads | elementwise |
 | generic          | anything else: outer loop on all cores, inner loop vectorised where legal | fallback |
@@ -44,7 +44,7 @@ Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
 RULES: list[tuple[str, Rule]] = [
     ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),
     ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),
-    ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m, t) or False),
+    ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m)),
     ("stages", lambda sch, m, t: schedule_stages(sch, m)),
     ("elementwise", lambda sch, m, t: schedule_elementwise(sch, m)),
     ("generic", lambda sch, m, t: schedule_generic(sch, m)),

@@ -8,8 +8,8 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from targets.schedules.machine import Machine
 
-# Below this many iterations a parallel launch costs more than it saves (TVM's pool wakes threads).
-PARALLEL_MIN_WORK = 4096
+# Below this many loop iterations a parallel launch (waking TVM's pool, ~5 us) costs more than it saves.
+PARALLEL_MIN_WORK = 32768
 
 
 def extent(sch: s_tir.Schedule, loop: LoopRV) -> int | None:

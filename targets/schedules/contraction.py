@@ -91,20 +91,21 @@ def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | Non
     if not v_reads:
         return None  # nothing is contiguous along v: vectors would be gathers (softmax, layernorm rows)
     packed = int(block.annotations.get(PACK_ATTR, 0))
-    nv, mr = _best_tile(ev // lanes, er, m.accumulators, packed // lanes if packed % lanes == 0 else 0)
+    nv, mr = _best_tile(ev // lanes, er, m.registers, packed // lanes if packed % lanes == 0 else 0)
     return Tile(v, r, lanes, nv, mr)
 
 
-def _best_tile(vectors: int, rows: int, budget: int, panel: int = 0) -> tuple[int, int]:
-    """(vectors per row, rows): the most accumulators within ``budget``, both dividing evenly.
+def _best_tile(vectors: int, rows: int, registers: int, panel: int = 0) -> tuple[int, int]:
+    """(vectors per row, rows): the most accumulators that fit the vector registers beside one
+    row of weights and one broadcast input (nv * mr + nv + 1 <= registers), both dividing evenly.
     With weights packed in panels of ``panel`` vectors, a row of the tile lies within one panel
     or covers whole panels, so that every vector load is contiguous."""
     best = (1, 1)
     for nv in range(1, _UNROLL_MAX + 1):
         if vectors % nv or (panel and panel % nv and nv % panel):
             continue
-        for mr in range(1, min(rows, budget) + 1):
-            if rows % mr or nv * mr > budget:
+        for mr in range(1, rows + 1):
+            if rows % mr or nv * mr + nv + 1 > registers:
                 continue
             # Ties go to two vectors per row: one B row of 2 vectors fits a cache line on AVX2,
             # and more rows reuse it (measured: 2x6 beat 3x4 and 4x3 on a 128x384x1536 matmul).

@@ -23,11 +23,6 @@ class Machine:
     def lanes(self, dtype_bits: int = 32) -> int:
         return max(self.vector_bits // dtype_bits, 1)
 
-    @property
-    def accumulators(self) -> int:
-        """Vector accumulators a register tile may hold, leaving room for its operands."""
-        return self.registers - 4
-
 
 def machine_of(target: Target) -> Machine:
     features = frozenset(str(f) for f in llvm_get_cpu_features(target))

@@ -1,0 +1,102 @@
+"""Models effarch was never tuned on: the ONNX package's own model-zoo architectures against onnxruntime.
+
+    python tools/bench_unseen.py [--models squeezenet,densenet121,inception_v2,vgg19] [--repeat 12]
+
+The ``onnx`` package ships these architectures ("light" backend test models, opset 9) with their
+weights as ConstantOfShape nodes. Each weight becomes a seeded random initializer (speed only:
+the outputs mean nothing), the model is converted to opset 21 with onnx's version converter, then
+effarch (-O2, x86, this CPU) and onnxruntime (all graph optimisations, same threads) are timed in
+their own processes, alternating. Prints a markdown table with date, machine and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, version_converter
+
+from compiler.bench import bench
+from compiler.driver import compile_model, load_model
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+MODELS = ("squeezenet", "densenet121", "inception_v2", "vgg19")
+
+
+def materialize(name: str, out: Path) -> Path:
+    """light_<name>.onnx with its ConstantOfShape weights as random initializers, at opset 21."""
+    model = onnx.load(str(LIGHT / f"light_{name}.onnx"))
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    rng = np.random.default_rng(0)
+    positive = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (1, 4)}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+            shape = [int(d) for d in inits[node.input[0]]]
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            w = (rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(np.float32)
+            if node.output[0] in positive:  # BatchNorm scale and variance: no NaN from sqrt(var)
+                w = np.abs(w) + np.float32(0.5)
+            graph.initializer.append(numpy_helper.from_array(w, node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+    shapes_only = [i for i in graph.initializer if i.name not in used]  # the removed nodes' shape inputs
+    for init in shapes_only:
+        graph.initializer.remove(init)
+    gone = {i.name for i in shapes_only}
+    for inp in [i for i in graph.input if i.name in gone]:
+        graph.input.remove(inp)
+    for name in {i.name for i in graph.initializer} - {i.name for i in graph.input}:
+        w = next(i for i in graph.initializer if i.name == name)
+        graph.input.append(onnx.helper.make_tensor_value_info(name, w.data_type, list(w.dims)))
+    converted = version_converter.convert_version(model, 21)
+    names = {i.name for i in converted.graph.initializer}
+    real_inputs = [i for i in converted.graph.input if i.name not in names]  # weights are not inputs
+    del converted.graph.input[:]
+    converted.graph.input.extend(real_inputs)
+    onnx.save(converted, str(out))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=12)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            print(f"benchmarking {name}", file=sys.stderr, flush=True)
+            path = materialize(name, Path(tmp) / f"{name}.onnx")
+            source = load_model(str(path))
+            artifact = Path(tmp) / f"{name}.effarch"
+            compile_model(source, artifact, target="x86", opt_level=2)
+            graph_inputs = onnx.load(str(path)).graph.input
+            shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph_inputs}
+            inputs = {n: np.random.default_rng(1).standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+            result = bench(path, artifact, inputs, torch_spec=None, warmup=args.warmup, repeat=args.repeat)
+            ours, ort = (result.row(r) for r in ("effarch", "onnxruntime"))
+            if ours.median_ms is None or ort.median_ms is None:
+                rows.append(f"| {name} | failed: {(ours.note or ort.note)[:200]} | | |")
+                continue
+            rows.append(f"| {name} | {ours.median_ms:.2f} | {ort.median_ms:.2f} | "
+                        f"{ours.median_ms / ort.median_ms:.2f}x |")
+    print(f"Measured {datetime.date.today()} with `python tools/bench_unseen.py {' '.join(sys.argv[1:])}` "
+          f"(random weights, batch 1, medians in ms).\n")
+    print("| model | effarch -O2 | onnxruntime | effarch / ORT |\n|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
