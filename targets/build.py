@@ -81,13 +81,19 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
     with captured_native_logs():
-        lowered = lower(g, channels_last=spec.channels_last and opt_level >= 2,
-                        pack=spec.pack_width(cpu) if opt_level >= 2 else 0)
+        lowered = lower(g, **lowering_options(spec, cpu, opt_level))
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
                            manifest_extra=manifest_extra, opt_level=opt_level)
     result.timings = {"lower": lower_s, **result.timings}
     return result
+
+
+def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int) -> dict[str, Any]:
+    """How ``targets.lower.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
+    convolutions channels-last and pack weights for their register tiles."""
+    fast = opt_level >= 2
+    return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0}
 
 
 def model_info(g: Graph, lowered: LoweredModule) -> ModelInfo:

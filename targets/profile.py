@@ -16,6 +16,7 @@ from tvm import relax, tirx
 
 from compiler.ir.graph import Graph
 from targets.base import get_target
+from targets.build import lowering_options
 from targets.lower import lower
 from targets.schedules import ScheduleReport
 from targets.schedules.pipeline import cpu_pipeline
@@ -38,8 +39,7 @@ def scheduled_module(g: Graph, target: str = "x86", cpu: str | None = None,
     spec = get_target(target)
     tvm_target = spec.tvm_target(cpu)
     report = ScheduleReport()
-    mod = lower(g, channels_last=spec.channels_last and opt_level >= 2,
-                pack=spec.pack_width(cpu) if opt_level >= 2 else 0).mod
+    mod = lower(g, **lowering_options(spec, cpu, opt_level)).mod
     with tvm_target:
         legal = cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report, stop_after_schedules=True)(mod)
     return legal, tvm_target, report

@@ -48,7 +48,8 @@ def schedule_row_reduction(sch: s_tir.Schedule, m: Machine) -> bool:
     for b in reversed(infos[:-1]):
         sch.compute_at(b.block_rv, loop, preserve_unit_loops=True)
     for b in infos:
-        if b.is_injective():
+        # Only loops inside a row: the row loop itself holds the reductions computed at it.
+        if b.is_injective() and len(sch.get_loops(b.block_rv)) > 1:
             vectorize_inner(sch, b.block_rv, m.lanes(dtype_bits(sch, b.block_rv)))
     return True
 

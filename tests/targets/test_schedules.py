@@ -161,3 +161,67 @@ def test_kernel_profile_names_every_kernel_and_its_rule() -> None:
     kernels = kernel_times(_optimized("mlp"), repeat=3)
     assert len(kernels) == 3 and all(k.rule == "contraction" and k.ms > 0 for k in kernels)
     assert kernels == sorted(kernels, key=lambda k: -k.total_ms)
+
+
+def _reductions_model() -> onnx.ModelProto:
+    """Row reductions in the shapes that tripped rules up: a mean over NCHW's spatial axes, a
+    softmax over a single row, a layer norm over rows, a max over the middle axis."""
+    rng = np.random.default_rng(2)
+    scale = numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "scale")
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),
+        helper.make_node("Reshape", ["m", "shape"], ["flat"]),
+        helper.make_node("Softmax", ["flat"], ["sm"], axis=-1),
+        helper.make_node("LayerNormalization", ["rows", "scale"], ["ln"], axis=-1),
+        helper.make_node("ReduceMax", ["rows", "axes0"], ["mx"], keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "shape"), scale,
+             numpy_helper.from_array(np.array([1], np.int64), "axes0")]
+    graph = helper.make_graph(nodes, "reductions",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 96, 7, 7]),
+                               helper.make_tensor_value_info("rows", TensorProto.FLOAT, [6, 12, 40])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("sm", "ln", "mx")],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def _run_kernel(func: object, target: object, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    import tvm
+
+    lib = tvm.tirx.build(func.with_attr("global_symbol", "k"), target=target)  # type: ignore[attr-defined]
+    args = [tvm.runtime.tensor(a.copy(), tvm.cpu()) for a in arrays]
+    lib["k"](*args)
+    return [a.numpy() for a in args]
+
+
+@pytest.mark.parametrize("source", ["zoo:digits_cnn", "zoo:gpt", "reductions"])
+def test_every_scheduled_kernel_computes_what_the_plain_loop_does(source: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kernel, scheduled by its rule and left as TVM's plain loop nest, on the same random
+    buffers: a rule may reorder a float sum, never change what is computed."""
+    from tvm import tirx
+
+    import targets.schedules as schedules
+    from targets.profile import scheduled_module
+
+    graph = import_onnx(_reductions_model()) if source == "reductions" else load_model(source).graph
+    graph, _ = optimize(graph, pipeline_for(2, None))
+    scheduled, target, report = scheduled_module(graph)
+    monkeypatch.setattr(schedules, "RULES", [("plain", lambda sch, m, t: True)])
+    plain, _, _ = scheduled_module(graph)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for gv, func in scheduled.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        arrays = [rng.standard_normal([int(d) for d in p.shape]).astype(str(p.dtype)) if "float" in str(p.dtype)
+                  else np.zeros([int(d) for d in p.shape], str(p.dtype)) for p in func.params]
+        got = _run_kernel(func, target, arrays)[-1]
+        want = _run_kernel(plain[gv.name_hint], target, arrays)[-1]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4,
+                                   err_msg=f"{gv.name_hint} ({report.rules[gv.name_hint]})")
+        checked += 1
+    assert checked >= 3
+    if source == "reductions":
+        assert "row-reduction" in report.rules.values()
