@@ -31,6 +31,7 @@ from targets.schedules.machine import Machine
 PACK_ATTR = "effarch.packed"  # set by targets.lowering.packed on blocks that read packed weights
 
 _UNROLL_MAX = 4  # vectors per row of the register tile
+_FMA_LATENCY = 4  # cycles: a step of the tile takes at least this long
 
 
 @dataclass(frozen=True)
@@ -96,22 +97,31 @@ def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | Non
 
 
 def _best_tile(vectors: int, rows: int, registers: int, panel: int = 0) -> tuple[int, int]:
-    """(vectors per row, rows): the most accumulators that fit the vector registers beside one
-    row of weights and one broadcast input (nv * mr + nv + 1 <= registers), both dividing evenly.
-    With weights packed in panels of ``panel`` vectors, a row of the tile lies within one panel
-    or covers whole panels, so that every vector load is contiguous."""
-    best = (1, 1)
+    """(vectors per row, rows) of the register tile with the best estimated throughput.
+
+    The tile must fit the vector registers beside one row of weights and one broadcast input
+    (nv * mr + nv + 1 <= registers) and divide the output evenly. With weights packed in panels
+    of ``panel`` vectors, a row of the tile lies within one panel or covers whole panels, so that
+    every vector load is contiguous. Ties go to more accumulators (more reuse of each load)."""
+    best, best_key = (1, 1), (0.0, 0)
     for nv in range(1, _UNROLL_MAX + 1):
         if vectors % nv or (panel and panel % nv and nv % panel):
             continue
         for mr in range(1, rows + 1):
             if rows % mr or nv * mr + nv + 1 > registers:
                 continue
-            # Ties go to two vectors per row: one B row of 2 vectors fits a cache line on AVX2,
-            # and more rows reuse it (measured: 2x6 beat 3x4 and 4x3 on a 128x384x1536 matmul).
-            if (nv * mr, -abs(nv - 2)) > (best[0] * best[1], -abs(best[0] - 2)):
-                best = (nv, mr)
+            key = (_fmas_per_cycle(nv, mr), nv * mr)
+            if key > best_key:
+                best, best_key = (nv, mr), key
     return best
+
+
+def _fmas_per_cycle(nv: int, mr: int) -> float:
+    """Vector FMAs per cycle of one reduction step of an nv x mr tile, on a core with two FMA
+    and two load ports and a 4-cycle FMA latency (each accumulator is updated once per step):
+    a 1 x 14 tile loads 15 values for 14 FMAs, a 2 x 4 tile 6 for 8, a 2 x 1 tile waits."""
+    fmas, loads = nv * mr, nv + mr
+    return round(fmas / max(fmas / 2, loads / 2, _FMA_LATENCY), 3)
 
 
 def _loads(expr: PrimExpr) -> list[TensorLoad]:
