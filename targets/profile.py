@@ -28,6 +28,7 @@ class KernelTime:
     rule: str
     calls: int
     ms: float  # median time of one call
+    output: tuple[int, ...] = ()  # shape of the kernel's (last) output buffer
 
     @property
     def total_ms(self) -> float:
@@ -54,7 +55,9 @@ def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_l
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
             ms = _time_kernel(func, tvm_target, repeat)
-            out.append(KernelTime(gv.name_hint, report.rules.get(gv.name_hint, "none"), calls.get(gv.name_hint, 1), ms))
+            shape = tuple(int(d) for d in func.params[-1].shape)
+            out.append(KernelTime(gv.name_hint, report.rules.get(gv.name_hint, "none"), calls.get(gv.name_hint, 1),
+                                  ms, shape))
     return sorted(out, key=lambda k: -k.total_ms)
 
 

@@ -35,9 +35,11 @@ def main() -> int:
     print(f"Measured {datetime.date.today()} on {cpu} ({os.environ['TVM_NUM_THREADS']} threads) with "
           f"`python tools/profile_kernels.py {' '.join(sys.argv[1:])}`: {len(kernels)} kernels, "
           f"{total:.2f} ms in all (each kernel timed alone, median).\n")
-    print("| kernel | rule | calls | ms / call | ms | share |\n|---|---|---|---|---|---|")
+    print("| kernel | output | rule | calls | ms / call | ms | share |\n|---|---|---|---|---|---|---|")
     for k in kernels[: args.top]:
-        print(f"| {k.name} | {k.rule} | {k.calls} | {k.ms:.3f} | {k.total_ms:.3f} | {k.total_ms / total:.0%} |")
+        shape = "x".join(map(str, k.output))
+        print(f"| {k.name} | {shape} | {k.rule} | {k.calls} | {k.ms:.3f} | {k.total_ms:.3f} "
+              f"| {k.total_ms / total:.0%} |")
     return 0
 
 
