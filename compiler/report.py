@@ -167,4 +167,15 @@ def bench_model(source: SourceModel, folder: Path, *, target: str = "x86", cpu: 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         onnx_path = reference_onnx_path(source, Path(tmp))
         result = bench(onnx_path, artifact, inputs, torch_spec=source.torch_spec, warmup=warmup, repeat=repeat)
-    return format_bench(result)
+    return format_bench(result) + _throughput(source, result)
+
+
+def _throughput(source: SourceModel, result: Any) -> str:
+    """The model's FLOPs over each runtime's median: how much of the machine each one uses."""
+    from compiler.stats import graph_stats
+
+    flops = graph_stats(source.graph).flops
+    if not flops:
+        return ""
+    rates = [f"{row.runtime} {flops / row.median_ms / 1e6:.1f}" for row in result.rows if row.median_ms]
+    return f"\nGFLOP/s ({flops / 1e9:.3f} GFLOP per run): " + ", ".join(rates) if rates else ""

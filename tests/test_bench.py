@@ -86,3 +86,16 @@ def test_format_states_ratios_against_effarch() -> None:
     row_lines = {ln.split()[0]: ln for ln in text.splitlines()[2:5]}
     assert row_lines["onnxruntime"].endswith("4.00x faster")
     assert row_lines["pytorch-eager"].endswith("4.00x slower")
+
+
+def test_bench_model_reports_gflops_of_each_runtime(mlp_artifact: Path, tmp_path: Path) -> None:
+    from compiler.driver import load_model
+    from compiler.report import bench_model
+    from compiler.stats import graph_stats
+
+    source = load_model("zoo:mlp")
+    text = bench_model(source, tmp_path, warmup=1, repeat=2, artifact=mlp_artifact)
+    line = next(ln for ln in text.splitlines() if ln.startswith("GFLOP/s"))
+    assert f"({graph_stats(source.graph).flops / 1e9:.3f} GFLOP per run)" in line
+    rates = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))
+    assert set(rates) == set(RUNTIMES) and all(float(v) > 0 for v in rates.values())
