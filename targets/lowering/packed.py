@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, topi
 
-PACK_ATTR = "effarch.packed"
+from targets.schedules.contraction import PACK_ATTR  # the rule keeps a tile within one panel
 
 
 def panel_width(columns: int, pack: int) -> int:
