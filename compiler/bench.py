@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -181,3 +182,16 @@ def format_bench(result: BenchResult) -> str:
     head = (f"inputs: {inputs}; {result.warmup} warm-up runs per process, {result.repeat} timed runs in "
             f"{result.rounds} alternating rounds, {result.threads} threads")
     return "\n".join([head, *map(line, rows), *_summary(result)])
+
+
+def machine_description() -> str:
+    """This machine as benchmark tables name it: CPU model, LLVM's name for it and its vector ISA."""
+    from targets.base import get_target
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    target = get_target("x86")
+    cpu = target.default_cpu()
+    isa = "AVX-512" if "avx512f" in target.required_features(cpu) else "AVX2"
+    return f"{model} (LLVM: {cpu}, {isa}, {platform.machine()})"

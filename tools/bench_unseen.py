@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, version_converter
 
-from compiler.bench import bench
+from compiler.bench import bench, machine_description
 from compiler.driver import compile_model, load_model
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -91,7 +91,8 @@ def main() -> int:
                 continue
             rows.append(f"| {name} | {ours.median_ms:.2f} | {ort.median_ms:.2f} | "
                         f"{ours.median_ms / ort.median_ms:.2f}x |")
-    print(f"Measured {datetime.date.today()} with `python tools/bench_unseen.py {' '.join(sys.argv[1:])}` "
+    print(f"Measured {datetime.date.today()} on {machine_description()}, 2 threads per runtime, with "
+          f"`python tools/bench_unseen.py {' '.join(sys.argv[1:])}` "
           f"(random weights, batch 1, medians in ms).\n")
     print("| model | effarch -O2 | onnxruntime | effarch / ORT |\n|---|---|---|---|")
     print("\n".join(rows))

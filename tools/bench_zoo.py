@@ -12,32 +12,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 from compiler import zoo
-from compiler.bench import bench
+from compiler.bench import bench, machine_description
 from compiler.driver import compile_model, load_model
 from compiler.report import reference_onnx_path
 from compiler.stats import graph_stats
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _llvm_cpu() -> str:
-    from targets.base import get_target
-
-    target = get_target("x86")
-    cpu = target.default_cpu()
-    isa = "AVX-512" if "avx512f" in target.required_features(cpu) else "AVX2"
-    return f"LLVM: {cpu}, {isa}"
 
 
 def _ms(v: float | None) -> str:
@@ -74,7 +57,7 @@ def main() -> int:
             print(f"benchmarking {name}", file=sys.stderr, flush=True)
             rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp)))
     today = datetime.date.today().isoformat()
-    print(f"Measured {today} on {_cpu_name()} ({_llvm_cpu()}, {platform.machine()}, 2 threads per runtime) "
+    print(f"Measured {today} on {machine_description()}, 2 threads per runtime, "
           f"with\n`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
           f"the ratio columns are effarch's time divided by the peer's (above 1: the peer is faster); "
           f"GFLOP/s is the model's FLOPs over effarch's time.\n")

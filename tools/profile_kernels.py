@@ -12,8 +12,8 @@ import argparse
 import datetime
 import os
 import sys
-from pathlib import Path
 
+from compiler.bench import machine_description
 from compiler.driver import load_model, optimize, pipeline_for
 
 
@@ -30,9 +30,7 @@ def main() -> int:
     graph, _ = optimize(load_model(spec).graph, pipeline_for(args.opt, None))
     kernels = kernel_times(graph, opt_level=args.opt)
     total = sum(k.total_ms for k in kernels)
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    print(f"Measured {datetime.date.today()} on {cpu} ({os.environ['TVM_NUM_THREADS']} threads) with "
+    print(f"Measured {datetime.date.today()} on {machine_description()} ({os.environ['TVM_NUM_THREADS']} threads) with "
           f"`python tools/profile_kernels.py {' '.join(sys.argv[1:])}`: {len(kernels)} kernels, "
           f"{total:.2f} ms in all (each kernel timed alone, median).\n")
     print("| kernel | output | rule | calls | ms / call | ms | share |\n|---|---|---|---|---|---|---|")
