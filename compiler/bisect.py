@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from compiler.errors import EffarchError
 from compiler.ir import Graph
 from compiler.numeric import Arrays, check_against, run_graph
-from compiler.passmgr.base import PassContext
-from compiler.passmgr.manager import PassManager
-from compiler.passmgr.pipeline import parse_pipeline
+from compiler.pass_manager.base import PassContext
+from compiler.pass_manager.manager import PassManager
+from compiler.pass_manager.pipeline import parse_pipeline
 from compiler.verify import OutputCheck
 
 log = logging.getLogger(__name__)

@@ -165,7 +165,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_passes(args: argparse.Namespace) -> int:
     import passes  # noqa: F401  (registers every pass)
-    from compiler.pass_manager import default_pipeline, registered_passes
+    from compiler.pass_manager import registered_passes
+    from passes.pipelines import default_pipeline
 
     for name, cls in sorted(registered_passes().items()):
         print(f"{name:<24} {cls.description}")

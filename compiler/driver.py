@@ -148,7 +148,7 @@ class CompileResult:
 
 
 def pipeline_for(opt_level: int, pipeline: str | None) -> str:
-    from compiler.pass_manager import default_pipeline
+    from passes.pipelines import default_pipeline
 
     return pipeline if pipeline is not None else default_pipeline(opt_level)
 
@@ -157,7 +157,8 @@ def optimize(graph: Graph, pipeline_text: str, *, opt_level: int = 2, target: st
              instruments: list[Any] | None = None) -> tuple[Graph, list[Any]]:
     """Run the user's pipeline and then the passes lowering requires; returns (graph, pass records)."""
     import passes  # noqa: F401  (registers every pass)
-    from compiler.pass_manager import REQUIRED_BEFORE_LOWERING, PassContext, PassManager, parse_pipeline
+    from compiler.pass_manager import PassContext, PassManager, parse_pipeline
+    from passes.pipelines import REQUIRED_BEFORE_LOWERING
 
     text = ",".join(t for t in (pipeline_text, REQUIRED_BEFORE_LOWERING) if t)
     ctx = PassContext(opt_level=opt_level, target=target)

@@ -21,8 +21,8 @@ import numpy as np
 
 from compiler.errors import EffarchError
 from compiler.ir import Graph
-from compiler.passmgr.base import Pass, PassContext, PassResult
-from compiler.passmgr.manager import Instrument, PassRecord
+from compiler.pass_manager.base import Pass, PassContext, PassResult
+from compiler.pass_manager.manager import Instrument, PassRecord
 from compiler.verify import OutputCheck, compare_outputs
 
 log = logging.getLogger(__name__)

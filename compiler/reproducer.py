@@ -40,7 +40,7 @@ def write_reproducer(path: Path | str, before: Any, pipeline: str, inputs: Array
                      info: dict[str, Any] | None = None) -> Path:
     """Write the reproducer zip; ``before`` is an IR graph or an ONNX ModelProto."""
     from compiler.onnx_export import to_onnx
-    from compiler.passmgr.pipeline import parse_pipeline
+    from compiler.pass_manager.pipeline import parse_pipeline
 
     parse_pipeline(pipeline, check=False)  # a reproducer that cannot be parsed back is useless
     model = before if not hasattr(before, "nodes") else to_onnx(before)
@@ -142,9 +142,9 @@ def _import(model_bytes: bytes) -> Any:
 
 def _run_pipeline(graph: Any, pipeline: str, info: dict[str, Any]) -> Any:
     import passes  # noqa: F401  (registers every pass)
-    from compiler.passmgr.base import PassContext
-    from compiler.passmgr.manager import PassManager
-    from compiler.passmgr.pipeline import parse_pipeline
+    from compiler.pass_manager.base import PassContext
+    from compiler.pass_manager.manager import PassManager
+    from compiler.pass_manager.pipeline import parse_pipeline
 
     ctx = PassContext(opt_level=int(info.get("opt_level", 2)), target=str(info.get("target", "x86")))
     return PassManager(parse_pipeline(pipeline), ctx).run(graph.clone()).graph

@@ -19,7 +19,17 @@ import numpy as np
 
 from compiler.ir import Node, Value
 from compiler.pass_manager import register_pass
-from passes.rules import Match, MatchResult, Rewrite, Rewriter, Rule, RuleSet, const, producer, static_shape
+from compiler.pass_manager.rules import (
+    Match,
+    MatchResult,
+    Rewrite,
+    Rewriter,
+    Rule,
+    RuleSet,
+    const,
+    producer,
+    static_shape,
+)
 
 RTOL = 1e-6
 MAX_DEPTH = 6

@@ -19,8 +19,8 @@ import numpy as np
 from compiler.ir import Graph, Node, Value
 from compiler.ir.printer import value_digest
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
+from compiler.pass_manager.rules import forward_refusal
 from passes.fold_constants import NONDETERMINISTIC
-from passes.rules import forward_refusal
 
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal"})
 

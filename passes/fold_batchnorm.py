@@ -20,7 +20,7 @@ import numpy as np
 
 from compiler.ir import Node
 from compiler.pass_manager import register_pass
-from passes.rules import Match, MatchResult, Rewriter, Rule, RuleSet, const, producer, users_reason
+from compiler.pass_manager.rules import Match, MatchResult, Rewriter, Rule, RuleSet, const, producer, users_reason
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -3,7 +3,7 @@
 A fusion replaces a set of nodes by one group node in domain "effarch" (``FusedConv``,
 ``FusedMatMul``, ``FusedElementwise``, ``LayerNorm``, ``Attention``) whose ``body`` holds the
 original nodes. Groups export to ONNX as local functions and lower to one TVM kernel each
-(targets/lowering/fused.py). The rules use the shared rule framework (passes/rules.py); each is
+(targets/lowering/fused.py). The rules use the shared rule framework (compiler/pass_manager/rules.py); each is
 anchored on the *first* node of its group and its Match names the last one as the anchor, so the
 group node goes where the last member was. Tried in this order (``patterns=`` picks a subset):
 
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from compiler.errors import EffarchError
 from compiler.ir import Graph, Node, Value
 from compiler.pass_manager import register_pass
-from passes.rules import Match, MatchResult, Rewriter, Rule, RuleSet
+from compiler.pass_manager.rules import Match, MatchResult, Rewriter, Rule, RuleSet
 
 PASS_NAME = "fuse-operators"
 GROUP_DOMAIN = "effarch"

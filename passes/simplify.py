@@ -14,7 +14,7 @@ import numpy as np
 
 from compiler.ir import DType, Node, Value
 from compiler.pass_manager import register_pass
-from passes.rules import (
+from compiler.pass_manager.rules import (
     Match,
     Matcher,
     MatchResult,

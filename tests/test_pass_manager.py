@@ -14,7 +14,6 @@ from compiler.errors import EffarchError, PassError
 from compiler.ir import Graph
 from compiler.ir.parser import parse_graph
 from compiler.pass_manager import (
-    REQUIRED_BEFORE_LOWERING,
     Pass,
     PassContext,
     PassManager,
@@ -23,13 +22,13 @@ from compiler.pass_manager import (
     SaveStagesInstrument,
     TimingInstrument,
     VerifyEachInstrument,
-    default_pipeline,
     get_pass,
     parse_pipeline,
     register_pass,
     registered_passes,
+    registry,
 )
-from compiler.passmgr import registry
+from passes.pipelines import REQUIRED_BEFORE_LOWERING, default_pipeline
 from tests.passes.harness import payload
 
 SHAPE_CHAIN = """
@@ -139,6 +138,18 @@ def test_default_pipelines_parse_and_grow_with_the_level(level: int) -> None:
     assert expected <= names
     assert ("fixpoint<" in text) == (level >= 2)
     assert [s.name for s in parse_pipeline(REQUIRED_BEFORE_LOWERING).specs()] == ["fold-constants"]
+
+
+def test_a_pass_table_naming_an_unknown_pass_fails_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import passes.pipelines
+
+    monkeypatch.delitem(registry._REGISTRY, "fuse-operators")
+    with pytest.raises(EffarchError, match="unknown pass 'fuse-operators'"):
+        importlib.reload(passes.pipelines)
+    monkeypatch.undo()
+    importlib.reload(passes.pipelines)  # the tables as shipped, for the tests that follow
 
 
 # ---- running ----------------------------------------------------------------------------------

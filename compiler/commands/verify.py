@@ -62,7 +62,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def full_pipeline(opt_level: int, pipeline: str | None) -> str:
     """The pipeline ``effarch compile`` runs: the user's, then the passes lowering requires."""
     from compiler.driver import pipeline_for
-    from compiler.pass_manager import REQUIRED_BEFORE_LOWERING
+    from passes.pipelines import REQUIRED_BEFORE_LOWERING
 
     return ",".join(t for t in (pipeline_for(opt_level, pipeline), REQUIRED_BEFORE_LOWERING) if t)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.passmgr import registry
+from compiler.pass_manager import registry
 from tests.debugging.models import Crash, FlipSign
 
 

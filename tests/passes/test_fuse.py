@@ -13,9 +13,10 @@ from compiler.ir import Graph, parse_graph, print_graph
 from compiler.ir.printer import constant_digest
 from compiler.ir.verifier import find_problems
 from compiler.onnx_export import to_onnx
-from compiler.pass_manager import PassContext, default_pipeline, parse_pipeline, registered_passes
+from compiler.pass_manager import PassContext, parse_pipeline, registered_passes
 from compiler.reference import random_inputs
 from passes.fuse import FuseOperators
+from passes.pipelines import default_pipeline
 from tests.passes.harness import check_not_fired, check_pass
 
 GROUP = """\
@@ -247,7 +248,7 @@ def test_opt_levels_add_folding_and_fusion_from_O2(level: int) -> None:
 
 
 def test_fingerprint_sees_a_change_inside_a_body() -> None:
-    from compiler.passmgr.fingerprint import fingerprint
+    from compiler.pass_manager.fingerprint import fingerprint
 
     g = parse_graph(GROUP)
     before = fingerprint(g)

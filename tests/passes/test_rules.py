@@ -9,7 +9,17 @@ from compiler.errors import EffarchError
 from compiler.ir import Node
 from compiler.ir.parser import parse_graph
 from compiler.pass_manager import PassContext
-from passes.rules import Match, MatchResult, Rewriter, Rule, RuleSet, forward, is_fill, producer, users_reason
+from compiler.pass_manager.rules import (
+    Match,
+    MatchResult,
+    Rewriter,
+    Rule,
+    RuleSet,
+    forward,
+    is_fill,
+    producer,
+    users_reason,
+)
 
 
 def _relu_relu(node: Node) -> MatchResult:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from compiler.errors import EffarchError, PassError
 from compiler.ir import Graph
-from compiler.passmgr.base import Note, Pass, PassContext, PassResult
-from compiler.passmgr.pipeline import FixpointGroup, PassSpec, Pipeline, parse_pipeline
-from compiler.passmgr.registry import get_pass
+from compiler.pass_manager.base import Note, Pass, PassContext, PassResult
+from compiler.pass_manager.pipeline import FixpointGroup, PassSpec, Pipeline, parse_pipeline
+from compiler.pass_manager.registry import get_pass
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from compiler.errors import EffarchError
 from compiler.ir import Graph
-from compiler.passmgr.base import Pass, PassContext, PassResult
-from compiler.passmgr.manager import Instrument, PassRecord, PipelineResult
+from compiler.pass_manager.base import Pass, PassContext, PassResult
+from compiler.pass_manager.manager import Instrument, PassRecord, PipelineResult
 
 log = logging.getLogger(__name__)
 

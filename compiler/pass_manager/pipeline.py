@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from compiler.errors import EffarchError
-from compiler.passmgr.registry import get_pass
+from compiler.pass_manager.registry import get_pass
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _KEY = re.compile(r"[a-z_][a-z0-9_-]*")

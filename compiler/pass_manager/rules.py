@@ -38,7 +38,7 @@ import numpy as np
 from compiler.errors import EffarchError
 from compiler.ir import Graph, Node, Provenance, TensorType, Value
 from compiler.ir.core import AttrValue
-from compiler.pass_manager import Note, Pass, PassContext, PassResult
+from compiler.pass_manager.base import Note, Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The pass registry: ``@register_pass`` on a ``Pass`` subclass makes it usable from pipeline text.
 
-Importing the ``passes`` package registers every pass that ships with effarch. The registry is
-the one piece of module state here; it is written only at import time.
+Importing the ``passes`` package registers every pass that ships with effarch and those of installed
+plugins (``compiler.pass_manager.plugins``). The registry is the one piece of module state here; it
+is written only at import time.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import re
 from typing import Any, TypeVar
 
 from compiler.errors import EffarchError
-from compiler.passmgr.base import Pass
+from compiler.pass_manager.base import Pass
 
 _REGISTRY: dict[str, type[Pass]] = {}
+_PACKAGE: dict[str, str] = {}  # pass name -> the distribution that provides it, for plugins
+EFFARCH = "effarch"
 PASS_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 P = TypeVar("P", bound=type[Pass])
@@ -33,6 +36,19 @@ def register_pass(cls: P) -> P:
 
 def registered_passes() -> dict[str, type[Pass]]:
     return dict(sorted(_REGISTRY.items()))
+
+
+def set_package(name: str, package: str) -> None:
+    """Record which installed distribution provides pass ``name`` (the plugin loader knows it)."""
+    _PACKAGE[name] = package
+
+
+def pass_package(name: str) -> str:
+    """The distribution a registered pass comes from: 'effarch', a plugin's, or its top module."""
+    if name in _PACKAGE:
+        return _PACKAGE[name]
+    top = _REGISTRY[name].__module__.split(".")[0]
+    return EFFARCH if top in ("passes", "compiler") else top
 
 
 def get_pass(name: str, **options: Any) -> Pass:

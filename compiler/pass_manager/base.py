@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from compiler.errors import EffarchError, PassError
 from compiler.ir import Graph, Node
-from compiler.passmgr.fingerprint import fingerprint
+from compiler.pass_manager.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,27 @@ class Note:
         origin = f" [{self.provenance}]" if self.provenance and self.provenance != self.node else ""
         verb = "did" if self.fired else "skipped"
         return f"{self.rule}{where}{origin}: {verb}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a pass that effarch's -O tables do not name joins the default pipelines.
+
+    ``stage``: ``cleanup`` (inside the fixed-point loop with simplify and folding), ``folding``
+    (after folding, before fusion) or ``late`` (after fusion, before the last dead-code sweep).
+    The pass runs at ``-O<min_level>`` and above.
+    """
+
+    stage: str
+    min_level: int = 2
+
+    STAGES: ClassVar[tuple[str, ...]] = ("cleanup", "folding", "late")
+
+    def __post_init__(self) -> None:
+        if self.stage not in self.STAGES:
+            raise ValueError(f"placement stage '{self.stage}' is none of {', '.join(self.STAGES)}")
+        if not 1 <= self.min_level <= 3:
+            raise ValueError(f"placement min_level {self.min_level} is not an -O level from 1 to 3")
 
 
 @dataclass(slots=True)
@@ -79,12 +100,17 @@ class Pass:
 
     Subclasses set ``name`` (kebab-case, as written in pipelines), a one-line ``description`` and
     ``option_defaults`` (option name -> default; the default's type is the option's type: int,
-    float, bool, str or tuple[str, ...]), and implement ``run``.
+    float, bool, str or tuple[str, ...]), and implement ``run``. A pass from a plugin may set
+    ``placement`` to join the -O pipelines; effarch's own passes are placed by ``passes.pipelines``.
+    ``tolerance``: the relative error a lossy pass may add (``effarch check-pass`` allows it); 0 for
+    passes that keep the numbers.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     option_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    placement: ClassVar[Placement | None] = None
+    tolerance: ClassVar[float] = 0.0
 
     def __init__(self, **options: Any) -> None:
         values = dict(self.option_defaults)

@@ -1,1 +1,0 @@
-"""The pass manager's parts; import from ``compiler.pass_manager``, which re-exports the public API."""
