@@ -6,7 +6,8 @@ Rules:
 Exporters compute shapes as Shape -> Gather -> Concat -> Reshape chains; folding Shape first lets
 the rest of the chain fold too, in the same run (nodes are visited in topological order).
 
-Common ops are evaluated with numpy; the rest with onnx's ReferenceEvaluator on a one-node model.
+Common ops are evaluated by ``compiler.ir.consteval``, the evaluator lowering uses too; the rest
+with onnx's ReferenceEvaluator on a one-node model.
 The size guard refuses a fold whose outputs are larger than max(input bytes, ``size_limit``):
 ConstantOfShape, Expand or Tile of a small constant would otherwise bloat the artifact.
 A node whose output is a graph output is not folded, so every graph output stays computed by a node.
@@ -15,20 +16,19 @@ New constants take the name of the output they replace and are never written int
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from compiler.ir import DType, Graph, Node, TensorType, Value
+from compiler.ir import Graph, Node, TensorType, Value
+from compiler.ir.consteval import can_evaluate, evaluate_op
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)
 
 Arrays = list[np.ndarray]
-Evaluator = Callable[[Node, Sequence[np.ndarray | None]], Arrays]
 
 # Ops whose result is not a function of their inputs.
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -123,7 +123,7 @@ def static_shape_of(node: Node) -> Arrays | str:
     if shape is None:
         return f"rank of %{x.name} is unknown"
     if node.op == "Shape":
-        # ONNX clamps start/end like Python slicing does.
+        # ONNX clamps start/end like Python slicing does; only the kept dims need to be static.
         shape = shape[node.attr("start", 0): node.attr("end", len(shape))]
     dims = [d for d in shape if isinstance(d, int)]
     if len(dims) != len(shape):
@@ -164,16 +164,12 @@ def _named_constant(graph: Graph, name: str, array: np.ndarray) -> Value:
 
 # ---- evaluation -------------------------------------------------------------------------------
 def evaluate_node(node: Node) -> Arrays:
+    """Common ops through effarch's one evaluator (lowering computes with it too), the rest with
+    onnx's reference implementation."""
     ins = [None if v is None else v.const for v in node.inputs]
-    numpy_eval = _NUMPY.get(node.op)
-    if numpy_eval is not None and not _needs_reference(node, ins):
-        return numpy_eval(node, ins)
+    if can_evaluate(node):
+        return evaluate_op(node, ins)
     return evaluate_with_reference(node, ins)
-
-
-def _needs_reference(node: Node, ins: Sequence[np.ndarray | None]) -> bool:
-    # Integer Div/Mod and friends have ONNX-specific rounding; leave them to the reference.
-    return node.op in ("Div",) and any(a is not None and a.dtype.kind in "iub" for a in ins)
 
 
 def evaluate_with_reference(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
@@ -192,116 +188,3 @@ def evaluate_with_reference(node: Node, ins: Sequence[np.ndarray | None]) -> Arr
     return [np.asarray(a) for a in ReferenceEvaluator(to_onnx(g)).run(None, feeds)]
 
 
-def _unary(fn: Callable[[np.ndarray], np.ndarray]) -> Evaluator:
-    return lambda node, ins: [np.asarray(fn(_req(ins, 0)))]
-
-
-def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Evaluator:
-    return lambda node, ins: [np.asarray(fn(_req(ins, 0), _req(ins, 1)))]
-
-
-def _variadic(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Evaluator:
-    return lambda node, ins: [np.asarray(functools.reduce(fn, [a for a in ins if a is not None]))]
-
-
-def _req(ins: Sequence[np.ndarray | None], i: int) -> np.ndarray:
-    a = ins[i] if i < len(ins) else None
-    if a is None:
-        raise ValueError(f"input {i} is missing")
-    return a
-
-
-def _ints(a: np.ndarray | None) -> list[int]:
-    return [] if a is None else [int(x) for x in np.asarray(a).reshape(-1)]
-
-
-def _axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
-
-
-def _reshape(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    data, shape = _req(ins, 0), _ints(_req(ins, 1))
-    if not node.attr("allowzero", 0):
-        shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return [data.reshape(shape)]
-
-
-def _transpose(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    data = _req(ins, 0)
-    return [np.transpose(data, node.attr("perm") or list(reversed(range(data.ndim))))]
-
-
-def _squeeze(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    data = _req(ins, 0)
-    axes = _ints(ins[1]) if len(ins) > 1 else []
-    return [np.squeeze(data, axis=tuple(_axis(a, data.ndim) for a in axes) if axes else None)]
-
-
-def _unsqueeze(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    return [np.expand_dims(_req(ins, 0), tuple(_ints(_req(ins, 1))))]
-
-
-def _slice(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    data = _req(ins, 0)
-    starts, ends = _ints(_req(ins, 1)), _ints(_req(ins, 2))
-    axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
-    steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
-    index = [slice(None)] * data.ndim
-    # Python slicing clamps out-of-range starts/ends exactly as ONNX Slice specifies.
-    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        index[_axis(a, data.ndim)] = slice(s, e, st)
-    return [data[tuple(index)]]
-
-
-def _flatten(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    data = _req(ins, 0)
-    axis = _axis(node.attr("axis", 1), data.ndim)
-    return [data.reshape(math.prod(data.shape[:axis]), math.prod(data.shape[axis:]))]
-
-
-def _constant_of_shape(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    value = node.attr("value")
-    fill = np.zeros(1, np.float32) if value is None else np.asarray(value)
-    return [np.full(_ints(_req(ins, 0)), fill.reshape(-1)[0], dtype=fill.dtype)]
-
-
-def _expand(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    data = _req(ins, 0)
-    return [np.broadcast_to(data, np.broadcast_shapes(data.shape, tuple(_ints(_req(ins, 1)))))]
-
-
-def _range(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    start, limit, delta = (_req(ins, i) for i in range(3))
-    return [np.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)]
-
-
-def _cast(node: Node, ins: Sequence[np.ndarray | None]) -> Arrays:
-    return [_req(ins, 0).astype(DType.from_onnx(int(node.attr("to"))).numpy)]
-
-
-def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, x.dtype.type(0))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1 / (1 + np.exp(-x))).astype(x.dtype)
-
-
-_NUMPY: dict[str, Evaluator] = {
-    "Identity": _unary(lambda x: x), "Abs": _unary(np.abs), "Neg": _unary(np.negative),
-    "Exp": _unary(np.exp), "Log": _unary(np.log), "Sqrt": _unary(np.sqrt), "Floor": _unary(np.floor),
-    "Ceil": _unary(np.ceil), "Not": _unary(np.logical_not), "Sign": _unary(np.sign), "Tanh": _unary(np.tanh),
-    "Reciprocal": _unary(lambda x: (1 / x).astype(x.dtype)), "Relu": _unary(_relu),
-    "Sigmoid": _unary(_sigmoid), "Add": _binary(np.add), "Sub": _binary(np.subtract),
-    "Mul": _binary(np.multiply), "Div": _binary(np.divide),
-    "Equal": _binary(np.equal), "Less": _binary(np.less), "LessOrEqual": _binary(np.less_equal),
-    "Greater": _binary(np.greater), "GreaterOrEqual": _binary(np.greater_equal),
-    "And": _binary(np.logical_and), "Or": _binary(np.logical_or), "Xor": _binary(np.logical_xor),
-    "Max": _variadic(np.maximum), "Min": _variadic(np.minimum),
-    "Where": lambda node, ins: [np.where(_req(ins, 0), _req(ins, 1), _req(ins, 2))],
-    "Concat": lambda node, ins: [np.concatenate([a for a in ins if a is not None], axis=node.attr("axis"))],
-    "Gather": lambda node, ins: [np.take(_req(ins, 0), _req(ins, 1), axis=node.attr("axis", 0))],
-    "Cast": _cast, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
-    "Slice": _slice, "Flatten": _flatten, "ConstantOfShape": _constant_of_shape, "Expand": _expand,
-    "Range": _range,
-}

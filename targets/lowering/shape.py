@@ -6,7 +6,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from targets.lowering import consteval
+from compiler.ir.consteval import constant_value, shape_op, slice_bounds
 from targets.lowering.elementwise import scalar
 from targets.lowering.registry import Call, LoweringError, converter, norm_axis
 
@@ -76,7 +76,7 @@ def _slice(c: Call) -> relax.Expr:
     begin, end, stride, ax_list = [], [], [], []
     for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
         ax = norm_axis(ax, len(shape))
-        lo, hi = consteval.slice_bounds(s, e, st, shape[ax])
+        lo, hi = slice_bounds(s, e, st, shape[ax])
         if st < 0:
             # Walk a flipped axis forwards: index i there is dim - 1 - i here.
             x = c.emit(R.flip(x, ax))
@@ -137,14 +137,12 @@ def _tile(c: Call) -> relax.Expr:
 
 @converter("Shape", "Size")
 def _shape(c: Call) -> relax.Expr:
-    shapes: list[tuple[int, ...] | None] = [tuple(c.shape(0))]
-    (value,) = consteval.evaluate(c.node, [None], shapes) or []
-    return _const(value)
+    return _const(shape_op(c.node, tuple(c.shape(0))))
 
 
 @converter("Constant")
 def _constant(c: Call) -> relax.Expr:
-    return _const(consteval.constant_value(c.node))
+    return _const(constant_value(c.node))
 
 
 @converter("ConstantOfShape")
