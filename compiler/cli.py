@@ -70,7 +70,7 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def _instruments(args: argparse.Namespace) -> list:
     from compiler import pass_manager as pm
-    from compiler.impact import ImpactInstrument, PrintChangedInstrument, TargetLatency
+    from compiler.debugging.impact import ImpactInstrument, PrintChangedInstrument, TargetLatency
 
     measure = TargetLatency(target=args.target, cpu=args.cpu) if args.measure else None
     out: list = [ImpactInstrument(measure=measure)]
@@ -87,11 +87,11 @@ def _instruments(args: argparse.Namespace) -> list:
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_compile(args: argparse.Namespace) -> int:
     from compiler import report
+    from compiler.debugging.impact import impact_table
     from compiler.driver import compile_model
-    from compiler.impact import impact_table
 
     if args.reproduce:
-        from compiler.reproducer import replay_and_report
+        from compiler.debugging.reproducer import replay_and_report
 
         return replay_and_report(args.reproduce, print)
     if not args.model or not args.output:
@@ -137,8 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"min {float(np.min(arr)):.6g}  max {float(np.max(arr)):.6g}")
     if args.reference:
         from compiler import report
-        from compiler.reference import run_onnxruntime
-        from compiler.verify import compare_outputs
+        from compiler.numerics.compare import compare_outputs
+        from compiler.numerics.reference import run_onnxruntime
 
         checks = compare_outputs(outputs, run_onnxruntime(load_source_spec(args.reference).reference_onnx, inputs))
         print(report.checks_table(checks, "onnxruntime on this machine"))
@@ -177,11 +177,11 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from compiler import report
+    from compiler.benchmark.model import bench_model
 
     source = load_source(args)
     with tempfile.TemporaryDirectory() as tmp:
-        print(report.bench_model(source, Path(tmp), target=args.target, cpu=args.cpu, opt_level=args.opt_level,
+        print(bench_model(source, Path(tmp), target=args.target, cpu=args.cpu, opt_level=args.opt_level,
                                  warmup=args.warmup, repeat=args.repeat, seed=args.seed))
     return 0
 
@@ -201,7 +201,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
-    from compiler.ops import IR_OPSET, SUPPORTED_OPS
+    from compiler.ir.ops import IR_OPSET, SUPPORTED_OPS
 
     print(f"{len(SUPPORTED_OPS)} ONNX operators (opset {IR_OPSET} semantics; opsets 13-21 imported):")
     print(", ".join(sorted(SUPPORTED_OPS)))

@@ -65,10 +65,11 @@ def _accuracy_section(model: str, predict: Callable[[np.ndarray], np.ndarray], e
 
 def run_demo(model: str, out_dir: Path, *, warmup: int = 10, repeat: int = 50) -> int:
     from compiler import zoo
+    from compiler.benchmark.model import bench_model
     from compiler.driver import compile_model, load_model
+    from compiler.numerics.compare import compare_outputs
+    from compiler.numerics.reference import run_onnxruntime
     from compiler.pass_manager import TimingInstrument
-    from compiler.reference import run_onnxruntime
-    from compiler.verify import compare_outputs
     from targets.runtime import load_artifact
 
     step = _Steps()
@@ -104,7 +105,7 @@ def run_demo(model: str, out_dir: Path, *, warmup: int = 10, repeat: int = 50) -
         _section("Accuracy", accuracy)
 
     step(f"timing effarch, onnxruntime and PyTorch eager ({warmup} warm-up, {repeat} timed runs each)")
-    _section("Latency", report.bench_model(source, out_dir, warmup=warmup, repeat=repeat, artifact=artifact))
+    _section("Latency", bench_model(source, out_dir, warmup=warmup, repeat=repeat, artifact=artifact))
     step("done")
     ok = all(c.ok for c in checks + torch_checks)
     print(f"\nDemo {'passed' if ok else 'FAILED'}: artifact at {artifact}")

@@ -98,7 +98,7 @@ def _load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]) -> SourceModel:
 
 
 def _load_torch_graph(kind: str, spec: str, build: Callable[[], Graph], torch_spec: str) -> SourceModel:
-    from compiler.onnx_export import to_onnx
+    from compiler.frontends.onnx_export import to_onnx
 
     graph = build()
     digest = graph.metadata.get("source_sha256") or hashlib.sha256(spec.encode()).hexdigest()

@@ -1,10 +1,9 @@
 """Human-readable reports shared by the CLI commands and the demo: pass tables, graph statistics,
-numeric checks, artifact manifests and benchmarks. Functions here return text; the CLI prints it."""
+numeric checks and artifact manifests. Functions here return text; the CLI prints it."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +11,9 @@ import numpy as np
 
 from compiler.driver import SourceModel
 from compiler.ir import Graph
-from compiler.stats import graph_stats
-from compiler.verify import OutputCheck, compare_outputs
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
-    """A plain aligned text table; ``align`` has one 'l' or 'r' per column (default: first left)."""
-    rows = [[str(c) for c in r] for r in rows]
-    cols = [list(header)] + rows
-    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
-    align = align or "l" + "r" * (len(header) - 1)
-
-    def fmt(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align, strict=True))
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]).rstrip()
+from compiler.ir.stats import graph_stats
+from compiler.numerics.compare import OutputCheck, compare_outputs
+from compiler.text import table
 
 
 def _mb(n: int) -> str:
@@ -88,7 +75,7 @@ def _delta(x: int | None, y: int | None) -> str:
 def verify_artifact(source: SourceModel, artifact: Path, *, seed: int = 0,
                     inputs: dict[str, np.ndarray] | None = None) -> list[OutputCheck]:
     """Run the artifact and onnxruntime (the original model) on the same seeded inputs and compare."""
-    from compiler.reference import random_inputs, run_onnxruntime
+    from compiler.numerics.reference import random_inputs, run_onnxruntime
     from targets.runtime import load_artifact
 
     inputs = inputs if inputs is not None else random_inputs(source.graph, seed)
@@ -108,7 +95,7 @@ def checks_table(checks: Sequence[OutputCheck], against: str = "onnxruntime") ->
 def random_inputs_for_specs(specs: Sequence[Any], seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs for an artifact's input specs (same rules as for a graph)."""
     from compiler.ir import DType, TensorType
-    from compiler.reference import random_inputs
+    from compiler.numerics.reference import random_inputs
 
     g = Graph()
     for spec in specs:
@@ -130,52 +117,3 @@ def manifest_summary(m: dict[str, Any]) -> str:
     params = m.get("params", [])
     lines.append(f"  weights: {len(params)} tensors")
     return "\n".join(lines)
-
-
-# ---- benchmark ----------------------------------------------------------------------------------------
-def bench_inputs(source: SourceModel, seed: int) -> dict[str, np.ndarray]:
-    from compiler.reference import random_inputs
-
-    if source.kind == "zoo":
-        from compiler import zoo
-
-        return zoo.get(source.spec.split(":", 1)[1]).sample_inputs(seed)
-    return random_inputs(source.graph, seed)
-
-
-def reference_onnx_path(source: SourceModel, folder: Path) -> Path:
-    """The original model as a file, for the onnxruntime worker process."""
-    import onnx
-
-    if isinstance(source.reference_onnx, Path | str):
-        return Path(source.reference_onnx)
-    path = folder / "reference.onnx"
-    onnx.save(source.reference_onnx, str(path))
-    return path
-
-
-def bench_model(source: SourceModel, folder: Path, *, target: str = "x86", cpu: str | None = None,
-                opt_level: int = 2, warmup: int = 10, repeat: int = 50, seed: int = 0,
-                artifact: Path | None = None) -> str:
-    from compiler.bench import bench, format_bench
-    from compiler.driver import compile_model
-
-    if artifact is None:
-        artifact = folder / "model.effarch"
-        compile_model(source, artifact, target=target, cpu=cpu, opt_level=opt_level)
-    inputs = bench_inputs(source, seed)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        onnx_path = reference_onnx_path(source, Path(tmp))
-        result = bench(onnx_path, artifact, inputs, torch_spec=source.torch_spec, warmup=warmup, repeat=repeat)
-    return format_bench(result) + _throughput(source, result)
-
-
-def _throughput(source: SourceModel, result: Any) -> str:
-    """The model's FLOPs over each runtime's median: how much of the machine each one uses."""
-    from compiler.stats import graph_stats
-
-    flops = graph_stats(source.graph).flops
-    if not flops:
-        return ""
-    rates = [f"{row.runtime} {flops / row.median_ms / 1e6:.1f}" for row in result.rows if row.median_ms]
-    return f"\nGFLOP/s ({flops / 1e9:.3f} GFLOP per run): " + ", ".join(rates) if rates else ""

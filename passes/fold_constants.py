@@ -176,7 +176,7 @@ def evaluate_with_reference(node: Node, ins: Sequence[np.ndarray | None]) -> Arr
     """Run one node through onnx.reference on a model built by the ONNX exporter."""
     from onnx.reference import ReferenceEvaluator
 
-    from compiler.onnx_export import to_onnx
+    from compiler.frontends.onnx_export import to_onnx
 
     g = Graph("fold")
     args = [None if a is None else g.add_input(f"in{i}", TensorType.of(a)) for i, a in enumerate(ins)]

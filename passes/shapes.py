@@ -18,9 +18,9 @@ import logging
 
 import onnx
 
+from compiler.frontends.onnx_export import to_onnx
 from compiler.ir import DType, Graph, Node, TensorType, Value
 from compiler.ir.types import Dim
-from compiler.onnx_export import to_onnx
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)

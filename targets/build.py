@@ -75,7 +75,7 @@ def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | 
 def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
           manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> BuildResult:
     """``build_artifact`` returning the manifest and per-step timings too."""
-    from targets.lower import lower  # engineer C1's lowering
+    from targets.lowering.to_relax import lower
 
     spec = get_target(target)  # fail on a bad target name before the slow steps
     t0 = time.perf_counter()

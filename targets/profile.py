@@ -17,7 +17,7 @@ from tvm import relax, tirx
 from compiler.ir.graph import Graph
 from targets.base import get_target
 from targets.build import lowering_options
-from targets.lower import lower
+from targets.lowering.to_relax import lower
 from targets.schedules import ScheduleReport
 from targets.schedules.pipeline import cpu_pipeline
 

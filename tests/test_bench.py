@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from compiler import zoo
-from compiler.bench import RUNTIMES, BenchResult, BenchRow, bench, format_bench
-from compiler.bench_worker import load_torch, measure
+from compiler.benchmark.runner import RUNTIMES, BenchResult, BenchRow, bench, format_bench
+from compiler.benchmark.worker import load_torch, measure
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,9 @@ def test_format_states_ratios_against_effarch() -> None:
 
 
 def test_bench_model_reports_gflops_of_each_runtime(mlp_artifact: Path, tmp_path: Path) -> None:
+    from compiler.benchmark.model import bench_model
     from compiler.driver import load_model
-    from compiler.report import bench_model
-    from compiler.stats import graph_stats
+    from compiler.ir.stats import graph_stats
 
     source = load_model("zoo:mlp")
     text = bench_model(source, tmp_path, warmup=1, repeat=2, artifact=mlp_artifact)

@@ -25,11 +25,11 @@ import pytest
 
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import DEFAULT_DOMAINS, MIN_OPSET, import_onnx
+from compiler.frontends.onnx_export import to_onnx
 from compiler.ir import DType
+from compiler.ir.ops import IR_OPSET, SUPPORTED_OPS
 from compiler.ir.verifier import verify
-from compiler.onnx_export import to_onnx
-from compiler.ops import IR_OPSET, SUPPORTED_OPS
-from compiler.reference import run_onnxruntime
+from compiler.numerics.reference import run_onnxruntime
 
 # Cases that import but cannot be checked against their expected outputs, with the reason.
 ORT_LACKS_KERNEL = "onnxruntime has no CPU kernel for it (the original model fails there too)"

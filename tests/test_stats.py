@@ -7,7 +7,7 @@ import numpy as np
 from compiler.ir import Graph, Node
 from compiler.ir.parser import parse_graph
 from compiler.ir.printer import constant_digest
-from compiler.stats import ELEMENT_COST, diff_stats, graph_stats, node_flops
+from compiler.ir.stats import ELEMENT_COST, diff_stats, graph_stats, node_flops
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((16, 4, 3, 3)).astype(np.float32)

@@ -11,8 +11,8 @@ import torch
 
 from compiler import zoo
 from compiler.driver import compile_model, load_model
-from compiler.reference import random_inputs, run_onnxruntime
-from compiler.verify import compare_outputs
+from compiler.numerics.compare import compare_outputs
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from targets.runtime import load_artifact
 
 

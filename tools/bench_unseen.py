@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, version_converter
 
-from compiler.bench import bench, machine_description
+from compiler.benchmark.runner import bench, machine_description
 from compiler.driver import compile_model, load_model
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -2,7 +2,7 @@
 
     python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt]
 
-Each runtime is timed in its own worker process (compiler.bench); rounds alternate between them and
+Each runtime is timed in its own worker process (compiler.benchmark.runner); rounds alternate between them and
 the table shows medians after warm-up, with ratios from the same run. Prints the table with the date,
 the machine and the command, ready for docs/.
 """
@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from compiler import zoo
-from compiler.bench import bench, machine_description
+from compiler.benchmark.model import reference_onnx_path
+from compiler.benchmark.runner import bench, machine_description
 from compiler.driver import compile_model, load_model
-from compiler.report import reference_onnx_path
-from compiler.stats import graph_stats
+from compiler.ir.stats import graph_stats
 
 
 def _ms(v: float | None) -> str:

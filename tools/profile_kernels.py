@@ -13,7 +13,7 @@ import datetime
 import os
 import sys
 
-from compiler.bench import machine_description
+from compiler.benchmark.runner import machine_description
 from compiler.driver import load_model, optimize, pipeline_for
 
 

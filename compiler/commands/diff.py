@@ -2,7 +2,7 @@
 
 A and B are ONNX files, ``.pt2`` programs, IR text (``.ir``), saved stages (``STAGES/3`` or
 ``STAGES/fold-constants``) or ``zoo:NAME``. Prints a summary and the changes (colour on a terminal),
-or the JSON described in ``compiler.diff.render_json`` with ``--json``; ``--html FILE`` also writes
+or the JSON described in ``compiler.debugging.diff.render_json`` with ``--json``; ``--html FILE`` also writes
 a self-contained page with both graphs side by side. Exit status 0 whether or not they differ.
 """
 
@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("diff", help="node-level diff of two models or stages, following provenance")
     p.add_argument("a", help="the graph before: .onnx, .pt2, .ir, STAGES_DIR/N or zoo:NAME")
     p.add_argument("b", help="the graph after, in any of the same forms")
-    p.add_argument("--json", action="store_true", help="print the diff as JSON (schema in compiler.diff.render_json)")
+    p.add_argument("--json", action="store_true",
+                   help="print the diff as JSON (schema in compiler.debugging.diff.render_json)")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page of the diff")
     p.add_argument("--color", dest="color", action="store_true", default=None,
                    help="colour the output even when it is not a terminal")
@@ -28,15 +29,15 @@ def register(sub: Any) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from compiler.diff import diff_graphs
-    from compiler.diff.load import load_graph
-    from compiler.diff.render_json import render_json
-    from compiler.diff.render_text import render_text
+    from compiler.debugging.diff import diff_graphs
+    from compiler.debugging.diff.load import load_graph
+    from compiler.debugging.diff.render_json import render_json
+    from compiler.debugging.diff.render_text import render_text
 
     graph_a, graph_b = load_graph(args.a), load_graph(args.b)
     d = diff_graphs(graph_a, graph_b, args.a, args.b)
     if args.html:
-        from compiler.diff.render_html import write_html
+        from compiler.debugging.diff.render_html import write_html
 
         write_html(d, graph_a, graph_b, args.html)
         print(f"effarch: wrote {args.html}", file=sys.stderr)

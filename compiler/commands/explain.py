@@ -66,7 +66,7 @@ def _section(title: str, notes: Sequence[Any], limit: int) -> list[str]:
     lines = ["", f"{title}:"]
     for rule, group in _by_rule(notes).items():
         lines.append(f"  rule {rule}: {len(group)} node{'s' if len(group) != 1 else ''}")
-        lines += [f"    {_where(n)}: {_check(n)}" for n in group[:limit]]
+        lines += [f"    {_where(n)}: {n.reason}" for n in group[:limit]]
         if len(group) > limit:
             lines.append(f"    ... and {len(group) - limit} more (--limit {len(group)} shows all)")
     return lines
@@ -82,12 +82,6 @@ def _by_rule(notes: Sequence[Any]) -> dict[str, list[Any]]:
 def _where(note: Any) -> str:
     node = note.node or "(graph)"
     return f"{node} [{note.provenance}]" if note.provenance and note.provenance != note.node else node
-
-
-def _check(note: Any) -> str:
-    # Rule passes may name the check that failed separately from the reason's text.
-    check = getattr(note, "check", "")
-    return f"{check}: {note.reason}" if check else note.reason
 
 
 def register(sub: Any) -> None:

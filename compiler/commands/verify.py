@@ -1,9 +1,9 @@
 """``effarch verify MODEL``: the numbers after every pass against the original model, and bisection.
 
-Without ``--bisect`` every pass invocation is checked (``compiler.numeric``) and listed; with it a
-binary search over the executed passes (``compiler.bisect``) names the first one that breaks
+Without ``--bisect`` every pass invocation is checked (``compiler.debugging.numeric_check``) and listed; with it a
+binary search over the executed passes (``compiler.debugging.bisect``) names the first one that breaks
 tolerance in about log2(n) onnxruntime runs. Either way a broken pass gets a reproducer zip
-(``compiler.reproducer``) that ``effarch compile --reproduce FILE`` replays; the exit status is 1
+(``compiler.debugging.reproducer``) that ``effarch compile --reproduce FILE`` replays; the exit status is 1
 when some pass breaks tolerance.
 """
 
@@ -37,8 +37,8 @@ def register(sub: Any) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from compiler.cli import load_source, progress, read_npz
-    from compiler.numeric import run_graph
-    from compiler.reference import random_inputs
+    from compiler.debugging.numeric_check import run_graph
+    from compiler.numerics.reference import random_inputs
 
     source = load_source(args)
     inputs = read_npz(args.inputs) if args.inputs else random_inputs(source.graph, args.seed)
@@ -72,8 +72,8 @@ Found = tuple[Any, str, int] | None  # (graph or ONNX model before the guilty pa
 
 def _each(source: Any, text: str, inputs: dict, expected: dict, args: argparse.Namespace) -> Found:
     import passes  # noqa: F401  (registers every pass)
+    from compiler.debugging.numeric_check import NumericCheckInstrument, numerics_table
     from compiler.errors import PassError
-    from compiler.numeric import NumericCheckInstrument, numerics_table
     from compiler.pass_manager import PassContext, PassManager, parse_pipeline
 
     check = NumericCheckInstrument(inputs, expected)
@@ -96,7 +96,7 @@ def _each(source: Any, text: str, inputs: dict, expected: dict, args: argparse.N
 
 def _bisect(source: Any, text: str, inputs: dict, expected: dict, args: argparse.Namespace) -> Found:
     import passes  # noqa: F401  (registers every pass)
-    from compiler.bisect import bisect_pipeline
+    from compiler.debugging.bisect import bisect_pipeline
     from compiler.errors import EffarchError
     from compiler.pass_manager import PassContext
 
@@ -117,7 +117,7 @@ def _bisect(source: Any, text: str, inputs: dict, expected: dict, args: argparse
 
 def _write(args: argparse.Namespace, before: Any, spec: str, step: int, text: str,
            inputs: dict, expected: dict) -> Path:
-    from compiler.reproducer import write_reproducer
+    from compiler.debugging.reproducer import write_reproducer
 
     name = spec.split("{")[0]
     out = args.reproducer_out or DEFAULT_REPRODUCER.format(stem=Path(args.model).stem, pass_=name)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ from onnx import numpy_helper
 
 from compiler.errors import EffarchError, UnsupportedOpsError
 from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
+from compiler.ir.ops import IR_OPSET, SUPPORTED_OPS
 from compiler.ir.types import Dim
-from compiler.ops import IR_OPSET, SUPPORTED_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def _check_supported(graph: onnx.GraphProto, functions: dict[tuple[str, str], on
     total = sum(len(n) for n in bad.values())
     raise UnsupportedOpsError(
         f"unsupported operators ({len(bad)} types, {total} nodes): {', '.join(parts)}; "
-        f"effarch supports: see 'effarch ops' or compiler/ops.py")
+        f"effarch supports: see 'effarch ops' or compiler/ir/ops.py")
 
 
 # ---- types ----------------------------------------------------------------------------------------
@@ -413,8 +412,3 @@ def _function_graph(function: onnx.FunctionProto, types: list[TensorType | None]
     return onnx.helper.make_graph(list(function.node), function.name,
                                   [info(n, t) for n, t in zip(function.input, types, strict=True)],
                                   outputs, value_info=list(function.value_info))
-
-
-def unsupported_ops(nodes: Iterable[onnx.NodeProto]) -> list[str]:
-    """Op types among ``nodes`` that effarch does not support (for tools that only ask)."""
-    return sorted({n.op_type for n in nodes if not is_supported(n.domain, n.op_type)})

@@ -20,7 +20,7 @@ from typing import Any
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import import_onnx
 from compiler.ir import Graph
-from compiler.ops import IR_OPSET
+from compiler.ir.ops import IR_OPSET
 
 logger = logging.getLogger(__name__)
 

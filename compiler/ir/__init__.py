@@ -1,4 +1,5 @@
-"""effarch's intermediate representation: values, nodes, graphs, text form, verifier.
+"""effarch's intermediate representation: values, nodes, graphs, text form, verifier, the operator set
+(``ops``), graph statistics (``stats``) and the constant evaluator (``consteval``).
 
 ``to_networkx`` lives in ``compiler.ir.nxview`` (also ``Graph.to_networkx()``) so that importing
 the IR does not import networkx.

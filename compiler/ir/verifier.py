@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from compiler.errors import EffarchError
 from compiler.ir.core import Node, Value
 from compiler.ir.graph import Graph
+from compiler.ir.ops import SUPPORTED_OPS
 from compiler.ir.types import Dim, DType, TensorType
-from compiler.ops import SUPPORTED_OPS
 
 
 class VerifyError(EffarchError):
@@ -167,7 +167,7 @@ def _check_op_types(g: Graph) -> Iterable[str]:
         if n.domain:
             continue
         if n.op not in SUPPORTED_OPS:
-            yield (f"{_label(i, n)}: op '{n.op}' is not in compiler.ops.SUPPORTED_OPS; "
+            yield (f"{_label(i, n)}: op '{n.op}' is not in compiler.ir.ops.SUPPORTED_OPS; "
                    "give non-ONNX ops a domain")
             continue
         rule = _TYPE_RULES.get(n.op)

@@ -75,8 +75,8 @@ class SaveStagesInstrument(Instrument):
         self._save(result.graph, record.name)
 
     def _save(self, graph: Graph, label: str) -> None:
+        from compiler.frontends.onnx_export import save_onnx
         from compiler.ir.printer import print_graph
-        from compiler.onnx_export import save_onnx
 
         stem = self.directory / f"{self.count:02d}-{label}"
         self.count += 1

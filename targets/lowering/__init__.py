@@ -1,4 +1,4 @@
-"""Op converters from effarch's IR to Relax, one module per op kind, sharing one table."""
+"""Lowering to Relax: op converters, one module per op kind, sharing one table; `to_relax` lowers a graph."""
 
 # Importing each kind's module registers its converters in CONVERTERS.
 from targets.lowering import consteval

@@ -26,7 +26,7 @@ from targets.lowering.registry import LoweringError, describe
 
 KERNEL_PREFIX = "effarch_"  # TVM names its own fused kernels "fused_..."
 # Known inputs up to this many elements become constants of the function (same limit as
-# targets.lower's inlining); bigger ones are weights and stay parameters.
+# targets.lowering.to_relax's inlining); bigger ones are weights and stay parameters.
 INLINE_MAX_ELEMENTS = 64
 
 
@@ -50,7 +50,7 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
     """Emit the group's primitive function into ``outer``'s module; return the call's results
     and, for each, whether it is a channels-last (NHWC) value.
 
-    ``outer`` is the lowering in progress (``targets.lower._Lowerer``): its block builder, the
+    ``outer`` is the lowering in progress (``targets.lowering.to_relax._Lowerer``): its block builder, the
     Relax expression of every IR value, and the values known at compile time."""
     inner = type(outer)(node.body, channels_last=outer.channels_last, pack=outer.pack)
     inner.in_group = True

@@ -13,7 +13,7 @@ import pytest
 from compiler import zoo
 from compiler.driver import SourceModel
 from compiler.errors import EffarchError
-from compiler.reference import random_inputs, run_onnxruntime
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from targets.artifact import read_manifest
 from targets.remote import run_remote
 from tests.arm.conftest import compile_arm, free_port

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import passes  # noqa: F401  (registers every pass)
-from compiler.impact import ImpactInstrument, PrintChangedInstrument, TargetLatency, impact_table
+from compiler.debugging.impact import ImpactInstrument, PrintChangedInstrument, TargetLatency, impact_table
+from compiler.debugging.numeric_check import run_graph
 from compiler.ir import Graph
 from compiler.ir.parser import parse_graph
-from compiler.numeric import run_graph
+from compiler.numerics.reference import random_inputs
 from compiler.pass_manager import PassManager, SaveStagesInstrument
-from compiler.reference import random_inputs
 
 # A Shape chain fold-constants turns into constants (4 nodes), which dead-code then drops.
 SHAPE_CHAIN = """

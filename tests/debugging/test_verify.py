@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import passes  # noqa: F401  (registers every pass)
-from compiler.bisect import bisect_pipeline
 from compiler.cli import main
+from compiler.debugging.bisect import bisect_pipeline
+from compiler.debugging.numeric_check import NumericCheckInstrument, run_graph
+from compiler.debugging.reproducer import replay, replay_and_report
 from compiler.driver import load_model
 from compiler.errors import EffarchError
-from compiler.numeric import NumericCheckInstrument, run_graph
+from compiler.numerics.reference import random_inputs
 from compiler.pass_manager import PassManager
-from compiler.reference import random_inputs
-from compiler.reproducer import replay, replay_and_report
 from tests.debugging.models import small_onnx
 
 PIPELINE = "fold-constants,eliminate-dead-code,{bad},fold-constants,eliminate-dead-code"
@@ -98,7 +98,7 @@ def test_verify_cli_per_pass_mode_fails_and_names_the_pass(tmp_path: Path, flip_
 
 
 def test_replay_of_a_correct_pass_is_not_reproduced(tmp_path: Path) -> None:
-    from compiler.reproducer import write_reproducer
+    from compiler.debugging.reproducer import write_reproducer
 
     source, inputs, expected = _setup(tmp_path)
     path = write_reproducer(tmp_path / "r.zip", source.graph, "fold-constants", inputs, expected)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
-from compiler.diff.load import load_graph
+from compiler.debugging.diff.load import load_graph
 from compiler.errors import EffarchError
 from compiler.ir import parse_graph, print_graph
 from tests.diff.test_diff import BASE, edit
@@ -58,7 +58,7 @@ def test_json_follows_the_documented_schema(tmp_path: Path, capsys) -> None:  # 
 
 
 def test_onnx_files_keep_provenance_through_export(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from compiler.onnx_export import save_onnx
+    from compiler.frontends.onnx_export import save_onnx
 
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     save_onnx(parse_graph(BASE), a)
@@ -123,8 +123,8 @@ def test_html_is_written_whole_and_self_contained(tmp_path: Path, capsys) -> Non
 
 
 def test_html_into_a_missing_folder_is_one_line_error(tmp_path: Path) -> None:
-    from compiler.diff import diff_graphs
-    from compiler.diff.render_html import write_html
+    from compiler.debugging.diff import diff_graphs
+    from compiler.debugging.diff.render_html import write_html
 
     a, b = parse_graph(BASE), parse_graph(AFTER)
     with pytest.raises(EffarchError, match=r"^cannot write .*report.html: .*; check the folder exists"):

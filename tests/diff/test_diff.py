@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from compiler.diff import GraphDiff, diff_graphs
+from compiler.debugging.diff import GraphDiff, diff_graphs
 from compiler.ir import DType, Graph, TensorType, parse_graph
 from tests.diff.graphs import perturb, random_graph
 

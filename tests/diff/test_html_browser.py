@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.diff import diff_graphs
-from compiler.diff.render_html import write_html
+from compiler.debugging.diff import diff_graphs
+from compiler.debugging.diff.render_html import write_html
 from compiler.ir import Graph, parse_graph
 from tests.diff.graphs import perturb, random_graph
 from tests.diff.test_diff import BASE, edit

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-import compiler.onnx_export as onnx_export
+import compiler.frontends.onnx_export as onnx_export
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import import_onnx
+from compiler.frontends.onnx_export import save_onnx, to_onnx
 from compiler.ir import DType, Graph, Provenance, TensorType
-from compiler.onnx_export import save_onnx, to_onnx
-from compiler.reference import random_inputs, run_onnxruntime
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from tests.frontends.models import conv_mlp, reduce_split_opset13
 
 # Same onnxruntime kernels on both sides; float32 differences only from reordered reductions.

@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.errors import EffarchError, UnsupportedOpsError
 from compiler.frontends.onnx import import_onnx, module_path_from_namespace
+from compiler.frontends.onnx_export import to_onnx
 from compiler.ir import DType, TensorType
-from compiler.onnx_export import to_onnx
-from compiler.reference import random_inputs, run_onnxruntime
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from tests.frontends.models import conv_mlp, f32, make_model, reduce_split_opset13
 
 # float32 reductions reorder sums; both sides run the same onnxruntime kernels, so this is generous.
@@ -34,7 +34,7 @@ def test_unsupported_ops_are_all_listed_in_one_error() -> None:
     assert msg.startswith("unsupported operators (3 types, 10 nodes): TopK x7 [topk_0, topk_1, topk_2, "
                           "topk_3, topk_4, ...], NonMaxSuppression x2 [nms_0, nms_1], "
                           "com.acme::Frob x1 [custom]")
-    assert "compiler/ops.py" in msg and "Relu" not in msg
+    assert "compiler/ir/ops.py" in msg and "Relu" not in msg
 
 
 def test_subgraph_ops_are_unsupported() -> None:

@@ -11,7 +11,7 @@ import pytest
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import import_onnx
 from compiler.ir import DType, Graph, TensorType
-from compiler.reference import random_inputs, run_onnxruntime
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from tests.frontends.models import conv_mlp
 
 

@@ -12,7 +12,7 @@ from compiler.errors import EffarchError
 from compiler.frontends.torch import import_exported_program, import_torch, load_builder, load_pt2
 from compiler.ir import Graph
 from compiler.ir.verifier import verify
-from compiler.reference import run_onnxruntime
+from compiler.numerics.reference import run_onnxruntime
 from tests.frontends import builders
 
 BUILDERS = Path(builders.__file__)

@@ -53,7 +53,7 @@ H = "graph g(%x: f32[2,3], %i: i64[2,3], %b: bool[2,3]) -> (%y) {\n"
 @pytest.mark.parametrize(("body", "expected"), [
     ("  %y = Relu(%z) : f32[2,3]\n  %z = Neg(%x) : f32[2,3]\n",
      "node #0 Relu -> %y input 0 %z is produced by the later node #1; nodes must be in topological"),
-    ("  %y = Foo(%x) : f32[2,3]\n", "op 'Foo' is not in compiler.ops.SUPPORTED_OPS"),
+    ("  %y = Foo(%x) : f32[2,3]\n", "op 'Foo' is not in compiler.ir.ops.SUPPORTED_OPS"),
     ("  %y = Relu(%x) : ?\n", "value %y has no type"),
     ("  %y = Add(%x, %i) : f32[2,3]\n", "node #0 Add -> %y: inputs must share a dtype, got f32, i64"),
     ("  %y = Add(%x, %x) : i64[2,3]\n", "output dtype is i64 but the input dtype makes it f32"),

@@ -9,12 +9,12 @@ import pytest
 
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import import_onnx
+from compiler.frontends.onnx_export import to_onnx
 from compiler.ir import Graph, parse_graph, print_graph
 from compiler.ir.printer import constant_digest
 from compiler.ir.verifier import find_problems
-from compiler.onnx_export import to_onnx
+from compiler.numerics.reference import random_inputs
 from compiler.pass_manager import PassContext, parse_pipeline, registered_passes
-from compiler.reference import random_inputs
 from passes.fuse import FuseOperators
 from passes.pipelines import default_pipeline
 from tests.passes.harness import check_not_fired, check_pass

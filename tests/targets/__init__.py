@@ -14,7 +14,7 @@ from tvm import relax
 
 from compiler.ir.core import Value
 from compiler.ir.graph import Graph
-from targets.lower import Lowered
+from targets.lowering.to_relax import Lowered
 
 
 def run_lowered(lowered: Lowered, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ from compiler.ir.printer import print_graph
 from targets.artifact import FORMAT_VERSION, WEIGHTS, open_artifact, read_manifest, write_artifact
 from targets.base import get_target
 from targets.build import build_artifact, lowering_options
-from targets.lower import lower
+from targets.lowering.to_relax import lower
 from tests.targets.test_x86_build import mlp_graph
 
 

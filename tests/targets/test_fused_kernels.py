@@ -8,11 +8,11 @@ import tvm
 from tvm import relax
 
 from compiler.ir import Graph, Node, parse_graph
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from compiler.pass_manager import PassContext
-from compiler.reference import random_inputs, run_onnxruntime
 from passes.fuse import FuseOperators
-from targets.lower import lower
 from targets.lowering.fused import KERNEL_PREFIX, kernel_name, kernel_names
+from targets.lowering.to_relax import lower
 from tests.passes.test_fuse import ATTENTION, LAYERNORM
 from tests.targets import run_lowered
 

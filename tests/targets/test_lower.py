@@ -10,7 +10,7 @@ from tvm import relax
 from compiler.errors import EffarchError
 from compiler.ir.graph import Graph
 from compiler.ir.types import DType, TensorType
-from targets.lower import INLINE_MAX_ELEMENTS, lower
+from targets.lowering.to_relax import INLINE_MAX_ELEMENTS, lower
 from tests.targets import run_lowered, run_onnxruntime
 
 F32_TOL = {"rtol": 1e-5, "atol": 1e-5}  # fp32 matmul chains of a few dozen terms

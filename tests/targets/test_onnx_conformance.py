@@ -22,8 +22,8 @@ from onnx import numpy_helper
 
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import import_onnx
-from compiler.ops import SUPPORTED_OPS
-from targets.lower import lower
+from compiler.ir.ops import SUPPORTED_OPS
+from targets.lowering.to_relax import lower
 from tests.targets import run_lowered
 
 # (rtol, atol) per expected dtype; integers and booleans compare exactly.

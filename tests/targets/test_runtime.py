@@ -14,7 +14,7 @@ import pytest
 from compiler.errors import EffarchError
 from compiler.ir.graph import Graph
 from compiler.ir.types import DType, TensorType
-from compiler.reference import random_inputs, run_onnxruntime
+from compiler.numerics.reference import random_inputs, run_onnxruntime
 from targets.artifact import TensorSpec, read_manifest
 from targets.build import build_artifact
 from targets.runtime import LoadedArtifact, load_artifact

@@ -1,6 +1,6 @@
 """Benchmark a compiled artifact against onnxruntime and PyTorch eager on the same inputs.
 
-Each measurement runs in its own process (``compiler.bench_worker``): TVM's worker threads spin after
+Each measurement runs in its own process (``compiler.benchmark.worker``): TVM's worker threads spin after
 a run and steal the two cores from any other runtime in the same process, which once made onnxruntime
 look 3-4x slower than it is. Processes alternate between runtimes over a few rounds so that slow
 phases of this shared machine hit every runtime alike; the reported figure is the median over all
@@ -78,7 +78,7 @@ def _default_threads() -> int:
 
 def _run_worker(runtime: str, model: str, inputs: Path, warmup: int, repeat: int,
                 threads: int) -> tuple[list[float], str | None]:
-    cmd = [sys.executable, "-m", "compiler.bench_worker", runtime, model, str(inputs),
+    cmd = [sys.executable, "-m", "compiler.benchmark.worker", runtime, model, str(inputs),
            "--warmup", str(warmup), "--repeat", str(repeat), "--threads", str(threads)]
     log.debug("bench: %s", " ".join(cmd))
     try:

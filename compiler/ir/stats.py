@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from compiler import ops
-from compiler.ir import Graph, Node, TensorType, Value
+from compiler.ir import Graph, Node, TensorType, Value, ops
 
 # Per-output-element costs of ops whose arithmetic is more than one operation (rough, like
 # every FLOP counter's; they only need to rank ops, not predict time).

@@ -2,7 +2,7 @@
 
 ``NumericCheckInstrument`` is given the inputs and the original model's outputs. After each pass it
 exports the graph to ONNX, runs it, and records a ``PassNumerics`` row: max abs / max rel error and
-cosine similarity per output, judged with ``compiler.verify``'s per-dtype tolerances. A graph that
+cosine similarity per output, judged with ``compiler.numerics.compare``'s per-dtype tolerances. A graph that
 onnxruntime cannot run (a custom-domain op, say) gets a row with ``error`` set, not a failure.
 
 It also keeps the ONNX model that went *into* each pass (the previous pass's output, already
@@ -21,9 +21,9 @@ import numpy as np
 
 from compiler.errors import EffarchError
 from compiler.ir import Graph
+from compiler.numerics.compare import OutputCheck, compare_outputs
 from compiler.pass_manager.base import Pass, PassContext, PassResult
 from compiler.pass_manager.manager import Instrument, PassRecord
-from compiler.verify import OutputCheck, compare_outputs
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PassNumerics:
 
 def run_graph(graph: Graph | Any, inputs: Arrays) -> Arrays:
     """onnxruntime outputs of ``graph`` (an IR graph or ModelProto) in the graph's output order."""
-    from compiler.reference import run_onnxruntime
+    from compiler.numerics.reference import run_onnxruntime
 
     return run_onnxruntime(graph, inputs)
 
@@ -107,7 +107,7 @@ class NumericCheckInstrument(Instrument):
 
 
 def _export(graph: Graph) -> tuple[Any, str]:
-    from compiler.onnx_export import to_onnx
+    from compiler.frontends.onnx_export import to_onnx
 
     try:
         return to_onnx(graph), ""
@@ -117,7 +117,7 @@ def _export(graph: Graph) -> tuple[Any, str]:
 
 def numerics_table(rows: Sequence[PassNumerics]) -> str:
     """One line per pass invocation: the worst output's errors and the verdict."""
-    from compiler.report import table
+    from compiler.text import table
 
     body = [_row_cells(r) for r in rows]
     return table(["#", "pass", "round", "changed", "max abs", "max rel", "cosine", "result"], body, "rllrrrrl")

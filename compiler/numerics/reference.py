@@ -77,7 +77,7 @@ def run_onnxruntime(model: Graph | onnx.ModelProto | str | Path,
 
 def _session(ort: Any, model: Graph | onnx.ModelProto | str | Path, options: Any) -> Any:
     if isinstance(model, Graph):
-        from compiler.onnx_export import to_onnx
+        from compiler.frontends.onnx_export import to_onnx
 
         model = to_onnx(model)
     try:

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from compiler.debugging.numeric_check import Arrays, check_against, run_graph
 from compiler.errors import EffarchError
-from compiler.numeric import Arrays, check_against, run_graph
-from compiler.verify import OutputCheck
+from compiler.numerics.compare import OutputCheck
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ MEMBERS = ("input.onnx", "pipeline.txt", "inputs.npz", "expected.npz", "reproduc
 def write_reproducer(path: Path | str, before: Any, pipeline: str, inputs: Arrays, expected: Arrays,
                      info: dict[str, Any] | None = None) -> Path:
     """Write the reproducer zip; ``before`` is an IR graph or an ONNX ModelProto."""
-    from compiler.onnx_export import to_onnx
+    from compiler.frontends.onnx_export import to_onnx
     from compiler.pass_manager.pipeline import parse_pipeline
 
     parse_pipeline(pipeline, check=False)  # a reproducer that cannot be parsed back is useless

@@ -1,7 +1,7 @@
 """What each pass did to the graph: the impact table and the print-changed diff instrument.
 
 ``ImpactInstrument`` records, per pass invocation, its time and the change in nodes (by op type),
-parameters, constant bytes and FLOPs (``compiler.stats``). Given a ``measure`` callable it also
+parameters, constant bytes and FLOPs (``compiler.ir.stats``). Given a ``measure`` callable it also
 times the graph after every pass that changed something (``TargetLatency`` builds and runs it on
 a target) and records the latency change. ``impact_table`` renders the rows.
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from compiler.errors import EffarchError
 from compiler.ir import Graph
+from compiler.ir.stats import GraphStats, graph_stats
 from compiler.pass_manager.base import Pass, PassContext, PassResult
 from compiler.pass_manager.manager import Instrument, PassRecord
-from compiler.stats import GraphStats, graph_stats
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ImpactInstrument(Instrument):
 # ---- the table --------------------------------------------------------------------------------
 def impact_table(rows: Sequence[PassImpact], *, only_changed: bool = False) -> str:
     """Per pass: time, nodes, ops changed, parameters, bytes, FLOPs and (when measured) latency."""
-    from compiler.report import table
+    from compiler.text import table
 
     measured = any(r.latency for r in rows)
     shown = [r for r in rows if r.modified or not only_changed]
@@ -157,7 +157,7 @@ class TargetLatency:
 
     def __call__(self, graph: Graph) -> float | None:
         from compiler.driver import optimize
-        from compiler.reference import random_inputs
+        from compiler.numerics.reference import random_inputs
 
         try:
             lowered, _ = optimize(graph, "", target=self.target)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.diff.match import Matching, Side, attr_key, match_nodes, same_payload
-from compiler.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
+from compiler.debugging.diff.match import Matching, Side, attr_key, match_nodes, same_payload
+from compiler.debugging.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
 from compiler.ir import Graph, Node, Value
 from compiler.ir.printer import format_attr, format_type
 

@@ -6,7 +6,7 @@ section lists at most ``limit`` entries and says how many it left out.
 
 from __future__ import annotations
 
-from compiler.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
+from compiler.debugging.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
 
 COLORS = {"added": "32", "removed": "31", "rewritten": "33", "fused": "35", "constant": "36", "head": "1"}
 MARKS = {"added": "+", "removed": "-", "rewritten": "~", "fused": "*", "constant": "!"}

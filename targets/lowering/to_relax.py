@@ -1,12 +1,12 @@
-"""Lowering effarch's IR to a TVM Relax module with our own converters (targets/lowering/).
+"""Lowering a whole effarch graph to a TVM Relax module with the converters of this package.
 
 The module's ``main`` takes the graph inputs, then one parameter per large constant (the weights);
 weights stay out of the module and travel in ``Lowered.params`` because embedded constants bloat the
 compiled library several times over. Small constants are inlined. ``main`` always returns a Tuple.
 
-Shape-like arguments must be known at compile time. A small numpy evaluator
-(``lowering.consteval``) computes small values from constants and static shapes as the nodes are
-visited, so unfolded exporter output (Shape -> Gather -> Concat -> Reshape) lowers too.
+Shape-like arguments must be known at compile time. ``lowering.consteval`` computes small values from
+constants and static shapes as the nodes are visited (with the evaluator fold-constants uses), so
+unfolded exporter output (Shape -> Gather -> Concat -> Reshape) lowers too.
 """
 
 from __future__ import annotations

@@ -3,15 +3,15 @@
 1. Provenance: nodes with the same ``provenance.source`` are the same node (within a source, the
    same node name first, then the same op in graph order). A B node whose ``provenance.merged``
    names sources it did not already carry in A absorbed the A nodes with those sources: a fusion.
-2. Structure, for the rest: see ``compiler.diff.structure``.
+2. Structure, for the rest: see ``compiler.debugging.diff.structure``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from compiler.diff.sides import Matching, Side, attr_key
-from compiler.diff.structure import match_by_structure, match_small_pieces, propagate
+from compiler.debugging.diff.sides import Matching, Side, attr_key
+from compiler.debugging.diff.structure import match_by_structure, match_small_pieces, propagate
 from compiler.ir import Node, Value
 from compiler.ir.printer import value_digest
 

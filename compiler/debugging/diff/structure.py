@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from compiler.diff.sides import Matching, Side, attrs_key
+from compiler.debugging.diff.sides import Matching, Side, attrs_key
 from compiler.ir import Node, Value
 
 log = logging.getLogger(__name__)

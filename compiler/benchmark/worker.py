@@ -1,4 +1,4 @@
-"""One benchmark measurement in a process of its own: ``python -m compiler.bench_worker RUNTIME ...``.
+"""One benchmark measurement in a process of its own: ``python -m compiler.benchmark.worker RUNTIME ...``.
 
 It loads one runtime, times ``repeat`` runs after ``warmup`` and prints one JSON line on stdout:
 ``{"runtime": ..., "times_s": [...]}`` or ``{"runtime": ..., "error": "..."}``. Only one runtime is ever
@@ -109,7 +109,7 @@ def measure(runtime: str, model: str, inputs_path: Path, warmup: int, repeat: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compiler.bench_worker",
+    parser = argparse.ArgumentParser(prog="python -m compiler.benchmark.worker",
                                      description="time one runtime and print the latencies as JSON")
     parser.add_argument("runtime", choices=sorted(TIMERS))
     parser.add_argument("model", help="artifact, .onnx file, or PyTorch spec (zoo:NAME, FILE.py:FUNC, .pt2)")

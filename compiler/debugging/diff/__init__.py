@@ -5,7 +5,7 @@ provenance, then by structure) and returns a ``GraphDiff``; ``render_text``, ``r
 ``write_html`` present it.
 """
 
-from compiler.diff.changes import diff_graphs
-from compiler.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
+from compiler.debugging.diff.changes import diff_graphs
+from compiler.debugging.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
 
 __all__ = ["Change", "ConstantChange", "Fused", "GraphDiff", "NodeRef", "Rewritten", "diff_graphs"]

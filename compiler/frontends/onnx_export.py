@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import MERGED_KEY, PROVENANCE_KEY, REWRITES_KEY
 from compiler.ir import Graph, Node, TensorType, Value
-from compiler.ops import IR_OPSET
+from compiler.ir.ops import IR_OPSET
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The page is the template ``static/diff.html`` with ``static/diff.css`` and ``static/diff.js``
 inlined and the diff as JSON in ``<script type="application/json" id="diff-data">``; it loads
-nothing from the network. Python computes the layouts (``compiler.diff.layout``): for each side a
+nothing from the network. Python computes the layouts (``compiler.debugging.diff.layout``): for each side a
 full view and a collapsed one where runs of unchanged nodes fold into one box, which is the
 default above ``COLLAPSE_ABOVE`` nodes. The script draws SVG, shows a node's provenance,
 attributes and changes on click, and searches by name or op.
@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compiler.diff import layout
-from compiler.diff.model import GraphDiff
-from compiler.diff.render_json import diff_to_dict
-from compiler.diff.render_text import summary_line
+from compiler.debugging.diff import layout
+from compiler.debugging.diff.model import GraphDiff
+from compiler.debugging.diff.render_json import diff_to_dict
+from compiler.debugging.diff.render_text import summary_line
 from compiler.errors import EffarchError
 from compiler.ir import Graph, Node
 from compiler.ir.printer import format_attr, format_type
@@ -70,7 +70,7 @@ def _static(name: str) -> str:
         return (STATIC / name).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise EffarchError(f"the diff page's {name} is missing from {STATIC}; reinstall effarch with its "
-                           f"package data (compiler/diff/static)") from None
+                           f"package data (compiler/debugging/diff/static)") from None
 
 
 def _escape(text: str) -> str:

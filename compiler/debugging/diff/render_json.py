@@ -33,7 +33,7 @@ import json
 import math
 from typing import Any
 
-from compiler.diff.model import GraphDiff, NodeRef
+from compiler.debugging.diff.model import GraphDiff, NodeRef
 
 SCHEMA = "effarch.diff/1"
 

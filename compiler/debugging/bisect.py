@@ -6,7 +6,7 @@ and keep no state, so running the first ``k`` of those specs as a plain pipeline
 graph after invocation ``k``. A binary search over ``k`` then needs about log2(n) onnxruntime runs
 instead of n, which matters on big models. It assumes that once the numbers are broken, later passes
 do not repair them (the search finds *a* good-to-bad step; the per-pass check in
-``compiler.numeric`` finds the first one without that assumption).
+``compiler.debugging.numeric_check`` finds the first one without that assumption).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from compiler.debugging.numeric_check import Arrays, check_against, run_graph
 from compiler.errors import EffarchError
 from compiler.ir import Graph
-from compiler.numeric import Arrays, check_against, run_graph
+from compiler.numerics.compare import OutputCheck
 from compiler.pass_manager.base import PassContext
 from compiler.pass_manager.manager import PassManager
 from compiler.pass_manager.pipeline import parse_pipeline
-from compiler.verify import OutputCheck
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Checking numbers: seeded random inputs, onnxruntime as the reference, per-dtype tolerances."""
