@@ -9,7 +9,6 @@ reports (``AT_HWCAP``) and refuses a device that would die with SIGILL.
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from compiler.errors import EffarchError
 from targets.base import LLVMTarget
+from targets.llvm import cpuinfo_field, llvm_cpus, llvm_features
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +63,6 @@ def missing_features(required: list[str], device_hwcaps: set[str]) -> list[str]:
     return [f for f in required if f in HWCAP_NAME and HWCAP_NAME[f] not in device_hwcaps]
 
 
-@functools.cache
-def _llvm_cpus() -> tuple[str, ...]:
-    from tvm.target import Target, codegen
-
-    names = codegen.llvm_get_cpu_archlist(Target({"kind": "llvm", "mtriple": TRIPLE}))
-    return tuple(sorted(str(c) for c in names))
-
-
-@functools.cache
-def _llvm_features(cpu: str) -> frozenset[str]:
-    from tvm.target import Target, codegen
-
-    target = Target({"kind": "llvm", "mtriple": TRIPLE, "mcpu": cpu})
-    return frozenset(str(f) for f in codegen.llvm_get_cpu_features(target))
-
-
 def cross_compiler() -> Any:
     """TVM's ``fcompile`` that links with the aarch64 cross gcc; a clear error when it is missing."""
     if shutil.which(CROSS_CC) is None:
@@ -95,7 +79,7 @@ class ArmTarget(LLVMTarget):
     arch = "aarch64"
 
     def known_cpus(self) -> list[str]:
-        return list(_llvm_cpus())
+        return list(llvm_cpus(TRIPLE))
 
     def default_cpu(self) -> str:
         return DEFAULT_CPU
@@ -104,13 +88,13 @@ class ArmTarget(LLVMTarget):
         return dict(NOTABLE_CPUS)
 
     def required_features(self, cpu: str) -> list[str]:
-        return sorted(_llvm_features(cpu) & HWCAP_NAME.keys())
+        return sorted(llvm_features(TRIPLE, cpu) & HWCAP_NAME.keys())
 
     def target_dict(self, cpu: str) -> dict[str, Any]:
         # mcpu already implies the features; mattr spells out the ones TVM's Arm schedules look for.
         wanted = ("neon", "dotprod", "i8mm", "sve")
         return {"kind": "llvm", "mtriple": TRIPLE, "mcpu": cpu,
-                "mattr": [f"+{f}" for f in wanted if f in _llvm_features(cpu)]}
+                "mattr": [f"+{f}" for f in wanted if f in llvm_features(TRIPLE, cpu)]}
 
     def tvm_target(self, cpu: str | None = None) -> Any:
         cross_compiler()  # a missing toolchain fails here, before minutes of compiling
@@ -122,24 +106,12 @@ class ArmTarget(LLVMTarget):
 
     def check_host(self, manifest: dict[str, Any]) -> None:
         super().check_host(manifest)  # an aarch64 artifact runs only on an aarch64 machine
-        flags = _host_hwcaps()
+        flags = cpuinfo_field("Features")  # None off Linux: nothing to check
         missing = missing_features(manifest["target"].get("features", []), flags) if flags else []
         if missing:
             raise EffarchError(f"this CPU lacks {', '.join(missing)}, which the artifact (built for "
                                f"{manifest['target'].get('cpu', '?')}) uses; rebuild it with --cpu for "
                                f"this machine")
-
-
-def _host_hwcaps(path: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The "Features" line of an aarch64 host's /proc/cpuinfo, or None where there is none."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Features"):
-            return set(line.split(":", 1)[1].split())
-    return None
 
 
 TARGET = ArmTarget()
