@@ -1,5 +1,8 @@
 """The shared pass test harness: every transforming pass gets the same checks from here.
 
+The checks themselves live in ``compiler.debugging.pass_checks``, so that ``effarch check-pass`` and
+the tests of passes written outside this repository run exactly the same ones.
+
 ``check_pass`` runs a pass on a clone of ``before`` and asserts:
 1. ``modified`` is honest (structural fingerprint before/after);
 2. the verifier accepts the result;
@@ -14,30 +17,26 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import textwrap
 from collections.abc import Callable
 
 import numpy as np
 
-from compiler.ir import DType, Graph
+from compiler.debugging.pass_checks import (
+    Tolerance,
+    declared_tolerance,
+    honesty_problem,
+    numbers_problem,
+    payload_digests,
+    second_run_problem,
+    verifier_problem,
+)
+from compiler.ir import Graph
 from compiler.ir.parser import parse_graph
 from compiler.ir.printer import print_graph
 from compiler.ir.verifier import verify
+from compiler.numerics.reference import random_inputs
 from compiler.pass_manager import Pass, PassContext, PassResult, fingerprint
-from compiler.reference import random_inputs, run_onnxruntime
-
-Tolerance = tuple[float, float]  # (rtol, atol)
-
-# Reordering float arithmetic (folding, fusion) moves results by a few ulps, never more: these are
-# a few ulps of each type at magnitude ~1 (random normal inputs). Integers and bools are exact.
-TOLERANCES: dict[DType, Tolerance] = {
-    DType.F64: (1e-12, 1e-14),
-    DType.F32: (1e-5, 1e-6),
-    DType.F16: (2e-3, 1e-3),
-    DType.BF16: (2e-2, 1e-2),
-}
-EXACT: Tolerance = (0.0, 0.0)
 
 Expect = str | Callable[[Graph], object] | None
 
@@ -48,16 +47,17 @@ def check_pass(pass_: Pass, before: Graph, *, expect: Expect = None,
     """Run ``pass_`` on a clone of ``before``, check everything listed above, return the result."""
     ctx = ctx or PassContext()
     verify(before)
-    payloads = _payload_digests(before)
+    payloads = payload_digests(before)
     graph = before.clone()
     fp_before = fingerprint(graph)
     result = pass_.run(graph, ctx)
-    _check_honest(pass_, fp_before == fingerprint(result.graph), result.modified)
-    verify(result.graph)
+    _no_problem(honesty_problem(pass_, fp_before == fingerprint(result.graph), result.modified))
+    _no_problem(verifier_problem(pass_, result.graph))
     _check_expect(result.graph, expect)
-    _check_numbers(before, result.graph, inputs if inputs is not None else random_inputs(before, seed), tol)
-    _check_second_run(pass_, result.graph, ctx)
-    assert _payload_digests(before) == payloads, f"pass '{pass_.name}' wrote into an input constant array"
+    feeds = inputs if inputs is not None else random_inputs(before, seed)
+    _no_problem(numbers_problem(before, result.graph, feeds, tol or declared_tolerance(pass_)))
+    _no_problem(second_run_problem(pass_, result.graph, ctx))
+    assert payload_digests(before) == payloads, f"pass '{pass_.name}' wrote into an input constant array"
     return result
 
 
@@ -82,9 +82,8 @@ def payload(graph: Graph, name: str) -> np.ndarray:
     return v.const
 
 
-def _check_honest(pass_: Pass, unchanged: bool, modified: bool) -> None:
-    assert not (modified and unchanged), f"pass '{pass_.name}' reported modified=True but changed nothing"
-    assert modified or unchanged, f"pass '{pass_.name}' changed the graph but reported modified=False"
+def _no_problem(problem: str | None) -> None:
+    assert problem is None, problem
 
 
 def _check_expect(graph: Graph, expect: Expect) -> None:
@@ -100,35 +99,3 @@ def _check_expect(graph: Graph, expect: Expect) -> None:
     lines = difflib.unified_diff(want.splitlines(), got.splitlines(), "expected", "got", lineterm="")
     diff = "\n".join(lines)
     assert got == want, f"pass result differs from the expected IR:\n{diff}"
-
-
-def _check_numbers(before: Graph, after: Graph, inputs: dict[str, np.ndarray], tol: Tolerance | None) -> None:
-    want = list(run_onnxruntime(before, inputs).values())
-    got = list(run_onnxruntime(after, inputs).values())
-    assert len(want) == len(got), f"output count changed from {len(want)} to {len(got)}"
-    for value, w, g in zip(before.outputs, want, got, strict=True):
-        assert w.shape == g.shape and w.dtype == g.dtype, (
-            f"output %{value.name}: {g.dtype}{list(g.shape)} after the pass, {w.dtype}{list(w.shape)} before")
-        rtol, atol = tol or _tolerance(w.dtype)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol,
-                                   err_msg=f"output %{value.name} differs after the pass")
-
-
-def _tolerance(dtype: np.dtype) -> Tolerance:
-    try:
-        return TOLERANCES.get(DType.from_numpy(dtype), EXACT)
-    except ValueError:
-        return EXACT
-
-
-def _check_second_run(pass_: Pass, graph: Graph, ctx: PassContext) -> None:
-    again = graph.clone()
-    fp = fingerprint(again)
-    second = pass_.run(again, ctx)
-    assert fingerprint(second.graph) == fp, f"a second run of pass '{pass_.name}' changed the graph again"
-    assert not second.modified, f"a second run of pass '{pass_.name}' reported modified=True"
-
-
-def _payload_digests(graph: Graph) -> dict[str, str]:
-    return {k: hashlib.sha256(np.ascontiguousarray(v.const).tobytes()).hexdigest()
-            for k, v in graph.constants.items() if v.const is not None}
