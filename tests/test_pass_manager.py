@@ -224,6 +224,20 @@ def test_honesty_check_in_the_context_catches_a_false_modified(temporary_passes)
         PassManager("test-liar", PassContext(check_honesty=True)).run(parse_graph(SHAPE_CHAIN))
 
 
+def test_caching_a_constant_digest_is_no_change() -> None:
+    # CSE and the printer cache payload digests on values; check-pass found CSE called dishonest for it.
+    from compiler.ir.printer import value_digest
+    from compiler.pass_manager import fingerprint
+
+    g = parse_graph(SHAPE_CHAIN)
+    g.constants["minus1"].const_digest = None
+    before = fingerprint(g)
+    value_digest(g.constants["minus1"])
+    assert fingerprint(g) == before
+    honest = get_pass("eliminate-common-subexpressions")
+    honest(g, PassContext(check_honesty=True))  # fills digests, changes nothing: no PassError
+
+
 def test_disabled_passes_are_skipped_and_recorded() -> None:
     ctx = PassContext(disabled=frozenset({"eliminate-dead-code"}))
     result = PassManager("fold-constants,eliminate-dead-code", ctx).run(parse_graph(SHAPE_CHAIN))

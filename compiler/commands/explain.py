@@ -36,13 +36,9 @@ class Explanation:
 def explain_pass(graph: Any, pass_text: str, before: str = "", ctx: Any = None) -> Explanation:
     """Run ``before`` then the one pass in ``pass_text`` on a clone of ``graph``; collect its notes."""
     import passes  # noqa: F401  (registers every pass)
-    from compiler.errors import EffarchError
-    from compiler.pass_manager import PassContext, PassManager, parse_pipeline
+    from compiler.pass_manager import PassContext, PassManager, parse_one_pass, parse_pipeline
 
-    spec = parse_pipeline(pass_text)
-    if len(spec.elements) != 1 or len(list(spec.specs())) != 1:
-        raise EffarchError(f"--pass takes one pass, e.g. --pass fold-constants, not '{pass_text}'; put the "
-                           "passes to run first in --before")
+    spec, _ = parse_one_pass(pass_text, "--pass", "; put the passes to run first in --before")
     text = ",".join(t for t in (before, str(spec)) if t)
     result = PassManager(parse_pipeline(text), ctx or PassContext()).run(graph.clone())
     last = result.records[-1]

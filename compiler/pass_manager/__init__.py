@@ -24,12 +24,12 @@ from compiler.pass_manager.instruments import (
     VerifyEachInstrument,
 )
 from compiler.pass_manager.manager import Instrument, PassManager, PassRecord, PipelineResult
-from compiler.pass_manager.pipeline import FixpointGroup, PassSpec, Pipeline, parse_pipeline
+from compiler.pass_manager.pipeline import FixpointGroup, PassSpec, Pipeline, parse_one_pass, parse_pipeline
 from compiler.pass_manager.registry import get_pass, pass_package, register_pass, registered_passes
 
 __all__ = [
     "Fingerprint", "FixpointGroup", "Instrument", "Note", "Pass", "PassContext", "PassManager", "PassRecord",
     "PassResult", "PassSpec", "Pipeline", "PipelineResult", "Placement", "PrintAfterChangeInstrument",
     "SaveStagesInstrument", "TimingInstrument", "VerifyEachInstrument", "fingerprint", "get_pass",
-    "parse_pipeline", "pass_package", "register_pass", "registered_passes",
+    "parse_one_pass", "parse_pipeline", "pass_package", "register_pass", "registered_passes",
 ]

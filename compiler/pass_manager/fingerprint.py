@@ -1,8 +1,9 @@
 """Structural fingerprints: two graphs get equal fingerprints exactly when no pass could tell them apart.
 
 Covered: node order, ops, domains, attributes, group bodies, edges, value names and types, graph inputs and
-outputs, and constants (name, type, payload identity or digest). Provenance and node names are
-bookkeeping and left out, so a pass cannot claim a change by touching only them.
+outputs, and constants (name, type, payload identity, or the digest of a constant without payload).
+Provenance, node names and cached digests are bookkeeping and left out, so a pass cannot claim a change
+by touching only them.
 
 Constant payloads are compared by identity (``id``), not by content: hashing every weight on
 every pass would cost more than the pass. The fingerprint keeps references to the arrays so their
@@ -35,11 +36,11 @@ def fingerprint(graph: Graph) -> Fingerprint:
 
     def describe(v: Value) -> tuple[Any, ...]:
         ref(v)
-        payload: Any = None
-        if v.const is not None:
-            arrays.append(v.const)
-            payload = id(v.const)
-        return (v.name, str(v.type), payload, v.const_digest)
+        if v.const is None:
+            return (v.name, str(v.type), None, v.const_digest)  # a digest-only constant: the digest is its content
+        arrays.append(v.const)
+        # With a payload, const_digest is only a cache of its hash (printing and CSE fill it in).
+        return (v.name, str(v.type), id(v.const), None)
 
     inputs = tuple(describe(v) for v in graph.inputs)
     constants = tuple(describe(graph.constants[k]) for k in sorted(graph.constants))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from compiler.errors import EffarchError
+from compiler.pass_manager.base import Pass
 from compiler.pass_manager.registry import get_pass
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -88,6 +89,15 @@ def parse_pipeline(text: str, *, check: bool = True) -> Pipeline:
             except EffarchError as exc:
                 raise EffarchError(f"pipeline column {spec.column}: {exc}") from None
     return pipeline
+
+
+def parse_one_pass(text: str, what: str = "a pass", hint: str = "") -> tuple[PassSpec, Pass]:
+    """One pass with its options (``fold-constants{size_limit=4096}``), as its spec and an instance."""
+    pipeline = parse_pipeline(text)
+    specs = list(pipeline.specs())
+    if len(pipeline.elements) != 1 or len(specs) != 1:
+        raise EffarchError(f"{what} takes one pass, e.g. {what} fold-constants, not '{text}'{hint}")
+    return specs[0], get_pass(specs[0].name, **dict(specs[0].options))
 
 
 class _Parser:
