@@ -207,6 +207,16 @@ def expand_same(node: Node) -> MatchResult:
     return forward(node, x) if result == have else None
 
 
+# Ops with f(f(x)) == f(x) for every x.
+IDEMPOTENT = ("Relu", "Abs", "Floor", "Ceil", "Round")
+
+
+def idempotent(node: Node) -> MatchResult:
+    # f(f(x)) -> f(x): the outer f recomputes what the inner one already did.
+    inner = producer(node.inputs[0], node.op)
+    return None if inner is None else forward(node, inner.outputs[0])
+
+
 SIMPLIFY_RULES: tuple[Rule, ...] = (
     Rule("identity", "Identity(x) -> x", ("Identity",), identity),
     Rule("dropout", "Dropout(x) -> x at inference", ("Dropout",), dropout),
@@ -226,6 +236,7 @@ SIMPLIFY_RULES: tuple[Rule, ...] = (
     Rule("squeeze-unsqueeze", "Unsqueeze(Squeeze(x, a), a) -> x, Squeeze(Unsqueeze(x, a), a) -> x",
          ("Squeeze", "Unsqueeze"), squeeze_unsqueeze),
     Rule("expand-same", "Expand(x, s) -> x when broadcasting x to s keeps x's shape", ("Expand",), expand_same),
+    Rule("idempotent", "f(f(x)) -> f(x) for f in Relu, Abs, Floor, Ceil, Round", IDEMPOTENT, idempotent),
 )
 
 

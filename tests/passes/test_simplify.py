@@ -41,6 +41,33 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("op", ["Relu", "Abs", "Floor", "Ceil", "Round"])
+def test_an_idempotent_op_applied_twice_is_applied_once(op: str) -> None:
+    g = parse_graph(f"""
+        graph main(%x: f32[2,3]) -> (%y) {{
+          %a = {op}(%x) : f32[2,3]
+          %b = {op}(%a) : f32[2,3]
+          %y = Exp(%b) : f32[2,3]
+        }}
+    """)
+    check_pass(Simplify(), g, expect=f"""
+        graph main(%x: f32[2,3]) -> (%y) {{
+          %a = {op}(%x) : f32[2,3]
+          %y = Exp(%a) : f32[2,3]
+        }}
+    """)
+
+
+def test_two_different_ops_in_a_row_are_no_candidate() -> None:
+    g = parse_graph("""
+        graph main(%x: f32[2,3]) -> (%y) {
+          %a = Abs(%x) : f32[2,3]
+          %y = Relu(%a) : f32[2,3]
+        }
+    """)
+    assert Simplify().run(g, PassContext()).notes == []
+
+
 @pytest.mark.parametrize("rule", sorted(CASES))
 def test_rule_removes_its_no_op(rule: str) -> None:
     _fires(CASES[rule], rule)
