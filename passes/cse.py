@@ -19,6 +19,7 @@ import numpy as np
 from compiler.ir import Graph, Node, Value
 from compiler.ir.printer import value_digest
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
+from compiler.pass_manager.fingerprint import attrs_key
 from compiler.pass_manager.rules import forward_refusal
 from passes.fold_constants import NONDETERMINISTIC
 
@@ -64,18 +65,6 @@ def node_key(node: Node) -> tuple[Any, ...] | None:
         ins = sorted(ins, key=repr)
     types = tuple(str(v.type) for v in node.outputs)
     return (node.domain, node.op, attrs_key(node.attrs), tuple(ins), types)
-
-
-def attrs_key(attrs: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple((k, _attr(attrs[k])) for k in sorted(attrs))
-
-
-def _attr(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return ("tensor", value.dtype.str, value.shape, value.tobytes())
-    if isinstance(value, list | tuple):
-        return tuple(_attr(x) for x in value)
-    return (type(value).__name__, value)  # 1 and 1.0 are different attributes
 
 
 def value_key(v: Value | None) -> Any:

@@ -52,13 +52,14 @@ def fingerprint(graph: Graph) -> Fingerprint:
         body = None if n.body is None else fingerprint(n.body)
         if body is not None:
             arrays.extend(body.keep_alive)
-        nodes.append((n.domain, n.op, _attrs_key(n.attrs), ins, outs, None if body is None else body.structure))
+        nodes.append((n.domain, n.op, attrs_key(n.attrs), ins, outs, None if body is None else body.structure))
     outputs = tuple(ref(v) for v in graph.outputs)
     structure = (inputs, constants, tuple(nodes), outputs)
     return Fingerprint(structure, tuple(arrays))
 
 
-def _attrs_key(attrs: dict[str, Any]) -> tuple[Any, ...]:
+def attrs_key(attrs: dict[str, Any]) -> tuple[Any, ...]:
+    """Attributes as a hashable key: equal exactly when the attributes are (CSE merges nodes by it too)."""
     return tuple((k, _attr_key(attrs[k])) for k in sorted(attrs))
 
 
