@@ -6,7 +6,7 @@ import time
 
 from compiler.debugging.diff import GraphDiff, diff_graphs
 from compiler.ir import DType, Graph, TensorType, parse_graph
-from tests.diff.graphs import perturb, random_graph
+from tests.debugging.diff.graphs import perturb, random_graph
 
 BASE = """
 graph main(%x: f32[1,3,4,4], %w: f32[8,3,1,1]) -> (%y) {

@@ -12,7 +12,7 @@ from compiler.cli import main
 from compiler.debugging.diff.load import load_graph
 from compiler.errors import EffarchError
 from compiler.ir import parse_graph, print_graph
-from tests.diff.test_diff import BASE, edit
+from tests.debugging.diff.test_diff import BASE, edit
 
 AFTER = edit("  %m = Mul(%c, %s) : f32[1,8,4,4]  # scale\n", "").replace(
     "%c = Conv(%x, %w) {pads=[0,0,0,0]} : f32[1,8,4,4]  # conv",

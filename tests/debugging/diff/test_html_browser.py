@@ -17,8 +17,8 @@ import pytest
 from compiler.debugging.diff import diff_graphs
 from compiler.debugging.diff.render_html import write_html
 from compiler.ir import Graph, parse_graph
-from tests.diff.graphs import perturb, random_graph
-from tests.diff.test_diff import BASE, edit
+from tests.debugging.diff.graphs import perturb, random_graph
+from tests.debugging.diff.test_diff import BASE, edit
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
