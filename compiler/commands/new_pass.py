@@ -115,7 +115,9 @@ def cmd_new_pass(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(template.format(**values))
         print(f"wrote {path}")
-    print(f"next: edit the rule, then run `pytest {test_path}` and `effarch check-pass {args.name}`")
+    check = (f"`effarch check-pass {args.name}`" if args.dir is None else
+             "`effarch check-pass` once it is installed as a plugin (docs/writing_passes.md)")
+    print(f"next: edit the rule, then run `pytest {test_path}` and {check}")
     return 0
 
 

@@ -46,11 +46,11 @@ class Note:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where a pass that effarch's -O tables do not name joins the default pipelines.
+    """Where a pass that effarch's -O tables do not name (a plugin's) joins the default pipelines.
 
-    ``stage``: ``cleanup`` (inside the fixed-point loop with simplify and folding), ``folding``
-    (after folding, before fusion) or ``late`` (after fusion, before the last dead-code sweep).
-    The pass runs at ``-O<min_level>`` and above.
+    ``stage``: ``cleanup`` (with simplify and folding: once at -O1, in the fixed-point loop from
+    -O2), ``folding`` (after BatchNorm folding, before fusion, from -O2) or ``late`` (after fusion,
+    before the last dead-code sweep, from -O2). The pass runs at ``-O<min_level>`` and above.
     """
 
     stage: str
@@ -63,6 +63,8 @@ class Placement:
             raise ValueError(f"placement stage '{self.stage}' is none of {', '.join(self.STAGES)}")
         if not 1 <= self.min_level <= 3:
             raise ValueError(f"placement min_level {self.min_level} is not an -O level from 1 to 3")
+        if self.stage != "cleanup" and self.min_level < 2:
+            raise ValueError(f"-O1 has no '{self.stage}' stage (it only cleans up); use min_level=2")
 
 
 @dataclass(slots=True)

@@ -307,3 +307,25 @@ def test_pass_manager_runs_in_place_and_the_input_can_be_kept_by_cloning() -> No
     result = PassManager(default_pipeline(2)).run(g.clone())
     assert len(before.nodes) == len(g.nodes) == 5 and len(result.graph.nodes) == 2
     assert np.array_equal(payload(result.graph, "shp"), [2, -1])
+
+
+def test_a_placed_pass_joins_its_stage_from_its_level(temporary_passes) -> None:
+    from compiler.pass_manager import Placement
+
+    class Late(Pass):
+        name = "test-late"
+        description = "placed after fusion from -O3"
+        placement = Placement("late", min_level=3)
+
+    class Early(Pass):
+        name = "test-early"
+        description = "placed in the cleanup loop from -O1"
+        placement = Placement("cleanup", min_level=1)
+
+    temporary_passes(Late, Early)
+    assert default_pipeline(1) == "simplify,fold-constants,test-early,eliminate-dead-code"
+    assert "test-late" not in default_pipeline(2)
+    assert default_pipeline(3).endswith("fuse-operators,test-late,eliminate-dead-code")
+    assert "fold-constants,test-early,eliminate-dead-code)" in default_pipeline(3)
+    with pytest.raises(ValueError, match="-O1 has no 'late' stage"):
+        Placement("late", min_level=1)
