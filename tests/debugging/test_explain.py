@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
-from compiler.commands.explain import explain_pass, format_explanation
+from compiler.debugging.explain import explain_pass, format_explanation
 from compiler.errors import EffarchError
 from compiler.ir.parser import parse_graph
 from tests.debugging.models import symbolic_batch_onnx
