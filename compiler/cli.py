@@ -101,7 +101,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     progress(f"compiling for {args.target} at -O{args.opt_level}")
     instruments = _instruments(args)
     result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
-                           pipeline=args.pipeline, instruments=instruments)
+                           pipeline=args.pipeline, instruments=instruments,
+                           tuning_db=Path(args.tuning_db) if args.tuning_db else None)
     print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))
     if args.verify:
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", action="store_true",
                    help="build and time the model after each pass that changed it (per-pass latency impact)")
     p.add_argument("--reproduce", metavar="FILE", help="replay a reproducer written by 'effarch verify --bisect'")
+    p.add_argument("--tuning-db", metavar="DIR", help="use the kernels 'effarch tune --db DIR' found faster than "
+                                                      "effarch's own schedules (CPU targets, -O2 and above)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run an artifact on inputs from an .npz")

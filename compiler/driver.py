@@ -168,7 +168,7 @@ def optimize(graph: Graph, pipeline_text: str, *, opt_level: int = 2, target: st
 
 def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: str | None = None,
                   opt_level: int = 2, pipeline: str | None = None,
-                  instruments: list[Any] | None = None) -> CompileResult:
+                  instruments: list[Any] | None = None, tuning_db: Path | None = None) -> CompileResult:
     from targets.build import build_artifact
 
     text = pipeline_for(opt_level, pipeline)
@@ -177,6 +177,7 @@ def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: s
     t1 = time.perf_counter()
     extra = {"pipeline": text, "opt_level": opt_level, "source": {"kind": source.kind, "spec": source.spec,
                                                                   "sha256": source.sha256}}
-    build_artifact(graph, out, target=target, cpu=cpu, manifest_extra=extra, opt_level=opt_level)
+    build_artifact(graph, out, target=target, cpu=cpu, manifest_extra=extra, opt_level=opt_level,
+                   tuning_db=tuning_db)
     t2 = time.perf_counter()
     return CompileResult(out, source.graph, graph, text, records, {"passes": t1 - t0, "build": t2 - t1})

@@ -81,10 +81,13 @@ class TargetSpec:
 
         return Target(self.target_dict(self.resolve_cpu(cpu)))
 
+    tunable = False  # ``effarch tune`` and ``--tuning-db`` serve this target
+
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
-                       report: Any = None) -> tvm.transform.Pass:
+                       report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         """The Relax-to-machine-code pipeline; ``report`` (a ``ScheduleReport``) learns which
-        schedule rule took each kernel, where the target schedules kernels itself."""
+        schedule rule took each kernel, where the target schedules kernels itself; ``tuned`` (a
+        ``targets.tuning.TunedSchedules``) offers tuned kernels, where the target is ``tunable``."""
         from tvm import relax
 
         return relax.get_default_pipeline(tvm_target)
@@ -122,11 +125,13 @@ class LLVMTarget(TargetSpec):
 
         return 2 * machine_of(self.tvm_target(cpu)).lanes()
 
+    tunable = True
+
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
-                       report: Any = None) -> tvm.transform.Pass:
+                       report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         from targets.schedules.pipeline import cpu_pipeline
 
-        return cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report)
+        return cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report, tuned=tuned)
 
 
 def _candidate_modules() -> list[str]:

@@ -67,13 +67,16 @@ class BuildResult:
 
 
 def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
-                   manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> Path:
+                   manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
+                   tuning_db: Path | None = None) -> Path:
     """Compile ``g`` for ``target`` (host CPU unless ``cpu``) into the artifact at ``out_path``."""
-    return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra, opt_level=opt_level).path
+    return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra, opt_level=opt_level,
+                 tuning_db=tuning_db).path
 
 
 def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
-          manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> BuildResult:
+          manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
+          tuning_db: Path | None = None) -> BuildResult:
     """``build_artifact`` returning the manifest and per-step timings too."""
     from targets.lowering.to_relax import lower
 
@@ -84,7 +87,7 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
         lowered = lower(g, **lowering_options(spec, cpu, opt_level))
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
-                           manifest_extra=manifest_extra, opt_level=opt_level)
+                           manifest_extra=manifest_extra, opt_level=opt_level, tuning_db=tuning_db)
     result.timings = {"lower": lower_s, **result.timings}
     return result
 
@@ -120,10 +123,12 @@ def graph_sha256(g: Graph) -> str:
 
 def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
                   target: str | TargetSpec = "x86", cpu: str | None = None,
-                  manifest_extra: dict[str, Any] | None = None, opt_level: int = 2) -> BuildResult:
+                  manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
+                  tuning_db: Path | None = None) -> BuildResult:
     """Compile an already-lowered module and pack it with its weights into ``out_path``.
 
-    From ``opt_level`` 2 the CPU targets schedule every kernel with effarch's schedule library."""
+    From ``opt_level`` 2 the CPU targets schedule every kernel with effarch's schedule library, or
+    with its record in ``tuning_db`` where that measured faster (``targets.tuning``)."""
     from targets.schedules import ScheduleReport
 
     spec = get_target(target) if isinstance(target, str) else target
@@ -132,7 +137,8 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
     tvm_target = spec.tvm_target(cpu)
     timings: dict[str, float] = {}
     report = ScheduleReport()
-    pipeline = spec.relax_pipeline(tvm_target, opt_level=opt_level, report=report)
+    tuned = _tuned_schedules(tuning_db, spec, tvm_target, opt_level)
+    pipeline = spec.relax_pipeline(tvm_target, opt_level=opt_level, report=report, tuned=tuned)
     with tempfile.TemporaryDirectory(prefix="effarch-build-") as tmp:
         lib = _compile_and_export(spec, tvm_target, pipeline, lowered.mod, Path(tmp), timings)
         t0 = time.perf_counter()
@@ -142,10 +148,36 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
             manifest["schedules"] = report.counts()
             for kernel, rule in sorted(report.rules.items()):
                 logger.info("kernel %-48s scheduled by %s", kernel, rule)
+        if tuned is not None:
+            manifest["tuning"] = {"db": str(tuning_db), **tuned.result.to_json()}
+            _log_tuning(tuned, tuning_db)
         write_artifact(out_path, manifest, lib, dict(zip(lowered.param_names, lowered.params, strict=True)))
         timings["pack"] = time.perf_counter() - t0
     logger.info("wrote %s (%.2f MB)", out_path, out_path.stat().st_size / 1e6)
     return BuildResult(out_path, manifest, timings, dict(report.rules))
+
+
+def _tuned_schedules(tuning_db: Path | None, spec: TargetSpec, tvm_target: Any, opt_level: int) -> Any:
+    if tuning_db is None:
+        return None
+    if not spec.tunable:
+        raise EffarchError(f"--tuning-db serves the CPU targets (x86, arm), not {spec.name}; drop the option")
+    if opt_level < 2:
+        raise EffarchError(f"--tuning-db needs -O2 or -O3 (tuned kernels replace -O2's schedules); "
+                           f"got -O{opt_level}")
+    from targets.tuning import TunedSchedules
+
+    return TunedSchedules(Path(tuning_db), tvm_target, spec.name)
+
+
+def _log_tuning(tuned: Any, db: Path | None) -> None:
+    """Say what the database gave: TVM's own database application stays silent when nothing matches."""
+    r = tuned.result
+    logger.info("tuning database %s: %d kernels tuned, %d kept our faster schedule, %d without a record",
+                db, len(r.applied), len(r.ours_faster), len(r.missing))
+    if not r.applied and not r.ours_faster:
+        logger.warning("tuning database %s holds no record for this model's kernels on this target; nothing "
+                       "was applied (tune it with 'effarch tune MODEL --db %s' for the same target and CPU)", db, db)
 
 
 def _check_out_path(out_path: Path, extra: dict[str, Any] | None) -> Path:

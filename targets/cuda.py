@@ -299,7 +299,7 @@ class CudaTarget(TargetSpec):
         return {"kind": "cuda", "arch": cpu, "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
 
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
-                       report: Any = None) -> tvm.transform.Pass:
+                       report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         # ``export`` is not given the target, and the build calls this just before it: remember the arch.
         _build_state.arch = str(tvm_target.attrs["arch"])
         return cuda_pipeline(tvm_target)

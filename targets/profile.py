@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, tirx
+from tvm import tirx
 
 from compiler.ir.graph import Graph
 from targets.base import get_target
@@ -20,6 +20,7 @@ from targets.build import lowering_options
 from targets.lowering.to_relax import lower
 from targets.schedules import ScheduleReport
 from targets.schedules.pipeline import cpu_pipeline
+from targets.tuning.kernels import call_counts
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_l
                  repeat: int = 20) -> list[KernelTime]:
     """Every kernel's median time, slowest in total first."""
     mod, tvm_target, report = scheduled_module(g, target, cpu, opt_level)
-    calls = _call_counts(mod)
+    calls = call_counts(mod)
     out = []
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
@@ -59,20 +60,6 @@ def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_l
             out.append(KernelTime(gv.name_hint, report.rules.get(gv.name_hint, "none"), calls.get(gv.name_hint, 1),
                                   ms, shape))
     return sorted(out, key=lambda k: -k.total_ms)
-
-
-def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
-    counts: dict[str, int] = {}
-
-    def visit(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
-            name = expr.args[0].name_hint
-            counts[name] = counts.get(name, 0) + 1
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func.body, visit)
-    return counts
 
 
 def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int) -> float:

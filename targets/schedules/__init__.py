@@ -13,6 +13,9 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | elementwise      | elementwise chains, broadcasts, transposes, pads | elementwise |
 | generic          | anything else: outer loop on all cores, inner loop vectorised where legal | fallback |
 
+With a tuning database (``effarch compile --tuning-db``), a kernel whose MetaSchedule record measured
+faster than these rules takes the record instead (rule ``tuned``; ``targets.tuning``).
+
 ``ScheduleKernels`` is the Relax module pass; it records which rule took each kernel, which
 ``effarch compile -v`` prints.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import tvm
 from tvm import s_tir, tirx
@@ -70,7 +74,7 @@ def schedule_kernel(func: tirx.PrimFunc, target: Target, m: Machine) -> tuple[ti
         sch = s_tir.Schedule(func)
         try:
             result = rule(sch, m, target)
-        except (s_tir.ScheduleError, tvm.TVMError, ValueError, AssertionError) as exc:
+        except (RuntimeError, ValueError, AssertionError) as exc:  # TVM raises RuntimeError subclasses
             logger.debug("rule %s failed on %s: %s", name, func.attrs.get("global_symbol", "?"), exc)
             continue
         if result is False:
@@ -80,8 +84,16 @@ def schedule_kernel(func: tirx.PrimFunc, target: Target, m: Machine) -> tuple[ti
     return func, "none"
 
 
-def schedule_pass(target: Target, report: ScheduleReport | None = None) -> tvm.transform.Pass:
-    """The module pass that schedules every unscheduled PrimFunc for ``target``."""
+class TunedLookup(Protocol):
+    """A tuning database as the schedule pass sees it (``targets.tuning.TunedSchedules``)."""
+
+    def schedule(self, name: str, func: tirx.PrimFunc) -> tirx.PrimFunc | None: ...
+
+
+def schedule_pass(target: Target, report: ScheduleReport | None = None,
+                  tuned: TunedLookup | None = None) -> tvm.transform.Pass:
+    """The module pass that schedules every unscheduled PrimFunc for ``target``: by its tuned
+    record where ``tuned`` has one that beat our rules, else by the first rule that takes it."""
     m = machine_of(target)
 
     @tvm.transform.module_pass(opt_level=0, name="effarch.ScheduleKernels")
@@ -89,7 +101,8 @@ def schedule_pass(target: Target, report: ScheduleReport | None = None) -> tvm.t
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
                 continue
-            scheduled, rule = schedule_kernel(func, target, m)
+            best = tuned.schedule(gv.name_hint, func) if tuned is not None else None
+            scheduled, rule = (best, "tuned") if best is not None else schedule_kernel(func, target, m)
             mod[gv] = scheduled
             if report is not None:
                 report.rules[gv.name_hint] = rule
@@ -99,4 +112,4 @@ def schedule_pass(target: Target, report: ScheduleReport | None = None) -> tvm.t
     return _schedule
 
 
-__all__ = ["RULES", "Machine", "ScheduleReport", "machine_of", "schedule_kernel", "schedule_pass"]
+__all__ = ["RULES", "Machine", "ScheduleReport", "TunedLookup", "machine_of", "schedule_kernel", "schedule_pass"]

@@ -10,14 +10,15 @@ from __future__ import annotations
 import tvm
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-from targets.schedules import ScheduleReport, schedule_pass
+from targets.schedules import ScheduleReport, TunedLookup, schedule_pass
 
 
 def cpu_pipeline(target: tvm.target.Target, *, schedule: bool = True, report: ScheduleReport | None = None,
-                 stop_after_schedules: bool = False) -> tvm.transform.Pass:
+                 stop_after_schedules: bool = False, tuned: TunedLookup | None = None) -> tvm.transform.Pass:
     """The pipeline for ``target``; ``schedule=False`` gives TVM's unscheduled default (-O0/-O1).
-    ``stop_after_schedules`` returns the module with its scheduled kernels, before VM lowering."""
-    scheduling = [schedule_pass(target, report)] if schedule else []
+    ``stop_after_schedules`` returns the module with its scheduled kernels, before VM lowering;
+    ``tuned`` offers tuned schedules that beat our rules."""
+    scheduling = [schedule_pass(target, report, tuned)] if schedule else []
     rest = [] if stop_after_schedules else (cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))
 

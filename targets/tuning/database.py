@@ -1,0 +1,162 @@
+"""The tuning database: MetaSchedule's records plus what effarch measured of its own schedules.
+
+Layout of ``DIR``: one folder per target (``x86-znver3-2c-<hash>``: target name, CPU, cores and a
+hash of the whole TVM target), holding MetaSchedule's ``database_workload.json`` and
+``database_tuning_record.json`` (its best schedules, appended as they are measured) and effarch's
+``kernels.json``: per workload key, the kernel's name, trials spent, and the median time of our
+own schedule and of the best tuned one, both measured by the same runner. The build uses a tuned
+schedule only where it measured faster than ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from compiler.errors import EffarchError
+from targets.tuning.kernels import ENTRY, Kernel, model_kernels, tuning_form, workload_key
+from targets.tuning.measure import load_cpu_intrinsics, median_ms
+
+logger = logging.getLogger(__name__)
+
+INDEX = "kernels.json"
+INDEX_FORMAT = 1
+
+
+@dataclass
+class KernelEntry:
+    """What the database knows of one workload on one target."""
+
+    kernel: str
+    trials: int = 0
+    own_ms: float | None = None
+    tuned_ms: float | None = None
+    untunable: str = ""  # why MetaSchedule could not tune it, if it could not
+
+    @property
+    def tuned_wins(self) -> bool:
+        return self.tuned_ms is not None and (self.own_ms is None or self.tuned_ms < self.own_ms)
+
+
+def target_folder(tvm_target: tvm.target.Target, name: str) -> str:
+    """``x86-znver3-2c-1a2b3c4d``: readable, and exact through the hash of the whole target."""
+    cfg = json.loads(str(tvm_target)) if str(tvm_target).startswith("{") else {}
+    cpu = cfg.get("mcpu") or str(tvm_target.attrs.get("mcpu", "")) or "generic"
+    cores = cfg.get("num-cores") or tvm_target.attrs.get("num-cores", 0)
+    digest = hashlib.sha256(str(tvm_target).encode()).hexdigest()[:8]
+    return f"{name}-{cpu}-{int(cores)}c-{digest}"
+
+
+@dataclass
+class TuningDatabase:
+    """``DIR``'s records for one target; ``create=False`` refuses a folder that holds none."""
+
+    root: Path
+    tvm_target: tvm.target.Target
+    target_name: str
+    create: bool = False
+    entries: dict[str, KernelEntry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if not self.create and not self.root.is_dir():
+            raise EffarchError(f"tuning database '{self.root}' does not exist; make one with "
+                               f"'effarch tune MODEL --db {self.root}'")
+        self.folder.mkdir(parents=True, exist_ok=True) if self.create else None
+        self.entries = self._read_index()
+        load_cpu_intrinsics()
+        self.records = ms.database.JSONDatabase(
+            path_workload=str(self.folder / "database_workload.json"),
+            path_tuning_record=str(self.folder / "database_tuning_record.json"),
+            allow_missing=self.create or self.folder.is_dir(), module_equality="structural")
+
+    @property
+    def folder(self) -> Path:
+        return self.root / target_folder(self.tvm_target, self.target_name)
+
+    # ---- effarch's index ----------------------------------------------------------------------
+    def _read_index(self) -> dict[str, KernelEntry]:
+        path = self.folder / INDEX
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != INDEX_FORMAT:
+                raise ValueError(f"format {data.get('format')}, expected {INDEX_FORMAT}")
+            return {k: KernelEntry(**v) for k, v in data["kernels"].items()}
+        except (ValueError, KeyError, TypeError) as e:
+            raise EffarchError(f"tuning database index {path} is unreadable ({e}); delete {self.folder} "
+                               f"and tune again") from None
+
+    def save(self) -> None:
+        """Write the index atomically: an interrupted tune leaves the previous one whole."""
+        from compiler.fileio import atomic_write
+
+        data = {"format": INDEX_FORMAT, "target": json.loads(str(self.tvm_target)),
+                "kernels": {k: asdict(v) for k, v in sorted(self.entries.items())}}
+        with atomic_write(self.folder / INDEX) as f:
+            f.write(json.dumps(data, indent=1).encode())
+
+    def entry(self, kernel: Kernel) -> KernelEntry:
+        return self.entries.setdefault(kernel.key, KernelEntry(kernel.name))
+
+    # ---- MetaSchedule's records ---------------------------------------------------------------
+    def best_tuned_ms(self, kernel: Kernel) -> float | None:
+        record = self.records.query_tuning_record(kernel.task_module(), self.tvm_target, ENTRY)
+        if record is None or not record.run_secs:
+            return None
+        return median_ms(record.run_secs)
+
+    def tuned_function(self, kernel: Kernel) -> tvm.tirx.PrimFunc | None:
+        sch = self.records.query_schedule(kernel.task_module(), self.tvm_target, ENTRY)
+        return None if sch is None else sch.mod[ENTRY]
+
+
+@dataclass
+class AppliedTuning:
+    """What the build took from a tuning database: counts for the manifest and the log."""
+
+    applied: list[str] = field(default_factory=list)  # kernels scheduled by their tuned record
+    ours_faster: list[str] = field(default_factory=list)  # tuned, but our schedule measured faster
+    missing: list[str] = field(default_factory=list)  # no record for this kernel on this target
+
+    def to_json(self) -> dict[str, Any]:
+        return {"applied": len(self.applied), "ours_faster": len(self.ours_faster), "missing": len(self.missing)}
+
+
+class TunedSchedules:
+    """The build's view of a database: a kernel's tuned function where tuning beat our schedule."""
+
+    def __init__(self, root: Path, tvm_target: tvm.target.Target, target_name: str) -> None:
+        self.db = TuningDatabase(Path(root), tvm_target, target_name)
+        self.result = AppliedTuning()
+
+    def schedule(self, name: str, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+        form = tuning_form(func)
+        key = workload_key(form)
+        entry = self.db.entries.get(key)
+        if entry is None or entry.tuned_ms is None:
+            self.result.missing.append(name)
+            return None
+        if not entry.tuned_wins:
+            self.result.ours_faster.append(name)
+            return None
+        kernel = Kernel(name, 1, func, form, key)
+        tuned = self.db.tuned_function(kernel)
+        if tuned is None:  # the index names a record MetaSchedule's files no longer hold
+            self.result.missing.append(name)
+            return None
+        self.result.applied.append(name)
+        symbol = func.attrs.get("global_symbol") if func.attrs else None
+        tuned = tuned.with_attr("global_symbol", symbol) if symbol else tuned.without_attr("global_symbol")
+        return tuned.with_attr("tirx.is_scheduled", True)
+
+
+__all__ = ["AppliedTuning", "KernelEntry", "TunedSchedules", "TuningDatabase", "model_kernels"]

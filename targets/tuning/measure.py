@@ -1,0 +1,125 @@
+"""How tuning builds and times candidates: here (local processes) or on devices behind an RPC tracker.
+
+Our own schedules are timed through the same builder and runner as MetaSchedule's candidates, so
+"tuned beats ours" compares like with like.
+
+Two TVM behaviours are worked around here:
+- MetaSchedule registers the tensor intrinsics of every target on first use, and its builder does so
+  again in every worker process it starts (one pool per batch): 88 s on this machine, 64 s of it
+  CUDA's. CPU tuning needs only the x86 and Arm ones, so the others are not loaded
+  (``load_cpu_intrinsics``) and the builder runs ``effarch.tuning.build``, which skips that import.
+- Worker processes must lower ``exp``/``erf``/``tanh``/``sigmoid`` to our vector code as the build
+  does, or a tuned GELU is timed with scalar libm calls; the worker initializer registers them.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from compiler.errors import EffarchError
+
+BUILD_FUNC = "effarch.tuning.build"
+_NOT_CPU_INTRINSICS = ("cuda", "rocm", "hexagon", "riscv_cpu")
+
+
+def load_cpu_intrinsics() -> None:
+    """Register the x86 and Arm tensor intrinsics only (see the module note)."""
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    for name in _NOT_CPU_INTRINSICS:
+        sys.modules.setdefault(f"tvm.s_tir.tensor_intrin.{name}", types.ModuleType(name))
+    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers x86 and arm_cpu)
+
+
+def _build(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) -> tvm.runtime.Module:
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target)
+
+
+def worker_init() -> None:
+    """Runs in every builder process: our math lowering and the build function, nothing more."""
+    from targets.schedules import mathfun  # noqa: F401  (vector exp/erf/tanh/sigmoid, as in the build)
+
+    tvm.register_global_func(BUILD_FUNC, _build, override=True)
+
+
+@dataclass(frozen=True)
+class Tracker:
+    host: str
+    port: int
+    key: str
+
+
+def parse_rpc(url: str | None) -> Tracker | None:
+    """``tracker://HOST:PORT/KEY`` -> Tracker; None for local measuring."""
+    if url is None:
+        return None
+    from targets.remote import parse_device
+
+    addr = parse_device(url)
+    if addr.scheme != "tracker":
+        raise EffarchError(f"tuning measures through a tracker; write --rpc tracker://HOST:PORT/KEY (got '{url}')")
+    return Tracker(addr.host, addr.port, addr.key)
+
+
+def check_tracker(tracker: Tracker) -> None:
+    """Fail at once, in one line, where the tracker is unreachable or has no device under the key
+    (MetaSchedule's runner would wait for one forever)."""
+    from targets.remote import DeviceAddress, connect
+
+    connect(DeviceAddress("tracker", tracker.host, tracker.port, tracker.key))
+
+
+def _evaluator() -> ms.runner.EvaluatorConfig:
+    # Medians of 5 repeats of >= 20 ms each: kernels here run 10 us - 5 ms.
+    return ms.runner.EvaluatorConfig(number=1, repeat=5, min_repeat_ms=20, enable_cpu_cache_flush=False)
+
+
+def make_builder() -> ms.builder.Builder:
+    return ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=worker_init, timeout_sec=60)
+
+
+def make_runner(tracker: Tracker | None) -> ms.runner.Runner:
+    from targets.runtime import use_every_core
+
+    if tracker is None:
+        use_every_core()  # runner processes inherit TVM_NUM_THREADS, as a run of the artifact does
+        return ms.runner.LocalRunner(evaluator_config=_evaluator(), timeout_sec=60)
+    config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
+                                 session_timeout_sec=120)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator(), max_workers=1)
+
+
+def time_functions(funcs: list[tvm.tirx.PrimFunc], target: tvm.target.Target, builder: ms.builder.Builder,
+                   runner: ms.runner.Runner) -> list[float | None]:
+    """Median milliseconds of each already-scheduled function, measured like a tuning candidate
+    (None where it failed to build or run)."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    mods = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")}) for f in funcs]
+    built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
+    inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", ArgInfo.from_prim_func(m["main"]))
+              for b, m in zip(built, mods, strict=True) if b.error_msg is None]
+    results: Iterator[Any] = iter([f.result() for f in runner.run(inputs)] if inputs else [])
+    out: list[float | None] = []
+    for b in built:
+        r = next(results) if b.error_msg is None else None
+        ok = r is not None and r.error_msg is None and r.run_secs
+        out.append(median_ms(r.run_secs) if ok and r is not None else None)
+    return out
+
+
+def median_ms(run_secs: Any) -> float:
+    """The median of MetaSchedule's measured seconds (FloatImm values), in milliseconds."""
+    secs = sorted(float(getattr(s, "value", s)) for s in run_secs)
+    return secs[len(secs) // 2] * 1e3

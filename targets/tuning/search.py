@@ -1,0 +1,164 @@
+"""``effarch tune``: MetaSchedule over the kernels the build meets, in chunks, resumable.
+
+The budget (``trials``) is spread over the kernels by their share of the model's time under our own
+schedules (measured first, by the same runner), at least one chunk each, slowest first. Each chunk is
+one ``tune_tir`` call that appends its measured candidates to the database; the evolutionary search
+starts from the best records already there, so a tune interrupted (Ctrl-C, ``--time-budget``) and
+started again continues where it stopped. After each chunk the index records the trials spent and
+the best time, so the next ``effarch compile --tuning-db`` can use it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from targets.native_log import captured_native_logs
+from targets.tuning.database import KernelEntry, TuningDatabase
+from targets.tuning.kernels import Kernel, model_kernels
+from targets.tuning.measure import Tracker, make_builder, make_runner, time_functions
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 16  # candidates measured per MetaSchedule call
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a tune stands, passed to the progress callback after every chunk."""
+
+    trials_done: int
+    trials_total: int
+    kernel: str
+    kernel_index: int
+    kernels: int
+    elapsed_s: float
+    entry: KernelEntry
+
+
+@dataclass
+class TuneResult:
+    kernels: list[tuple[Kernel, KernelEntry]] = field(default_factory=list)
+    trials_run: int = 0  # by this call (earlier runs' trials are in the entries)
+    stopped: str = ""  # "" when the budget was spent, else why it stopped early
+
+
+def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_budget_s: float | None = None,
+                 tracker: Tracker | None = None, chunk: int = CHUNK, seed: int = 0,
+                 progress: Callable[[Progress], None] | None = None) -> TuneResult:
+    """Tune the unscheduled kernels of ``mod`` (after fusion) into ``db``, ``trials`` in all."""
+    kernels = model_kernels(mod)
+    builder, runner = make_builder(), make_runner(tracker)
+    with captured_native_logs():
+        _measure_own(kernels, db, builder, runner)
+    for k in kernels:  # records of a round cut short by Ctrl-C are in the files, not yet in the index
+        if db.entry(k).trials:
+            db.entry(k).tuned_ms = db.best_tuned_ms(k)
+    plan = _plan(kernels, db, trials, chunk)
+    result = TuneResult([(k, db.entry(k)) for k in kernels])
+    t0 = time.monotonic()
+    done = sum(db.entry(k).trials for k in kernels)
+    for index, (kernel, allotted) in enumerate(plan):
+        entry = db.entry(kernel)
+        while entry.trials < allotted and not entry.untunable:
+            if time_budget_s is not None and time.monotonic() - t0 >= time_budget_s:
+                result.stopped = f"time budget of {time_budget_s:g} s spent"
+                return result
+            n = min(chunk, allotted - entry.trials)
+            with captured_native_logs():
+                _tune_chunk(kernel, entry, db, n, builder, runner, seed + entry.trials)
+            done += n
+            result.trials_run += n
+            db.save()
+            if progress is not None:
+                progress(Progress(done, sum(a for _, a in plan), kernel.name, index + 1, len(plan),
+                                  time.monotonic() - t0, entry))
+    return result
+
+
+def _quiet_metaschedule() -> None:
+    """MetaSchedule prints a task table per round to stdout at INFO; its files in DIR/logs keep
+    everything. Shown with ``effarch -v``. Needed before every round: each resets its loggers from
+    this level."""
+    if not logger.isEnabledFor(logging.INFO):
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+
+def _measure_own(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.Builder,
+                 runner: ms.runner.Runner) -> None:
+    """Time our own schedule of each kernel not timed before (one build batch, one run batch)."""
+    from targets.schedules import machine_of, schedule_kernel
+
+    todo = [k for k in kernels if db.entry(k).own_ms is None]
+    if not todo:
+        return
+    m = machine_of(db.tvm_target)
+    with db.tvm_target:
+        funcs = [schedule_kernel(k.func, db.tvm_target, m)[0] for k in todo]
+    for kernel, secs in zip(todo, time_functions(funcs, db.tvm_target, builder, runner), strict=True):
+        db.entry(kernel).own_ms = secs
+    db.save()
+
+
+def _plan(kernels: list[Kernel], db: TuningDatabase, trials: int, chunk: int) -> list[tuple[Kernel, int]]:
+    """Each kernel's total trials (earlier runs' included): shares of ``trials`` by its time under
+    our schedule, at least one chunk, rounded up to whole chunks; slowest kernels first."""
+    cost = {k.key: (db.entry(k).own_ms or 0.0) * k.calls for k in kernels}
+    total = sum(cost.values()) or 1.0
+    ranked = sorted(kernels, key=lambda k: -cost[k.key])
+    plan = []
+    for k in ranked:
+        share = max(chunk, math.ceil(trials * cost[k.key] / total / chunk) * chunk)
+        plan.append((k, share))
+    return _cap(plan, trials, chunk)
+
+
+def _cap(plan: list[tuple[Kernel, int]], trials: int, chunk: int) -> list[tuple[Kernel, int]]:
+    """Trim the plan from the cheapest kernel up until it fits ``trials`` (whole chunks kept)."""
+    out, left = [], trials
+    for k, n in plan:
+        n = min(n, max(left, 0))
+        if n <= 0:
+            break
+        out.append((k, n))
+        left -= n
+    return out
+
+
+def _tune_chunk(kernel: Kernel, entry: KernelEntry, db: TuningDatabase, n: int, builder: ms.builder.Builder,
+                runner: ms.runner.Runner, seed: int) -> None:
+    logs = db.folder / "logs"
+    _quiet_metaschedule()
+    try:
+        ms.tune_tir(kernel.task_module(), db.tvm_target, work_dir=str(logs), max_trials_global=n,
+                    num_trials_per_iter=n, builder=builder, runner=runner, database=db.records,
+                    task_scheduler="round-robin", seed=seed & 0x7FFFFFFF)
+    except (RuntimeError, ValueError) as e:  # TVM raises RuntimeError subclasses
+        if "KeyboardInterrupt" in str(e):
+            raise KeyboardInterrupt from None
+        entry.untunable = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        logger.warning("MetaSchedule cannot tune %s (%s); our schedule stays", kernel.name, entry.untunable)
+        return
+    entry.trials += n
+    entry.tuned_ms = db.best_tuned_ms(kernel)
+
+
+def tuned_summary(result: TuneResult) -> list[tuple[str, int, float | None, float | None, str]]:
+    """Per kernel: name, calls, our ms, tuned ms, which the build will use (and why)."""
+    rows = []
+    for k, e in sorted(result.kernels, key=lambda ke: -((ke[1].own_ms or 0.0) * ke[0].calls)):
+        used = ("tuned" if e.tuned_wins else "ours (faster)" if e.tuned_ms is not None
+                else f"ours (cannot tune: {e.untunable})" if e.untunable else "ours (not tuned)")
+        rows.append((k.name, k.calls, e.own_ms, e.tuned_ms, used))
+    return rows
+
+
+def open_database(root: Path, tvm_target: tvm.target.Target, target_name: str) -> TuningDatabase:
+    return TuningDatabase(root, tvm_target, target_name, create=True)
