@@ -183,7 +183,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     source = load_source(args)
     with tempfile.TemporaryDirectory() as tmp:
         print(bench_model(source, Path(tmp), target=args.target, cpu=args.cpu, opt_level=args.opt_level,
-                                 warmup=args.warmup, repeat=args.repeat, seed=args.seed))
+                                 warmup=args.warmup, repeat=args.repeat, seed=args.seed,
+                                 tuning_db=Path(args.tuning_db) if args.tuning_db else None))
     return 0
 
 
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tuning-db", metavar="DIR", help="also time the model compiled with this tuning database")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="compile the bundled default model for this CPU, run it, report")

@@ -1,10 +1,11 @@
 """Benchmark every zoo model: effarch (x86) against onnxruntime and PyTorch eager, one markdown table.
 
-    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt]
+    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt] [--tuning-db DIR]
 
-Each runtime is timed in its own worker process (compiler.benchmark.runner); rounds alternate between them and
-the table shows medians after warm-up, with ratios from the same run. Prints the table with the date,
-the machine and the command, ready for docs/.
+Each runtime is timed in its own worker process (compiler.benchmark.runner); rounds alternate between
+them and the table shows medians after warm-up, with ratios from the same run. With ``--tuning-db``
+(made by ``effarch tune``) each model is also compiled with it and timed in the same rounds (column
+"effarch tuned"). Prints the table with the date, the machine and the command, ready for docs/.
 """
 
 from __future__ import annotations
@@ -27,17 +28,24 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path) -> str:
+def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path, tuning_db: Path | None) -> str:
     source = load_model(f"zoo:{name}")
     artifact = folder / f"{name}.effarch"
     compile_model(source, artifact, target="x86", opt_level=opt)
+    tuned = folder / f"{name}.tuned.effarch" if tuning_db else None
+    if tuned is not None:
+        compile_model(source, tuned, target="x86", opt_level=opt, tuning_db=tuning_db)
     result = bench(reference_onnx_path(source, folder), artifact, zoo.get(name).sample_inputs(0),
-                   torch_spec=f"zoo:{name}", warmup=warmup, repeat=repeat)
+                   torch_spec=f"zoo:{name}", warmup=warmup, repeat=repeat, tuned_artifact=tuned)
     ours, ort, eager = (result.row(r).median_ms for r in ("effarch", "onnxruntime", "pytorch-eager"))
     flops = graph_stats(source.graph).flops
     gflops = "n/a" if ours is None or not flops else f"{flops / ours / 1e6:.1f}"
-    return (f"| {name} | {_ms(ours)} | {_ms(ort)} | {_ms(eager)} | {_ratio(ours, ort)} | {_ratio(ours, eager)} "
-            f"| {gflops} |")
+    tuned_cells = ""
+    if tuned is not None:
+        t = result.row("effarch-tuned").median_ms
+        tuned_cells = f" {_ms(t)} | {_ratio(t, ort)} |"
+    return (f"| {name} | {_ms(ours)} |{tuned_cells} {_ms(ort)} | {_ms(eager)} | {_ratio(ours, ort)} "
+            f"| {_ratio(ours, eager)} | {gflops} |")
 
 
 def _ratio(ours: float | None, other: float | None) -> str:
@@ -50,22 +58,25 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=60)
     parser.add_argument("--models", default=",".join(zoo.names()))
+    parser.add_argument("--tuning-db", type=Path, help="also time each model compiled with this tuning database")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             print(f"benchmarking {name}", file=sys.stderr, flush=True)
-            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp)))
+            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp), args.tuning_db))
     today = datetime.date.today().isoformat()
     print(f"Measured {today} on {machine_description()}, 2 threads per runtime, "
           f"with\n`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
           f"the ratio columns are effarch's time divided by the peer's (above 1: the peer is faster); "
           f"GFLOP/s is the model's FLOPs over effarch's time.\n")
-    print(f"| model | effarch -O{args.opt} | onnxruntime | PyTorch eager | effarch / ORT | effarch / eager "
-          f"| effarch GFLOP/s |")
-    print("|---|---|---|---|---|---|---|")
+    tuned_head = " effarch tuned | tuned / ORT |" if args.tuning_db else ""
+    print(f"| model | effarch -O{args.opt} |{tuned_head} onnxruntime | PyTorch eager | effarch / ORT "
+          f"| effarch / eager | effarch GFLOP/s |")
+    print("|---" * (7 + 2 * bool(args.tuning_db)) + "|")
     print("\n".join(rows))
-    ratios = [float(r.split("|")[5].strip().rstrip("x")) for r in rows if "n/a" not in r.split("|")[5]]
+    col = 7 if args.tuning_db else 5  # effarch / ORT
+    ratios = [float(r.split("|")[col].strip().rstrip("x")) for r in rows if "n/a" not in r.split("|")[col]]
     if ratios:
         print(f"\nGeometric mean of effarch / ORT: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x")
     return 0

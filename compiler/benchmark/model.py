@@ -34,17 +34,22 @@ def reference_onnx_path(source: SourceModel, folder: Path) -> Path:
 
 def bench_model(source: SourceModel, folder: Path, *, target: str = "x86", cpu: str | None = None,
                 opt_level: int = 2, warmup: int = 10, repeat: int = 50, seed: int = 0,
-                artifact: Path | None = None) -> str:
+                artifact: Path | None = None, tuning_db: Path | None = None) -> str:
     from compiler.benchmark.runner import bench, format_bench
     from compiler.driver import compile_model
 
     if artifact is None:
         artifact = folder / "model.effarch"
         compile_model(source, artifact, target=target, cpu=cpu, opt_level=opt_level)
+    tuned = None
+    if tuning_db is not None:
+        tuned = folder / "model.tuned.effarch"
+        compile_model(source, tuned, target=target, cpu=cpu, opt_level=opt_level, tuning_db=tuning_db)
     inputs = bench_inputs(source, seed)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         onnx_path = reference_onnx_path(source, Path(tmp))
-        result = bench(onnx_path, artifact, inputs, torch_spec=source.torch_spec, warmup=warmup, repeat=repeat)
+        result = bench(onnx_path, artifact, inputs, torch_spec=source.torch_spec, warmup=warmup, repeat=repeat,
+                       tuned_artifact=tuned)
     return format_bench(result) + _throughput(source, result)
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("effarch", "onnxruntime", "pytorch-eager")
+RUNTIMES = ("effarch", "effarch-tuned", "onnxruntime", "pytorch-eager")
+OPTIONAL = frozenset({"effarch-tuned"})  # a row only when asked for (a tuned artifact given)
 WORKER_TIMEOUT_S = 600
 
 
@@ -99,25 +100,27 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _jobs(onnx_path: Path | None, artifact_path: Path | None,
-          torch_spec: str | None) -> dict[str, str | None]:
+def _jobs(onnx_path: Path | None, artifact_path: Path | None, torch_spec: str | None,
+          tuned_path: Path | None = None) -> dict[str, str | None]:
     return {"effarch": str(artifact_path) if artifact_path else None,
+            "effarch-tuned": str(tuned_path) if tuned_path else None,
             "onnxruntime": str(onnx_path) if onnx_path else None,
             "pytorch-eager": torch_spec}
 
 
 def bench(onnx_path: str | Path | None, artifact_path: str | Path | None, inputs: dict[str, np.ndarray], *,
           torch_spec: str | None, warmup: int = 10, repeat: int = 50, rounds: int = 3,
-          threads: int | None = None) -> BenchResult:
+          threads: int | None = None, tuned_artifact: str | Path | None = None) -> BenchResult:
     """Time each runtime on ``inputs`` in separate processes; ``repeat`` runs in all, split over rounds.
 
-    A runtime whose source is None gets an "n/a" row; one that fails gets a row with the error.
+    A runtime whose source is None gets an "n/a" row (``effarch-tuned`` none); one that fails gets a
+    row with the error. ``tuned_artifact``: the same model compiled with ``--tuning-db``.
     """
     threads = threads or _default_threads()
     rounds = max(1, min(rounds, repeat))
     per_round = math.ceil(repeat / rounds)
     jobs = _jobs(Path(onnx_path) if onnx_path else None, Path(artifact_path) if artifact_path else None,
-                 torch_spec)
+                 torch_spec, Path(tuned_artifact) if tuned_artifact else None)
     times: dict[str, list[float]] = {rt: [] for rt in RUNTIMES}
     errors: dict[str, list[str]] = {rt: [] for rt in RUNTIMES}
     active = [rt for rt in RUNTIMES if jobs[rt] is not None]
@@ -135,7 +138,7 @@ def bench(onnx_path: str | Path | None, artifact_path: str | Path | None, inputs
                     log.warning("bench: %s failed: %s", rt, err)
                     errors[rt].append(err)
     rows = [_row(rt, times[rt], errors[rt]) if jobs[rt] else BenchRow(rt, None, None, None, 0, "n/a")
-            for rt in RUNTIMES]
+            for rt in RUNTIMES if jobs[rt] or rt not in OPTIONAL]
     shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in inputs.items()}
     return BenchResult(rows, warmup, per_round * rounds, rounds, threads, shapes)
 
@@ -159,7 +162,7 @@ def _cells(result: BenchResult, row: BenchRow) -> list[str]:
 
 def _summary(result: BenchResult) -> list[str]:
     lines = []
-    for rt in RUNTIMES[1:]:
+    for rt in [r.runtime for r in result.rows if r.runtime != "effarch"]:
         speedup = result.speedup_over_effarch(rt)
         if speedup is not None:
             faster, slower, x = (rt, "effarch", speedup) if speedup >= 1 else ("effarch", rt, 1 / speedup)

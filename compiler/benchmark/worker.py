@@ -93,6 +93,7 @@ def time_pytorch(model: str, inputs: Inputs, warmup: int, repeat: int, threads: 
 
 TIMERS: dict[str, Callable[[str, Inputs, int, int, int], list[float]]] = {
     "effarch": time_effarch,
+    "effarch-tuned": time_effarch,  # an artifact compiled with --tuning-db
     "onnxruntime": time_onnxruntime,
     "pytorch-eager": time_pytorch,
 }
