@@ -205,7 +205,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_ops(args: argparse.Namespace) -> int:
     from compiler.ir.ops import IR_OPSET, SUPPORTED_OPS
 
-    print(f"{len(SUPPORTED_OPS)} ONNX operators (opset {IR_OPSET} semantics; opsets 13-21 imported):")
+    print(f"{len(SUPPORTED_OPS)} ONNX operators (opset {IR_OPSET} semantics; opsets 7-28 imported, 7-12 converted):")
     print(", ".join(sorted(SUPPORTED_OPS)))
     return 0
 

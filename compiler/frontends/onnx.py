@@ -1,4 +1,7 @@
-"""ONNX importer: an ``onnx.ModelProto`` (opsets 13..21) becomes an effarch ``Graph`` in opset-21 form.
+"""ONNX importer: an ``onnx.ModelProto`` (opsets 7..28) becomes an effarch ``Graph`` in opset-21 form.
+
+Opsets other than 13..21 are handled as ``onnx_opsets`` describes (older ones converted, newer ones
+read where the op's form is unchanged).
 
 Steps, in order: load (with external data), reject unsupported opsets and operators (all of them
 in one error), infer types, then build: initializers and Constant nodes become graph constants,
@@ -25,13 +28,13 @@ import onnx.inliner
 from onnx import numpy_helper
 
 from compiler.errors import EffarchError, UnsupportedOpsError
+from compiler.frontends.onnx_opsets import check_opset, newer_forms
 from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
-from compiler.ir.ops import IR_OPSET, SUPPORTED_OPS
+from compiler.ir.ops import SUPPORTED_OPS
 from compiler.ir.types import Dim
 
 logger = logging.getLogger(__name__)
 
-MIN_OPSET = 13
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # Protobuf cannot serialise messages over 2 GiB, so bigger models are shape-inferred from files.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -49,17 +52,30 @@ GROUP_DOMAIN = "effarch"
 def import_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     """Import an ONNX model (a path or a loaded ModelProto) into an effarch graph."""
     proto, digest, path = _load(model)
-    opset = _default_opset(proto)
+    opsets = check_opset(proto)
+    proto, opset = opsets.model, opsets.opset
+    if opsets.source_opset != opset:
+        path = None  # the converted model exists only in memory
     groups = [(f.domain, f.name) for f in proto.functions if f.domain == GROUP_DOMAIN]
     if len(groups) < len(proto.functions):
         # Model-local functions are macros; inlining them exposes their ops to the checks below.
         proto = onnx.inliner.inline_selected_functions(proto, groups, exclude=True)
     functions = {(f.domain, f.name): f for f in proto.functions if f.domain == GROUP_DOMAIN}
-    _check_supported(proto.graph, functions)
+    try:  # ops outside the IR first: type inference fails on some (unknown domains)
+        _check_supported(proto.graph, functions)
+    except UnsupportedOpsError:  # the one error lists the newer op forms too, judged without types
+        _check_supported(proto.graph, functions, newer_forms(proto.graph, opset, lambda _name: None))
+        raise
     inferred = _infer_types(proto, path)
+    elem_types = {i.name: i.data_type for i in proto.graph.initializer}
+    elem_types.update({k: t.tensor_type.elem_type for k, t in inferred.items() if t.HasField("tensor_type")})
+    newer = newer_forms(proto.graph, opset, lambda name: elem_types.get(name) or None)
+    _check_supported(proto.graph, functions, newer)
     graph = _GraphBuilder(inferred, opset, functions).build(proto.graph)
     graph.metadata.update({
         "opset": str(opset),
+        "source_opset": str(opsets.source_opset),
+        "import_notes": "; ".join(opsets.notes),
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "source_sha256": digest,
     })
@@ -96,26 +112,15 @@ def _proto_digest(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _default_opset(proto: onnx.ModelProto) -> int:
-    versions = [o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS]
-    if not versions:
-        raise EffarchError("the model imports no default-domain ONNX opset; re-export it with opset 21")
-    opset = versions[0]
-    if not MIN_OPSET <= opset <= IR_OPSET:
-        raise EffarchError(
-            f"ONNX opset {opset} is not supported (effarch reads opsets {MIN_OPSET}..{IR_OPSET}); convert "
-            f"it with onnx.version_converter.convert_version(model, {IR_OPSET}) or re-export with opset "
-            f"{IR_OPSET}")
-    return opset
-
-
 def is_supported(domain: str, op_type: str) -> bool:
     return domain in DEFAULT_DOMAINS and op_type in SUPPORTED_OPS
 
 
-def _check_supported(graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.FunctionProto]) -> None:
-    """Raise one UnsupportedOpsError naming every unsupported op type, its count and some node names."""
-    bad: dict[str, list[str]] = {}
+def _check_supported(graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.FunctionProto],
+                     newer_forms: dict[str, list[str]] | None = None) -> None:
+    """Raise one UnsupportedOpsError naming every unsupported op type (and newer op forms the IR does
+    not have), its count and some node names."""
+    bad: dict[str, list[str]] = {k: list(v) for k, v in (newer_forms or {}).items()}
     nodes = [*graph.node, *(n for f in functions.values() for n in f.node)]
     for i, node in enumerate(nodes):
         if (node.domain, node.op_type) in functions:

@@ -45,12 +45,21 @@ def test_subgraph_ops_are_unsupported() -> None:
         import_onnx(model)
 
 
-@pytest.mark.parametrize("opset", [11, 22])
-def test_opset_outside_13_to_21_names_the_fix(opset: int) -> None:
+@pytest.mark.parametrize("opset", [6, 29])
+def test_opset_outside_7_to_28_names_the_fix(opset: int) -> None:
     relu = helper.make_node("Relu", ["x"], ["y"])
     model = make_model([relu], [f32("x", [1])], [f32("y", [1])], opset=opset)
-    with pytest.raises(EffarchError, match=f"ONNX opset {opset} is not supported.*version_converter"):
+    with pytest.raises(EffarchError, match=f"ONNX opset {opset} is not supported.*re-export the model with opset 21"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 22, 25, 28])
+def test_opsets_7_to_28_are_read(opset: int) -> None:
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    model = make_model([relu], [f32("x", [1])], [f32("y", [1])], opset=opset)
+    g = import_onnx(model)
+    assert [n.op for n in g.nodes] == ["Relu"] and g.metadata["source_opset"] == str(opset)
+    assert ("version converter" in g.metadata["import_notes"]) == (opset < 13)
 
 
 def test_opset13_reductions_and_split_are_normalised_to_opset21() -> None:

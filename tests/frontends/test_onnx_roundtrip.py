@@ -4,11 +4,11 @@ The installed onnx wheel ships no ``onnx/backend/test/data/node`` folder, so the
 generator that writes those files: ``onnx.backend.test.case.node.collect_testcases`` (same models,
 same inputs and expected outputs). Cases are selected by the op types in their models.
 
-Cases written for opsets above 21 are retargeted to opset 21 when the model is also valid there
-(the op's schema changed only by types, which onnx.checker confirms); cases below opset 13 are
-converted with onnx.version_converter. Cases using what effarch does not support (an op outside
-SUPPORTED_OPS, an element type outside DType, a non-tensor value, an opset still out of range) must
-fail import with a one-line EffarchError saying so.
+Cases are imported at the opset they were written for: the importer converts those below opset 13
+and reads those above 21 where the op's form is unchanged (``compiler.frontends.onnx_opsets``).
+Cases using what effarch does not support (an op outside SUPPORTED_OPS, a newer op form that sets
+an attribute its opset-21 form lacks, an element type outside DType, a non-tensor value, an opset
+out of range) must fail import with a one-line EffarchError saying so.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import onnx
 import pytest
 
 from compiler.errors import EffarchError
-from compiler.frontends.onnx import DEFAULT_DOMAINS, MIN_OPSET, import_onnx
+from compiler.frontends.onnx import DEFAULT_DOMAINS, import_onnx
 from compiler.frontends.onnx_export import to_onnx
+from compiler.frontends.onnx_opsets import MAX_OPSET, MIN_OPSET, newer_forms
 from compiler.ir import DType
-from compiler.ir.ops import IR_OPSET, SUPPORTED_OPS
+from compiler.ir.ops import SUPPORTED_OPS
 from compiler.ir.verifier import verify
 from compiler.numerics.reference import run_onnxruntime
 
@@ -49,12 +50,6 @@ EXCLUDED: dict[str, str] = {
     "test_castlike_FLOAT_to_BFLOAT16_expanded": ORT_NO_BF16_IO,
     "test_max_int16": ORT_LACKS_KERNEL,
     "test_min_int16": ORT_LACKS_KERNEL,
-    "test_mod_float16_mixed_sign_fmod_0": ORT_LACKS_KERNEL,
-    "test_mod_float32_mixed_sign_fmod_0": ORT_LACKS_KERNEL,
-    "test_mod_float64_mixed_sign_fmod_0": ORT_LACKS_KERNEL,
-    "test_mod_float_edge_cases_fmod_0_float16": ORT_LACKS_KERNEL,
-    "test_mod_float_edge_cases_fmod_0_float32": ORT_LACKS_KERNEL,
-    "test_mod_float_edge_cases_fmod_0_float64": ORT_LACKS_KERNEL,
     "test_reduce_max_empty_set_bool": ORT_LACKS_KERNEL,
     "test_training_dropout": RANDOM_OUTPUT,
     "test_training_dropout_default": RANDOM_OUTPUT,
@@ -87,7 +82,7 @@ def _cases() -> dict[str, Case]:
     cases = {}
     for c in raw:
         if {n.op_type for n in c.model.graph.node} & SUPPORTED_OPS:
-            cases[c.name] = Case(c.name, _retarget(c.model), c.data_sets, c.rtol, c.atol)
+            cases[c.name] = Case(c.name, c.model, c.data_sets, c.rtol, c.atol)
     return cases
 
 
@@ -95,29 +90,21 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS)
 
 
-def _retarget(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model at opset 21 when it is valid there, else unchanged."""
-    opset = _opset(model)
-    if MIN_OPSET <= opset <= IR_OPSET:
-        return model
-    try:
-        if opset < MIN_OPSET:
-            moved = onnx.version_converter.convert_version(model, IR_OPSET)
-        else:
-            moved = onnx.ModelProto()
-            moved.CopyFrom(model)
-            next(o for o in moved.opset_import if o.domain in DEFAULT_DOMAINS).version = IR_OPSET
-        onnx.checker.check_model(moved, full_check=True)
-    except Exception:  # the checker and converter raise several types; either way it stays out of range
-        return model
-    return moved
+def _newer_form(model: onnx.ModelProto) -> bool:
+    """A node whose form at the model's opset is not its opset-21 form (rule: onnx_opsets)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.input, *inferred.graph.value_info,
+                                                             *inferred.graph.output]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return bool(newer_forms(model.graph, _opset(model), lambda n: types.get(n) or None))
 
 
 def _expected_import_error(model: onnx.ModelProto) -> str | None:
     """A regex for the error import must raise, judged from the model alone (not from the importer)."""
-    if not MIN_OPSET <= _opset(model) <= IR_OPSET:
+    if not MIN_OPSET <= _opset(model) <= MAX_OPSET:
         return r"ONNX opset \d+ is not supported"
-    if any(n.op_type not in SUPPORTED_OPS or n.domain not in DEFAULT_DOMAINS for n in model.graph.node):
+    if any(n.op_type not in SUPPORTED_OPS or n.domain not in DEFAULT_DOMAINS for n in model.graph.node) or (
+            _newer_form(model)):
         return r"unsupported operators \(\d+ types"
     values = [*model.graph.input, *model.graph.output]
     if any(v.type.WhichOneof("value") != "tensor_type" for v in values):
@@ -213,7 +200,24 @@ def test_rejections_are_judged_from_the_model() -> None:
     # Guard against the classifier rejecting everything: most selected cases must really run.
     judged = [_expected_import_error(c.model) is None for c in _cases().values()]
     assert sum(judged) > len(judged) // 2
-    assert re.search("opset", _expected_import_error(_with_opset(11)) or "")
+    assert re.search("opset", _expected_import_error(_with_opset(6)) or "")
+    assert _expected_import_error(_with_opset(11)) is None  # converted on import
+    graph = import_onnx(_with_opset(9))
+    assert graph.metadata["source_opset"] == "9" and "version converter" in graph.metadata["import_notes"]
+    with pytest.raises(EffarchError, match=r"ONNX opset 6 is not supported \(effarch reads opsets 7\.\.28\)"):
+        import_onnx(_with_opset(6))
+
+
+def test_newer_op_forms_are_refused_by_name() -> None:
+    pool = onnx.helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2], ceil_mode=1, name="pool")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 5])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = onnx.helper.make_graph([pool], "g", [x], [y])
+    at22 = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 22)])
+    with pytest.raises(EffarchError, match=r"MaxPool \(opset-22 form\) x1 \[pool\]"):
+        import_onnx(at22)
+    at21 = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+    assert [n.op for n in import_onnx(at21).nodes] == ["MaxPool"]
 
 
 def _with_opset(opset: int) -> onnx.ModelProto:
