@@ -32,7 +32,10 @@ def load_source(args: argparse.Namespace):  # -> SourceModel; shared by plug-in 
     from compiler.driver import load_model, parse_shape_args
 
     progress(f"loading {args.model}")
-    return load_model(_model_spec(args.model), parse_shape_args(getattr(args, "shape", None)))
+    source = load_model(_model_spec(args.model), parse_shape_args(getattr(args, "shape", None)))
+    if source.graph.metadata.get("import_notes"):
+        progress(source.graph.metadata["import_notes"])  # e.g. converted from an older opset
+    return source
 
 
 def load_source_spec(model: str):  # -> SourceModel

@@ -19,52 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, version_converter
 
+from compiler.benchmark.onnx_light import light_model
 from compiler.benchmark.runner import bench, machine_description
 from compiler.driver import compile_model, load_model
 
-LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = ("squeezenet", "densenet121", "inception_v2", "vgg19")
-
-
-def materialize(name: str, out: Path) -> Path:
-    """light_<name>.onnx with its ConstantOfShape weights as random initializers, at opset 21."""
-    model = onnx.load(str(LIGHT / f"light_{name}.onnx"))
-    graph = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    rng = np.random.default_rng(0)
-    positive = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (1, 4)}
-    kept = []
-    for node in graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-            shape = [int(d) for d in inits[node.input[0]]]
-            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            w = (rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(np.float32)
-            if node.output[0] in positive:  # BatchNorm scale and variance: no NaN from sqrt(var)
-                w = np.abs(w) + np.float32(0.5)
-            graph.initializer.append(numpy_helper.from_array(w, node.output[0]))
-        else:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
-    shapes_only = [i for i in graph.initializer if i.name not in used]  # the removed nodes' shape inputs
-    for init in shapes_only:
-        graph.initializer.remove(init)
-    gone = {i.name for i in shapes_only}
-    for inp in [i for i in graph.input if i.name in gone]:
-        graph.input.remove(inp)
-    for name in {i.name for i in graph.initializer} - {i.name for i in graph.input}:
-        w = next(i for i in graph.initializer if i.name == name)
-        graph.input.append(onnx.helper.make_tensor_value_info(name, w.data_type, list(w.dims)))
-    converted = version_converter.convert_version(model, 21)
-    names = {i.name for i in converted.graph.initializer}
-    real_inputs = [i for i in converted.graph.input if i.name not in names]  # weights are not inputs
-    del converted.graph.input[:]
-    converted.graph.input.extend(real_inputs)
-    onnx.save(converted, str(out))
-    return out
 
 
 def main() -> int:
@@ -77,7 +37,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             print(f"benchmarking {name}", file=sys.stderr, flush=True)
-            path = materialize(name, Path(tmp) / f"{name}.onnx")
+            path = light_model(name, Path(tmp) / f"{name}.onnx", opset=21)
             source = load_model(str(path))
             artifact = Path(tmp) / f"{name}.effarch"
             compile_model(source, artifact, target="x86", opt_level=2)

@@ -14,12 +14,12 @@ ELEMENTWISE_UNARY = frozenset({
     "Not", "Sign", "Round", "IsNaN",
 })
 ELEMENTWISE_BINARY = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod", "Sum", "Mean",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor",
 })
 ELEMENTWISE_OTHER = frozenset({"Where", "Clip", "Cast", "CastLike", "PRelu", "Identity", "Dropout"})
 CONTRACTIONS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-NORMALIZATION = frozenset({"BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax"})
+NORMALIZATION = frozenset({"BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "LRN"})
 REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin"})
 POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 SHAPE_AND_DATA = frozenset({

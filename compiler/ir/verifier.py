@@ -300,7 +300,7 @@ def _int64_output(n: Node) -> Iterable[str]:
     yield from _output_dtype(n, DType.I64, f"{n.op}")
 
 
-_ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod")
+_ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Sum", "Mean")
 _COMPARISON = ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual")
 _TYPE_RULES: dict[str, Callable[[Node], Iterable[str]]] = {
     **dict.fromkeys(_ARITHMETIC, _arithmetic),

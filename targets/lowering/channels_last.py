@@ -33,7 +33,7 @@ TO_NCHW = [0, 3, 1, 2]
 ELEMENTWISE = frozenset({
     "Abs", "Neg", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Erf", "Sin", "Cos", "Relu", "Sigmoid", "Tanh",
     "Sign", "Round", "Identity", "Reciprocal", "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Gelu",
-    "Softplus", "Clip", "Cast", "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow",
+    "Softplus", "Clip", "Cast", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow",
 })
 
 NhwcConverter = Callable[[Any, Node], relax.Expr | None]

@@ -148,13 +148,19 @@ def _mod(c: Call) -> relax.Expr:
     return R.floor_mod(a, b)  # Python-style: the sign of the divisor
 
 
-@converter("Max", "Min")
-def _max_min(c: Call) -> relax.Expr:
-    fn = R.maximum if c.op == "Max" else R.minimum
+_VARIADIC = {"Max": R.maximum, "Min": R.minimum, "Sum": R.add, "Mean": R.add}
+
+
+@converter("Max", "Min", "Sum", "Mean")
+def _variadic(c: Call) -> relax.Expr:
+    # Folded pairwise with numpy broadcasting; Mean divides the sum by the operand count.
+    fn = _VARIADIC[c.op]
     args = [a for a in c.args if a is not None]
     acc = args[0]
     for a in args[1:]:
         acc = c.emit(fn(acc, a))
+    if c.op == "Mean" and len(args) > 1:
+        acc = R.divide(acc, scalar(len(args), c.dtype(0)))
     return acc
 
 

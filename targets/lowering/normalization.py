@@ -1,4 +1,4 @@
-"""Converters of BatchNormalization (inference), LayerNormalization, Softmax and LogSoftmax."""
+"""Converters of BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax and LRN."""
 
 from __future__ import annotations
 
@@ -26,6 +26,26 @@ def _batch_norm(c: Call) -> relax.Expr:
     if c.dtype(1) != dt:
         factor, shift = c.emit(R.astype(factor, dt)), c.emit(R.astype(shift, dt))
     return R.add(c.emit(R.multiply(c.arg(0), factor)), shift)
+
+
+@converter("LRN")
+def _lrn(c: Call) -> relax.Expr:
+    # y = x / (bias + alpha / size * sum of x^2 over the channels c-floor((size-1)/2) .. c+ceil((size-1)/2))^beta.
+    # The windowed sum is an average pool over the channel axis (zero padding counted) times size.
+    if c.rank(0) < 3:
+        raise c.fail(f"LRN needs an input of rank 3 or more (N, C, ...); got rank {c.rank(0)}")
+    size, dt = int(c.attr("size")), c.dtype(0)
+    alpha, beta, bias = float(c.attr("alpha", 1e-4)), float(c.attr("beta", 0.75)), float(c.attr("bias", 1.0))
+    shape = c.shape(0)
+    rest = 1
+    for d in shape[2:]:
+        rest *= int(d)
+    squares = c.emit(R.reshape(c.emit(R.multiply(c.arg(0), c.arg(0))), [shape[0], 1, shape[1], rest]))
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    mean = c.emit(R.nn.avg_pool2d(squares, pool_size=(size, 1), strides=(1, 1), padding=(before, 0, after, 0),
+                                  count_include_pad=True))
+    scale = c.emit(R.add(scalar(bias, dt), R.multiply(scalar(alpha, dt), R.reshape(mean, shape))))
+    return R.divide(c.arg(0), R.power(scale, scalar(beta, dt)))
 
 
 @converter("LayerNormalization")
