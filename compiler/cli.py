@@ -63,6 +63,13 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise EffarchError(f"cannot read {path} as .npz ({e}); save inputs with numpy.savez") from None
 
 
+def _summary(arr: np.ndarray) -> str:
+    """Mean, min and max of an output; a zero-size output has none."""
+    if arr.size == 0:
+        return "(empty)"
+    return f"mean {float(np.mean(arr)):.6g}  min {float(np.min(arr)):.6g}  max {float(np.max(arr)):.6g}"
+
+
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a failure leaves no partial file."""
     from compiler.fileio import atomic_write
@@ -137,8 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = read_npz(args.inputs) if args.inputs else random_inputs_for_specs(art.input_specs, args.seed)
         outputs = art.run(inputs)
     for name, arr in outputs.items():
-        print(f"{name}: {arr.dtype}{list(arr.shape)}  mean {float(np.mean(arr)):.6g}  "
-              f"min {float(np.min(arr)):.6g}  max {float(np.max(arr)):.6g}")
+        print(f"{name}: {arr.dtype}{list(arr.shape)}  {_summary(arr)}")
     if args.reference:
         from compiler import report
         from compiler.numerics.compare import compare_outputs

@@ -61,6 +61,7 @@ def import_onnx(model: str | Path | onnx.ModelProto) -> Graph:
         # Model-local functions are macros; inlining them exposes their ops to the checks below.
         proto = onnx.inliner.inline_selected_functions(proto, groups, exclude=True)
     functions = {(f.domain, f.name): f for f in proto.functions if f.domain == GROUP_DOMAIN}
+    _check_single_producers(proto.graph)
     try:  # ops outside the IR first: type inference fails on some (unknown domains)
         _check_supported(proto.graph, functions)
     except UnsupportedOpsError:  # the one error lists the newer op forms too, judged without types
@@ -110,6 +111,21 @@ def _proto_digest(proto: onnx.ModelProto) -> str:
             digest.update(init.raw_data)
         return digest.hexdigest()
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _check_single_producers(graph: onnx.GraphProto) -> None:
+    """Every value has one producer (a graph input, an initializer or one node output): ONNX graphs
+    are single-assignment, and a second writer would silently win or lose."""
+    producer: dict[str, str] = {i.name: "graph input" for i in graph.input}
+    producer.update({i.name: "initializer" for i in graph.initializer})
+    for i, node in enumerate(graph.node):
+        here = f"node '{node.name or f'#{i}'}'"
+        for out in node.output:
+            if out and out in producer:
+                raise EffarchError(f"value '{out}' is written by {producer[out]} and by {here}; an ONNX graph "
+                                   f"assigns each value once: rename one of the outputs")
+            if out:
+                producer[out] = here
 
 
 def is_supported(domain: str, op_type: str) -> bool:

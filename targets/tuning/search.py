@@ -1,7 +1,9 @@
 """``effarch tune``: MetaSchedule over the kernels the build meets, in chunks, resumable.
 
 The budget (``trials``) is spread over the kernels by their share of the model's time under our own
-schedules (measured first, by the same runner), at least one chunk each, slowest first. Each chunk is
+schedules (measured first, by the same runner), at least one chunk each, slowest first. At the end
+our schedule and the best tuned one of every tuned kernel are timed again side by side, and those
+two numbers decide which one the build uses. Each chunk is
 one ``tune_tir`` call that appends its measured candidates to the database; the evolutionary search
 starts from the best records already there, so a tune interrupted (Ctrl-C, ``--time-budget``) and
 started again continues where it stopped. After each chunk the index records the trials spent and
@@ -70,7 +72,7 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
         while entry.trials < allotted and not entry.untunable:
             if time_budget_s is not None and time.monotonic() - t0 >= time_budget_s:
                 result.stopped = f"time budget of {time_budget_s:g} s spent"
-                return result
+                break
             n = min(chunk, allotted - entry.trials)
             with captured_native_logs():
                 _tune_chunk(kernel, entry, db, n, builder, runner, seed + entry.trials)
@@ -80,7 +82,32 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
             if progress is not None:
                 progress(Progress(done, sum(a for _, a in plan), kernel.name, index + 1, len(plan),
                                   time.monotonic() - t0, entry))
+    with captured_native_logs():
+        _head_to_head([k for k in kernels if db.entry(k).tuned_ms is not None], db, builder, runner)
+    db.save()
     return result
+
+
+def _head_to_head(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.Builder,
+                  runner: ms.runner.Runner) -> None:
+    """Time our schedule and the best tuned one of each kernel again, side by side in one batch:
+    the rounds ran minutes apart, on a machine whose load changes, so the choice the build makes
+    rests on these two numbers."""
+    from targets.schedules import machine_of, schedule_kernel
+
+    pairs = []
+    m = machine_of(db.tvm_target)
+    with db.tvm_target:
+        for k in kernels:
+            tuned = db.tuned_function(k)
+            if tuned is not None:
+                pairs.append((k, schedule_kernel(k.func, db.tvm_target, m)[0], tuned))
+    funcs = [f for _, ours, tuned in pairs for f in (ours, tuned)]
+    times = time_functions(funcs, db.tvm_target, builder, runner) if funcs else []
+    for i, (k, _, _) in enumerate(pairs):
+        ours_ms, tuned_ms = times[2 * i], times[2 * i + 1]
+        if ours_ms is not None and tuned_ms is not None:
+            db.entry(k).own_ms, db.entry(k).tuned_ms = ours_ms, tuned_ms
 
 
 def _quiet_metaschedule() -> None:

@@ -114,3 +114,17 @@ def test_compile_prints_impact_and_changed_diffs(tmp_path: Path, capsys: pytest.
     assert "-  %wt = Transpose(%w)" in out.replace("  # wt", "")
     stages = sorted(p.name for p in (tmp_path / "stages").iterdir())
     assert stages[:2] == ["00-input.ir", "00-input.onnx"] and any("fold-constants" in s for s in stages)
+
+
+def test_zero_size_model_compiles_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "empty",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [0, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [0, 3])])
+    model = tmp_path / "zero.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(model))
+    art = tmp_path / "zero.effarch"
+    code, _, err = _run(capsys, "compile", str(model), "-o", str(art))
+    assert code == 0, err
+    code, out, err = _run(capsys, "run", str(art))
+    assert code == 0, err
+    assert "y: float32[0, 3]  (empty)" in out

@@ -22,7 +22,7 @@ F32_TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 
 def test_unsupported_ops_are_all_listed_in_one_error() -> None:
-    nodes = [helper.make_node("TopK", ["x", "k"], ["v", f"i{i}"], name=f"topk_{i}") for i in range(7)]
+    nodes = [helper.make_node("TopK", ["x", "k"], [f"v{i}", f"i{i}"], name=f"topk_{i}") for i in range(7)]
     nodes += [helper.make_node("NonMaxSuppression", ["x", "x"], [f"n{i}"], name=f"nms_{i}") for i in range(2)]
     nodes += [helper.make_node("Relu", ["x"], ["r"], name="fine"),
               helper.make_node("Frob", ["x"], ["z"], name="custom", domain="com.acme")]
@@ -179,3 +179,13 @@ def test_torch_namespace_becomes_module_path() -> None:
     g = import_onnx(make_model([node], [f32("x", [2])], [f32("y", [2])]))
     assert g.nodes[0].provenance.source == "act"
     assert g.nodes[0].name == "node_relu"
+
+
+@pytest.mark.parametrize("second", ["node", "input"])
+def test_a_value_written_twice_is_refused_naming_both_writers(second: str) -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="a")]
+    nodes.append(helper.make_node("Neg", ["x"], ["y" if second == "node" else "x"], name="b"))
+    model = make_model(nodes, [f32("x", [2])], [f32("y", [2])])
+    writer = "node 'a'" if second == "node" else "graph input"
+    with pytest.raises(EffarchError, match=f"is written by {writer} and by node 'b'.*assigns each value once"):
+        import_onnx(model)
