@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.cli import main
+from compiler.cli.main import main
 
 
 def _small_onnx(path: Path) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
-from compiler.commands.new_pass import _places
+from compiler.cli.commands.new_pass import _places
+from compiler.cli.main import main
 
 
 def _pytest(folder: Path) -> subprocess.CompletedProcess[str]:

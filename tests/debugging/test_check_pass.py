@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.cli import main
+from compiler.cli.main import main
 from compiler.debugging.check_pass import Case, check_case
 from compiler.debugging.random_graphs import random_graph
 from compiler.ir import Graph, print_graph

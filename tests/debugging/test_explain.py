@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from compiler.cli.main import main
 from compiler.debugging.explain import explain_pass, format_explanation
 from compiler.errors import EffarchError
 from compiler.ir.parser import parse_graph

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import passes  # noqa: F401  (registers every pass)
-from compiler.cli import main
+from compiler.cli.main import main
 from compiler.debugging.bisect import bisect_pipeline
 from compiler.debugging.numeric_check import NumericCheckInstrument, run_graph
 from compiler.debugging.reproducer import replay, replay_and_report

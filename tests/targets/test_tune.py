@@ -158,7 +158,7 @@ def test_bad_tuning_options_fail_in_one_line(tmp_path: Path, argv: list[str], me
 
 
 def test_time_budget_and_durations() -> None:
-    from compiler.commands.tune import parse_duration
+    from compiler.cli.commands.tune import parse_duration
 
     assert parse_duration("90s") == 90 and parse_duration("20m") == 1200 and parse_duration("1.5h") == 5400
     assert parse_duration("45") == 45

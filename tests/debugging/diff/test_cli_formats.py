@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from compiler.cli.main import main
 from compiler.debugging.diff.load import load_graph
 from compiler.errors import EffarchError
 from compiler.ir import parse_graph, print_graph

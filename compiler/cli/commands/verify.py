@@ -17,7 +17,7 @@ DEFAULT_REPRODUCER = "{stem}-{pass_}.repro.zip"
 
 
 def register(sub: Any) -> None:
-    from compiler.cli import add_model_args
+    from compiler.cli.common import add_model_args
 
     p = sub.add_parser("verify", help="check the numbers after every pass against onnxruntime; find the guilty pass")
     add_model_args(p)
@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from compiler.cli import load_source, progress, read_npz
+    from compiler.cli.common import load_source, progress, read_npz
     from compiler.debugging.numeric_check import run_graph
     from compiler.numerics.reference import random_inputs
 

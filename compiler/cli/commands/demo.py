@@ -7,6 +7,7 @@ held-out data, and time it against onnxruntime and PyTorch eager.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler import report
+DEFAULT_MODEL = "digits_cnn"
 
 STEPS = 6
 
@@ -66,6 +67,7 @@ def _accuracy_section(model: str, predict: Callable[[np.ndarray], np.ndarray], e
 def run_demo(model: str, out_dir: Path, *, warmup: int = 10, repeat: int = 50) -> int:
     from compiler import zoo
     from compiler.benchmark.model import bench_model
+    from compiler.cli import report
     from compiler.driver import compile_model, load_model
     from compiler.numerics.compare import compare_outputs
     from compiler.numerics.reference import run_onnxruntime
@@ -110,3 +112,16 @@ def run_demo(model: str, out_dir: Path, *, warmup: int = 10, repeat: int = 50) -
     ok = all(c.ok for c in checks + torch_checks)
     print(f"\nDemo {'passed' if ok else 'FAILED'}: artifact at {artifact}")
     return 0 if ok else 1
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="compile the bundled default model for this CPU, run it, report")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="zoo model to use")
+    p.add_argument("--out", default="out/demo", help="folder for the artifact and stages")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=50)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.model, Path(args.out), warmup=args.warmup, repeat=args.repeat)

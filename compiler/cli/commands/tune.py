@@ -18,7 +18,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smh]?)$")
 
 
 def register(sub: Any) -> None:
-    from compiler.cli import add_model_args
+    from compiler.cli.common import add_model_args
 
     p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database for compile")
     add_model_args(p)
@@ -48,7 +48,7 @@ def parse_duration(text: str) -> float:
 def cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from compiler.cli import load_source, progress
+    from compiler.cli.common import load_source, progress
     from compiler.driver import optimize, pipeline_for
     from compiler.errors import EffarchError
     from targets.tuning import tune_model

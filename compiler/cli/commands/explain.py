@@ -14,7 +14,7 @@ from compiler.debugging.explain import DEFAULT_LIMIT
 
 
 def register(sub: Any) -> None:
-    from compiler.cli import add_model_args
+    from compiler.cli.common import add_model_args
 
     p = sub.add_parser("explain", help="why a pass's rules fired or not: its rewrites and near misses")
     add_model_args(p)
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from compiler.cli import load_source
+    from compiler.cli.common import load_source
     from compiler.debugging.explain import explain_pass, format_explanation
     from compiler.pass_manager import PassContext
 

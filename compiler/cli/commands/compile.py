@@ -1,0 +1,86 @@
+"""``effarch compile MODEL -o FILE.effarch``: load, run the pass pipeline, lower and build one artifact.
+
+Prints the per-pass impact table and the graph before and after; ``--verify`` compares the
+artifact's outputs with onnxruntime and keeps no artifact that differs. ``--reproduce FILE``
+replays a reproducer that ``effarch verify --bisect`` wrote instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    from compiler.cli.common import add_model_args, add_target_args
+
+    p = sub.add_parser("compile", help="compile a model into one .effarch artifact")
+    add_model_args(p, optional=True)
+    add_target_args(p)
+    p.add_argument("-o", "--output", help="artifact file to write (.effarch)")
+    p.add_argument("--pipeline", default=None, help="pass pipeline text (overrides -O), e.g. "
+                                                    "'fold-constants,eliminate-dead-code'")
+    p.add_argument("--verify", action="store_true", help="compare the binary's outputs with onnxruntime")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs for --verify")
+    p.add_argument("--verify-each", action="store_true", help="run the IR verifier after every pass")
+    p.add_argument("--save-stages", metavar="DIR", help="save every stage as numbered ONNX and IR text")
+    p.add_argument("--print-changed", action="store_true",
+                   help="print a diff of the IR after each pass that changed it")
+    p.add_argument("--measure", action="store_true",
+                   help="build and time the model after each pass that changed it (per-pass latency impact)")
+    p.add_argument("--reproduce", metavar="FILE", help="replay a reproducer written by 'effarch verify --bisect'")
+    p.add_argument("--tuning-db", metavar="DIR", help="use the kernels 'effarch tune --db DIR' found faster than "
+                                                      "effarch's own schedules (CPU targets, -O2 and above)")
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from compiler.cli import report
+    from compiler.cli.common import load_source, progress
+    from compiler.debugging.impact import impact_table
+    from compiler.driver import compile_model
+    from compiler.errors import EffarchError
+
+    if args.reproduce:
+        from compiler.debugging.reproducer import replay_and_report
+
+        return replay_and_report(args.reproduce, print)
+    if not args.model or not args.output:
+        raise EffarchError("compile needs a model and -o FILE.effarch (or --reproduce FILE)")
+    source = load_source(args)
+    out = Path(args.output)
+    progress(f"compiling for {args.target} at -O{args.opt_level}")
+    instruments = _instruments(args)
+    result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
+                           pipeline=args.pipeline, instruments=instruments,
+                           tuning_db=Path(args.tuning_db) if args.tuning_db else None)
+    print("Per-pass impact\n" + impact_table(instruments[0].rows))
+    print(report.stats_comparison(result.graph_before, result.graph_after))
+    if args.verify:
+        progress("verifying against onnxruntime on seeded random inputs")
+        checks = report.verify_artifact(source, out, seed=args.seed)
+        print(report.checks_table(checks))
+        if not all(c.ok for c in checks):
+            out.unlink(missing_ok=True)
+            raise EffarchError("outputs differ from onnxruntime beyond tolerance (see above); the artifact was "
+                               "not kept; try a lower -O level or --pipeline to find the pass")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _instruments(args: argparse.Namespace) -> list:
+    from compiler import pass_manager as pm
+    from compiler.debugging.impact import ImpactInstrument, PrintChangedInstrument, TargetLatency
+
+    measure = TargetLatency(target=args.target, cpu=args.cpu) if args.measure else None
+    out: list = [ImpactInstrument(measure=measure)]
+    if args.verify_each:
+        out.append(pm.VerifyEachInstrument())
+    if args.save_stages:
+        out.append(pm.SaveStagesInstrument(Path(args.save_stages)))
+    if args.print_changed:
+        out.append(PrintChangedInstrument(lambda text: print(text, flush=True), color=sys.stdout.isatty(),
+                                          quiet=True))
+    return out
