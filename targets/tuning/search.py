@@ -120,10 +120,10 @@ def _quiet_metaschedule() -> None:
 
 def _measure_own(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.Builder,
                  runner: ms.runner.Runner) -> None:
-    """Time our own schedule of each kernel not timed before (one build batch, one run batch)."""
+    """Time our own schedule of every kernel (one build batch, one run batch)."""
     from targets.schedules import machine_of, schedule_kernel
 
-    todo = [k for k in kernels if db.entry(k).own_ms is None]
+    todo = kernels  # again on every run: the load of the machine may have changed since the last
     if not todo:
         return
     m = machine_of(db.tvm_target)
