@@ -14,7 +14,7 @@ import pytest
 
 from compiler.benchmark.onnx_light import NAMES, light_model
 from compiler.driver import compile_model, load_model
-from compiler.report import verify_artifact
+from compiler.cli.report import verify_artifact
 
 
 @pytest.mark.slow
