@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from compiler.benchmark.onnx_light import NAMES, light_model
-from compiler.driver import compile_model, load_model
 from compiler.cli.report import verify_artifact
+from compiler.driver import compile_model, load_model
 
 
 @pytest.mark.slow
