@@ -1,13 +1,13 @@
 """``effarch tune``: MetaSchedule over the kernels the build meets, in chunks, resumable.
 
-The budget (``trials``) is spread over the kernels by their share of the model's time under our own
-schedules (measured first, by the same runner), at least one chunk each, slowest first. At the end
-our schedule and the best tuned one of every tuned kernel are timed again side by side, and those
-two numbers decide which one the build uses. Each chunk is
-one ``tune_tir`` call that appends its measured candidates to the database; the evolutionary search
-starts from the best records already there, so a tune interrupted (Ctrl-C, ``--time-budget``) and
-started again continues where it stopped. After each chunk the index records the trials spent and
-the best time, so the next ``effarch compile --tuning-db`` can use it at once.
+The budget (``trials``, earlier runs' included) is spread over the kernels by their share of the
+model's time under our own schedules (timed first, by the same runner), at least one chunk each,
+slowest first. Each chunk is one ``tune_tir`` call that appends its measured candidates to the
+database; the evolutionary search starts from the best records already there, so a tune
+interrupted (Ctrl-C, ``--time-budget``) and started again continues where it stopped. After each
+chunk the index records the trials spent and the best time. At the end our schedule and the best
+tuned one of every tuned kernel are timed again side by side, and those two numbers decide which
+one the build uses.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
                  tracker: Tracker | None = None, chunk: int = CHUNK, seed: int = 0,
                  progress: Callable[[Progress], None] | None = None) -> TuneResult:
     """Tune the unscheduled kernels of ``mod`` (after fusion) into ``db``, ``trials`` in all."""
+    t0 = time.monotonic()  # the time budget counts from here: timing our schedules is part of it
     kernels = model_kernels(mod)
     builder, runner = make_builder(), make_runner(tracker)
     with captured_native_logs():
@@ -63,24 +64,25 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
     for k in kernels:  # records of a round cut short by Ctrl-C are in the files, not yet in the index
         if db.entry(k).trials:
             db.entry(k).tuned_ms = db.best_tuned_ms(k)
-    plan = _plan(kernels, db, trials, chunk)
+    done = sum(db.entry(k).trials for k in kernels)  # by earlier runs: they count toward ``trials``
+    plan = _plan(kernels, db, max(trials - done, 0), chunk)  # this run's trials per kernel
+    total = done + sum(n for _, n in plan)
     result = TuneResult([(k, db.entry(k)) for k in kernels])
-    t0 = time.monotonic()
-    done = sum(db.entry(k).trials for k in kernels)
-    for index, (kernel, allotted) in enumerate(plan):
+    for index, (kernel, extra) in enumerate(plan):
         entry = db.entry(kernel)
-        while entry.trials < allotted and not entry.untunable:
+        target = entry.trials + extra
+        while entry.trials < target and not entry.untunable:
             if time_budget_s is not None and time.monotonic() - t0 >= time_budget_s:
                 result.stopped = f"time budget of {time_budget_s:g} s spent"
                 break
-            n = min(chunk, allotted - entry.trials)
+            n = min(chunk, target - entry.trials)
             with captured_native_logs():
                 _tune_chunk(kernel, entry, db, n, builder, runner, seed + entry.trials)
             done += n
             result.trials_run += n
             db.save()
             if progress is not None:
-                progress(Progress(done, sum(a for _, a in plan), kernel.name, index + 1, len(plan),
+                progress(Progress(done, total, kernel.name, index + 1, len(plan),
                                   time.monotonic() - t0, entry))
     with captured_native_logs():
         _head_to_head([k for k in kernels if db.entry(k).tuned_ms is not None], db, builder, runner)
@@ -135,8 +137,8 @@ def _measure_own(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.
 
 
 def _plan(kernels: list[Kernel], db: TuningDatabase, trials: int, chunk: int) -> list[tuple[Kernel, int]]:
-    """Each kernel's total trials (earlier runs' included): shares of ``trials`` by its time under
-    our schedule, at least one chunk, rounded up to whole chunks; slowest kernels first."""
+    """Each kernel's trials in this run: shares of ``trials`` by its time under our schedule, at
+    least one chunk, rounded up to whole chunks; slowest kernels first."""
     cost = {k.key: (db.entry(k).own_ms or 0.0) * k.calls for k in kernels}
     total = sum(cost.values()) or 1.0
     ranked = sorted(kernels, key=lambda k: -cost[k.key])

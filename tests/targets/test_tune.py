@@ -197,3 +197,14 @@ def test_tune_measures_through_an_rpc_tracker(tmp_path: Path, x86_behind_tracker
     failed = _effarch("tune", MODEL, "--db", str(tmp_path / "db2"), "--trials", "8", "--rpc", wrong_key,
                       timeout=300)
     assert failed.returncode == 1 and "no-such-device" in failed.stderr, failed.stderr
+
+
+def test_time_budget_stops_the_tune(tuned_db: Path, tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    subprocess.run(["cp", "-r", str(tuned_db), str(db)], check=True)
+    proc = subprocess.run(_tune_argv(db, 32, "--time-budget", "0.1s"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped early (time budget of 0.1 s spent)" in proc.stderr
+    assert "(0 trials this run)" in proc.stdout
+    _, index = _index(db)
+    assert sum(k["trials"] for k in index["kernels"].values()) == 16  # nothing spent past the budget
