@@ -38,7 +38,7 @@ _RESERVED = frozenset({"format_version", "inputs", "outputs", "params", "target"
 
 
 class LoweredModule(Protocol):
-    """What ``targets.lower.Lowered`` provides (engineer C1's dataclass)."""
+    """What ``targets.lowering.to_relax.Lowered`` provides."""
 
     mod: Any  # tvm.IRModule: main(inputs..., params...) -> Tuple(outputs)
     input_names: list[str]
@@ -93,7 +93,7 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
 
 
 def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int) -> dict[str, Any]:
-    """How ``targets.lower.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
+    """How ``targets.lowering.to_relax.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
     convolutions channels-last and pack weights for their register tiles."""
     fast = opt_level >= 2
     return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0}
@@ -116,7 +116,7 @@ def _typed(t: Any, name: str) -> Any:
 
 def graph_sha256(g: Graph) -> str:
     """sha256 of the graph's text form (used when the source file's hash is unknown)."""
-    from compiler.ir.printer import print_graph  # engineer A's
+    from compiler.ir.printer import print_graph
 
     return hashlib.sha256(print_graph(g).encode()).hexdigest()
 

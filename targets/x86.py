@@ -14,6 +14,7 @@ from typing import Any
 
 from compiler.errors import EffarchError
 from targets.base import LLVMTarget, host_arch
+from targets.llvm import CPUINFO, cpuinfo_field, llvm_cpus, llvm_features
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +36,9 @@ _CPUINFO_FLAG = {
 }
 
 
-def host_cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+def host_cpuinfo_flags(path: Path = CPUINFO) -> set[str] | None:
     """The first CPU's flags from /proc/cpuinfo, or None where there is no such file."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _llvm_features(cpu: str) -> set[str]:
-    from tvm.target import Target, codegen
-
-    return set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mtriple": _TRIPLE, "mcpu": cpu})))
-
-
-@functools.cache
-def _llvm_cpus() -> tuple[str, ...]:
-    from tvm.target import Target, codegen
-
-    names = codegen.llvm_get_cpu_archlist(Target({"kind": "llvm", "mtriple": _TRIPLE}))
-    return tuple(sorted(str(c) for c in names))
+    return cpuinfo_field("flags", path)
 
 
 @functools.cache
@@ -75,7 +55,7 @@ class X86Target(LLVMTarget):
     arch = "x86_64"
 
     def known_cpus(self) -> list[str]:
-        return list(_llvm_cpus())
+        return list(llvm_cpus(_TRIPLE))
 
     def default_cpu(self) -> str:
         if host_arch() != self.arch:
@@ -89,7 +69,7 @@ class X86Target(LLVMTarget):
         """Features the CPU model has but this machine lacks (VMs often mask some); only for the host."""
         if host_arch() != self.arch or cpu != self.default_cpu():
             return []
-        isa = _llvm_features(cpu) & _CPUINFO_FLAG.keys()
+        isa = llvm_features(_TRIPLE, cpu) & _CPUINFO_FLAG.keys()
         return sorted(isa - _host_llvm_features())
 
     def target_dict(self, cpu: str) -> dict[str, Any]:
@@ -101,7 +81,7 @@ class X86Target(LLVMTarget):
         return target
 
     def required_features(self, cpu: str) -> list[str]:
-        isa = _llvm_features(cpu) & _CPUINFO_FLAG.keys()
+        isa = llvm_features(_TRIPLE, cpu) & _CPUINFO_FLAG.keys()
         return sorted(isa - set(self._disabled_on_host(cpu)))
 
     def check_host(self, manifest: dict[str, Any]) -> None:
