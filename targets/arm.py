@@ -16,7 +16,7 @@ from typing import Any
 
 from compiler.errors import EffarchError
 from targets.base import LLVMTarget
-from targets.llvm import cpuinfo_field, llvm_cpus, llvm_features
+from targets.llvm import cpuinfo_field, llvm_features
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ class ArmTarget(LLVMTarget):
     name = "arm"
     description = "aarch64 CPUs through LLVM, cross-compiled (NEON; dot product/SVE as the CPU allows)"
     arch = "aarch64"
-
-    def known_cpus(self) -> list[str]:
-        return list(llvm_cpus(TRIPLE))
+    triple = TRIPLE
 
     def default_cpu(self) -> str:
         return DEFAULT_CPU

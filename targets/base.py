@@ -118,6 +118,12 @@ class LLVMTarget(TargetSpec):
     """A CPU reached through TVM's LLVM backend (x86, Arm): effarch's schedule library from -O2."""
 
     channels_last = True
+    triple = ""  # LLVM target triple of the CPUs this target builds for
+
+    def known_cpus(self) -> list[str]:
+        from targets.llvm import llvm_cpus
+
+        return list(llvm_cpus(self.triple))
 
     def pack_width(self, cpu: str | None) -> int:
         """Output columns per packed weight panel: two vectors, the register tile's usual width."""

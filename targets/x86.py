@@ -14,7 +14,7 @@ from typing import Any
 
 from compiler.errors import EffarchError
 from targets.base import LLVMTarget, host_arch
-from targets.llvm import CPUINFO, cpuinfo_field, llvm_cpus, llvm_features
+from targets.llvm import CPUINFO, cpuinfo_field, llvm_features
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class X86Target(LLVMTarget):
     name = "x86"
     description = "x86-64 CPUs through LLVM (AVX2/AVX-512/VNNI as the CPU allows)"
     arch = "x86_64"
-
-    def known_cpus(self) -> list[str]:
-        return list(llvm_cpus(_TRIPLE))
+    triple = _TRIPLE
 
     def default_cpu(self) -> str:
         if host_arch() != self.arch:
