@@ -176,8 +176,10 @@ def _log_tuning(tuned: Any, db: Path | None) -> None:
     logger.info("tuning database %s: %d kernels tuned, %d kept our faster schedule, %d without a record",
                 db, len(r.applied), len(r.ours_faster), len(r.missing))
     if not r.applied and not r.ours_faster:
-        logger.warning("tuning database %s holds no record for this model's kernels on this target; nothing "
-                       "was applied (tune it with 'effarch tune MODEL --db %s' for the same target and CPU)", db, db)
+        held = ", ".join(tuned.db.targets_held()) or "none"
+        logger.warning("tuning database %s holds no record for this model's kernels on this target (%s; it has "
+                       "records for: %s); nothing was applied (tune it with 'effarch tune MODEL --db %s' for the "
+                       "same target and CPU)", db, tuned.db.folder.name, held, db)
 
 
 def _check_out_path(out_path: Path, extra: dict[str, Any] | None) -> Path:

@@ -69,13 +69,16 @@ class TuningDatabase:
         if not self.create and not self.root.is_dir():
             raise EffarchError(f"tuning database '{self.root}' does not exist; make one with "
                                f"'effarch tune MODEL --db {self.root}'")
-        self.folder.mkdir(parents=True, exist_ok=True) if self.create else None
+        if self.create:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.entries = self._read_index()
-        load_cpu_intrinsics()
-        self.records = ms.database.JSONDatabase(
-            path_workload=str(self.folder / "database_workload.json"),
-            path_tuning_record=str(self.folder / "database_tuning_record.json"),
-            allow_missing=self.create or self.folder.is_dir(), module_equality="structural")
+        self.records: ms.database.Database | None = None  # None: no records for this target here
+        if self.folder.is_dir():
+            load_cpu_intrinsics()
+            self.records = ms.database.JSONDatabase(
+                path_workload=str(self.folder / "database_workload.json"),
+                path_tuning_record=str(self.folder / "database_tuning_record.json"),
+                allow_missing=True, module_equality="structural")
 
     @property
     def folder(self) -> Path:
@@ -108,13 +111,21 @@ class TuningDatabase:
         return self.entries.setdefault(kernel.key, KernelEntry(kernel.name))
 
     # ---- MetaSchedule's records ---------------------------------------------------------------
+    def targets_held(self) -> list[str]:
+        """The target folders this database has records for."""
+        return sorted(p.name for p in self.root.iterdir() if (p / INDEX).exists()) if self.root.is_dir() else []
+
     def best_tuned_ms(self, kernel: Kernel) -> float | None:
+        if self.records is None:
+            return None
         record = self.records.query_tuning_record(kernel.task_module(), self.tvm_target, ENTRY)
         if record is None or not record.run_secs:
             return None
         return median_ms(record.run_secs)
 
     def tuned_function(self, kernel: Kernel) -> tvm.tirx.PrimFunc | None:
+        if self.records is None:
+            return None
         sch = self.records.query_schedule(kernel.task_module(), self.tvm_target, ENTRY)
         return None if sch is None else sch.mod[ENTRY]
 

@@ -140,6 +140,15 @@ def test_database_of_another_model_applies_nothing_and_says_so(tuned_db: Path, t
     assert "holds no record for this model's kernels" in proc.stderr and "nothing was applied" in proc.stderr
 
 
+def test_database_of_another_cpu_applies_nothing_and_names_what_it_holds(tuned_db: Path, tmp_path: Path) -> None:
+    proc = _effarch("compile", MODEL, "--cpu", "sandybridge", "--tuning-db", str(tuned_db), "-o",
+                    str(tmp_path / "m.effarch"))
+    assert proc.returncode == 0, proc.stderr
+    folder, _ = _index(tuned_db)
+    assert "holds no record" in proc.stderr and f"it has records for: {folder.name}" in proc.stderr
+    assert [p.name for p in tuned_db.iterdir()] == [folder.name]  # compiling created nothing in the database
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["compile", MODEL, "--tuning-db", "/nonexistent/db", "-o", "{out}"], "tuning database '/nonexistent/db' "
                                                                           "does not exist"),
