@@ -97,14 +97,15 @@ def _run_worker(runtime: str, model: str, inputs: Path, warmup: int, repeat: int
 
 def _project_root() -> Path:
     """Workers import ``compiler`` and ``targets``; run them where those packages are importable."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def _jobs(onnx_path: Path | None, artifact_path: Path | None, torch_spec: str | None,
           tuned_path: Path | None = None) -> dict[str, str | None]:
-    return {"effarch": str(artifact_path) if artifact_path else None,
-            "effarch-tuned": str(tuned_path) if tuned_path else None,
-            "onnxruntime": str(onnx_path) if onnx_path else None,
+    # Absolute: the workers run in the project root, not in the caller's folder.
+    return {"effarch": str(artifact_path.absolute()) if artifact_path else None,
+            "effarch-tuned": str(tuned_path.absolute()) if tuned_path else None,
+            "onnxruntime": str(onnx_path.absolute()) if onnx_path else None,
             "pytorch-eager": torch_spec}
 
 

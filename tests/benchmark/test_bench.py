@@ -100,3 +100,9 @@ def test_bench_model_reports_gflops_of_each_runtime(mlp_artifact: Path, tmp_path
     assert f"({graph_stats(source.graph).flops / 1e9:.3f} GFLOP per run)" in line
     rates = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))
     assert set(rates) == set(RUNTIMES) - OPTIONAL and all(float(v) > 0 for v in rates.values())
+
+
+def test_relative_paths_are_timed_from_the_callers_folder(mlp_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(mlp_artifact.parent)  # as `effarch demo` passes out/demo/model.effarch
+    result = bench(None, Path(mlp_artifact.name), zoo.get("mlp").sample_inputs(0), torch_spec=None, warmup=1, repeat=2)
+    assert result.row("effarch").ok, result.row("effarch").note
