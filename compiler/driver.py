@@ -154,26 +154,30 @@ def pipeline_for(opt_level: int, pipeline: str | None) -> str:
 
 
 def optimize(graph: Graph, pipeline_text: str, *, opt_level: int = 2, target: str = "x86",
-             instruments: list[Any] | None = None) -> tuple[Graph, list[Any]]:
-    """Run the user's pipeline and then the passes lowering requires; returns (graph, pass records)."""
+             instruments: list[Any] | None = None, data: Any = None) -> tuple[Graph, list[Any]]:
+    """Run the user's pipeline and then the passes lowering requires; returns (graph, pass records).
+
+    ``data`` (a ``compiler.compression.CompressionData``) is what compression passes read."""
     import passes  # noqa: F401  (registers every pass)
     from compiler.pass_manager import PassContext, PassManager, parse_pipeline
     from passes.pipelines import REQUIRED_BEFORE_LOWERING
 
     text = ",".join(t for t in (pipeline_text, REQUIRED_BEFORE_LOWERING) if t)
-    ctx = PassContext(opt_level=opt_level, target=target)
+    ctx = PassContext(opt_level=opt_level, target=target, data=data)
     result = PassManager(parse_pipeline(text), ctx, instruments=instruments or []).run(graph.clone())
     return result.graph, result.records
 
 
 def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: str | None = None,
                   opt_level: int = 2, pipeline: str | None = None,
-                  instruments: list[Any] | None = None, tuning_db: Path | None = None) -> CompileResult:
+                  instruments: list[Any] | None = None, tuning_db: Path | None = None,
+                  data: Any = None) -> CompileResult:
     from targets.build import build_artifact
 
     text = pipeline_for(opt_level, pipeline)
     t0 = time.perf_counter()
-    graph, records = optimize(source.graph, text, opt_level=opt_level, target=target, instruments=instruments)
+    graph, records = optimize(source.graph, text, opt_level=opt_level, target=target, instruments=instruments,
+                              data=data)
     t1 = time.perf_counter()
     extra = {"pipeline": text, "opt_level": opt_level, "source": {"kind": source.kind, "spec": source.spec,
                                                                   "sha256": source.sha256}}

@@ -22,6 +22,11 @@ CONTRACTIONS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 NORMALIZATION = frozenset({"BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "LRN"})
 REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin"})
 POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+# Quantization in ONNX's own vocabulary, so every quantized stage exports as a QDQ or integer-op
+# model that onnxruntime runs as the reference. ``MatMulInteger``/``ConvInteger`` accumulate in i32.
+QUANTIZATION = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+})
 SHAPE_AND_DATA = frozenset({
     "Reshape", "Transpose", "Flatten", "Concat", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze",
     "Expand", "Shape", "Size", "ConstantOfShape", "Range", "Tile", "Pad", "Trilu",
@@ -30,7 +35,7 @@ SHAPE_AND_DATA = frozenset({
 
 SUPPORTED_OPS: frozenset[str] = (
     ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | ELEMENTWISE_OTHER | CONTRACTIONS | NORMALIZATION
-    | REDUCTIONS | POOLING | SHAPE_AND_DATA
+    | REDUCTIONS | POOLING | QUANTIZATION | SHAPE_AND_DATA
 )
 
 # Ops with no effect at inference time; the importer keeps them (so diffs show their removal),

@@ -157,6 +157,7 @@ def _has(n: Node, i: int) -> bool:
 
 _FLOP_RULES = {
     "Conv": _conv, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "Gemm": _gemm,
+    "ConvInteger": _conv, "MatMulInteger": _matmul,
     "MaxPool": _pool, "AveragePool": _pool,
     "GlobalAveragePool": lambda n: _numel_of(n.inputs[0]), "GlobalMaxPool": lambda n: _numel_of(n.inputs[0]),
 }

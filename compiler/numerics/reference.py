@@ -101,3 +101,31 @@ def _session(ort: Any, model: Graph | onnx.ModelProto | str | Path, options: Any
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class ReferenceSession:
+    """One onnxruntime session of a graph for many batches: calibration and accuracy runs.
+
+    ``extra`` names intermediate values to return too (calibration reads activations); onnxruntime
+    runs with its graph optimisations off, so every named value exists as written."""
+
+    def __init__(self, g: Graph, extra: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        from compiler.frontends.onnx_export import to_onnx
+
+        model = to_onnx(g)
+        known = {vi.name: vi for vi in model.graph.value_info}
+        present = {o.name for o in model.graph.output}
+        model.graph.output.extend(known[n] for n in (extra or []) if n in known and n not in present)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        self.session = _session(ort, model, options)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
+        except Exception as e:  # onnxruntime's own exception types
+            raise EffarchError(f"onnxruntime failed running the reference model: {_first_line(e)}") from None

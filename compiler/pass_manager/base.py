@@ -91,6 +91,9 @@ class PassContext:
     disabled: frozenset[str] = frozenset()
     options: Mapping[str, Any] = field(default_factory=_frozen_mapping)
     check_honesty: bool = False
+    # The user's data for passes that need it (calibration, accuracy budget): a
+    # ``compiler.compression.CompressionData``, or None when the compile was given none.
+    data: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disabled", frozenset(self.disabled))
