@@ -31,10 +31,10 @@ from compiler.errors import EffarchError
 from compiler.ir import Graph
 from compiler.numerics.accuracy import cosine_per_sample
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
-from passes.prune_apply import PASS_NAME, apply_plan, importance, kept_channels
+from passes.prune_apply import PASS_NAME, Layers, apply_plan, consumer_layers, importance, kept_channels
 from passes.prune_calibrate import recalibrate
 from passes.prune_follow import analyze
-from passes.prune_groups import Analysis, Group, keep_indices
+from passes.prune_groups import Analysis, Group
 from passes.prune_search import Budget, Plan, for_flops, uniform, within_budget
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class PruneChannels(Pass):
         plan = self._plan(graph, groups, ctx)
         scores = importance(an, self.options["importance"])
         kept = {i: kept_channels(_by_index(groups, i), scores[i], n) for i, n in plan.remove.items() if n}
-        layers = _consumer_layers(an, kept)
+        layers = consumer_layers(an, kept)
         changed = apply_plan(an, kept)
         notes += _removal_notes(groups, plan, kept, self.options["importance"])
         if changed and self.options["recalibrate"]:
@@ -83,7 +83,17 @@ class PruneChannels(Pass):
         data = ctx.data
         if data is not None and data.accuracy is not None and data.max_drop is not None:
             baseline = data.score(graph)
-            budget = Budget(lambda g: data.score(g).drop_from(baseline), float(data.max_drop),
+            recal = self.options["recalibrate"] and data.calibration is not None
+
+            def drop(g: Graph, layers: Layers) -> float:
+                """Points lost, after re-estimating statistics when that is on (the better of both)."""
+                got = data.score(g).percent
+                if recal:
+                    trial = g.clone()
+                    if recalibrate(data, graph, trial, layers):
+                        got = max(got, data.score(trial).percent)
+                return baseline.percent - got
+            budget = Budget(drop, float(data.max_drop),
                             "FLOPs" if flops else "channels", flops or ratio, int(self.options["steps"]))
             plan = within_budget(graph, groups, budget, norm)
         elif flops:
@@ -118,25 +128,8 @@ def _removal_notes(groups: list[Group], plan: Plan, kept: dict[int, np.ndarray],
     return notes
 
 
-def _consumer_layers(an: Analysis, kept: dict[int, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """(output name, kept output channels) of every layer that loses input channels, in graph order."""
-    position = {id(n): i for i, n in enumerate(an.graph.nodes)}
-    layers = {}
-    for edit in an.edits:
-        weight = edit.node.inputs[edit.index]
-        assert weight is not None and weight.const is not None, "edits are recorded on constants"
-        if edit.role != "in" or len(keep_indices(edit.slot, kept)) == weight.const.shape[edit.axis]:
-            continue
-        out = edit.node.outputs[0]
-        slot = an.slot(out)
-        channels = out.type.static_shape()[1] if out.type is not None and out.type.is_static else 0
-        keep = keep_indices(slot, kept) if slot is not None and slot.axis == 1 else np.arange(channels)
-        layers[id(edit.node)] = (position[id(edit.node)], out.name, keep)
-    return [(name, keep) for _, name, keep in sorted(layers.values(), key=lambda t: t[0])]
-
-
 def _recalibrate(data: object, before: Graph, after: Graph,
-                 layers: list[tuple[str, np.ndarray]]) -> tuple[Graph, list[Note]]:
+                 layers: Layers) -> tuple[Graph, list[Note]]:
     """``after`` with re-estimated statistics when calibration data is given and that scores better."""
     if not isinstance(data, CompressionData) or data.calibration is None or not layers:
         return after, []

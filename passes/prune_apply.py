@@ -18,6 +18,8 @@ from passes.prune_follow import analyze
 from passes.prune_groups import Analysis, Edit, Group, keep_indices
 
 PASS_NAME = "prune-channels"
+# (output value name, kept output channels) of each layer that lost input channels, in graph order.
+Layers = list[tuple[str, np.ndarray]]
 IMPORTANCE_ROLES = ("out", "additive")
 
 
@@ -123,11 +125,31 @@ def _same_meaning(old: np.ndarray, target: np.ndarray) -> bool:
         and int((old == -1).sum()) <= 1
 
 
-def pruned_copy(graph: Graph, remove: dict[int, int], norm: str) -> Graph:
-    """A clone of ``graph`` with ``remove[g]`` blocks cut from group ``g`` (analysis indices)."""
+def pruned_copy(graph: Graph, remove: dict[int, int], norm: str) -> tuple[Graph, Layers]:
+    """A clone of ``graph`` with ``remove[g]`` blocks cut from group ``g`` (analysis indices), and
+    the layers that lost input channels (``consumer_layers``)."""
     clone = graph.clone()
     an = analyze(clone)
     scores = importance(an, norm)
     groups = {g.index: g for g in an.roots()}
-    apply_plan(an, {g: kept_channels(groups[g], scores[g], n) for g, n in remove.items() if n})
-    return clone
+    kept = {g: kept_channels(groups[g], scores[g], n) for g, n in remove.items() if n}
+    layers = consumer_layers(an, kept)
+    apply_plan(an, kept)
+    return clone, layers
+
+
+def consumer_layers(an: Analysis, kept: dict[int, np.ndarray]) -> Layers:
+    """(output name, kept output channels) of every layer that loses input channels, in graph order."""
+    position = {id(n): i for i, n in enumerate(an.graph.nodes)}
+    layers = {}
+    for edit in an.edits:
+        weight = edit.node.inputs[edit.index]
+        assert weight is not None and weight.const is not None, "edits are recorded on constants"
+        if edit.role != "in" or len(keep_indices(edit.slot, kept)) == weight.const.shape[edit.axis]:
+            continue
+        out = edit.node.outputs[0]
+        slot = an.slot(out)
+        channels = out.type.static_shape()[1] if out.type is not None and out.type.is_static else 0
+        keep = keep_indices(slot, kept) if slot is not None and slot.axis == 1 else np.arange(channels)
+        layers[id(edit.node)] = (position[id(edit.node)], out.name, keep)
+    return [(name, keep) for _, name, keep in sorted(layers.values(), key=lambda t: t[0])]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from compiler.ir import Graph
 from compiler.ir.stats import graph_stats
-from passes.prune_apply import pruned_copy
+from passes.prune_apply import Layers, pruned_copy
 from passes.prune_groups import Group
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,10 @@ def for_flops(graph: Graph, groups: list[Group], target: float, norm: str) -> Pl
 
 
 def _saved(graph: Graph, remove: dict[int, int], norm: str, base: int) -> float:
-    return 1.0 - flops(pruned_copy(graph, remove, norm)) / base if base else 0.0
+    return 1.0 - flops(pruned_copy(graph, remove, norm)[0]) / base if base else 0.0
 
 
-Drop = Callable[[Graph], float]  # points lost by a pruned graph against the unpruned one
+Drop = Callable[[Graph, Layers], float]  # points a pruned graph (and its changed layers) lost
 
 
 @dataclass
@@ -89,8 +89,8 @@ def within_budget(graph: Graph, groups: list[Group], budget: Budget, norm: str) 
     for g in groups:
         sens[g.index] = [(0.0, 0.0)]
         for n in levels[g.index][1:]:
-            copy = pruned_copy(graph, {g.index: n}, norm)
-            sens[g.index].append((budget.drop(copy), saving({g.index: n}, copy)))
+            copy, layers = pruned_copy(graph, {g.index: n}, norm)
+            sens[g.index].append((budget.drop(copy, layers), saving({g.index: n}, copy)))
     state = dict.fromkeys(levels, 0)
     stopped: dict[int, str] = {}
     saved, drop = 0.0, 0.0
@@ -100,8 +100,8 @@ def within_budget(graph: Graph, groups: list[Group], budget: Budget, norm: str) 
             break
         trial = {**state, step: state[step] + 1}
         remove = {i: levels[i][lv] for i, lv in trial.items()}
-        copy = pruned_copy(graph, remove, norm)
-        got = budget.drop(copy)
+        copy, layers = pruned_copy(graph, remove, norm)
+        got = budget.drop(copy, layers)
         if got > budget.max_drop:
             stopped[step] = f"going to {levels[step][trial[step]]} of {by_index[step].blocks} blocks " \
                             f"cost {got:.2f} points together, over the budget of {budget.max_drop:g}"
