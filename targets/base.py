@@ -46,6 +46,10 @@ class TargetSpec:
         """Output columns per packed weight panel (``lowering.packed``); 0: no packing."""
         return 0
 
+    def int8_isa(self, cpu: str | None) -> str:
+        """The integer dot-product family (``schedules.dot.int8_isa``) for integer kernels; "": none."""
+        return ""
+
     # ---- CPUs ---------------------------------------------------------------------------------
     def known_cpus(self) -> list[str]:
         """CPU (or GPU arch) names accepted by ``resolve_cpu``."""
@@ -130,6 +134,12 @@ class LLVMTarget(TargetSpec):
         from targets.schedules.machine import machine_of
 
         return 2 * machine_of(self.tvm_target(cpu)).lanes()
+
+    def int8_isa(self, cpu: str | None) -> str:
+        from targets.schedules.dot import int8_isa
+        from targets.schedules.machine import machine_of
+
+        return int8_isa(machine_of(self.tvm_target(cpu)).features)
 
     tunable = True
 

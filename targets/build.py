@@ -94,9 +94,11 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
 
 def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int) -> dict[str, Any]:
     """How ``targets.lowering.to_relax.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
-    convolutions channels-last and pack weights for their register tiles."""
+    convolutions channels-last, pack weights for their register tiles and integer weights for their
+    dot-product instructions."""
     fast = opt_level >= 2
-    return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0}
+    return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0,
+            "int8": spec.int8_isa(cpu) if fast else ""}
 
 
 def model_info(g: Graph, lowered: LoweredModule) -> ModelInfo:

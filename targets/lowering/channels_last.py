@@ -22,6 +22,7 @@ from tvm.relax import op as R
 
 from compiler.ir.core import Node
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
+from targets.lowering.quantized import conv_integer_nhwc
 from targets.lowering.registry import CONVERTERS, Call, static_shape
 from targets.lowering.spatial import window
 
@@ -36,6 +37,9 @@ ELEMENTWISE = frozenset({
     "Softplus", "Clip", "Cast", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow",
 })
 
+# Ops that are elementwise when their parameters (inputs after the first) have one element each.
+PER_TENSOR = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
 NhwcConverter = Callable[[Any, Node], relax.Expr | None]
 
 
@@ -48,7 +52,9 @@ def lower_nhwc(lowering: Any, node: Node) -> relax.Expr | None:
         return None
     if node.op == "Conv":
         return _conv(lowering, node)
-    if node.op in ELEMENTWISE:
+    if node.op == "ConvInteger":
+        return conv_integer_nhwc(lowering, node)
+    if node.op in ELEMENTWISE or (node.op in PER_TENSOR and _per_tensor(node)):
         return _elementwise(lowering, node)
     if node.op in ("MaxPool", "AveragePool"):
         return _pool(lowering, node)
@@ -81,6 +87,11 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         return y
     y = c.emit(y)
     return R.add(y, c.emit(R.reshape(c.arg(2), [1, 1, 1, -1])))
+
+
+def _per_tensor(node: Node) -> bool:
+    params = [v for v in node.inputs[1:] if v is not None]
+    return all(v.type is not None and v.type.is_static and v.type.numel() == 1 for v in params)
 
 
 def _spatial(v: Any) -> list[int]:

@@ -56,6 +56,7 @@ class Call:
     weights: list[np.ndarray | None] = field(default_factory=list)
     add_weight: Callable[[np.ndarray, str], relax.Expr] = _no_weights
     pack: int = 0  # output columns per packed weight panel (lowering.packed); 0: weights unpacked
+    int8: str = ""  # the CPU's integer dot-product family (schedules.dot.int8_isa); "": none used
 
     def weight(self, i: int) -> np.ndarray | None:
         """Input ``i``'s value if it is a weight known at compile time, else None."""

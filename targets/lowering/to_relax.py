@@ -42,16 +42,18 @@ class Lowered:
     params: list[np.ndarray] = field(default_factory=list)
 
 
-def lower(g: Graph, *, channels_last: bool = False, pack: int = 0) -> Lowered:
+def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "") -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
 
     ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
     layout; see ``lowering.channels_last``); ``pack`` > 0 packs the weights of matmuls and
-    convolutions in panels of that many output columns (``lowering.packed``)."""
+    convolutions in panels of that many output columns (``lowering.packed``); ``int8`` names the
+    CPU's integer dot-product family, for which MatMulInteger/ConvInteger with constant weights are
+    packed (``lowering.packed_int8``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
-    return _Lowerer(g, channels_last=channels_last, pack=pack).run()
+    return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -63,12 +65,13 @@ def _unsupported(g: Graph) -> set[str]:
 class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
-    def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0) -> None:
+    def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "") -> None:
         self.g = g
         self.bb = relax.BlockBuilder()
         self.exprs: dict[int, relax.Expr] = {}
         self.channels_last = channels_last
         self.pack = pack
+        self.int8 = int8
         self.nhwc_exprs: dict[int, relax.Expr] = {}  # values held channels-last (4-D, NHWC)
         self.known: dict[int, np.ndarray] = {}
         self.weight_vars: list[relax.Var] = []
@@ -175,7 +178,7 @@ class _Lowerer:
         args = [None if v is None or (not nchw and self._nhwc_only(v)) else self._expr(v) for v in node.inputs]
         consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
         weights = [None if v is None else self.weight_value(v) for v in node.inputs]
-        return Call(node, args, consts, self.bb, weights, self._new_weight, self.pack)
+        return Call(node, args, consts, self.bb, weights, self._new_weight, self.pack, self.int8)
 
     def expr(self, v: Value) -> relax.Expr:
         return self._expr(v)

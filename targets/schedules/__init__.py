@@ -6,6 +6,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 
 | kind             | kernels                                   | module          |
 |------------------|-------------------------------------------|-----------------|
+| int8-contraction | MatMulInteger / ConvInteger on packed weights (+ epilogue): dot-product instructions | int8 |
 | contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
 | window-reduction | pools, sums over outer axes               | contraction     |
 | row-reduction    | softmax, layer norm, sums along the last axis | reduction       |
@@ -35,6 +36,7 @@ from targets.schedules import mathfun as _mathfun  # noqa: F401  (registers vect
 from targets.schedules.contraction import schedule_contraction, schedule_window_reduction
 from targets.schedules.elementwise import schedule_elementwise
 from targets.schedules.fallback import schedule_generic
+from targets.schedules.int8 import schedule_int8_contraction
 from targets.schedules.machine import Machine, machine_of
 from targets.schedules.reduction import schedule_row_reduction
 from targets.schedules.stages import schedule_stages
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
 
 RULES: list[tuple[str, Rule]] = [
+    ("int8-contraction", lambda sch, m, t: schedule_int8_contraction(sch, m)),
     ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),
     ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),
     ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m)),

@@ -154,14 +154,14 @@ def _schedule_single_reduction(sch: s_tir.Schedule, m: Machine, *, mac: bool) ->
     consumers = [b.block_rv for b in infos[main_i + 1:]]
     producers = [b.block_rv for b in infos[:main_i]]
     writeback = sch.cache_write(main, 0, "local")
-    leftover = _inline_epilogue(sch, writeback, consumers)
+    leftover = inline_epilogue(sch, writeback, consumers)
     tile_contraction(sch, info, main, writeback, tile, m)
     for block in producers + leftover:
         schedule_injective(sch, block, m, dtype_bits(sch, block))
     return True
 
 
-def _inline_epilogue(sch: s_tir.Schedule, writeback: SBlockRV, consumers: list[SBlockRV]) -> list[SBlockRV]:
+def inline_epilogue(sch: s_tir.Schedule, writeback: SBlockRV, consumers: list[SBlockRV]) -> list[SBlockRV]:
     """Fold bias, activation and residual blocks into the tile's write-back; return the rest.
 
     The chain is first inlined forwards into its last block (GELU reads its input twice, which

@@ -1,0 +1,128 @@
+"""Integer contractions on packed weights, for the CPU's integer dot-product instructions.
+
+``MatMulInteger``/``ConvInteger`` compute ``sum_k (A - za)(W - zw)`` in int32. With the weight known at
+compile time and scalar zero points this becomes
+
+    W' = W - zw                       (compile time; must fit the kernel's weight type)
+    A' = A + shift                    (the kernel's activation type: u8 <-> s8 is +-128, or a widening)
+    Y  = sum_k A' W'  -  (za + shift) * colsum(W')
+
+because ``A - za = A' - (za + shift)``. The first term is the dot-product instruction's job, the second
+a per-column int32 correction with ``colsum`` computed here. Convolution padding must contribute
+``A - za = 0``, so the padded activation holds ``za + shift`` (which fits the operand type: it is the
+zero point moved by the same shift as every activation).
+
+Weights are packed ``[N/L, K/G, L, G]`` (dense) or ``[OC/L, KH, KW, IC/G, L, G]`` (NHWC convolution):
+one instruction reads one contiguous ``L x G`` block (``schedules.dot``). The reduction block carries
+the kernel's name in ``INT8_ATTR`` for the schedule rule (``schedules.int8``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from targets.schedules.dot import DotKernel
+from targets.schedules.int8 import INT8_ATTR
+
+
+@dataclass(frozen=True)
+class PackedInt8:
+    """A weight ready for ``kernel``: packed, and its column sums (int32, one per output column)."""
+
+    kernel: DotKernel
+    packed: np.ndarray
+    colsum: np.ndarray
+
+
+def _pad_last(w: np.ndarray, multiple: int) -> np.ndarray:
+    extra = -w.shape[-1] % multiple
+    return np.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, extra)]) if extra else w
+
+
+def reduction_last_dense(w: np.ndarray, depth: int) -> np.ndarray:
+    """[K, N] -> [N, Kp]: the reduction innermost, padded to a whole number of instructions."""
+    return _pad_last(np.ascontiguousarray(w.T), depth)
+
+
+def reduction_last_conv(w: np.ndarray, depth: int) -> np.ndarray:
+    """[OC, IC, KH, KW] -> [OC, KH, KW, ICp]."""
+    return _pad_last(np.ascontiguousarray(w.transpose(0, 2, 3, 1)), depth)
+
+
+def pack(k: DotKernel, w_last: np.ndarray) -> PackedInt8:
+    """``w_last`` ([N, ..., Kp], int32, zero point taken off) packed as [N/L, ..., Kp/G, L, G]."""
+    n, *mid, kp = w_last.shape
+    blocks = w_last.reshape(n // k.lanes, k.lanes, *mid, kp // k.depth, k.depth)
+    order = [0, *range(2, 2 + len(mid)), 2 + len(mid), 1, 3 + len(mid)]
+    packed = np.ascontiguousarray(blocks.transpose(order)).astype(k.weight_dtype)
+    colsum = w_last.reshape(n, -1).sum(axis=1, dtype=np.int64).astype(np.int32)
+    return PackedInt8(k, packed, colsum)
+
+
+def _zero_point(za: te.Tensor | None, shift: int) -> tirx.PrimExpr:
+    """``za + shift`` as int32; ``za`` is a rank-0 tensor (None: zero)."""
+    base = tirx.const(0, "int32") if za is None else za[()].astype("int32")
+    return base + shift
+
+
+def _operand(value: tirx.PrimExpr, shift: int, dtype: str) -> tirx.PrimExpr:
+    return (value.astype("int32") + shift).astype(dtype) if shift else value.astype(dtype)
+
+
+def dense_int8(a: te.Tensor, wp: te.Tensor, colsum: te.Tensor, za: te.Tensor | None, *, shift: int,
+               act_dtype: str, kernel: str) -> te.Tensor:
+    """A[..., M, K] (u8/s8) @ W' as int32, W' packed [N/L, Kp/G, L, G]."""
+    panels, kp_blocks, lanes, depth = (int(d) for d in wp.shape)
+    k_ext, kp = int(a.shape[-1]), kp_blocks * depth
+    if shift or kp != k_ext or str(a.dtype) != act_dtype:
+        def operand(*idx: tirx.Var) -> tirx.PrimExpr:
+            *lead, k = idx
+            inside = _operand(a[(*lead, tirx.min(k, k_ext - 1))], shift, act_dtype)
+            return tirx.if_then_else(k < k_ext, inside, tirx.const(0, act_dtype))
+        a = te.compute((*a.shape[:-1], kp), operand, name="int8_operand")
+    ko = te.reduce_axis((0, kp_blocks), "ko")
+    ki = te.reduce_axis((0, depth), "ki")
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *lead, n = idx
+        x = a[(*lead, ko * depth + ki)].astype("int32")
+        return te.sum(x * wp[n // lanes, ko, n % lanes, ki].astype("int32"), axis=[ko, ki])
+
+    acc = te.compute((*a.shape[:-1], panels * lanes), body, name="int8_dense", attrs={INT8_ATTR: kernel})
+    zero = _zero_point(za, shift)
+    return te.compute(acc.shape, lambda *i: acc[i] - zero * colsum[i[-1]], name="int8_correct")
+
+
+def conv2d_nhwc_int8(x: te.Tensor, wp: te.Tensor, colsum: te.Tensor, za: te.Tensor | None, *, strides: list[int],
+                     pads: list[int], dilations: list[int], shift: int, act_dtype: str, kernel: str) -> te.Tensor:
+    """NHWC convolution of u8/s8 ``x`` with W' packed [OC/L, KH, KW, ICp/G, L, G]; ``pads`` is
+    [top, left, bottom, right]. Padding holds ``za + shift`` so that it contributes nothing."""
+    n_, h, w_, ic = (int(d) for d in x.shape)
+    panels, kh_ext, kw_ext, icb, lanes, depth = (int(d) for d in wp.shape)
+    top, left, bottom, right = pads
+    zero = _zero_point(za, shift)
+
+    def operand(b: tirx.Var, y: tirx.Var, xx: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
+        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < w_ + left, c < ic)
+        value = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w_ - 1),
+                  tirx.min(c, ic - 1)]
+        return tirx.if_then_else(inside, _operand(value, shift, act_dtype), zero.astype(act_dtype))
+
+    direct = not any(pads) and not shift and icb * depth == ic and str(x.dtype) == act_dtype
+    padded = x if direct else te.compute((n_, h + top + bottom, w_ + left + right, icb * depth), operand,
+                                         name="int8_operand")
+    oh = (h + top + bottom - dilations[0] * (kh_ext - 1) - 1) // strides[0] + 1
+    ow = (w_ + left + right - dilations[1] * (kw_ext - 1) - 1) // strides[1] + 1
+    kh, kw = te.reduce_axis((0, kh_ext), "kh"), te.reduce_axis((0, kw_ext), "kw")
+    ko, ki = te.reduce_axis((0, icb), "ko"), te.reduce_axis((0, depth), "ki")
+
+    def body(b: tirx.Var, y: tirx.Var, xx: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
+        pixel = padded[b, y * strides[0] + kh * dilations[0], xx * strides[1] + kw * dilations[1], ko * depth + ki]
+        weight = wp[c // lanes, kh, kw, ko, c % lanes, ki]
+        return te.sum(pixel.astype("int32") * weight.astype("int32"), axis=[kh, kw, ko, ki])
+
+    acc = te.compute((n_, oh, ow, panels * lanes), body, name="int8_conv2d", attrs={INT8_ATTR: kernel})
+    return te.compute(acc.shape, lambda b, y, xx, c: acc[b, y, xx, c] - zero * colsum[c], name="int8_correct")
