@@ -15,6 +15,7 @@ from typing import Any
 
 def register(sub: Any) -> None:
     from compiler.cli.common import add_model_args, add_target_args
+    from compiler.cli.compression_args import add_compression_args
 
     p = sub.add_parser("compile", help="compile a model into one .effarch artifact")
     add_model_args(p, optional=True)
@@ -33,12 +34,14 @@ def register(sub: Any) -> None:
     p.add_argument("--reproduce", metavar="FILE", help="replay a reproducer written by 'effarch verify --bisect'")
     p.add_argument("--tuning-db", metavar="DIR", help="use the kernels 'effarch tune --db DIR' found faster than "
                                                       "effarch's own schedules (CPU targets, -O2 and above)")
+    add_compression_args(p)
     p.set_defaults(func=cmd_compile)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from compiler.cli import report
     from compiler.cli.common import load_source, progress
+    from compiler.cli.compression_args import compression_report, pipeline_with_compression
     from compiler.debugging.impact import impact_table
     from compiler.driver import compile_model
     from compiler.errors import EffarchError
@@ -53,9 +56,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.output)
     progress(f"compiling for {args.target} at -O{args.opt_level}")
     instruments = _instruments(args)
+    pipeline, data = pipeline_with_compression(args, source.graph)
     result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
-                           pipeline=args.pipeline, instruments=instruments,
-                           tuning_db=Path(args.tuning_db) if args.tuning_db else None)
+                           pipeline=pipeline, instruments=instruments,
+                           tuning_db=Path(args.tuning_db) if args.tuning_db else None, data=data)
+    sys.stdout.write(compression_report(result.pass_records))
     print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))
     if args.verify:

@@ -1,0 +1,98 @@
+"""Compression flags of ``effarch compile``: the data they share (``--calibration``,
+``--accuracy-data``, ``--max-accuracy-drop``) and each technique's own flags (``--prune``,
+``--prune-flops``). ``compile`` calls the two functions here; everything else stays in this module.
+
+A compression pass goes after the -O2 folding (BatchNorm already in the convs) and before
+``fuse-operators``, so it sees plain layers and fusion groups what is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from compiler.errors import EffarchError
+from compiler.ir import Graph
+
+FUSION_PASS = "fuse-operators"
+REPORTED_PASSES = ("prune-channels",)
+
+
+def add_compression_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compression")
+    g.add_argument("--calibration", metavar="DATA",
+                   help="calibration samples (.npz, a folder of them, or FILE.py:FUNCTION), e.g. for "
+                        "re-estimating channel statistics after --prune")
+    g.add_argument("--accuracy-data", metavar="DATA",
+                   help="test samples (with 'labels' for top-1; else cosine to the fp32 model) that "
+                        "--max-accuracy-drop is measured on")
+    g.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                   help="the most a compression may cost, in points of top-1 (or cosine) on --accuracy-data")
+    g.add_argument("--prune", type=float, metavar="RATIO",
+                   help="structured pruning: remove this fraction of channels (per layer, or chosen per layer "
+                        "by sensitivity with --accuracy-data and --max-accuracy-drop)")
+    g.add_argument("--prune-flops", type=float, metavar="FRACTION",
+                   help="structured pruning to a target: remove this fraction of the model's FLOPs")
+    g.add_argument("--prune-importance", choices=("l1", "l2"), default="l1",
+                   help="channel importance: the L1 or L2 norm of its weights (default l1)")
+
+
+def compression_from_args(args: argparse.Namespace, graph: Graph) -> tuple[str, Any]:
+    """(pass-pipeline text to insert before fusion, a CompressionData or None)."""
+    passes = _prune_passes(args)
+    if (args.accuracy_data or args.max_accuracy_drop is not None or args.calibration) and not passes:
+        raise EffarchError("--calibration, --accuracy-data and --max-accuracy-drop need a compression "
+                           "flag such as --prune or --prune-flops")
+    if args.max_accuracy_drop is not None and not args.accuracy_data:
+        raise EffarchError("--max-accuracy-drop needs --accuracy-data DATA to measure the drop on")
+    return ",".join(passes), _data(args, graph)
+
+
+def pipeline_with_compression(args: argparse.Namespace, graph: Graph) -> tuple[str | None, Any]:
+    """The compile pipeline (``--pipeline`` or -O's) with the compression passes inserted, and the data."""
+    from compiler.driver import pipeline_for
+
+    extra, data = compression_from_args(args, graph)
+    return (insert_before_fusion(pipeline_for(args.opt_level, args.pipeline), extra) if extra
+            else args.pipeline), data
+
+
+def insert_before_fusion(pipeline: str, extra: str) -> str:
+    """``pipeline`` with ``extra`` just before fuse-operators (at the end when there is none)."""
+    if not extra:
+        return pipeline
+    parts = pipeline.split(",") if pipeline else []
+    at = parts.index(FUSION_PASS) if FUSION_PASS in parts else len(parts)
+    return ",".join([*parts[:at], extra, *parts[at:]])
+
+
+def compression_report(records: list[Any]) -> str:
+    """What the compression passes did, one line per note (fired first), for the compile report."""
+    lines = []
+    for record in records:
+        if record.name in REPORTED_PASSES:
+            lines += [f"  {n}" for n in sorted(record.notes, key=lambda n: not n.fired)]
+    return "Compression\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def _prune_passes(args: argparse.Namespace) -> list[str]:
+    if args.prune is None and args.prune_flops is None:
+        return []
+    if args.prune is not None and args.prune_flops is not None:
+        raise EffarchError("give --prune RATIO or --prune-flops FRACTION, not both")
+    value = args.prune if args.prune is not None else args.prune_flops
+    if not 0.0 < value < 1.0:
+        raise EffarchError(f"--prune/--prune-flops takes a fraction between 0 and 1, got {value}")
+    key = "ratio" if args.prune is not None else "flops"
+    return [f"prune-channels{{{key}={value},importance={args.prune_importance}}}"]
+
+
+def _data(args: argparse.Namespace, graph: Graph) -> Any:
+    if not (args.calibration or args.accuracy_data):
+        return None
+    from compiler.compression import CompressionData
+    from compiler.numerics.datasets import load_dataset
+
+    calibration = load_dataset(args.calibration, graph.inputs, "--calibration") if args.calibration else None
+    accuracy = load_dataset(args.accuracy_data, graph.inputs, "--accuracy-data") if args.accuracy_data else None
+    return CompressionData(calibration, accuracy, args.max_accuracy_drop, reference=graph)
