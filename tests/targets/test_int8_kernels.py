@@ -59,9 +59,10 @@ def _int8_rule(report: ScheduleReport) -> list[str]:
     return [k for k, rule in report.rules.items() if rule == "int8-contraction"]
 
 
-def _conv_reference(x: np.ndarray, w: np.ndarray, za: int, stride: int) -> np.ndarray:
-    """ONNX ConvInteger: pads [top=1, left=0, bottom=1, right=2] hold the zero point."""
-    xp = np.pad(x.astype(np.int64) - za, [(0, 0), (0, 0), (1, 1), (0, 2)])
+def _conv_reference(x: np.ndarray, w: np.ndarray, za: int, stride: int,
+                    pads: tuple[int, int, int, int] = (1, 0, 1, 2)) -> np.ndarray:
+    """ONNX ConvInteger: ``pads`` ([top, left, bottom, right]) hold the zero point."""
+    xp = np.pad(x.astype(np.int64) - za, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
     kh, kw = w.shape[2:]
     oh, ow = (xp.shape[2] - kh) // stride + 1, (xp.shape[3] - kw) // stride + 1
     out = np.zeros((1, w.shape[0], oh, ow), np.int64)
@@ -146,3 +147,40 @@ def test_integer_reduction_does_not_run_in_float(tmp_path: Path) -> None:
     ex, _, _ = _build(_graph(MATMUL.format(a="u8", zw=0), w), None)
     asm = _disassembly(ex, tmp_path)
     assert "vpmaddwd" in asm and "vfmadd" not in asm
+
+
+# A quantized conv block as fuse-operators groups it: the integer conv, then dequantize (cast, scale),
+# bias, ReLU and requantize to u8, all in one group.
+FUSED_CONV = """graph main(%x: u8[1,16,8,8]) -> (%q) {{
+  %w = const i8[32,16,3,3] @?
+  %q = effarch::FusedConv(%x, %w) : u8[1,32,8,8]
+    graph qconv(%x: u8[1,16,8,8], %w: i8[32,16,3,3]) -> (%q) {{
+      %za = const u8[] [3]
+      %s = const f32[] [0.0005]
+      %b = const f32[1,32,1,1] [{bias}]
+      %sq = const f32[] [0.05]
+      %zq = const u8[] [5]
+      %c = ConvInteger(%x, %w, %za) {{pads=[1,1,1,1]}} : i32[1,32,8,8]
+      %f = Cast(%c) {{to=1}} : f32[1,32,8,8]
+      %m = Mul(%f, %s) : f32[1,32,8,8]
+      %a = Add(%m, %b) : f32[1,32,8,8]
+      %r = Relu(%a) : f32[1,32,8,8]
+      %q = QuantizeLinear(%r, %sq, %zq) : u8[1,32,8,8]
+    }}
+}}"""
+
+
+def test_fused_requantizing_epilogue_runs_in_the_integer_kernel() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (32, 16, 3, 3), dtype=np.int8)
+    bias = rng.standard_normal(32).astype(np.float32)
+    x = rng.integers(0, 256, (1, 16, 8, 8), dtype=np.uint8)
+    g = _graph(FUSED_CONV.format(bias=", ".join(f"{b!r}" for b in bias.tolist())), w)
+    got, report, _ = _run(g, {"x": x})
+    assert _int8_rule(report) == [k for k in report.rules if k.startswith("effarch_conv")], report.rules
+    real = _conv_reference(x, w, 3, 1, pads=(1, 1, 1, 1))
+    real = np.maximum(real.astype(np.float32) * np.float32(0.0005) + bias.reshape(1, -1, 1, 1), 0)
+    want = np.clip(np.round(real / np.float32(0.05)) + 5, 0, 255)
+    # float rounding ties may land either side (LLVM may contract the multiply-add): at most 1 apart
+    assert np.abs(got.astype(np.int32) - want).max() <= 1
+    assert np.mean(got == want) > 0.99
