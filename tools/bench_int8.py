@@ -53,7 +53,7 @@ def _variants(text: str, shapes: dict[str, tuple[int, ...]], rng: np.random.Gene
     fp32_in = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
     int8_text = text.format(t="u8", za=", %za: u8[]", wt="i8", op="MatMulInteger", conv="ConvInteger",
                             zargs=", %za", o="i32")
-    int8_in = {**{n: rng.integers(0, 256, s, dtype=np.uint8) for n, s in shapes.items()}, "za": np.uint8(3)}
+    int8_in = {**{n: rng.integers(0, 256, s, dtype=np.uint8) for n, s in shapes.items()}, "za": np.asarray(3, np.uint8)}
     out = [Variant("fp32", _with_weight(fp32, lambda s: rng.standard_normal(s).astype(np.float32)), fp32_in)]
     for wmax in (127, 64):
         g = _with_weight(parse_graph(int8_text), lambda s, m=wmax: rng.integers(-m, m + 1, s, dtype=np.int8))
