@@ -12,10 +12,14 @@ one the build uses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +62,18 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
     """Tune the unscheduled kernels of ``mod`` (after fusion) into ``db``, ``trials`` in all."""
     t0 = time.monotonic()  # the time budget counts from here: timing our schedules is part of it
     kernels = model_kernels(mod)
+    with _sigint_seen() as interrupted:
+        try:
+            return _tune(kernels, db, trials, time_budget_s, tracker, chunk, seed, progress, t0, interrupted)
+        except RuntimeError:
+            if interrupted.is_set():
+                raise KeyboardInterrupt from None
+            raise
+
+
+def _tune(kernels: list[Kernel], db: TuningDatabase, trials: int, time_budget_s: float | None,
+          tracker: Tracker | None, chunk: int, seed: int, progress: Callable[[Progress], None] | None,
+          t0: float, interrupted: threading.Event) -> TuneResult:
     builder, runner = make_builder(), make_runner(tracker)
     with captured_native_logs():
         _measure_own(kernels, db, builder, runner)
@@ -77,7 +93,7 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
                 break
             n = min(chunk, target - entry.trials)
             with captured_native_logs():
-                _tune_chunk(kernel, entry, db, n, builder, runner, seed + entry.trials)
+                _tune_chunk(kernel, entry, db, n, builder, runner, seed + entry.trials, interrupted)
             done += n
             result.trials_run += n
             db.save()
@@ -88,6 +104,31 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
         _head_to_head([k for k in kernels if db.entry(k).tuned_ms is not None], db, builder, runner)
     db.save()
     return result
+
+
+@contextlib.contextmanager
+def _sigint_seen() -> Iterator[threading.Event]:
+    """Record a Ctrl-C while tuning. TVM turns one that lands in native code, or that kills its
+    builder and runner workers, into a ``RuntimeError`` whose text may be empty; the record tells
+    that apart from a kernel MetaSchedule really cannot tune."""
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: types.FrameType | None) -> None:
+        seen.set()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _head_to_head(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.Builder,
@@ -162,7 +203,7 @@ def _cap(plan: list[tuple[Kernel, int]], trials: int, chunk: int) -> list[tuple[
 
 
 def _tune_chunk(kernel: Kernel, entry: KernelEntry, db: TuningDatabase, n: int, builder: ms.builder.Builder,
-                runner: ms.runner.Runner, seed: int) -> None:
+                runner: ms.runner.Runner, seed: int, interrupted: threading.Event) -> None:
     logs = db.folder / "logs"
     _quiet_metaschedule()
     try:
@@ -170,11 +211,13 @@ def _tune_chunk(kernel: Kernel, entry: KernelEntry, db: TuningDatabase, n: int, 
                     num_trials_per_iter=n, builder=builder, runner=runner, database=db.records,
                     task_scheduler="round-robin", seed=seed & 0x7FFFFFFF)
     except (RuntimeError, ValueError) as e:  # TVM raises RuntimeError subclasses
-        if "KeyboardInterrupt" in str(e):
-            raise KeyboardInterrupt from None
+        if interrupted.is_set() or "KeyboardInterrupt" in str(e):
+            raise KeyboardInterrupt from None  # Ctrl-C inside TVM (or in its workers) comes out as a RuntimeError
         entry.untunable = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         logger.warning("MetaSchedule cannot tune %s (%s); our schedule stays", kernel.name, entry.untunable)
         return
+    if interrupted.is_set():  # it reached only the workers, whose failures MetaSchedule took as bad candidates
+        raise KeyboardInterrupt
     entry.trials += n
     entry.tuned_ms = db.best_tuned_ms(kernel)
 
