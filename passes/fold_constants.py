@@ -11,6 +11,7 @@ with onnx's ReferenceEvaluator on a one-node model.
 The size guard refuses a fold whose outputs are larger than max(input bytes, ``size_limit``):
 ConstantOfShape, Expand or Tile of a small constant would otherwise bloat the artifact.
 A node whose output is a graph output is not folded, so every graph output stays computed by a node.
+DequantizeLinear is never folded: its constant input is a quantized weight that must stay small.
 New constants take the name of the output they replace and are never written into.
 """
 
@@ -87,6 +88,8 @@ class FoldConstants(Pass):
             return f"no evaluator for ops of domain '{node.domain}'"
         if node.op in NONDETERMINISTIC:
             return f"{node.op} is not deterministic"
+        if node.op == "DequantizeLinear":
+            return "it reads a quantized weight: folding it would store the weight in float again"
         used = [v for v in node.inputs if v is not None]
         if any(v.const is None for v in used):
             return "an input constant has only a digest, no payload"

@@ -45,10 +45,11 @@ ELEMENTWISE = frozenset({
     "PRelu", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Softplus", "Sqrt",
     "Sub", "Tanh", "Where",
 })
-# Inference BatchNormalization is a per-channel affine map: elementwise for an epilogue.
-EPILOGUE = ELEMENTWISE | {"BatchNormalization"}
-CONV_ANCHORS = frozenset({"Conv", "ConvTranspose"})
-MATMUL_ANCHORS = frozenset({"MatMul", "Gemm"})
+# Inference BatchNormalization is a per-channel affine map: elementwise for an epilogue; so is
+# QuantizeLinear with per-tensor parameters, which ends a quantized layer's epilogue in u8.
+EPILOGUE = ELEMENTWISE | {"BatchNormalization", "QuantizeLinear"}
+CONV_ANCHORS = frozenset({"Conv", "ConvTranspose", "ConvInteger"})
+MATMUL_ANCHORS = frozenset({"MatMul", "Gemm", "MatMulInteger"})
 
 
 # ---- epilogue growth ------------------------------------------------------------------------------

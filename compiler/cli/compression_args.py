@@ -15,7 +15,15 @@ from compiler.errors import EffarchError
 from compiler.ir import Graph
 
 FUSION_PASS = "fuse-operators"
-REPORTED_PASSES = ("prune-channels",)
+REPORTED_PASSES = ("prune-channels", "quantize-static", "quantize-dynamic", "quantize-weights", "integer-ops")
+# --quantize SCHEME -> the passes it runs (after pruning). Static int8 becomes integer ops at once;
+# `effarch quantize` stops at the QDQ form for other runtimes.
+QUANTIZE = {
+    "int8": "quantize-static{{method={method}}},integer-ops",
+    "int8-dynamic": "quantize-dynamic",
+    "int8-weights": "quantize-weights{{bits=8}}",
+    "int4-weights": "quantize-weights{{bits=4,group={group}}}",
+}
 
 
 def add_compression_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +36,13 @@ def add_compression_args(p: argparse.ArgumentParser) -> None:
                         "--max-accuracy-drop is measured on")
     g.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                    help="the most a compression may cost, in points of top-1 (or cosine) on --accuracy-data")
+    g.add_argument("--quantize", choices=sorted(QUANTIZE), metavar="SCHEME",
+                   help="int8 (static, calibrated: needs --calibration), int8-dynamic (MatMul/Gemm, run-time "
+                        "activation scales), int8-weights or int4-weights (weight-only MatMul/Gemm)")
+    g.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="how --quantize int8 picks activation ranges from --calibration (default minmax)")
+    g.add_argument("--group-size", type=int, default=32, metavar="N",
+                   help="weights per scale along K for --quantize int4-weights (default 32)")
     g.add_argument("--prune", type=float, metavar="RATIO",
                    help="structured pruning: remove this fraction of channels (per layer, or chosen per layer "
                         "by sensitivity with --accuracy-data and --max-accuracy-drop)")
@@ -39,10 +54,10 @@ def add_compression_args(p: argparse.ArgumentParser) -> None:
 
 def compression_from_args(args: argparse.Namespace, graph: Graph) -> tuple[str, Any]:
     """(pass-pipeline text to insert before fusion, a CompressionData or None)."""
-    passes = _prune_passes(args)
+    passes = _prune_passes(args) + _quantize_passes(args)
     if (args.accuracy_data or args.max_accuracy_drop is not None or args.calibration) and not passes:
         raise EffarchError("--calibration, --accuracy-data and --max-accuracy-drop need a compression "
-                           "flag such as --prune or --prune-flops")
+                           "flag such as --quantize, --prune or --prune-flops")
     if args.max_accuracy_drop is not None and not args.accuracy_data:
         raise EffarchError("--max-accuracy-drop needs --accuracy-data DATA to measure the drop on")
     return ",".join(passes), _data(args, graph)
@@ -70,7 +85,7 @@ def compression_report(records: list[Any]) -> str:
     """What the compression passes did, one line per note (fired first), for the compile report."""
     lines = []
     for record in records:
-        if record.name in REPORTED_PASSES:
+        if record.name.split("{")[0] in REPORTED_PASSES:
             lines += [f"  {n}" for n in sorted(record.notes, key=lambda n: not n.fired)]
     return "Compression\n" + "\n".join(lines) + "\n" if lines else ""
 
@@ -85,6 +100,18 @@ def _prune_passes(args: argparse.Namespace) -> list[str]:
         raise EffarchError(f"--prune/--prune-flops takes a fraction between 0 and 1, got {value}")
     key = "ratio" if args.prune is not None else "flops"
     return [f"prune-channels{{{key}={value},importance={args.prune_importance}}}"]
+
+
+def _quantize_passes(args: argparse.Namespace) -> list[str]:
+    scheme = getattr(args, "quantize", None)
+    if scheme is None:
+        return []
+    if scheme == "int8" and not args.calibration:
+        raise EffarchError("--quantize int8 needs --calibration DATA (an .npz keyed by input name); "
+                           "--quantize int8-dynamic needs none")
+    if args.group_size < 2:
+        raise EffarchError(f"--group-size must be 2 or more, got {args.group_size}")
+    return [QUANTIZE[scheme].format(method=args.calibration_method, group=args.group_size)]
 
 
 def _data(args: argparse.Namespace, graph: Graph) -> Any:

@@ -84,9 +84,32 @@ def verify_artifact(source: SourceModel, artifact: Path, *, seed: int = 0,
     return compare_outputs(got, reference)
 
 
-def checks_table(checks: Sequence[OutputCheck], against: str = "onnxruntime") -> str:
-    rows = [[c.name, c.dtype, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", f"{c.cosine:.7f}", f"{c.tolerance:.3g}",
-             "ok" if c.ok else "MISMATCH"] for c in checks]
+def verify_compressed(compressed: Graph, fp32: SourceModel, artifact: Path,
+                      inputs: dict[str, np.ndarray]) -> tuple[list[OutputCheck], list[OutputCheck]]:
+    """A compressed artifact against onnxruntime running the compressed graph (judged: the compile
+    must not change what the passes decided), and the compression's own error against the fp32
+    model (reported; ``--max-accuracy-drop`` is what bounds it), on the user's data."""
+    from compiler.ir import ops
+    from compiler.numerics.compare import QUANTIZED_RTOL
+    from compiler.numerics.reference import run_onnxruntime
+    from targets.runtime import load_artifact
+
+    quantized = any(n.op in ops.QUANTIZATION for n in _all_nodes(compressed))
+    got = load_artifact(artifact).run(inputs)
+    same = compare_outputs(got, run_onnxruntime(compressed, inputs), QUANTIZED_RTOL if quantized else None)
+    against_fp32 = compare_outputs(got, run_onnxruntime(fp32.reference_onnx, inputs))
+    return same, against_fp32
+
+
+def _all_nodes(g: Graph) -> list[Any]:
+    return [m for n in g.nodes for m in ([n] if n.body is None else [n, *_all_nodes(n.body)])]
+
+
+def checks_table(checks: Sequence[OutputCheck], against: str = "onnxruntime", *, judged: bool = True) -> str:
+    """One row per output; ``judged=False`` reports the errors without a verdict or tolerance."""
+    rows = [[c.name, c.dtype, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", f"{c.cosine:.7f}",
+             f"{c.tolerance:.3g}" if judged else "-", ("ok" if c.ok else "MISMATCH") if judged else "-"]
+            for c in checks]
     return (f"Check against {against}\n"
             + table(["output", "dtype", "max abs err", "max rel err", "cosine", "tolerance", "result"], rows,
                     "llrrrrl"))

@@ -34,7 +34,7 @@ class CompressionData:
             raise EffarchError("static quantization needs calibration data; pass --calibration FILE.npz")
         session = ReferenceSession(g, extra=names)
         for feeds, real in self.calibration.batches(batch_size(g)):
-            got = session.run(feeds)
+            got = {**feeds, **session.run(feeds)}  # graph inputs are calibrated too
             yield {n: got[n][:real] if _batched(got[n], feeds) else got[n] for n in names if n in got}
 
     def score(self, g: Graph) -> Score:

@@ -127,6 +127,10 @@ class Node:
         if v is not None:
             v.uses.append((self, len(self._inputs) - 1))
 
+    def append_input(self, v: Value | None) -> None:
+        """Give the node one more input (an optional one it was built without, e.g. a bias)."""
+        self._append_input(v)
+
     def set_input(self, i: int, v: Value | None) -> None:
         old = self._inputs[i]
         if old is not None:

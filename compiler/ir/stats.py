@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from compiler.ir import Graph, Node, TensorType, Value, ops
+from compiler.ir import DType, Graph, Node, TensorType, Value, ops
 
 # Per-output-element costs of ops whose arithmetic is more than one operation (rough, like
 # every FLOP counter's; they only need to rank ops, not predict time).
@@ -56,7 +56,7 @@ def graph_stats(g: Graph) -> GraphStats:
     return GraphStats(
         nodes=len(g.nodes),
         ops=g.op_counts(),
-        parameters=sum(_numel(v) or 0 for v in g.constants.values() if v.type and v.type.dtype.is_float),
+        parameters=sum(_numel(v) or 0 for v in g.constants.values() if v.type and v.type.dtype in PARAMETER_DTYPES),
         constant_bytes=sum(_nbytes(v) for v in g.constants.values()),
         flops=None if unknown else known,
         known_flops=known,
@@ -65,6 +65,12 @@ def graph_stats(g: Graph) -> GraphStats:
         outputs=tuple((v.name, _describe(v.type)) for v in g.outputs),
         flops_by_op=dict(sorted(flops_by_op.items())),
     )
+
+
+# Weights: float constants and quantized ones (8- and 4-bit integers); i32/i64 constants are
+# shapes, axes and indices.
+PACKED_4BIT = frozenset({DType.I4, DType.U4})
+PARAMETER_DTYPES = frozenset({d for d in DType if d.is_float} | {DType.I8, DType.U8} | PACKED_4BIT)
 
 
 def _describe(t: TensorType | None) -> str:
@@ -78,6 +84,8 @@ def _numel(v: Value) -> int | None:
 
 
 def _nbytes(v: Value) -> int:
+    if v.const is not None and v.type is not None and v.type.dtype in PACKED_4BIT:
+        return (int(v.const.size) + 1) // 2  # numpy holds one per byte; files and artifacts pack two
     if v.const is not None:
         return int(v.const.nbytes)
     return (v.type.nbytes() if v.type else None) or 0

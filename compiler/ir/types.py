@@ -26,6 +26,8 @@ class DType(enum.Enum):
     I32 = ("i32", "int32", 6)
     I64 = ("i64", "int64", 7)
     U8 = ("u8", "uint8", 2)
+    I4 = ("i4", "int4", 22)  # weight-only quantization; numpy holds one per byte (ml_dtypes)
+    U4 = ("u4", "uint4", 21)
     BOOL = ("bool", "bool", 9)
 
     def __init__(self, short: str, numpy_name: str, onnx_code: int) -> None:
@@ -35,10 +37,10 @@ class DType(enum.Enum):
 
     @property
     def numpy(self) -> np.dtype:
-        if self is DType.BF16:
-            import ml_dtypes  # only needed where bf16 constants occur
+        if self in (DType.BF16, DType.I4, DType.U4):
+            import ml_dtypes  # only needed where these constants occur
 
-            return np.dtype(ml_dtypes.bfloat16)
+            return np.dtype(getattr(ml_dtypes, self.numpy_name))
         return np.dtype(self.numpy_name)
 
     @property
@@ -93,7 +95,9 @@ class TensorType:
 
     def nbytes(self) -> int | None:
         n = self.numel()
-        return None if n is None else n * self.dtype.numpy.itemsize
+        if n is None:
+            return None
+        return (n + 1) // 2 if self.dtype in (DType.I4, DType.U4) else n * self.dtype.numpy.itemsize  # 4-bit: packed
 
     def __str__(self) -> str:
         if self.shape is None:

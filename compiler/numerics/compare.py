@@ -38,7 +38,13 @@ class OutputCheck:
                 f"cosine {self.cosine:.6f}  (tolerance {self.tolerance:.3g})  {verdict}")
 
 
-def compare_output(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
+# A quantized graph against onnxruntime running the same graph: a value on a rounding boundary of
+# a QuantizeLinear may land one step apart (float epilogues sum in another order), and the step
+# is about 1/255 of the tensor's range; a few such flips stay within 2% of the output's scale.
+QUANTIZED_RTOL = 2e-2
+
+
+def compare_output(name: str, got: np.ndarray, ref: np.ndarray, rtol: float | None = None) -> OutputCheck:
     if got.shape != ref.shape:
         return OutputCheck(name, str(ref.dtype), float("inf"), float("inf"), 0.0, 0.0, 0.0, False)
     g, r = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
@@ -48,11 +54,12 @@ def compare_output(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
     max_rel = float((diff / np.maximum(np.abs(r), 1e-12)).max()) if diff.size else 0.0
     denom = float(np.linalg.norm(g) * np.linalg.norm(r))
     cosine = float(g @ r / denom) if denom > 0 else (1.0 if max_abs == 0 else 0.0)
-    rtol, atol = TOLERANCES.get(ref.dtype.name, (0.0, 0.0))
-    tol = atol + rtol * scale
+    dtype_rtol, atol = TOLERANCES.get(ref.dtype.name, (0.0, 0.0))
+    tol = atol + (dtype_rtol if rtol is None else rtol) * scale
     ok = bool(np.isfinite(g).all() == np.isfinite(r).all()) and max_abs <= tol
     return OutputCheck(name, ref.dtype.name, max_abs, max_rel, scale, cosine, tol, ok)
 
 
-def compare_outputs(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[OutputCheck]:
-    return [compare_output(name, np.asarray(got[name]), np.asarray(r)) for name, r in ref.items()]
+def compare_outputs(got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+                    rtol: float | None = None) -> list[OutputCheck]:
+    return [compare_output(name, np.asarray(got[name]), np.asarray(r), rtol) for name, r in ref.items()]

@@ -64,15 +64,40 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))
     if args.verify:
-        progress("verifying against onnxruntime on seeded random inputs")
-        checks = report.verify_artifact(source, out, seed=args.seed)
-        print(report.checks_table(checks))
+        checks = _verify(args, source, result, data, out)
         if not all(c.ok for c in checks):
             out.unlink(missing_ok=True)
             raise EffarchError("outputs differ from onnxruntime beyond tolerance (see above); the artifact was "
                                "not kept; try a lower -O level or --pipeline to find the pass")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+def _verify(args: argparse.Namespace, source: Any, result: Any, data: Any, out: Path) -> list:
+    """The artifact's outputs against onnxruntime: the model as given on seeded random inputs, or,
+    for a compressed model, the compressed graph on the user's data (random inputs would fall
+    outside the calibrated ranges), with the compression's own error reported beside it."""
+    from compiler.cli import report
+    from compiler.cli.common import progress
+
+    dataset = data and (data.accuracy or data.calibration)
+    if dataset is None:
+        progress("verifying against onnxruntime on seeded random inputs")
+        checks = report.verify_artifact(source, out, seed=args.seed)
+        print(report.checks_table(checks))
+        return checks
+    progress(f"verifying against onnxruntime running the compressed graph, on the first batch of {dataset.source}")
+    inputs, _ = next(dataset.batches(_batch(source.graph)))
+    checks, fp32 = report.verify_compressed(result.graph_after, source, out, inputs)
+    print(report.checks_table(checks, "onnxruntime running the compressed graph"))
+    print(report.checks_table(fp32, "the fp32 model (the compression's own error)", judged=False))
+    return checks
+
+
+def _batch(g: Any) -> int:
+    from compiler.numerics.accuracy import batch_size
+
+    return batch_size(g)
 
 
 def _instruments(args: argparse.Namespace) -> list:
