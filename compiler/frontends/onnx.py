@@ -73,6 +73,8 @@ def import_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     newer = newer_forms(proto.graph, opset, lambda name: elem_types.get(name) or None)
     _check_supported(proto.graph, functions, newer)
     graph = _GraphBuilder(inferred, opset, functions).build(proto.graph)
+    # effarch's own model properties (effarch.*, e.g. compression notes) come back as metadata.
+    graph.metadata.update({p.key: p.value for p in proto.metadata_props if p.key.startswith("effarch.")})
     graph.metadata.update({
         "opset": str(opset),
         "source_opset": str(opsets.source_opset),
