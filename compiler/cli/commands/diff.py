@@ -4,6 +4,11 @@ A and B are ONNX files, ``.pt2`` programs, IR text (``.ir``), saved stages (``ST
 ``STAGES/fold-constants``) or ``zoo:NAME``. Prints a summary and the changes (colour on a terminal),
 or the JSON described in ``compiler.debugging.diff.render_json`` with ``--json``; ``--html FILE`` also writes
 a self-contained page with both graphs side by side. Exit status 0 whether or not they differ.
+
+When B is quantized or pruned (``effarch quantize``'s ONNX, a ``--save-stages`` stage), every view
+first says, per Conv/MatMul/Gemm of A, what it became: int8 (integer op or QDQ) with its weight
+and activation dtypes, weight-only int8/int4, kept float and why, channels before -> after.
+An ``.effarch`` artifact keeps no graph and cannot be a side.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.debugging.diff.compression import compression_view
 from compiler.debugging.diff.match import Matching, Side, attr_key, match_nodes, same_payload
 from compiler.debugging.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
 from compiler.ir import Graph, Node, Value
@@ -27,6 +28,7 @@ def diff_graphs(a: Graph, b: Graph, label_a: str = "a", label_b: str = "b") -> G
     matched_b = set(m.pairs.values()) | set(m.absorbed)
     d.added = [_ref(sb, j) for j in range(len(b.nodes)) if j not in matched_b]
     _record_constants(a, b, consts, d)
+    d.compression = compression_view(sa, sb, d.matches)
     return d
 
 

@@ -4,6 +4,9 @@
 - ``*.onnx``, ``*.pt2``, ``FILE.py:FUNCTION`` and ``zoo:NAME`` go through ``load_model``;
 - ``STAGES_DIR/N`` or ``STAGES_DIR/PASS`` names a saved stage by number (``3``, ``03``) or pass
   name (the last stage of that pass): its ``.ir`` file, which keeps everything the ONNX one does.
+
+A ``.effarch`` artifact holds the compiled library and weights but not the graph, so it cannot be
+a side; the error names what to diff instead.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ from compiler.errors import EffarchError
 from compiler.ir import Graph, ParseError, parse_graph
 
 STAGE_FILE = re.compile(r"(\d\d)-(.+)\.ir")
+ARTIFACT_SUFFIX = ".effarch"  # targets.artifact.SUFFIX; compiler/ does not import targets
 
 
 def load_graph(spec: str) -> Graph:
     path = Path(spec)
+    if path.suffix == ARTIFACT_SUFFIX:
+        raise EffarchError(f"{path} is an artifact, which keeps no graph (only its hash); diff the ONNX that "
+                           f"'effarch quantize' writes, or a stage that 'effarch compile --save-stages DIR' "
+                           f"saved (DIR/integer-ops, DIR/prune-channels)")
     if path.suffix == ".ir" and path.is_file():
         return read_ir(path)
     stage = find_stage(path)

@@ -76,6 +76,24 @@ class ConstantChange:
     max_abs_change: float | None  # None when shapes differ or a payload is unknown (IR text digests)
 
 
+@dataclass(frozen=True)
+class LayerCompression:
+    """What quantization and pruning made of one Conv/MatMul/Gemm of A (see ``diff.compression``)."""
+
+    a: NodeRef
+    b: NodeRef | None  # the B node doing its product now (a fusion group holding it); None: gone
+    scheme: str  # "int8", "int8-dynamic", "int8-weights", "int4-weights", "float" or "removed"
+    product: str  # the op doing the product in B ("ConvInteger", "Conv" reading dequantized weights, ...)
+    weight: str  # the stored weight's dtype in B ("i8", "i4 in groups of 32", "f32")
+    activation: str  # "u8 calibrated", "u8 at run time" or "f32"
+    channels: str  # "out 32 -> 24, in 16 -> 12" when pruning changed them, else ""
+    notes: tuple[str, ...]  # what the compression passes said about it, when B records their notes
+
+    @property
+    def compressed(self) -> bool:
+        return self.scheme not in ("float", "removed") or bool(self.channels)
+
+
 @dataclass
 class GraphDiff:
     label_a: str
@@ -92,6 +110,8 @@ class GraphDiff:
     constants: list[ConstantChange] = field(default_factory=list)
     constants_added: list[str] = field(default_factory=list)
     constants_removed: list[str] = field(default_factory=list)
+    # per weighted layer of A; empty when B compressed none (see compiler.debugging.diff.compression)
+    compression: list[LayerCompression] = field(default_factory=list)
 
     @property
     def unchanged(self) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from compiler.debugging.diff import layout
 from compiler.debugging.diff.model import GraphDiff
 from compiler.debugging.diff.render_json import diff_to_dict
-from compiler.debugging.diff.render_text import summary_line
+from compiler.debugging.diff.render_text import compression_lines, summary_line
 from compiler.errors import EffarchError
 from compiler.ir import Graph, Node
 from compiler.ir.printer import format_attr, format_type
@@ -143,7 +143,16 @@ def _notes_a(d: GraphDiff) -> dict[int, list[str]]:
     for f in d.fused:
         for s in f.sources:
             notes.setdefault(s.index, []).append(f"fused into b:{f.into} by {', '.join(f.rules) or '?'}")
+    _compression_notes(d, notes, "a")
     return notes
+
+
+def _compression_notes(d: GraphDiff, notes: dict[int, list[str]], side: str) -> None:
+    """The compression view's lines (compiler.debugging.diff.render_text) on both nodes of a layer."""
+    for c in d.compression:
+        node = c.a if side == "a" else c.b
+        if node is not None:
+            notes.setdefault(node.index, []).extend(f"compression: {line}" for line in compression_lines(c))
 
 
 def _notes_b(d: GraphDiff) -> dict[int, list[str]]:
@@ -154,6 +163,7 @@ def _notes_b(d: GraphDiff) -> dict[int, list[str]]:
         sources = " + ".join(str(s) for s in f.sources)
         notes.setdefault(f.into.index, []).append(f"fused from {sources} by {', '.join(f.rules) or '?'}")
         notes[f.into.index] += [_change_line(c.what, c.key, c.before, c.after) for c in f.changes]
+    _compression_notes(d, notes, "b")
     return notes
 
 

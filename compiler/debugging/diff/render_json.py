@@ -16,7 +16,9 @@
   "constants": [{"a": str, "b": str, "matched_by": "name" | "consumer", "type_a": str,
                  "type_b": str, "max_abs_change": float | null}, ...],
   "constants_added": [str, ...], "constants_removed": [str, ...],
-  "matches": [[index_a, index_b], ...]           # every matched node pair, fusion heads included
+  "matches": [[index_a, index_b], ...],          # every matched node pair, fusion heads included
+  "compression": [{"a": NODE, "b": NODE | null, "scheme": str, "product": str, "weight": str,
+                   "activation": str, "channels": str, "notes": [str, ...]}, ...]
 }
 NODE = {"index": int, "op": str, "label": str, "outputs": [str, ...], "provenance": str}
 CHANGE = {"what": "op" | "attr" | "input" | "type" | "rewrites", "key": str, "before": str, "after": str}
@@ -24,6 +26,13 @@ CHANGE = {"what": "op" | "attr" | "input" | "type" | "rewrites", "key": str, "be
 ``index`` is the node's position in its graph; ``label`` its provenance source, else its name,
 else its first output. ``key`` is the attribute name, the input slot, or the output slot.
 ``max_abs_change`` is null when the shapes differ or a payload is only known by digest.
+``compression`` has one entry per Conv/MatMul/Gemm of a when b quantized or pruned any of them,
+else it is empty: ``scheme`` is int8, int8-dynamic, int8-weights, int4-weights, float or removed;
+``b`` the node doing the product in b (a fusion group holding it); ``product`` that op ("ConvInteger
+in effarch::FusedConv"); ``weight`` and ``activation`` their dtypes in b ("i4 in groups of 32",
+"u8 calibrated", "u8 at run time", "f32"); ``channels`` what pruning changed ("out 32 -> 24") or
+"", and ``notes`` what the compression passes said about the layer when b records it
+(``compiler.debugging.diff.compression``).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import json
 import math
 from typing import Any
 
-from compiler.debugging.diff.model import GraphDiff, NodeRef
+from compiler.debugging.diff.model import GraphDiff, LayerCompression, NodeRef
 
 SCHEMA = "effarch.diff/1"
 
@@ -51,6 +60,7 @@ def diff_to_dict(d: GraphDiff) -> dict[str, Any]:
                        "type_b": c.type_b, "max_abs_change": _finite(c.max_abs_change)} for c in d.constants],
         "constants_added": list(d.constants_added), "constants_removed": list(d.constants_removed),
         "matches": [[i, j] for i, j in sorted(d.matches.items())],
+        "compression": [_layer(c) for c in d.compression],
     }
 
 
@@ -60,6 +70,11 @@ def render_json(d: GraphDiff) -> str:
 
 def _node(r: NodeRef) -> dict[str, Any]:
     return {"index": r.index, "op": r.op, "label": r.label, "outputs": list(r.outputs), "provenance": r.provenance}
+
+
+def _layer(c: LayerCompression) -> dict[str, Any]:
+    return {"a": _node(c.a), "b": _node(c.b) if c.b is not None else None, "scheme": c.scheme, "product": c.product,
+            "weight": c.weight, "activation": c.activation, "channels": c.channels, "notes": list(c.notes)}
 
 
 def _finite(x: float | None) -> float | None:

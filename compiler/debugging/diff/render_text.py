@@ -1,4 +1,5 @@
-"""A diff as text for a person: a count summary, then fused, rewritten, removed, added and constants.
+"""A diff as text for a person: a count summary, what compression made of each weighted layer (when
+B is compressed), then fused, rewritten, removed, added and constants.
 
 Colour (ANSI) only when asked; the CLI asks when stdout is a terminal or with ``--color``. Each
 section lists at most ``limit`` entries and says how many it left out.
@@ -6,10 +7,13 @@ section lists at most ``limit`` entries and says how many it left out.
 
 from __future__ import annotations
 
-from compiler.debugging.diff.model import Change, ConstantChange, Fused, GraphDiff, NodeRef, Rewritten
+from collections import Counter
 
-COLORS = {"added": "32", "removed": "31", "rewritten": "33", "fused": "35", "constant": "36", "head": "1"}
-MARKS = {"added": "+", "removed": "-", "rewritten": "~", "fused": "*", "constant": "!"}
+from compiler.debugging.diff.model import Change, ConstantChange, Fused, GraphDiff, LayerCompression, NodeRef, Rewritten
+
+COLORS = {"added": "32", "removed": "31", "rewritten": "33", "fused": "35", "constant": "36", "compression": "34",
+          "head": "1"}
+MARKS = {"added": "+", "removed": "-", "rewritten": "~", "fused": "*", "constant": "!", "compression": "#"}
 
 
 class _Style:
@@ -25,6 +29,7 @@ def render_text(d: GraphDiff, *, color: bool = False, limit: int = 50) -> str:
     lines = [style("head", f"diff {d.label_a} -> {d.label_b}: {d.nodes_a} -> {d.nodes_b} nodes"), summary_line(d)]
     if d.is_empty:
         return "\n".join([*lines, "no differences"]) + "\n"
+    lines += _section(style, "compression", compression_title(d), d.compression, compression_lines, limit)
     lines += _section(style, "fused", "fused", d.fused, _fused_lines, limit)
     lines += _section(style, "rewritten", "rewritten", d.rewritten, _rewritten_lines, limit)
     lines += _section(style, "removed", "removed", d.removed, _node_lines, limit)
@@ -94,3 +99,24 @@ def _constant_lines(c: ConstantChange) -> list[str]:
     change = "values differ" if c.max_abs_change is None else f"max abs change {c.max_abs_change:.6g}"
     return [f"{name}: {types}, {change}"]
 
+
+
+def compression_title(d: GraphDiff) -> str:
+    counts = Counter(c.scheme for c in d.compression)
+    pruned = sum(1 for c in d.compression if c.channels)
+    parts = [f"{n} {scheme}" for scheme, n in sorted(counts.items())] + ([f"{pruned} pruned"] if pruned else [])
+    return f"compression per Conv/MatMul/Gemm: {', '.join(parts)}"
+
+
+def compression_lines(c: LayerCompression) -> list[str]:
+    """``Conv 'features.0' => int8: Conv, weight i8, activation u8 calibrated`` and its details."""
+    if c.b is None:
+        head = f"{c.a} => removed"
+    elif c.scheme == "float":
+        head = f"{c.a} => kept float: {c.product}"
+    else:
+        head = f"{c.a} => {c.scheme}: {c.product}, weight {c.weight}, activation {c.activation}"
+    details = [f"channels {c.channels}"] if c.channels else []
+    if c.scheme in ("float", "removed") and not c.notes:
+        details.append("(no compression pass noted why; B may not record the notes)")
+    return [head, *details, *c.notes]

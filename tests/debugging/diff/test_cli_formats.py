@@ -49,7 +49,7 @@ def test_json_follows_the_documented_schema(tmp_path: Path, capsys) -> None:  # 
     doc = json.loads(run(capsys, *write_pair(tmp_path), "--json"))
     assert doc["schema"] == "effarch.diff/1"
     assert set(doc) == {"schema", "a", "b", "summary", "added", "removed", "rewritten", "fused", "constants",
-                        "constants_added", "constants_removed", "matches"}
+                        "constants_added", "constants_removed", "matches", "compression"}
     assert doc["summary"]["fused"] == 1 and doc["summary"]["rewritten"] == 1
     [f] = doc["fused"]
     assert [s["label"] for s in f["sources"]] == ["conv", "scale"] and f["rules"] == ["fuse:conv-mul"]

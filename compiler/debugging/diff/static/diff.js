@@ -159,6 +159,8 @@ function listChanges() {
     if (entries.length > LIST_LIMIT) nav.appendChild(html("div", { class: "more" },
       `... ${entries.length - LIST_LIMIT} more: use search`));
   };
+  section("compression", d.compression.map((c) => c.b ? ["b", c.b.index, `${c.a.label}: ${c.scheme}`
+    + (c.channels ? `, ${c.channels}` : "")] : ["a", c.a.index, `${c.a.label}: removed`]));
   section("fused", d.fused.map((f) => ["b", f.into.index,
     `${f.into.label}: ${f.sources.map((s) => s.op).join(" + ")}`]));
   section("rewritten", d.rewritten.map((r) => ["b", r.b.index, `${r.b.op} ${r.b.label}`]));
