@@ -24,7 +24,7 @@ import numpy as np
 
 from compiler.compression.calibrate import Stats, activation_range, collect, uint8_params
 from compiler.errors import EffarchError
-from compiler.ir import DType, Graph, Node, TensorType, Value
+from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
 from compiler.pass_manager.rules import const
 
@@ -138,8 +138,11 @@ def _qdq_activation(g: Graph, x: Value, first_user: Node, rng: tuple[float, floa
     s = g.add_constant(f"{x.name}_scale", np.array(scale, np.float32))
     z = g.add_constant(f"{x.name}_zero_point", np.array(zp, np.uint8))
     shape = x.type.shape if x.type is not None else None
+    # The pair belongs to the layer that reads it, but absorbs nothing (no merged sources).
+    origin = first_user.provenance
+    prov = Provenance(origin.source, (*origin.rewrites, f"{PASS}:activation"))
     q = g.make_node("QuantizeLinear", [x, s, z], types=[TensorType(DType.U8, shape)], before=first_user,
-                    name=f"{x.name}_quantize", provenance=first_user.provenance.rewritten(PASS, "activation"),
+                    name=f"{x.name}_quantize", provenance=prov,
                     output_names=[f"{x.name}_q"])
     dq = g.make_node("DequantizeLinear", [q.outputs[0], s, z], types=[x.type], before=first_user,
                      name=f"{x.name}_dequantize", provenance=q.provenance, output_names=[f"{x.name}_dq"])

@@ -4,7 +4,8 @@
 
 No calibration data: every call measures its input's range (one pass over it), which suits
 transformers, whose activation ranges vary with the input. Weights are i8, symmetric, one scale
-per output column, 7-bit by default (``reduce_range``: see passes/quantize.py). This is onnxruntime's ``quantize_dynamic`` form, so onnxruntime runs it too.
+per output column, 7-bit by default (``reduce_range``: see passes/quantize.py). This is
+onnxruntime's ``quantize_dynamic`` form, so onnxruntime runs it too.
 """
 
 from __future__ import annotations

@@ -117,31 +117,41 @@ def bench(onnx_path: str | Path | None, artifact_path: str | Path | None, inputs
     A runtime whose source is None gets an "n/a" row (``effarch-tuned`` none); one that fails gets a
     row with the error. ``tuned_artifact``: the same model compiled with ``--tuning-db``.
     """
+    jobs = _jobs(Path(onnx_path) if onnx_path else None, Path(artifact_path) if artifact_path else None,
+                 torch_spec, Path(tuned_artifact) if tuned_artifact else None)
+    active = [(rt, rt, str(jobs[rt])) for rt in RUNTIMES if jobs[rt] is not None]
+    measured, meta = time_jobs(active, inputs, warmup=warmup, repeat=repeat, rounds=rounds, threads=threads)
+    rows = [measured[rt] if jobs[rt] else BenchRow(rt, None, None, None, 0, "n/a")
+            for rt in RUNTIMES if jobs[rt] or rt not in OPTIONAL]
+    return BenchResult(rows, *meta)
+
+
+def time_jobs(jobs: list[tuple[str, str, str]], inputs: dict[str, np.ndarray], *, warmup: int = 10,
+              repeat: int = 50, rounds: int = 3, threads: int | None = None
+              ) -> tuple[dict[str, BenchRow], tuple[int, int, int, int, dict[str, str]]]:
+    """Time each ``(label, runtime, model)`` job in its own processes, alternating over ``rounds``;
+    returns a row per label and (warmup, repeat, rounds, threads, input shapes) for the report."""
     threads = threads or _default_threads()
     rounds = max(1, min(rounds, repeat))
     per_round = math.ceil(repeat / rounds)
-    jobs = _jobs(Path(onnx_path) if onnx_path else None, Path(artifact_path) if artifact_path else None,
-                 torch_spec, Path(tuned_artifact) if tuned_artifact else None)
-    times: dict[str, list[float]] = {rt: [] for rt in RUNTIMES}
-    errors: dict[str, list[str]] = {rt: [] for rt in RUNTIMES}
-    active = [rt for rt in RUNTIMES if jobs[rt] is not None]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in jobs}
+    errors: dict[str, list[str]] = {label: [] for label, _, _ in jobs}
     with tempfile.TemporaryDirectory(prefix="effarch-bench-") as tmp:
         npz = Path(tmp) / "inputs.npz"
         # dict order is the graph's input order; the workers rely on it. (numpy's stubs type the
         # first keyword argument as allow_pickle, so a ** of arrays looks wrong to mypy.)
         np.savez(npz, **inputs)  # type: ignore[arg-type]
         for r in range(rounds):
-            # Rotate the order every round so no runtime always runs first (or right after another).
-            for rt in active[r % len(active):] + active[:r % len(active)] if active else []:
-                got, err = _run_worker(rt, str(jobs[rt]), npz, warmup, per_round, threads)
-                times[rt] += got
+            # Rotate the order every round so no job always runs first (or right after another).
+            for label, runtime, model in jobs[r % len(jobs):] + jobs[:r % len(jobs)] if jobs else []:
+                got, err = _run_worker(runtime, model, npz, warmup, per_round, threads)
+                times[label] += got
                 if err:
-                    log.warning("bench: %s failed: %s", rt, err)
-                    errors[rt].append(err)
-    rows = [_row(rt, times[rt], errors[rt]) if jobs[rt] else BenchRow(rt, None, None, None, 0, "n/a")
-            for rt in RUNTIMES if jobs[rt] or rt not in OPTIONAL]
+                    log.warning("bench: %s failed: %s", label, err)
+                    errors[label].append(err)
+    rows = {label: _row(label, times[label], errors[label]) for label, _, _ in jobs}
     shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in inputs.items()}
-    return BenchResult(rows, warmup, per_round * rounds, rounds, threads, shapes)
+    return rows, (warmup, per_round * rounds, rounds, threads, shapes)
 
 
 def _versus(result: BenchResult, row: BenchRow) -> str:
