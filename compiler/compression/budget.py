@@ -37,7 +37,7 @@ def keep_float_within_budget(g: Graph, layers: Sequence[L], trial: Callable[[lis
     drop = full.drop_from(base)
     logger.info("all %d layers compressed: %s (fp32 %s), drop %.2f points", len(layers), full, base, drop)
     summary = Note("budget", f"fp32 {base}; all {len(layers)} layers compressed {full}: drop {drop:.2f} "
-                             f"points, budget {budget:g}")
+                             f"points, budget {budget:g}", fired=True)
     if drop <= budget:
         return list(layers), [summary]
     gains = _sensitivities(layers, trial, data, full.percent)
@@ -48,7 +48,7 @@ def keep_float_within_budget(g: Graph, layers: Sequence[L], trial: Callable[[lis
         drop = score.drop_from(base)
         notes.append(Note("budget", f"kept float: compressing it alone costs {gain:.2f} points "
                                     f"(most sensitive left); with it in float: {score}, drop {drop:.2f}",
-                          node=layer.label))
+                          node=layer.label, fired=True))
         if drop <= budget:
             return chosen, notes
     return chosen, notes

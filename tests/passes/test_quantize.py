@@ -212,3 +212,26 @@ def test_budget_met_by_the_fully_quantized_model_keeps_nothing_in_float() -> Non
     layers = [_Layer(i, f"L{i}") for i in range(3)]
     chosen, notes = keep_float_within_budget(Graph(), layers, _trial, _FakeData([0.1, 0.1, 0.1], 0.5))
     assert chosen == layers and len(notes) == 1 and "drop 0.30" in notes[0].reason
+
+
+def test_budget_on_real_scores_keeps_the_layer_whose_input_range_is_ruined_in_float() -> None:
+    """One calibration value of 1000 in input channel 0 makes minmax give the Conv's input a step of
+    ~8: that layer costs most of the cosine, and a 0.5-point budget must keep exactly it in float.
+    The Conv ignores channel 0 (zero weights), so the outlier does not reach the Gemm's input."""
+    g = conv_relu_gemm(seed=5)
+    w = g.constants["w"]
+    assert w.const is not None
+    ignored = w.const.copy()
+    ignored[:, 0] = 0.0
+    w.const = ignored
+    rng = np.random.default_rng(2)
+    calib = rng.standard_normal((32, 3, 6, 6)).astype(np.float32)
+    calib[0, 0, 0, 0] = 1000.0
+    test = rng.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    data = CompressionData(Dataset({"x": calib}, None, "calib"), Dataset({"x": test}, None, "test"),
+                           max_drop=0.5, reference=g)
+    result = QuantizeStatic().run(g.clone(), PassContext(data=data))
+    kept = [n for n in result.notes if n.rule == "budget" and n.node]
+    assert [n.node for n in kept] == ["Conv %c"], [str(n) for n in result.notes]
+    assert result.graph.op_counts()["QuantizeLinear"] == 1  # only the Gemm's input
+    assert data.score(result.graph).drop_from(data.baseline()) <= 0.5
