@@ -157,4 +157,6 @@ def _data(args: argparse.Namespace, graph: Graph) -> Any:
 
     calibration = load_dataset(args.calibration, graph.inputs, "--calibration") if args.calibration else None
     accuracy = load_dataset(args.accuracy_data, graph.inputs, "--accuracy-data") if args.accuracy_data else None
-    return CompressionData(calibration, accuracy, args.max_accuracy_drop, reference=graph)
+    from compiler.cli.common import progress
+
+    return CompressionData(calibration, accuracy, args.max_accuracy_drop, reference=graph, progress=progress)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,7 @@ class CompressionData:
     accuracy: Dataset | None = None
     max_drop: float | None = None  # points of the score a pass may lose; None: no budget
     reference: Graph | None = None
+    progress: Callable[[str], None] | None = None  # one line per calibration batch (the CLI's stderr)
     _reference_outputs: np.ndarray | None = field(default=None, repr=False)
     _baseline: Score | None = field(default=None, repr=False)
 
@@ -33,7 +34,11 @@ class CompressionData:
         if self.calibration is None:
             raise EffarchError("static quantization needs calibration data; pass --calibration FILE.npz")
         session = ReferenceSession(g, extra=names)
-        for feeds, real in self.calibration.batches(batch_size(g)):
+        batch = batch_size(g)
+        total = -(-len(self.calibration) // batch)
+        for i, (feeds, real) in enumerate(self.calibration.batches(batch)):
+            if self.progress is not None:
+                self.progress(f"calibration: batch {i + 1}/{total} ({len(names)} tensors)")
             got = {**feeds, **session.run(feeds)}  # graph inputs are calibrated too
             yield {n: got[n][:real] if _batched(got[n], feeds) else got[n] for n in names if n in got}
 
