@@ -75,6 +75,8 @@ def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | Non
     iters = [it.var for it in block.iter_vars]
     kinds = info.dom_kind()
     out_idx = block.body.indices
+    if not out_idx:
+        return None  # a rank-0 result (a global min or sum): no axis to vectorize along
     last = out_idx[-1]
     v = next((i for i, var in enumerate(iters) if kinds[i] == "S" and last.same_as(var)), None)
     if v is None:
@@ -152,13 +154,32 @@ def _schedule_single_reduction(sch: s_tir.Schedule, m: Machine, *, mac: bool) ->
         return False
     main = info.block_rv
     consumers = [b.block_rv for b in infos[main_i + 1:]]
-    producers = [b.block_rv for b in infos[:main_i]]
+    producers = inline_side_inputs(sch, main, [b.block_rv for b in infos[:main_i]])
     writeback = sch.cache_write(main, 0, "local")
     leftover = inline_epilogue(sch, writeback, consumers)
     tile_contraction(sch, info, main, writeback, tile, m)
     for block in producers + leftover:
         schedule_injective(sch, block, m, dtype_bits(sch, block))
     return True
+
+
+def inline_side_inputs(sch: s_tir.Schedule, main: SBlockRV, producers: list[SBlockRV]) -> list[SBlockRV]:
+    """Inline producers the contraction does not read (a zero point's reshape, a bias transpose)
+    into the epilogue that reads them; return the rest (operand padding, shifts), which stay
+    materialised. A side input left as its own buffer would stop the epilogue's reverse inlining
+    into the tile's write-back: TVM allows the inlined block one intermediate input only."""
+    read = [r.source for r in sch.get(main).reads]
+    kept = []
+    for block in producers:
+        writes = sch.get(block).writes
+        if len(writes) == 1 and not any(writes[0].source.same_as(b) for b in read):
+            try:
+                sch.compute_inline(block)
+                continue
+            except s_tir.ScheduleError:
+                pass
+        kept.append(block)
+    return kept
 
 
 def inline_epilogue(sch: s_tir.Schedule, writeback: SBlockRV, consumers: list[SBlockRV]) -> list[SBlockRV]:

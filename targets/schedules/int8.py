@@ -21,7 +21,7 @@ from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from targets.schedules.common import dtype_bits, parallel_outer, schedule_injective
-from targets.schedules.contraction import _best_tile, find_main, inline_epilogue
+from targets.schedules.contraction import _best_tile, find_main, inline_epilogue, inline_side_inputs
 from targets.schedules.dot import KERNELS, DotKernel
 from targets.schedules.machine import Machine
 
@@ -43,10 +43,11 @@ def schedule_int8_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
     if kernel is None:
         return False
     main = infos[main_i].block_rv
+    producers = inline_side_inputs(sch, main, [b.block_rv for b in infos[:main_i]])
     writeback = sch.cache_write(main, 0, "local")
     leftover = inline_epilogue(sch, writeback, [b.block_rv for b in infos[main_i + 1:]])
     _tile(sch, infos[main_i], main, writeback, kernel, m)
-    for block in [b.block_rv for b in infos[:main_i]] + leftover:
+    for block in producers + leftover:
         schedule_injective(sch, block, m, dtype_bits(sch, block))
     return True
 
