@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from compiler.ir.core import Node
+from targets.lowering.depthwise_int8 import depthwise_integer_nhwc
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
 from targets.lowering.quantized import conv_integer_nhwc
 from targets.lowering.registry import CONVERTERS, Call, static_shape
@@ -53,7 +54,8 @@ def lower_nhwc(lowering: Any, node: Node) -> relax.Expr | None:
     if node.op == "Conv":
         return _conv(lowering, node)
     if node.op == "ConvInteger":
-        return conv_integer_nhwc(lowering, node)
+        packed = conv_integer_nhwc(lowering, node)
+        return packed if packed is not None else depthwise_integer_nhwc(lowering, node)
     if node.op in ELEMENTWISE or (node.op in PER_TENSOR and _per_tensor(node)):
         return _elementwise(lowering, node)
     if node.op in ("MaxPool", "AveragePool"):
