@@ -87,7 +87,7 @@ class _Lowerer:
         for v in self.g.constants.values():
             if v.const is None:
                 raise EffarchError(f"constant '{v.name}' has no data (parsed from text?); load its payload")
-            self.known[id(v)] = v.const
+            self.known[id(v)] = _storable(v.const)
         with self.bb.function("main", attrs={"num_input": len(input_vars)}):
             with self.bb.dataflow():
                 for node in self.g.nodes:
@@ -248,3 +248,11 @@ def _param_name(name: str, taken: list[str]) -> str:
     while candidate in taken:
         candidate, i = f"{base}_{i}", i + 1
     return candidate
+
+
+def _storable(arr: np.ndarray) -> np.ndarray:
+    """4-bit weights (ml_dtypes int4/uint4) are widened to 8 bits, values unchanged: TVM's runtime
+    and the artifact's safetensors have no 4-bit type, so the artifact stores one per byte."""
+    if arr.dtype.name in ("int4", "uint4"):
+        return arr.astype(np.int8 if arr.dtype.name == "int4" else np.uint8)
+    return arr
