@@ -204,6 +204,9 @@ def tensor_type_of(tp: onnx.TypeProto, what: str) -> TensorType | None:
     if tt.elem_type == 0:
         return None
     dtype = dtype_of(tt.elem_type, what)
+    if dtype in (DType.I4, DType.U4):
+        raise EffarchError(f"{what} has element type {dtype.numpy_name}, which effarch does not support except "
+                           f"in constant weights (read by DequantizeLinear); keep 4-bit values inside the model")
     if not tt.HasField("shape"):
         return TensorType(dtype, None)
     return TensorType(dtype, tuple(_dim(d) for d in tt.shape.dim))

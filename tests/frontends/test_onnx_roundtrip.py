@@ -57,6 +57,7 @@ EXCLUDED: dict[str, str] = {
     "test_training_dropout_mask": RANDOM_OUTPUT,
 }
 SUPPORTED_ELEM_TYPES = frozenset(d.onnx_code for d in DType)
+CONSTANT_ONLY = frozenset({DType.I4.onnx_code, DType.U4.onnx_code})  # 4-bit: weights, never values
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ def _expected_import_error(model: onnx.ModelProto) -> str | None:
     if any(v.type.WhichOneof("value") != "tensor_type" for v in values):
         return "type, not a tensor"
     elem_types = [v.type.tensor_type.elem_type for v in values]
+    if any(t in CONSTANT_ONLY for t in elem_types):
+        return "element type .* which effarch does not support"
     elem_types += [i.data_type for i in model.graph.initializer]
     if any(t not in SUPPORTED_ELEM_TYPES for t in elem_types):
         return "element type .* which effarch does not support"
