@@ -298,6 +298,12 @@ class CudaTarget(TargetSpec):
         # A generic x86-64 host: the host code only launches kernels, so it should run on any x86-64.
         return {"kind": "cuda", "arch": cpu, "host": {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}}
 
+    def int8_isa(self, cpu: str | None) -> str:
+        """Integer contractions with constant weights go to ``lowering.quantized_cuda`` (dp4a)."""
+        from targets.lowering.quantized_cuda import CUDA_INT8
+
+        return CUDA_INT8
+
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         # ``export`` is not given the target, and the build calls this just before it: remember the arch.
@@ -327,13 +333,16 @@ class CudaTarget(TargetSpec):
 
 
 def cuda_pipeline(tvm_target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CUDA pipeline, spelled out: legalize, fuse, then dlight schedules every TIR function."""
+    """TVM's CUDA pipeline, spelled out: legalize, fuse, then schedules: effarch's dp4a rule for the int8
+    GEMMs of ``lowering.quantized_cuda``, dlight's rules for every other TIR function."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight as dl
 
-    schedules = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(),
+    from targets.schedules.gpu_int8 import GpuInt8
+
+    schedules = dl.ApplyDefaultSchedule(GpuInt8(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(),
                                         dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Transpose(),
                                         dl.gpu.Fallback())
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),

@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from compiler.ir.core import Node
+from targets.lowering import quantized_cuda
 from targets.lowering.packed_int8 import (
     PackedInt8,
     conv2d_nhwc_int8,
@@ -136,7 +137,7 @@ def _scalar(c: Call, i: int) -> relax.Expr | None:
 @converter("MatMulInteger")
 def _matmul_integer(c: Call) -> relax.Expr:
     _integer_operands(c)
-    fast = _matmul_packed(c)
+    fast = quantized_cuda.matmul_integer(c) if c.int8 == quantized_cuda.CUDA_INT8 else _matmul_packed(c)
     if fast is not None:
         return fast
     a, b = c.arg(0), c.arg(1)
@@ -197,6 +198,9 @@ def _packed_args(c: Call, p: PackedInt8) -> tuple[relax.Expr, relax.Expr, relax.
 @converter("ConvInteger")
 def _conv_integer(c: Call) -> relax.Expr:
     _integer_operands(c)
+    gpu = quantized_cuda.conv_integer(c) if c.int8 == quantized_cuda.CUDA_INT8 else None
+    if gpu is not None:
+        return gpu
     x, w = c.arg(0), c.arg(1)
     spatial, kernel = c.shape(0)[2:], c.shape(1)[2:]
     conv = {1: (R.nn.conv1d, "NCW", "OIW"), 2: (R.nn.conv2d, "NCHW", "OIHW")}.get(len(spatial))
