@@ -166,23 +166,21 @@ def _quantize_weight_input(g: Graph, n: Node, site: Site, mean: np.ndarray | Non
 
 
 def _correct_bias(g: Graph, n: Node, site: Site, error: np.ndarray, mean: np.ndarray) -> None:
-    """b += E[(W - W_q) x]: the mean output shift that rounding the weights causes."""
+    """b += E[(W - W_q) x]: the mean output shift that rounding the weights causes. MatMul has no
+    bias input (a correction would need an extra Add) and a computed bias is left alone."""
+    has_bias = len(n.inputs) > 2 and n.inputs[2] is not None
+    old = const(n.inputs[2]) if has_bias else None
+    if n.op == "MatMul" or (has_bias and old is None):
+        return
     if n.op == "Conv":
         groups = int(n.attr("group", 1))
-        per_group = error.shape[1]
-        m = mean.reshape(groups, per_group)[np.arange(error.shape[0]) * groups // error.shape[0]]
+        m = mean.reshape(groups, error.shape[1])[np.arange(error.shape[0]) * groups // error.shape[0]]
         shift = np.einsum("oikl,oi->o", error.astype(np.float64), m)
-    elif site.weight_axis == 1:  # [K, N]
+    elif site.weight_axis == 1:  # Gemm [K, N]
         shift = mean.astype(np.float64) @ error.astype(np.float64)
     else:  # Gemm transB: [N, K]
         shift = error.astype(np.float64) @ mean.astype(np.float64)
-    old = const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
-    if old is None and len(n.inputs) > 2 and n.inputs[2] is not None:
-        return  # a computed bias: leave it alone
-    alpha = float(n.attr("alpha", 1.0)) if n.op == "Gemm" else 1.0
-    beta = float(n.attr("beta", 1.0)) if n.op == "Gemm" else 1.0
-    if n.op == "MatMul":
-        return  # MatMul has no bias input; a correction would need an extra Add
+    alpha, beta = (float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))) if n.op == "Gemm" else (1.0, 1.0)
     base = np.zeros(shift.shape) if old is None else old.astype(np.float64) * beta
     bias = g.add_constant(f"{n.outputs[0].name}_bias_corrected", (base + alpha * shift).astype(np.float32))
     if n.op == "Gemm":

@@ -45,28 +45,24 @@ class Stats:
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 
-def collect(batches: Batches, names: list[str], method: str, *, means: dict[str, int] | None = None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Stats]:
+def collect(batches: Batches, names: list[str], method: str, *,
+            means: dict[str, int] | None = None) -> dict[str, Stats]:
     """Statistics of the values ``names`` over the batches (two sweeps when a histogram is needed);
     ``means`` maps a value to its channel axis where per-channel means are wanted (bias correction)."""
     if method not in METHODS:
         raise EffarchError(f"unknown calibration method '{method}'; use one of {', '.join(METHODS)}")
     stats = {n: Stats() for n in names}
-    for i, batch in enumerate(batches()):
+    for batch in batches():
         for n, a in batch.items():
             s = stats[n]
             s.lo, s.hi = min(s.lo, float(np.min(a))), max(s.hi, float(np.max(a)))
             s.samples += len(a) if a.ndim else 1
             if means and n in means and a.ndim > 1:
                 _add_channel_sum(s, a, means[n])
-        if progress is not None:
-            progress(f"calibration: batch {i + 1} (min/max)")
     if method != "minmax":
-        for i, batch in enumerate(batches()):
+        for batch in batches():
             for n, a in batch.items():
                 _add_histogram(stats[n], a)
-            if progress is not None:
-                progress(f"calibration: batch {i + 1} (histogram)")
     return stats
 
 

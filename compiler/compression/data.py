@@ -9,7 +9,7 @@ import numpy as np
 
 from compiler.errors import EffarchError
 from compiler.ir import Graph
-from compiler.numerics.accuracy import Score, batch_size, cosine_per_sample, outputs, score
+from compiler.numerics.accuracy import Score, batch_size, outputs, score
 from compiler.numerics.datasets import Dataset
 from compiler.numerics.reference import ReferenceSession
 
@@ -52,10 +52,6 @@ class CompressionData:
             assert self.reference is not None, "a budget needs the fp32 graph"
             self._baseline = self.score(self.reference)
         return self._baseline
-
-    def per_sample_cosine(self, g: Graph) -> np.ndarray:
-        """Cosine of ``g``'s outputs with the reference's, per test sample (sensitivity ranking)."""
-        return cosine_per_sample(self._outputs(g), self._reference())
 
     def _outputs(self, g: Graph) -> np.ndarray:
         session = ReferenceSession(g)

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import logging
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compiler.errors import EffarchError
+from compiler.fileio import import_python_file
 from compiler.frontends.onnx import import_onnx
 from compiler.ir import Graph
 from compiler.ir.ops import IR_OPSET
@@ -89,26 +88,11 @@ def load_builder(spec: str) -> tuple[Any, tuple[Any, ...]]:
     path = Path(file_part)
     if not path.is_file():
         raise EffarchError(f"builder file '{path}' not found; check the path in '{spec}'")
-    build = getattr(_import_file(path), func_name, None)
+    build = getattr(import_python_file(path, "effarch_builder"), func_name, None)
     if not callable(build):
         raise EffarchError(f"'{path}' has no function '{func_name}'; define {func_name}() returning "
                            f"(module, example_inputs)")
     return _check_built(build(), spec)
-
-
-def _import_file(path: Path) -> Any:
-    name = f"effarch_builder_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise EffarchError(f"cannot import '{path}' as Python; is it a .py file?")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # the user's file may raise anything while importing
-        del sys.modules[name]
-        raise EffarchError(f"importing '{path}' failed: {type(e).__name__}: {_first_line(e)}") from None
-    return module
 
 
 def _check_built(result: Any, spec: str) -> tuple[Any, tuple[Any, ...]]:

@@ -13,8 +13,6 @@ Arrays are checked against the model's inputs once, here, so every later step ca
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler.errors import EffarchError
+from compiler.fileio import import_python_file
 from compiler.ir import Value
 
 LABELS = "labels"
@@ -109,24 +108,14 @@ def _from_function(spec: str, flag: str) -> dict[str, np.ndarray]:
     path = Path(file_part)
     if not path.is_file():
         raise EffarchError(f"{flag} {spec}: file '{path}' not found")
-    module_name = f"effarch_data_{abs(hash(str(path.resolve())))}"
-    loader = importlib.util.spec_from_file_location(module_name, path)
-    if loader is None or loader.loader is None:
-        raise EffarchError(f"{flag} {spec}: cannot import '{path}' as Python")
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[module_name] = module
+    module = import_python_file(path, "effarch_data")
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise EffarchError(f"{flag} {spec}: '{path}' has no function '{name}'")
     try:
-        loader.loader.exec_module(module)
-        fn = getattr(module, name, None)
-        if not callable(fn):
-            raise EffarchError(f"{flag} {spec}: '{path}' has no function '{name}'")
         batches = [dict(b) for b in fn()]
-    except EffarchError:
-        raise
     except Exception as e:  # the user's code may raise anything
         raise EffarchError(f"{flag} {spec}: the function failed: {type(e).__name__}: {e}") from None
-    finally:
-        sys.modules.pop(module_name, None)
     if not batches:
         raise EffarchError(f"{flag} {spec}: the function returned no batches")
     return _concatenate(batches, spec, flag)

@@ -80,6 +80,7 @@ def _verify(args: argparse.Namespace, source: Any, result: Any, data: Any, out: 
     calibrated ranges), with the compression's own error against the fp32 model reported beside it."""
     from compiler.cli import report
     from compiler.cli.common import progress
+    from compiler.numerics.accuracy import batch_size
     from compiler.numerics.reference import random_inputs
 
     if not _compressed(result):
@@ -90,7 +91,7 @@ def _verify(args: argparse.Namespace, source: Any, result: Any, data: Any, out: 
     dataset = data and (data.accuracy or data.calibration)
     if dataset is not None:
         progress(f"verifying against onnxruntime running the compressed graph, on the first batch of {dataset.source}")
-        inputs, _ = next(dataset.batches(_batch(source.graph)))
+        inputs, _ = next(dataset.batches(batch_size(source.graph)))
     else:
         progress("verifying against onnxruntime running the compressed graph, on seeded random inputs")
         inputs = random_inputs(source.graph, args.seed)
@@ -104,12 +105,6 @@ def _compressed(result: Any) -> bool:
     from compiler.cli.compression_args import REPORTED_PASSES
 
     return any(r.modified and r.name.split("{")[0] in REPORTED_PASSES for r in result.pass_records)
-
-
-def _batch(g: Any) -> int:
-    from compiler.numerics.accuracy import batch_size
-
-    return batch_size(g)
 
 
 def _instruments(args: argparse.Namespace) -> list:
