@@ -25,8 +25,9 @@ from onnx import helper, numpy_helper
 
 from compiler.errors import EffarchError
 from compiler.frontends.onnx import MERGED_KEY, PROVENANCE_KEY, REWRITES_KEY
+from compiler.frontends.onnx_opsets import SEMANTIC_CHANGES
 from compiler.ir import Graph, Node, TensorType, Value
-from compiler.ir.ops import IR_OPSET
+from compiler.ir.ops import IR_OPSET, op_opset
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _A = onnx.AttributeProto
 
 
 def to_onnx(g: Graph) -> onnx.ModelProto:
-    """The graph as an opset-21 ModelProto (constants inline as initializers)."""
+    """The graph as an opset-21 ModelProto (or newer, for ops ONNX added later), constants inline."""
     functions = _Functions()
     names = _unique_node_names(g.nodes)
     nodes = [_node_proto(n, name, functions) for n, name in zip(g.nodes, names, strict=True)]
@@ -64,7 +65,22 @@ def to_onnx(g: Graph) -> onnx.ModelProto:
 
 def _opsets(nodes: list[onnx.NodeProto]) -> list[onnx.OperatorSetIdProto]:
     domains = sorted({n.domain for n in nodes if n.domain not in ("", "ai.onnx")})
-    return [helper.make_opsetid("", IR_OPSET)] + [helper.make_opsetid(d, 1) for d in domains]
+    return [helper.make_opsetid("", default_opset(nodes))] + [helper.make_opsetid(d, 1) for d in domains]
+
+
+def default_opset(nodes: list[onnx.NodeProto]) -> int:
+    """21, or the newest form among ops ONNX added later; refused where that opset would change what
+    a node of the graph means (``onnx_opsets.SEMANTIC_CHANGES``: ceil-mode pools from 22)."""
+    opset = max([IR_OPSET] + [op_opset(n.op_type) for n in nodes if n.domain in ("", "ai.onnx")])
+    for n in nodes:
+        change = SEMANTIC_CHANGES.get(n.op_type)
+        if change is not None and opset >= change[0] and change[1](n, lambda _: None):
+            newer = sorted({m.op_type for m in nodes if op_opset(m.op_type) > IR_OPSET})
+            raise EffarchError(
+                f"cannot export node '{n.name}' ({n.op_type}): the graph needs ONNX opset {opset} for "
+                f"{', '.join(newer)}, where {n.op_type} means something else than at opset {IR_OPSET}; "
+                f"export the two parts separately")
+    return opset
 
 
 class _Functions:
@@ -203,7 +219,7 @@ def _set_provenance(proto: onnx.NodeProto, n: Node) -> None:
 
 def _schema_attr_type(n: Node, key: str) -> int | None:
     try:
-        schema = onnx.defs.get_schema(n.op, IR_OPSET, n.domain)
+        schema = onnx.defs.get_schema(n.op, op_opset(n.op), n.domain)
     except onnx.defs.SchemaError:
         return None
     attr = schema.attributes.get(key)

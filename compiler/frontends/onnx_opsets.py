@@ -2,7 +2,8 @@
 
 - Opsets 7-12: converted on import with onnx's own version converter (the report notes it).
 - Opsets 13-21: read directly; the importer rewrites the few older forms (reduction axes, Split).
-- Opsets 22-28: read directly where the node means what the op's opset-21 form meant. Most newer
+- Opsets 22-28: read directly where the node means what the op's opset-21 form meant (for an op
+  ONNX added after 21, ``compiler.ir.ops.NEWER_OPS`` names the form the IR follows instead). Most newer
   forms only admit new element types (bfloat16, float8, int4); a few add attributes (Cast's
   ``round_mode``, Range's ``stash_type``); two changed meaning without changing their signature
   (``SEMANTIC_CHANGES``). A node is read as its opset-21 form when it sets no attribute that form
@@ -22,7 +23,7 @@ import onnx.defs
 from onnx import version_converter
 
 from compiler.errors import EffarchError
-from compiler.ir.ops import IR_OPSET
+from compiler.ir.ops import IR_OPSET, op_opset
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +122,11 @@ def _changed_since(node: onnx.NodeProto, opset: int, elem_type: ElemType) -> int
         new = onnx.defs.get_schema(node.op_type, opset)
     except onnx.defs.SchemaError:
         return None  # an op unknown to onnx: the unsupported-operator check names it
-    if new.since_version <= IR_OPSET:
+    base = op_opset(node.op_type)  # 21, or the form of an op added later (compiler.ir.ops.NEWER_OPS)
+    if new.since_version <= base:
         return None
     try:
-        old = onnx.defs.get_schema(node.op_type, IR_OPSET)
+        old = onnx.defs.get_schema(node.op_type, base)
     except onnx.defs.SchemaError:
         return None  # an op new after opset 21: not in the IR, so the unsupported-operator check names it
     extra_attrs = {a.name for a in node.attribute} - set(old.attributes)

@@ -33,9 +33,14 @@ SHAPE_AND_DATA = frozenset({
     "Constant",
 })
 
+# Ops that ONNX added after opset 21, with the opset of the form the IR follows (the newest form
+# the importer reads; their earlier forms only lack optional inputs and attributes). A graph holding
+# one exports at the highest such opset instead of 21 (``compiler.frontends.onnx_export``).
+NEWER_OPS: dict[str, int] = {}
+
 SUPPORTED_OPS: frozenset[str] = (
     ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | ELEMENTWISE_OTHER | CONTRACTIONS | NORMALIZATION
-    | REDUCTIONS | POOLING | QUANTIZATION | SHAPE_AND_DATA
+    | REDUCTIONS | POOLING | QUANTIZATION | SHAPE_AND_DATA | frozenset(NEWER_OPS)
 )
 
 # Ops with no effect at inference time; the importer keeps them (so diffs show their removal),
@@ -43,4 +48,10 @@ SUPPORTED_OPS: frozenset[str] = (
 NO_OP_AT_INFERENCE = frozenset({"Identity", "Dropout"})
 
 IR_OPSET = 21
-"""The ONNX opset whose semantics domain "" nodes follow, and the opset ONNX export writes."""
+"""The ONNX opset whose semantics domain "" nodes follow (``NEWER_OPS`` aside), and the opset ONNX
+export writes for a graph without newer ops."""
+
+
+def op_opset(op: str) -> int:
+    """The opset of the form of ``op`` that the IR follows."""
+    return NEWER_OPS.get(op, IR_OPSET)
