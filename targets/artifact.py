@@ -87,11 +87,20 @@ def write_artifact(out_path: Path, manifest: dict[str, Any], library: Path,
     }
     out_path = Path(out_path)
     with atomic_write(out_path) as f, zipfile.ZipFile(f, "w") as z:
-        z.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True), zipfile.ZIP_DEFLATED)
-        z.writestr(lib_name, lib_bytes, zipfile.ZIP_DEFLATED)
+        z.writestr(_member(MANIFEST, zipfile.ZIP_DEFLATED), json.dumps(manifest, indent=2, sort_keys=True))
+        z.writestr(_member(lib_name, zipfile.ZIP_DEFLATED), lib_bytes)
         # Stored, not deflated: weights barely compress and are read back whole.
-        z.writestr(WEIGHTS, weights, zipfile.ZIP_STORED)
+        z.writestr(_member(WEIGHTS, zipfile.ZIP_STORED), weights)
     return out_path
+
+
+def _member(name: str, compression: int) -> zipfile.ZipInfo:
+    """A member with a fixed date and mode: the same build gives the same bytes (zipfile stamps the
+    current time otherwise)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = compression
+    info.external_attr = 0o644 << 16
+    return info
 
 
 # ---- reading ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ made a 42 MB encoder's library 232 MB and its compile six times slower (see the 
 
 Manifest keys: ``format_version``, ``model``, ``inputs``/``outputs``/``params`` (name, dtype, shape),
 ``target`` (name, tvm_target, cpu, features, arch), ``pipeline``, ``relax_pipeline``,
-``source_sha256``, ``versions``, ``created``, ``timings_s``, ``members``, plus ``manifest_extra``.
+``source_sha256``, ``versions``, ``members``, plus ``manifest_extra``. No date and no timing: the same
+model, pipeline and target give the same bytes (``BuildResult.timings`` has the timings).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -144,7 +144,7 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
     with tempfile.TemporaryDirectory(prefix="effarch-build-") as tmp:
         lib = _compile_and_export(spec, tvm_target, pipeline, lowered.mod, Path(tmp), timings)
         t0 = time.perf_counter()
-        manifest = _manifest(info, lowered, spec, cpu, tvm_target, timings, manifest_extra)
+        manifest = _manifest(info, lowered, spec, cpu, tvm_target, manifest_extra)
         manifest["relax_pipeline"] = "effarch-schedules" if report.rules else "default"
         if report.rules:
             manifest["schedules"] = report.counts()
@@ -209,7 +209,7 @@ def _compile_and_export(spec: TargetSpec, tvm_target: Any, pipeline: Any, mod: A
 
 
 def _manifest(info: ModelInfo, lowered: LoweredModule, spec: TargetSpec, cpu: str, tvm_target: Any,
-              timings: dict[str, float], extra: dict[str, Any] | None) -> dict[str, Any]:
+              extra: dict[str, Any] | None) -> dict[str, Any]:
     pairs = zip(lowered.param_names, lowered.params, strict=True)
     params = [TensorSpec.of(n, TensorType.of(a)) for n, a in pairs]
     manifest: dict[str, Any] = {
@@ -224,8 +224,6 @@ def _manifest(info: ModelInfo, lowered: LoweredModule, spec: TargetSpec, cpu: st
         "relax_pipeline": "default",
         "source_sha256": info.source_sha256,
         "versions": _versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
     manifest.update(extra or {})
     return manifest

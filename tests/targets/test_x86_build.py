@@ -68,7 +68,6 @@ def test_build_reports_each_step_timing(big_build: BuiltMLP) -> None:
     _, out, timings = big_build
     assert set(timings) == {"lower", "compile", "export", "pack"}
     assert all(t > 0 for t in timings.values())
-    assert set(read_manifest(out)["timings_s"]) == {"compile", "export"}
 
 
 def test_host_build_records_host_cpu_and_features_it_has(big_build: BuiltMLP) -> None:
