@@ -38,8 +38,8 @@ from targets.lowering.spatial import window
 from targets.schedules.dot import choose_kernel
 
 # The integer types effarch quantizes to, by ONNX element type code, with their saturation range.
-_QUANT_TYPES = {2: "uint8", 3: "int8", 5: "int16"}
-_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767)}
+_QUANT_TYPES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16"}
+_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 
 
 def _f32(e: relax.Expr, dtype: str) -> relax.Expr:
@@ -71,7 +71,7 @@ def _quant_type(c: Call) -> str:
         code = int(c.attr("output_dtype", 0)) or 2
         dtype = _QUANT_TYPES.get(code, f"ONNX element type {code}")
     if dtype not in _RANGE:
-        raise c.fail(f"quantizing to {dtype} is not supported (u8, i8 and i16 are)")
+        raise c.fail(f"quantizing to {dtype} is not supported (u8, i8, u16 and i16 are)")
     return dtype
 
 
@@ -96,7 +96,7 @@ def _quantize_linear(c: Call) -> relax.Expr:
 @converter("DequantizeLinear")
 def _dequantize_linear(c: Call) -> relax.Expr:
     if c.dtype(0) not in (*_RANGE, "int32"):
-        raise c.fail(f"dequantizing {c.dtype(0)} is not supported (u8, i8, i16 and i32 are)")
+        raise c.fail(f"dequantizing {c.dtype(0)} is not supported (u8, i8, u16, i16 and i32 are)")
     x_shape, out = c.shape(0), c.dtype(1)
     x = c.emit(R.astype(c.arg(0), "int32"))
     if c.has(2):

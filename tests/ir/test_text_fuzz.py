@@ -12,7 +12,7 @@ from compiler.ir.parser import parse_graph
 from compiler.ir.printer import print_graph
 
 ALPHABET = 'ab_Z09.:/-%" \\,<>{}()[]#=@ü\n\t'
-DTYPES = [DType.F32, DType.F16, DType.I64, DType.I8, DType.BOOL, DType.U8, DType.F64]
+DTYPES = [DType.F32, DType.F16, DType.I64, DType.I8, DType.BOOL, DType.U8, DType.F64, DType.U16, DType.U32, DType.U64]
 
 
 def name(rng: random.Random) -> str:
