@@ -32,6 +32,10 @@ SHAPE_AND_DATA = frozenset({
     "Expand", "Shape", "Size", "ConstantOfShape", "Range", "Tile", "Pad", "Trilu",
     "Constant",
 })
+# Resampling and index-driven data movement (lowering.resize, lowering.spatial_more, lowering.indexing).
+RESAMPLING_AND_INDEXING = frozenset({
+    "Resize",
+})
 
 # Ops that ONNX added after opset 21, with the opset of the form the IR follows (the newest form
 # the importer reads; their earlier forms only lack optional inputs and attributes). A graph holding
@@ -41,6 +45,7 @@ NEWER_OPS: dict[str, int] = {}
 SUPPORTED_OPS: frozenset[str] = (
     ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | ELEMENTWISE_OTHER | CONTRACTIONS | NORMALIZATION
     | REDUCTIONS | POOLING | QUANTIZATION | SHAPE_AND_DATA | frozenset(NEWER_OPS)
+    | RESAMPLING_AND_INDEXING
 )
 
 # Ops with no effect at inference time; the importer keeps them (so diffs show their removal),
