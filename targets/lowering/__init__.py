@@ -10,6 +10,7 @@ from targets.lowering import quantized as _quantized  # noqa: F401
 from targets.lowering import reduction as _reduction  # noqa: F401
 from targets.lowering import resize as _resize  # noqa: F401
 from targets.lowering import shape as _shape  # noqa: F401
+from targets.lowering import transformer_parts as _transformer_parts  # noqa: F401
 from targets.lowering.registry import CONVERTERS, Call, LoweringError, converter, describe, static_shape
 
 __all__ = ["CONVERTERS", "Call", "LoweringError", "consteval", "converter", "describe", "static_shape"]
