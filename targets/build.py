@@ -8,6 +8,7 @@ Manifest keys: ``format_version``, ``model``, ``inputs``/``outputs``/``params`` 
 ``target`` (name, tvm_target, cpu, features, arch), ``pipeline``, ``relax_pipeline``,
 ``source_sha256``, ``versions``, ``members``, plus ``manifest_extra``. No date and no timing: the same
 model, pipeline and target give the same bytes (``BuildResult.timings`` has the timings).
+A model compiled with symbolic dims also has ``symbolic_dims``: name -> where (``["x[0]", ...]``).
 """
 
 from __future__ import annotations
@@ -225,8 +226,22 @@ def _manifest(info: ModelInfo, lowered: LoweredModule, spec: TargetSpec, cpu: st
         "source_sha256": info.source_sha256,
         "versions": _versions(),
     }
+    symbolic = symbolic_dims([*info.inputs, *info.outputs])
+    if symbolic:
+        manifest["symbolic_dims"] = symbolic
     manifest.update(extra or {})
     return manifest
+
+
+def symbolic_dims(specs: list[TensorSpec]) -> dict[str, list[str]]:
+    """Each symbolic dim's name -> where it occurs (``x[0]``): the sizes the model takes at run time,
+    equal wherever one name occurs."""
+    where: dict[str, list[str]] = {}
+    for spec in specs:
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str):
+                where.setdefault(d, []).append(f"{spec.name}[{axis}]")
+    return where
 
 
 def _target_json(tvm_target: Any) -> dict[str, Any]:

@@ -115,15 +115,17 @@ def checks_table(checks: Sequence[OutputCheck], against: str = "onnxruntime", *,
                     "llrrrrl"))
 
 
-def random_inputs_for_specs(specs: Sequence[Any], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for an artifact's input specs (same rules as for a graph)."""
+def random_inputs_for_specs(specs: Sequence[Any], seed: int = 0,
+                            shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs for an artifact's input specs (same rules as for a graph); ``shapes``
+    gives the inputs with symbolic dims their size."""
     from compiler.ir import DType, TensorType
     from compiler.numerics.reference import random_inputs
 
     g = Graph()
     for spec in specs:
         g.add_input(spec.name, TensorType(DType.from_short(spec.dtype), tuple(spec.shape)))
-    return random_inputs(g, seed)
+    return random_inputs(g, seed, shapes)
 
 
 # ---- artifacts --------------------------------------------------------------------------------------
@@ -137,6 +139,10 @@ def manifest_summary(m: dict[str, Any]) -> str:
     for role in ("inputs", "outputs"):
         lines.append(f"  {role}:")
         lines += [f"    {t['name']}: {t['dtype']}{t['shape']}" for t in m.get(role, [])]
+    symbolic = m.get("symbolic_dims", {})
+    if symbolic:
+        lines.append("  symbolic dims (any size at run time, equal wherever a name occurs):")
+        lines += [f"    {name}: {', '.join(where)}" for name, where in symbolic.items()]
     params = m.get("params", [])
     lines.append(f"  weights: {len(params)} tensors")
     return "\n".join(lines)

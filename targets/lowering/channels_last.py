@@ -20,11 +20,12 @@ from typing import Any
 from tvm import relax
 from tvm.relax import op as R
 
+from compiler.errors import EffarchError
 from compiler.ir.core import Node
 from targets.lowering.depthwise_int8 import depthwise_integer_nhwc
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
 from targets.lowering.quantized import conv_integer_nhwc
-from targets.lowering.registry import CONVERTERS, Call, static_shape
+from targets.lowering.registry import CONVERTERS, Call, dims
 from targets.lowering.spatial import window
 
 TO_NHWC = [0, 2, 3, 1]
@@ -97,8 +98,11 @@ def _per_tensor(node: Node) -> bool:
 
 
 def _spatial(v: Any) -> list[int]:
-    """H, W of a 4-D value, from its IR type (NCHW)."""
-    return list(v.type.static_shape()[2:])
+    """H, W of a 4-D value, from its IR type (NCHW); the batch may be symbolic."""
+    hw = list(v.type.shape[2:])
+    if not all(isinstance(d, int) for d in hw):
+        raise EffarchError(f"'{v.name}' has symbolic spatial dims {v.type}; pass --shape name=... to fix them")
+    return hw
 
 
 def _elementwise(lowering: Any, node: Node) -> relax.Expr | None:
@@ -115,7 +119,7 @@ def _aligned(lowering: Any, c: Call, v: Any) -> relax.Expr:
     if lowering.is_nhwc(v):
         return lowering.nhwc(v)
     expr = lowering.expr(v)
-    shape = static_shape(expr)
+    shape = dims(expr)
     if len(shape) == 0:
         return expr
     if len(shape) < 4:  # numpy broadcasting aligns from the right: make it 4-D first

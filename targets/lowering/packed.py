@@ -64,7 +64,8 @@ def conv_packable(oc: int, icg: int, groups: int, nr: int) -> bool:
 def conv2d_nhwc_packed(x: te.Tensor, wp: te.Tensor, strides: list[int], pads: list[int],
                        dilations: list[int], groups: int) -> te.Tensor:
     """NHWC convolution; ``pads`` is [top, left, bottom, right] (ONNX order)."""
-    n_, h, w_, _ = (int(d) for d in x.shape)
+    n_ = x.shape[0]  # the batch may be symbolic
+    h, w_ = (int(d) for d in x.shape[1:3])
     panels, kh_ext, kw_ext, icg, nr = (int(d) for d in wp.shape)
     oc = panels * nr
     ocg = oc // groups

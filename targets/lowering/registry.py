@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from compiler.errors import EffarchError
 from compiler.ir.core import Node
@@ -101,7 +101,12 @@ class Call:
     def ints(self, i: int, what: str) -> list[int]:
         return [int(v) for v in np.asarray(self.const(i, what)).reshape(-1)]
 
-    def shape(self, i: int) -> list[int]:
+    def shape(self, i: int) -> list[Any]:
+        """Input ``i``'s dims: ints, and ``tirx`` expressions where the model has a symbolic dim."""
+        return dims(self.arg(i))
+
+    def static(self, i: int) -> list[int]:
+        """Input ``i``'s shape where the converter needs every dim as a number."""
         return static_shape(self.arg(i))
 
     def rank(self, i: int) -> int:
@@ -119,17 +124,34 @@ def describe(node: Node) -> str:
     return f"node '{label}' ({node.qualified_op})"
 
 
-def static_shape(expr: relax.Expr) -> list[int]:
-    """The static shape of a tensor expression (graph inputs are static, so all shapes are)."""
+def dims(expr: relax.Expr) -> list[Any]:
+    """The dims of a tensor expression: ints where static, ``tirx`` expressions where they depend
+    on a symbolic dim of the inputs (``batch``, ``seq``); the rank must be known."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        raise EffarchError(f"expected a tensor of static shape, got {ty}; pass --shape name=... for inputs")
-    dims = []
-    for d in ty.shape.values:
-        if not hasattr(d, "value"):
-            raise EffarchError(f"dimension {d} is not static; pass --shape name=... for inputs")
-        dims.append(int(d.value))
-    return dims
+        raise EffarchError(f"expected a tensor of known rank, got {ty}; pass --shape name=... for inputs")
+    return [int(d.value) if isinstance(d, tirx.IntImm) else d for d in ty.shape.values]
+
+
+def is_static(shape: Sequence[Any]) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def product(shape: Sequence[Any]) -> Any:
+    """The number of elements of ``shape``: an int, or a ``tirx`` expression for symbolic dims."""
+    total: Any = 1
+    for d in shape:
+        total = total * d
+    return total
+
+
+def static_shape(expr: relax.Expr) -> list[int]:
+    """The shape of a tensor expression where every dim must be a number."""
+    shape = dims(expr)
+    for d in shape:
+        if not isinstance(d, int):
+            raise EffarchError(f"dimension {d} is symbolic here; pass --shape name=... to fix the input sizes")
+    return shape
 
 
 def dtype_of(expr: relax.Expr) -> str:

@@ -8,7 +8,7 @@ from tvm.relax import op as R
 
 from compiler.ir.consteval import constant_value, shape_op, slice_bounds
 from targets.lowering.elementwise import scalar
-from targets.lowering.registry import Call, LoweringError, converter, norm_axis
+from targets.lowering.registry import Call, LoweringError, converter, is_static, norm_axis, product
 
 
 def _const(arr: np.ndarray) -> relax.Expr:
@@ -18,6 +18,10 @@ def _const(arr: np.ndarray) -> relax.Expr:
 @converter("Reshape")
 def _reshape(c: Call) -> relax.Expr:
     dims, shape = c.ints(1, "shape"), c.shape(0)
+    if not is_static(shape):  # 0 copies a (maybe symbolic) dim; Relax infers -1 symbolically
+        if c.attr("allowzero", 0) and 0 in dims:
+            raise c.fail("Reshape with allowzero=1 and a 0 in the shape needs static input dims; pass --shape")
+        return R.reshape(c.arg(0), [shape[i] if d == 0 else d for i, d in enumerate(dims)])
     if 0 in shape:
         raise c.fail(f"reshaping the empty tensor of shape {shape} is not supported")
     if not c.attr("allowzero", 0):
@@ -38,8 +42,7 @@ def _transpose(c: Call) -> relax.Expr:
 def _flatten(c: Call) -> relax.Expr:
     shape = c.shape(0)
     axis = norm_axis(int(c.attr("axis", 1)), len(shape))
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    return R.reshape(c.arg(0), [outer, int(np.prod(shape[axis:], dtype=np.int64))])
+    return R.reshape(c.arg(0), [product(shape[:axis]), product(shape[axis:])])
 
 
 @converter("Concat")

@@ -15,17 +15,19 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 from compiler.errors import EffarchError
 from compiler.ir.core import Node, Value
 from compiler.ir.graph import Graph
-from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe, static_shape
+from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe
 from targets.lowering.channels_last import lower_nhwc
 from targets.lowering.fused import lower_group
+from targets.lowering.registry import dims, is_static
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class _Lowerer:
         self.int8 = int8
         self.nhwc_exprs: dict[int, relax.Expr] = {}  # values held channels-last (4-D, NHWC)
         self.known: dict[int, np.ndarray] = {}
+        self.symbols: dict[str, tirx.Var] = {}  # symbolic input dims by name
         self.weight_vars: list[relax.Var] = []
         # Weights a group's body receives as parameters: known here, so converters can re-lay
         # them out at compile time (see Call.weights); a top-level lowering has them in ``known``.
@@ -115,14 +118,22 @@ class _Lowerer:
         return mod
 
     def _input_var(self, v: Value) -> relax.Var:
-        if v.type is None or not v.type.is_static:
+        """A parameter of ``main``; a symbolic dim becomes a ``tirx.Var`` shared by every input
+        that names the same symbol, so the compiled model takes any size there."""
+        if v.type is None or v.type.shape is None or any(d is None for d in v.type.shape):
             raise EffarchError(
-                f"input '{v.name}' has type {v.type}, which is not static; "
-                f"pass --shape {v.name}=d0,d1,... to fix its dimensions"
+                f"input '{v.name}' has type {v.type}, with dimensions of unknown size; "
+                f"pass --shape {v.name}=d0,d1,... to fix them"
             )
-        var = relax.Var(v.name, relax.TensorType(list(v.type.static_shape()), v.type.dtype.numpy_name))
+        shape = [self._symbol(d) if isinstance(d, str) else d for d in v.type.shape]
+        var = relax.Var(v.name, relax.TensorType(shape, v.type.dtype.numpy_name))
         self.exprs[id(v)] = var
         return var
+
+    def _symbol(self, name: str) -> tirx.Var:
+        if name not in self.symbols:
+            self.symbols[name] = tirx.Var(name, "int64")
+        return self.symbols[name]
 
     def _expr(self, v: Value) -> relax.Expr:
         """The Relax expression of ``v``, materialising known values on first use."""
@@ -161,6 +172,17 @@ class _Lowerer:
             for out, val in zip(node.outputs, values, strict=True):
                 self.known[id(out)] = val
             return
+        try:
+            self._convert(node)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            # A converter that computes with dims it needs as numbers meets a symbolic one.
+            if any(s is None for v, s in zip(node.inputs, shapes, strict=True) if v is not None):
+                raise LoweringError(f"{describe(node)}: cannot be lowered with symbolic input dims "
+                                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                    "pass --shape name=... to fix the input sizes") from exc
+            raise
+
+    def _convert(self, node: Node) -> None:
         if node.body is not None:  # a group: one primitive function, one kernel
             results, nhwc = lower_group(self, node)
             self._bind_outputs(node, results, nhwc)
@@ -215,11 +237,15 @@ class _Lowerer:
     def _shape_of(self, v: Value) -> tuple[int, ...] | None:
         if id(v) in self.known:
             return tuple(self.known[id(v)].shape)
+        shape: tuple[Any, ...] | None
         if self._nhwc_only(v):
-            n, h, w, c = static_shape(self.nhwc_exprs[id(v)])
-            return (n, c, h, w)
-        e = self.exprs.get(id(v))
-        return None if e is None else tuple(static_shape(e))
+            n, h, w, c = dims(self.nhwc_exprs[id(v)])
+            shape = (n, c, h, w)
+        else:
+            e = self.exprs.get(id(v))
+            shape = None if e is None else tuple(dims(e))
+        # Values of symbolic size are only known when the model runs: nothing to evaluate now.
+        return shape if shape is not None and is_static(shape) else None
 
     def _bind_outputs(self, node: Node, result: relax.Expr | Sequence[relax.Expr],
                       nhwc: Sequence[bool] = ()) -> None:

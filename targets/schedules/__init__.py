@@ -13,6 +13,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | stages           | attention, matmul + layer norm: several reductions, each its own way | stages |
 | elementwise      | elementwise chains, broadcasts, transposes, pads | elementwise |
 | generic          | anything else: outer loop on all cores, inner loop vectorised where legal | fallback |
+| symbolic(-contraction) | kernels of a model compiled with symbolic dims (no ``--shape``) | symbolic |
 
 With a tuning database (``effarch compile --tuning-db``), a kernel whose MetaSchedule record measured
 faster than these rules takes the record instead (rule ``tuned``; ``targets.tuning``).
@@ -40,6 +41,7 @@ from targets.schedules.int8 import schedule_int8_contraction
 from targets.schedules.machine import Machine, machine_of
 from targets.schedules.reduction import schedule_row_reduction
 from targets.schedules.stages import schedule_stages
+from targets.schedules.symbolic import is_symbolic, schedule_symbolic, schedule_symbolic_contraction
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,13 @@ RULES: list[tuple[str, Rule]] = [
     ("stages", lambda sch, m, t: schedule_stages(sch, m)),
     ("elementwise", lambda sch, m, t: schedule_elementwise(sch, m)),
     ("generic", lambda sch, m, t: schedule_generic(sch, m)),
+]
+
+# Kernels with symbolic extents (a model compiled without --shape): the rules above size tiles
+# and vectors from numbers, these do not (``schedules.symbolic``).
+SYMBOLIC_RULES: list[tuple[str, Rule]] = [
+    ("symbolic-contraction", lambda sch, m, t: schedule_symbolic_contraction(sch, m)),
+    ("symbolic", lambda sch, m, t: schedule_symbolic(sch, m)),
 ]
 
 
@@ -73,7 +82,7 @@ class ScheduleReport:
 
 def schedule_kernel(func: tirx.PrimFunc, target: Target, m: Machine) -> tuple[tirx.PrimFunc, str]:
     """``func`` scheduled by the first rule that takes it, and that rule's name."""
-    for name, rule in RULES:
+    for name, rule in SYMBOLIC_RULES if is_symbolic(func) else RULES:
         sch = s_tir.Schedule(func)
         try:
             result = rule(sch, m, target)
@@ -115,4 +124,5 @@ def schedule_pass(target: Target, report: ScheduleReport | None = None,
     return _schedule
 
 
-__all__ = ["RULES", "Machine", "ScheduleReport", "TunedLookup", "machine_of", "schedule_kernel", "schedule_pass"]
+__all__ = ["RULES", "SYMBOLIC_RULES", "Machine", "ScheduleReport", "TunedLookup", "machine_of", "schedule_kernel",
+           "schedule_pass"]

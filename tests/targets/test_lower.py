@@ -66,12 +66,22 @@ def test_mlp_matches_onnxruntime() -> None:
     np.testing.assert_allclose(got, want, **F32_TOL)
 
 
-def test_symbolic_input_dim_is_an_error() -> None:
+def test_unknown_input_dim_is_an_error() -> None:
     g = Graph()
-    x = g.add_input("x", TensorType(DType.F32, ("batch", 4)))
+    x = g.add_input("x", TensorType(DType.F32, (None, 4)))
     g.outputs = [g.make_node("Relu", [x], types=[x.type]).outputs[0]]
     with pytest.raises(EffarchError, match=r"--shape x="):
         lower(g)
+
+
+def test_symbolic_input_dims_are_shared_relax_vars() -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType(DType.F32, ("batch", 4)))
+    y = g.add_input("y", TensorType(DType.F32, ("batch", 4)))
+    g.outputs = [g.make_node("Add", [x, y], types=[x.type]).outputs[0]]
+    px, py = lower(g).mod["main"].params[:2]
+    bx, by = px.ty.shape.values[0], py.ty.shape.values[0]
+    assert bx.name == "batch" and bx.same_as(by)  # one symbol: sizes must agree at run time
 
 
 def test_non_constant_shape_argument_is_an_error() -> None:

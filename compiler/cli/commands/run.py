@@ -18,6 +18,9 @@ def register(sub: Any) -> None:
     p.add_argument("--inputs", help=".npz with one array per input (default: seeded random inputs)")
     p.add_argument("--outputs", help=".npz to write the outputs to")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", action="append", metavar="NAME=4x16",
+                   help="shape of a random input with symbolic dims (the artifact takes any size there; "
+                        "repeatable)")
     p.add_argument("--device", metavar="URL", help="run on a remote device: rpc://HOST:PORT (a TVM RPC server, "
                                                    "e.g. a board or tools/arm_device.py) or tracker://HOST:PORT/KEY")
     p.add_argument("--device-timeout", type=float, default=10.0, metavar="S",
@@ -51,8 +54,10 @@ def _summary(arr: np.ndarray) -> str:
 def _inputs(args: argparse.Namespace, specs: Any) -> Arrays:
     from compiler.cli.common import read_npz
     from compiler.cli.report import random_inputs_for_specs
+    from compiler.driver import parse_shape_args
 
-    return read_npz(args.inputs) if args.inputs else random_inputs_for_specs(specs, args.seed)
+    shapes = parse_shape_args(getattr(args, "shape", None))
+    return read_npz(args.inputs) if args.inputs else random_inputs_for_specs(specs, args.seed, shapes)
 
 
 def _run_remote(args: argparse.Namespace) -> tuple[Arrays, Arrays]:
@@ -66,11 +71,16 @@ def _run_remote(args: argparse.Namespace) -> tuple[Arrays, Arrays]:
 
 
 def _run_here(args: argparse.Namespace) -> tuple[Arrays, Arrays]:
-    from targets.runtime import load_artifact
+    from targets.artifact import open_artifact
+    from targets.runtime import check_inputs, load_artifact
 
-    art = load_artifact(Path(args.artifact))
-    inputs = _inputs(args, art.input_specs)
-    return inputs, art.run(inputs)
+    # Inputs are checked before loading, which writes the library into the cache.
+    art = open_artifact(Path(args.artifact))
+    specs = art.input_specs
+    art.close()
+    inputs = _inputs(args, specs)
+    check_inputs(specs, inputs)
+    return inputs, load_artifact(Path(args.artifact)).run(inputs)
 
 
 def _compare(reference: str, inputs: Arrays, outputs: Arrays) -> None:
