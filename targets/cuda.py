@@ -7,7 +7,8 @@ compiled by nvcc into a fatbin holding SASS for the chosen architecture, and the
 with format ``fatbin``, which TVM's CUDA runtime hands straight to ``cuModuleLoadData``. Running an
 artifact needs the NVIDIA driver and TVM's CUDA runtime library, but no compiler.
 
-Schedules: TVM's dlight GPU rules after legalization and fusion, as TVM's own CUDA pipeline does.
+Schedules: TVM's dlight GPU rules after legalization and fusion, as TVM's own CUDA pipeline does,
+applied one kernel at a time so that a rule raising on one kernel hands it to the next rule.
 Weights are parameters, as on x86: they travel beside the library, never inside it.
 """
 
@@ -308,7 +309,7 @@ class CudaTarget(TargetSpec):
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         # ``export`` is not given the target, and the build calls this just before it: remember the arch.
         _build_state.arch = str(tvm_target.attrs["arch"])
-        return cuda_pipeline(tvm_target)
+        return cuda_pipeline(tvm_target, report)
 
     def export(self, executable: Any, path: Path) -> Path:
         find_nvcc()  # fail before the export starts, with the install hint
@@ -332,19 +333,29 @@ class CudaTarget(TargetSpec):
         check_gpu_runs(manifest["target"].get("cpu", DEFAULT_ARCH), _compute_capability(device))
 
 
-def cuda_pipeline(tvm_target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CUDA pipeline, spelled out: legalize, fuse, then schedules: effarch's dp4a rule for the int8
-    GEMMs of ``lowering.quantized_cuda``, dlight's rules for every other TIR function."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.backend.cuda import pipeline as cuda
+def gpu_rules() -> list[tuple[str, Any]]:
+    """The GPU schedule rules in the order they are offered each kernel."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_int8 import GpuInt8
 
-    schedules = dl.ApplyDefaultSchedule(GpuInt8(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(),
-                                        dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Transpose(),
-                                        dl.gpu.Fallback())
+    return [("int8-dp4a", GpuInt8()), ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
+            ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("dlight-reduction", dl.gpu.Reduction()),
+            ("dlight-general-reduction", dl.gpu.GeneralReduction()), ("dlight-transpose", dl.gpu.Transpose()),
+            ("dlight-fallback", dl.gpu.Fallback())]
+
+
+def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None) -> tvm.transform.Pass:
+    """TVM's CUDA pipeline, spelled out: legalize, fuse, then schedules: effarch's dp4a rule for the int8
+    GEMMs of ``lowering.quantized_cuda``, dlight's rules for every other TIR function, one kernel at a
+    time (``schedules.gpu_rules``: a rule that raises on a kernel hands it to the next)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    from targets.schedules.gpu_rules import apply_rules
+
+    schedules = apply_rules(gpu_rules(), report)
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), schedules]
 

@@ -8,6 +8,7 @@ import ctypes
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 
 from compiler import zoo
@@ -122,3 +123,40 @@ def test_missing_nvcc_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_target_dict_has_arch_and_llvm_host() -> None:
     target = get_target("cuda").tvm_target("sm_86")
     assert str(target.attrs["arch"]) == "sm_86" and target.host.kind.name == "llvm"
+
+
+class _RaisesOnTranspose:
+    """A rule with dlight's Transpose bug: it raises on every kernel that transposes."""
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> None:
+        if "T_transpose" in func.script():
+            raise ValueError("Cannot use and / or / not operator to Expr.")
+        return None
+
+
+def test_a_rule_raising_on_one_kernel_hands_it_to_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """dlight stops the build when a rule raises; effarch's per-kernel application logs it and goes on."""
+    shipped = cuda.gpu_rules
+    monkeypatch.setattr(cuda, "gpu_rules", lambda: [("broken", _RaisesOnTranspose()), *shipped()])
+    caplog.set_level("INFO")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 64, 48])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 48, 64])
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"]),
+             onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             onnx.helper.make_node("Sigmoid", ["t"], ["y"])]
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y])), tmp_path / "t.onnx")
+    path = tmp_path / "t.effarch"
+    compile_model(load_model(str(tmp_path / "t.onnx")), path, target="cuda", cpu="sm_90")
+    messages = [r.getMessage() for r in caplog.records]
+    raised = [m for m in messages if "rule broken raised" in m]
+    assert raised and all("Cannot use and / or / not operator" in m for m in raised)
+    taken = dict(m.split()[1::3][:2] for m in messages if m.startswith("kernel ") and " scheduled by " in m)
+    transposes = {k: r for k, r in taken.items() if "transpose" in k}
+    assert transposes and "broken" not in transposes.values()
+    assert cuda.machine_code_report(open_artifact(path).library_bytes())["cuda_source_kernels"] == 0
+
+
+def test_every_kernel_names_its_gpu_rule(mlp_artifact: Path) -> None:
+    counts = open_artifact(mlp_artifact).manifest["schedules"]
+    assert counts and set(counts) <= {name for name, _ in cuda.gpu_rules()}

@@ -1,0 +1,61 @@
+"""GPU schedule rules applied one kernel at a time, each failure contained to its kernel.
+
+dlight's ``ApplyDefaultSchedule`` offers a kernel to its rules in order and lets any exception end
+the whole build: one rule tripping over one kernel (the Transpose rule raised "Cannot use and / or /
+not operator to Expr" inside a large encoder) stopped a model that every other rule could schedule.
+Here a rule that raises on a kernel is logged (``effarch compile -v``) and the kernel goes to the
+next rule, down to dlight's ``Fallback``; which rule took each kernel goes to the ``ScheduleReport``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import tvm
+from tvm import s_tir, tirx
+
+from compiler.errors import EffarchError
+
+logger = logging.getLogger(__name__)
+
+NamedRule = tuple[str, Any]  # (name, a dlight ScheduleRule)
+
+
+def schedule_kernel(kernel: str, func: tirx.PrimFunc, target: tvm.target.Target,
+                    rules: Sequence[NamedRule]) -> tuple[tirx.PrimFunc, str]:
+    """``func`` scheduled by the first rule that takes it without raising, and that rule's name."""
+    for name, rule in rules:
+        try:
+            space = rule.apply(func, target, False)
+        except Exception as exc:  # noqa: BLE001  (a rule's bug is any exception; the next rule decides)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            logger.info("cuda: rule %s raised on kernel %s (%s); trying the next rule", name, kernel, first)
+            continue
+        if space is None:
+            continue
+        sch = space[0] if isinstance(space, list) else space
+        if not isinstance(sch, s_tir.Schedule):
+            continue
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True), name
+    raise EffarchError(f"no GPU schedule rule could schedule kernel '{kernel}' (every rule declined or raised; "
+                       f"effarch compile -v lists why); compile this model for x86 or report the kernel")
+
+
+def apply_rules(rules: Sequence[NamedRule], report: Any = None) -> tvm.transform.Pass:
+    """The module pass: every unscheduled PrimFunc through ``schedule_kernel``, rules recorded in
+    ``report.rules`` (kernel -> rule name) when a report is given."""
+
+    @tvm.transform.module_pass(opt_level=0, name="effarch.GpuScheduleRules")
+    def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        target = tvm.target.Target.current(allow_none=False)
+        for gv, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+                continue
+            mod[gv], rule = schedule_kernel(gv.name_hint, func, func.attrs.get("target", target), rules)
+            if report is not None:
+                report.rules[gv.name_hint] = rule
+        return mod
+
+    return _apply
