@@ -34,7 +34,8 @@ SHAPE_AND_DATA = frozenset({
 })
 # Resampling and index-driven data movement (lowering.resize, lowering.spatial_more, lowering.indexing).
 RESAMPLING_AND_INDEXING = frozenset({
-    "Resize",
+    "Resize", "GridSample", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "OneHot", "EyeLike",
+    "ReverseSequence", "BlackmanWindow", "HammingWindow", "HannWindow",
 })
 
 # Ops that ONNX added after opset 21, with the opset of the form the IR follows (the newest form

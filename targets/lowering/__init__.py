@@ -4,12 +4,14 @@
 from targets.lowering import consteval
 from targets.lowering import contraction as _contraction  # noqa: F401
 from targets.lowering import elementwise as _elementwise  # noqa: F401
+from targets.lowering import indexing as _indexing  # noqa: F401
 from targets.lowering import normalization as _normalization  # noqa: F401
 from targets.lowering import pooling as _pooling  # noqa: F401
 from targets.lowering import quantized as _quantized  # noqa: F401
 from targets.lowering import reduction as _reduction  # noqa: F401
 from targets.lowering import resize as _resize  # noqa: F401
 from targets.lowering import shape as _shape  # noqa: F401
+from targets.lowering import spatial_more as _spatial_more  # noqa: F401
 from targets.lowering import transformer_parts as _transformer_parts  # noqa: F401
 from targets.lowering.registry import CONVERTERS, Call, LoweringError, converter, describe, static_shape
 

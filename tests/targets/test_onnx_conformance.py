@@ -41,9 +41,10 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "Tile": (1,), "Pad": (1, 2, 3),
     "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
-    "Trilu": (1,), "Dropout": (1, 2), "Resize": (1, 2, 3), "Resize": (1, 2, 3),
+    "Trilu": (1,), "Dropout": (1, 2), "Resize": (1, 2, 3),
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "RNN": (4,), "GRU": (4,), "LSTM": (4,),
+    "OneHot": (1,), "ReverseSequence": (1,), "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
 }
 
 # What does not pass, with the reason: whole ops ([ops]), name patterns ([patterns]) and single cases
