@@ -38,6 +38,9 @@ PRODUCER = "effarch"
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 # Ops whose trailing outputs are optional: an unused one is written as "" (not computed).
 SPLIT_LIKE = frozenset({"Split"})
+# Defaults written out although they are defaults: onnx's checker cannot infer shapes through the
+# function body of these ops when the attribute it references is absent.
+SPELLED_OUT_DEFAULTS: dict[str, dict[str, Any]] = {"MeanVarianceNormalization": {"axes": [0, 2, 3]}}
 _A = onnx.AttributeProto
 
 
@@ -201,7 +204,8 @@ def _node_proto(n: Node, name: str, functions: _Functions) -> onnx.NodeProto:
     inputs = ["" if v is None else v.name for v in n.inputs]
     op = n.op if n.body is None else functions.add(n)
     node = helper.make_node(op, inputs, _output_names(n), name=name, domain=n.domain or None)
-    node.attribute.extend(_attribute(n, k, v) for k, v in sorted(n.attrs.items()))
+    attrs = {**SPELLED_OUT_DEFAULTS.get(n.op, {}), **n.attrs} if not n.domain else n.attrs
+    node.attribute.extend(_attribute(n, k, v) for k, v in sorted(attrs.items()))
     _set_provenance(node, n)
     return node
 

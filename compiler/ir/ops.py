@@ -19,9 +19,15 @@ ELEMENTWISE_BINARY = frozenset({
 })
 ELEMENTWISE_OTHER = frozenset({"Where", "Clip", "Cast", "CastLike", "PRelu", "Identity", "Dropout"})
 CONTRACTIONS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-NORMALIZATION = frozenset({"BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "LRN"})
-REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin"})
-POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+NORMALIZATION = frozenset({
+    "BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "LRN", "LpNormalization",
+    "GroupNormalization", "InstanceNormalization", "MeanVarianceNormalization",
+})
+REDUCTIONS = frozenset({
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin",
+    "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
+})
+POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"})
 # Quantization in ONNX's own vocabulary, so every quantized stage exports as a QDQ or integer-op
 # model that onnxruntime runs as the reference. ``MatMulInteger``/``ConvInteger`` accumulate in i32.
 QUANTIZATION = frozenset({

@@ -9,6 +9,7 @@ from targets.lowering import normalization as _normalization  # noqa: F401
 from targets.lowering import pooling as _pooling  # noqa: F401
 from targets.lowering import quantized as _quantized  # noqa: F401
 from targets.lowering import reduction as _reduction  # noqa: F401
+from targets.lowering import reduction_more as _reduction_more  # noqa: F401
 from targets.lowering import resize as _resize  # noqa: F401
 from targets.lowering import shape as _shape  # noqa: F401
 from targets.lowering import spatial_more as _spatial_more  # noqa: F401
