@@ -185,6 +185,10 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _parse_manifest(path: Path, z: zipfile.ZipFile) -> dict[str, Any]:
+    unsafe = [n for n in z.namelist() if n.startswith("/") or ".." in Path(n).parts]
+    if unsafe:
+        raise EffarchError(f"artifact '{path}' holds member '{unsafe[0]}', a path outside the archive; "
+                           f"it was tampered with, rebuild it")
     if MANIFEST not in z.namelist():
         raise EffarchError(f"'{path}' is not an effarch artifact (no {MANIFEST}); "
                            f"build one with `effarch compile`")
@@ -200,7 +204,49 @@ def _parse_manifest(path: Path, z: zipfile.ZipFile) -> dict[str, Any]:
     if missing:
         raise EffarchError(f"artifact '{path}' manifest lacks {', '.join(missing)}; "
                            f"it is damaged, rebuild it")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise EffarchError(f"artifact '{path}' has a damaged manifest: {problem}; rebuild it")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is malformed in the parts of a manifest that loading reads, or None."""
+    for key in ("inputs", "outputs", "params"):
+        specs = manifest[key]
+        if not isinstance(specs, list):
+            return f"'{key}' is a {type(specs).__name__}, not a list"
+        for spec in specs:
+            problem = _spec_problem(spec)
+            if problem:
+                return f"{key}: {problem}"
+    target, members = manifest["target"], manifest["members"]
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str):
+        return "'target' has no name"
+    for role in ("library", "weights"):
+        member = members.get(role) if isinstance(members, dict) else None
+        if not isinstance(member, dict) or not all(isinstance(member.get(k), str) for k in ("name", "sha256")):
+            return f"member '{role}' has no name and sha256"
+        if not _plain_member_name(member["name"]):
+            return f"member name '{member['name']}' is not a plain file name"
+    return None
+
+
+def _spec_problem(spec: Any) -> str | None:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("shape"), list):
+        return f"{str(spec)[:40]!r} is not a tensor with a name, dtype and shape"
+    if not all(d is None or isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"]):
+        return f"tensor '{spec['name']}' has shape {spec['shape']}"
+    try:
+        DType.from_short(spec.get("dtype"))  # type: ignore[arg-type]  # a wrong type is reported here
+    except ValueError as e:
+        return f"tensor '{spec['name']}': {e}"
+    return None
+
+
+def _plain_member_name(name: str) -> bool:
+    """A zip member effarch reads: no folder, no '..', not absolute (nothing can escape a folder)."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
 def open_artifact(path: str | Path) -> Artifact:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ from targets.artifact import Artifact, TensorSpec, open_artifact, sha256_bytes
 from targets.base import get_target
 
 logger = logging.getLogger(__name__)
+
+# TVM's check of a main-function argument: "ErrorContext(fn=main, loc=param[0], param=x,
+# annotation=R.Tensor((2, 4), dtype="float32"))".
+_PARAM_MISMATCH = re.compile(r"ErrorContext\(fn=main, loc=param\[\d+\], param=(\w+), "
+                             r"annotation=(R\.Tensor\([^)]*\)[^)]*\))")
 
 
 def default_cache_dir() -> Path:
@@ -36,14 +42,17 @@ def _cached_library(art: Artifact, cache_dir: Path) -> Path:
     """The artifact's library in the cache, written there first if absent."""
     lib_dir = cache_dir / "lib"
     path = lib_dir / f"{art.library_sha256}{art.library_suffix}"
-    # Re-hash on reuse (libraries are small): a cache file damaged on disk is replaced, not loaded.
+    # The artifact's own copy is hash-checked even when the cache has one: a damaged artifact is
+    # reported as damaged, not run from an older good copy. Libraries are small.
+    library = art.library_bytes()
+    # Re-hash on reuse: a cache file damaged on disk is replaced, not loaded.
     if path.is_file() and sha256_bytes(path.read_bytes()) == art.library_sha256:
         logger.debug("reusing cached library %s", path)
         return path
     lib_dir.mkdir(parents=True, exist_ok=True)
     # Write then rename: another process loading the same model never sees half a library.
     with atomic_write(path, prefix=".lib.", suffix=art.library_suffix) as f:
-        f.write(art.library_bytes())
+        f.write(library)
     return path
 
 
@@ -79,19 +88,7 @@ class LoadedArtifact:
 
     # ---- checking -----------------------------------------------------------------------------
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
-        """One-line EffarchError for the first wrong input: missing, unexpected, dtype or shape."""
-        expected = [s.name for s in self.input_specs]
-        missing = [n for n in expected if n not in inputs]
-        if missing:
-            raise EffarchError(f"missing input(s) {', '.join(map(repr, missing))}; the model takes "
-                               f"{', '.join(str(s) for s in self.input_specs)}")
-        unexpected = [n for n in inputs if n not in expected]
-        if unexpected:
-            raise EffarchError(f"unexpected input(s) {', '.join(map(repr, unexpected))}; "
-                               f"the model takes only {', '.join(map(repr, expected))}")
-        symbols: dict[str, int] = {}
-        for spec in self.input_specs:
-            check_input(spec, inputs[spec.name], symbols)
+        check_inputs(self.input_specs, inputs)
 
     # ---- running ------------------------------------------------------------------------------
     def _to_device(self, inputs: dict[str, np.ndarray]) -> list[Any]:
@@ -103,14 +100,14 @@ class LoadedArtifact:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; outputs as numpy arrays keyed by output name, in the model's order."""
-        results = self._main(*self._to_device(inputs), *self._params)
+        results = self._call(*self._to_device(inputs), *self._params)
         return {s.name: r.numpy() for s, r in zip(self.output_specs, results, strict=True)}
 
     def time_run(self, inputs: dict[str, np.ndarray], warmup: int = 3, repeat: int = 10) -> list[float]:
         """Seconds per run for ``repeat`` runs after ``warmup``; inputs stay on the device throughout."""
         args = [*self._to_device(inputs), *self._params]
         for _ in range(warmup):
-            self._main(*args)
+            self._call(*args)
         self.device.sync()
         times = []
         for _ in range(repeat):
@@ -120,8 +117,37 @@ class LoadedArtifact:
             times.append(time.perf_counter() - t0)
         return times
 
+    def _call(self, *args: Any) -> Any:
+        """The model's main function. Inputs were checked against the manifest already, so a
+        parameter the library itself refuses means the manifest and the library disagree."""
+        try:
+            return self._main(*args)
+        except Exception as e:  # TVM raises RuntimeError/ValueError subclasses from C++
+            match = _PARAM_MISMATCH.search(str(e))
+            if match is None:
+                raise
+            raise EffarchError(f"artifact '{self.path}': its library takes '{match.group(1)}' as "
+                               f"{match.group(2)}, not what its manifest says; the manifest was edited "
+                               f"or the file is damaged, rebuild it") from None
+
     def __repr__(self) -> str:
         return f"LoadedArtifact({self.path}, target={self.target.name}, inputs={len(self.input_specs)})"
+
+
+def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> None:
+    """One-line EffarchError for the first wrong input: missing, unexpected, dtype or shape."""
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in inputs]
+    if missing:
+        raise EffarchError(f"missing input(s) {', '.join(map(repr, missing))}; the model takes "
+                           f"{', '.join(str(s) for s in specs)}")
+    unexpected = [n for n in inputs if n not in expected]
+    if unexpected:
+        raise EffarchError(f"unexpected input(s) {', '.join(map(repr, unexpected))}; "
+                           f"the model takes only {', '.join(map(repr, expected))}")
+    symbols: dict[str, int] = {}
+    for spec in specs:
+        check_input(spec, inputs[spec.name], symbols)
 
 
 def check_input(spec: TensorSpec, given: Any, symbols: dict[str, int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,9 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise EffarchError(f"inputs file {path} not found; give an .npz with one array per model input") from None
-    except (ValueError, OSError) as e:
-        raise EffarchError(f"cannot read {path} as .npz ({e}); save inputs with numpy.savez") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EffarchError(f"cannot read {path} as .npz ({first}); save inputs with numpy.savez") from None
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
