@@ -89,7 +89,8 @@ def _load_onnx(path: Path, shapes: dict[str, tuple[int, ...]]) -> SourceModel:
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf raises several unrelated types
-        raise EffarchError(f"cannot read ONNX file {path}: {e}; is it a valid .onnx model?") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EffarchError(f"cannot read ONNX file {path}: {first}; is it a valid .onnx model?") from None
     if shapes:
         model = _fix_onnx_input_shapes(model, shapes)  # onnx.load already read any external data
     graph = import_onnx(model if shapes else path)
@@ -172,12 +173,14 @@ def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: s
                   opt_level: int = 2, pipeline: str | None = None,
                   instruments: list[Any] | None = None, tuning_db: Path | None = None,
                   data: Any = None) -> CompileResult:
+    from compiler.ir.consteval import check_sizes
     from targets.build import build_artifact
 
     text = pipeline_for(opt_level, pipeline)
     t0 = time.perf_counter()
     graph, records = optimize(source.graph, text, opt_level=opt_level, target=target, instruments=instruments,
                               data=data)
+    check_sizes(graph)  # before TVM: it would fold a 64 GiB Tile or fill and run out of memory
     t1 = time.perf_counter()
     extra = {"pipeline": text, "opt_level": opt_level, "source": {"kind": source.kind, "spec": source.spec,
                                                                   "sha256": source.sha256}}

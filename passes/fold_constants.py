@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from compiler.ir import Graph, Node, TensorType, Value
-from compiler.ir.consteval import can_evaluate, evaluate_op
+from compiler.ir.consteval import can_evaluate, evaluate_op, output_elements
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)
@@ -93,13 +93,22 @@ class FoldConstants(Pass):
         used = [v for v in node.inputs if v is not None]
         if any(v.const is None for v in used):
             return "an input constant has only a digest, no payload"
-        reason = graph_output_refusal(node)
+        reason = graph_output_refusal(node) or self.predicted_size_guard(node)
         if reason:
             return reason
         declared = [v.type.nbytes() if v.type else None for v in node.outputs]
         if all(b is not None for b in declared):
             return self.size_guard(node, sum(b for b in declared if b is not None))
         return None
+
+    def predicted_size_guard(self, node: Node) -> str | None:
+        """The size guard before evaluating, for ops whose output size follows from their inputs
+        (a ConstantOfShape whose shape inference could not see would otherwise allocate first)."""
+        elements = output_elements(node, [None if v is None else v.const for v in node.inputs])
+        if elements is None:
+            return None
+        out = node.outputs[0].type
+        return self.size_guard(node, elements * (out.dtype.numpy.itemsize if out is not None else 1))
 
     def size_guard(self, node: Node, out_bytes: int) -> str | None:
         in_bytes = sum(v.const.nbytes for v in node.inputs if v is not None and v.const is not None)

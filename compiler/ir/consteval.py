@@ -10,7 +10,9 @@ meaning is taken:
 - Slice clamps starts and ends as ONNX specifies, for both step signs.
 
 ``evaluate_op`` raises ``NotEvaluable`` for ops it has no evaluator for and ``ValueError`` for
-inputs ONNX declares invalid; callers treat both as "not known now".
+inputs ONNX declares invalid; callers treat both as "not known now". Ops whose output can dwarf
+their inputs (ConstantOfShape, Expand, Range, Tile, Pad) have their size computed first
+(``output_elements``), so a caller's ``max_elements`` refuses a 64 GiB fill before numpy allocates it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from compiler.errors import EffarchError
 from compiler.ir.core import Node
-from compiler.ir.types import DType
+from compiler.ir.graph import Graph
+from compiler.ir.types import MAX_TENSOR_BYTES, DType
 
 Inputs = Sequence[np.ndarray | None]
 Evaluator = Callable[[Node, Inputs], np.ndarray]
@@ -36,11 +40,79 @@ def can_evaluate(node: Node) -> bool:
     return not node.domain and node.op in _EVAL
 
 
-def evaluate_op(node: Node, inputs: Inputs) -> list[np.ndarray]:
+class TooLarge(ValueError):
+    """The output would have more elements than the caller allows; nothing was allocated."""
+
+
+def evaluate_op(node: Node, inputs: Inputs, *, max_elements: int | None = None) -> list[np.ndarray]:
     """The outputs of ``node`` given its input arrays (None for omitted optional inputs)."""
     if not can_evaluate(node):
         raise NotEvaluable(f"no numpy evaluator for {node.qualified_op}")
+    if max_elements is not None:
+        size = output_elements(node, inputs)
+        if size is not None and size > max_elements:
+            raise TooLarge(f"{node.op} would make {size} elements, over the {max_elements} allowed")
     return [np.asarray(_EVAL[node.op](node, inputs))]
+
+
+def output_elements(node: Node, inputs: Inputs) -> int | None:
+    """The output's element count for ops that can grow far beyond their inputs, computed from the
+    inputs without evaluating; None for other ops, unknown or invalid inputs."""
+    grow = _GROWING.get(node.op)
+    if node.domain or grow is None:
+        return None
+    try:
+        return max(int(grow(node, inputs)), 0)
+    except (IndexError, TypeError, ValueError):  # missing or malformed inputs: evaluating reports them
+        return None
+
+
+def check_tensor_size(node: Node, elements: int | None) -> None:
+    """Refuse a node whose output would exceed ``MAX_TENSOR_BYTES``: no machine effarch targets could
+    hold it, and TVM would fail late and obscurely (or the run would exhaust memory)."""
+    out = node.outputs[0].type if node.outputs else None
+    nbytes = (elements or 0) * (out.dtype.numpy.itemsize if out is not None else 1)
+    if nbytes > MAX_TENSOR_BYTES:
+        raise EffarchError(f"node '{node.name or node.op}' ({node.op}) would make a tensor of {elements} "
+                           f"elements ({nbytes / 2**30:.0f} GiB), over effarch's {MAX_TENSOR_BYTES >> 30} GiB "
+                           f"per tensor; check the shape the model gives it")
+
+
+def check_sizes(graph: Graph) -> None:
+    """``check_tensor_size`` for every node of ``graph`` before it is lowered: declared output types,
+    and the outputs of growing ops whose inputs are constants (types inference could not know)."""
+    for node in graph.nodes:
+        declared = [v.type.numel() for v in node.outputs if v.type is not None]
+        computed = output_elements(node, [None if v is None else v.const for v in node.inputs])
+        check_tensor_size(node, max([d for d in declared if d is not None] + [computed or 0]))
+
+
+def _expand_size(_: Node, ins: Inputs) -> int:
+    return math.prod(np.broadcast_shapes(_v(ins, 0).shape, tuple(_ints(_v(ins, 1)))))
+
+
+def _range_size(_: Node, ins: Inputs) -> int:
+    start, limit, delta = (float(_v(ins, i).item()) for i in range(3))
+    return math.ceil((limit - start) / delta) if delta else 0
+
+
+def _tile_size(_: Node, ins: Inputs) -> int:
+    return math.prod(d * r for d, r in zip(_v(ins, 0).shape, _ints(_v(ins, 1)), strict=True))
+
+
+def _pad_size(_: Node, ins: Inputs) -> int:
+    data, pads, axes_in = _v(ins, 0), _ints(_v(ins, 1)), _opt(ins, 3)
+    axes = _ints(axes_in) if axes_in is not None else list(range(data.ndim))
+    shape = list(data.shape)
+    for k, axis in enumerate(axes):
+        shape[axis] += pads[k] + pads[k + len(axes)]
+    return math.prod(shape)
+
+
+_GROWING: dict[str, Callable[[Node, Inputs], int]] = {
+    "ConstantOfShape": lambda _, ins: math.prod(_ints(_v(ins, 0))),
+    "Expand": _expand_size, "Range": _range_size, "Tile": _tile_size, "Pad": _pad_size,
+}
 
 
 def constant_value(node: Node) -> np.ndarray:
@@ -193,8 +265,11 @@ def _cast(node: Node, ins: Inputs) -> np.ndarray:
 
 def _reduce_prod(node: Node, ins: Inputs) -> np.ndarray:
     axes = _opt(ins, 1)
-    return np.prod(_v(ins, 0), axis=None if axes is None else tuple(_ints(axes)),
-                   keepdims=bool(node.attrs.get("keepdims", 1)))
+    if axes is None or axes.size == 0:  # no axes: every axis, unless noop_with_empty_axes
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return _v(ins, 0)
+        return np.prod(_v(ins, 0), keepdims=bool(node.attrs.get("keepdims", 1)))
+    return np.prod(_v(ins, 0), axis=tuple(_ints(axes)), keepdims=bool(node.attrs.get("keepdims", 1)))
 
 
 def _relu(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ A dimension is an ``int`` (static), a ``str`` (a named symbolic dimension such a
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,11 @@ class DType(enum.Enum):
         raise ValueError(f"ONNX element type {code} is not supported by effarch")
 
 
+# The largest single tensor effarch compiles: a declared or computed value beyond it is a broken
+# model (a wrong dimension), and TVM would fail late and obscurely on it.
+MAX_TENSOR_BYTES = 16 << 30
+
+
 @dataclass(frozen=True, slots=True)
 class TensorType:
     """dtype plus shape; ``shape is None`` means unknown rank."""
@@ -94,7 +100,7 @@ class TensorType:
         return tuple(int(d) for d in self.shape)  # type: ignore[union-attr, arg-type]
 
     def numel(self) -> int | None:
-        return int(np.prod(self.static_shape(), dtype=np.int64)) if self.is_static else None
+        return math.prod(self.static_shape()) if self.is_static else None  # exact: no int64 overflow
 
     def nbytes(self) -> int | None:
         n = self.numel()

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.ir.consteval import can_evaluate, constant_value, evaluate_op, shape_op
+from compiler.ir.consteval import (
+    can_evaluate,
+    check_tensor_size,
+    constant_value,
+    evaluate_op,
+    output_elements,
+    shape_op,
+)
 from compiler.ir.core import Node
 
 # Results with more elements than this are left to Relax; inputs larger than this are not read.
@@ -33,9 +40,10 @@ def evaluate(node: Node, consts: Arrays, shapes: Shapes) -> list[np.ndarray] | N
         return [shape_op(node, shapes[0])]
     if not can_evaluate(node) or len(node.outputs) != 1 or not _all_known_and_small(node, consts):
         return None
+    check_tensor_size(node, output_elements(node, consts))
     try:
-        (result,) = evaluate_op(node, consts)
-    except ValueError:  # inputs ONNX declares invalid: leave the node to Relax, which reports it
+        (result,) = evaluate_op(node, consts, max_elements=MAX_RESULT_ELEMENTS)
+    except ValueError:  # too large, or inputs ONNX declares invalid: left to Relax, which reports the latter
         return None
     if result.size > MAX_RESULT_ELEMENTS:
         return None
