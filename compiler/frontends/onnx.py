@@ -31,7 +31,8 @@ from compiler.errors import EffarchError, UnsupportedOpsError
 from compiler.frontends.onnx_opsets import check_opset, newer_forms
 from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
 from compiler.ir.ops import SUPPORTED_OPS
-from compiler.ir.types import Dim
+from compiler.ir.types import MAX_TENSOR_BYTES, Dim
+from compiler.ir.verifier import find_problems
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ TORCH_NAMESPACE_KEY = "namespace"
 # Reductions whose axes moved from an attribute to an input in opset 18.
 AXES_TO_INPUT_AT_18 = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"})
 MAX_NAMES_LISTED = 5
+MAX_PROPAGATED_RANGE = 1 << 16  # a longer constant Range is data, not a shape: see _data_prop_is_safe
 GROUP_DOMAIN = "effarch"
 
 
@@ -73,6 +75,7 @@ def import_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     newer = newer_forms(proto.graph, opset, lambda name: elem_types.get(name) or None)
     _check_supported(proto.graph, functions, newer)
     graph = _GraphBuilder(inferred, opset, functions).build(proto.graph)
+    check_imported(graph)
     # effarch's own model properties (effarch.*, e.g. compression notes) come back as metadata.
     graph.metadata.update({p.key: p.value for p in proto.metadata_props if p.key.startswith("effarch.")})
     graph.metadata.update({
@@ -101,8 +104,10 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Pa
     try:
         proto = onnx.load(str(path), load_external_data=True)
     except Exception as e:  # protobuf and the external-data loader raise unrelated types
-        raise EffarchError(f"cannot read ONNX model '{path}': {e}; is it a valid .onnx file with its data?"
-                           ) from None
+        raise EffarchError(f"cannot read ONNX model '{path}': {_first_line(e)}; is it a valid .onnx file with "
+                           f"its data?") from None
+    if not proto.HasField("graph"):  # an empty file, or bytes protobuf happened to accept
+        raise EffarchError(f"ONNX model '{path}' holds no graph (empty or not an ONNX file); give a .onnx model")
     return proto, digest.hexdigest(), path
 
 
@@ -162,23 +167,45 @@ def _check_supported(graph: onnx.GraphProto, functions: dict[tuple[str, str], on
 
 def _infer_types(proto: onnx.ModelProto, path: Path | None) -> dict[str, onnx.TypeProto]:
     """Every value's inferred ONNX type by name (inputs, outputs, intermediates, initializers)."""
+    data_prop = _data_prop_is_safe(proto.graph)
     if proto.ByteSize() <= PROTOBUF_LIMIT:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=data_prop)
     else:
-        inferred = _infer_types_via_file(proto, path)
+        inferred = _infer_types_via_file(proto, path, data_prop)
     types = {v.name: v.type for v in inferred.graph.input}
     types.update({v.name: v.type for v in inferred.graph.value_info})
     types.update({v.name: v.type for v in inferred.graph.output})
     return types
 
 
-def _infer_types_via_file(proto: onnx.ModelProto, path: Path | None) -> onnx.ModelProto:
+def _data_prop_is_safe(graph: onnx.GraphProto) -> bool:
+    """ONNX's data propagation holds a Range's values as one shape dimension proto each (~200 bytes):
+    a constant Range of 2**24 took 3.6 GB and one of 2**40 is killed for memory. Such a Range is no
+    shape computation, so the model is inferred without propagation (lowering reports its size)."""
+    scalars = {i.name: i for i in graph.initializer if not i.dims}
+    scalars.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute
+                    and n.attribute[0].name == "value" and not n.attribute[0].t.dims})
+    for node in graph.node:
+        if node.op_type != "Range" or not all(name in scalars for name in node.input[:3]):
+            continue
+        try:
+            start, limit, delta = (float(numpy_helper.to_array(scalars[name])) for name in node.input[:3])
+        except (ValueError, TypeError):  # not numbers: inference reports the node
+            continue
+        if delta and (limit - start) / delta > MAX_PROPAGATED_RANGE:
+            logger.debug("Range '%s' has %g values: shape inference without data propagation", node.name,
+                         (limit - start) / delta)
+            return False
+    return True
+
+
+def _infer_types_via_file(proto: onnx.ModelProto, path: Path | None, data_prop: bool) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="effarch-infer-") as tmp:
         if path is None or proto.functions:
             path = Path(tmp) / "model.onnx"
             onnx.save_model(proto, str(path), save_as_external_data=True, location="model.onnx.data")
         out = Path(tmp) / "inferred.onnx"
-        onnx.shape_inference.infer_shapes_path(str(path), str(out), strict_mode=False, data_prop=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(out), strict_mode=False, data_prop=data_prop)
         return onnx.load(str(out), load_external_data=False)
 
 
@@ -186,7 +213,8 @@ def dtype_of(elem_type: int, what: str) -> DType:
     try:
         return DType.from_onnx(elem_type)
     except ValueError:
-        name = onnx.TensorProto.DataType.Name(elem_type).lower()
+        known = elem_type in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(elem_type).lower() if known else f"code {elem_type} (not an ONNX type)"
         raise EffarchError(
             f"{what} has element type {name}, which effarch does not support; supported: "
             f"{', '.join(d.short for d in DType)}") from None
@@ -209,7 +237,12 @@ def tensor_type_of(tp: onnx.TypeProto, what: str) -> TensorType | None:
                            f"in constant weights (read by DequantizeLinear); keep 4-bit values inside the model")
     if not tt.HasField("shape"):
         return TensorType(dtype, None)
-    return TensorType(dtype, tuple(_dim(d) for d in tt.shape.dim))
+    dims = tuple(_dim(d) for d in tt.shape.dim)
+    if any(isinstance(d, int) and d < 0 for d in dims):
+        shown = ", ".join("?" if d is None else str(d) for d in dims)
+        raise EffarchError(f"{what} has shape ({shown}) with a negative dimension; give sizes >= 0 (or a "
+                           f"name for a dimension that varies)")
+    return TensorType(dtype, dims)
 
 
 def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
@@ -225,7 +258,18 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
 
 def tensor_to_array(t: onnx.TensorProto, what: str) -> np.ndarray:
     dtype_of(t.data_type, what)
-    return numpy_helper.to_array(t)
+    if any(d < 0 for d in t.dims):
+        raise EffarchError(f"{what} has dims {list(t.dims)} with a negative size; the model is damaged")
+    try:
+        return numpy_helper.to_array(t)
+    except ValueError as e:  # the payload does not fill the declared dims
+        raise EffarchError(f"{what}: its data does not match its dims {list(t.dims)} ({_first_line(e)}); "
+                           f"the model is damaged or was cut short, export it again") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def sparse_to_array(sp: onnx.SparseTensorProto, what: str) -> np.ndarray:
@@ -348,7 +392,9 @@ class _GraphBuilder:
 
     def _add_constants(self, gp: onnx.GraphProto) -> None:
         for init in gp.initializer:
-            self._constant(init.name, tensor_to_array(init, f"initializer '{init.name}'"))
+            array = tensor_to_array(init, f"initializer '{init.name}'")
+            _warn_nan(init.name, array)
+            self._constant(init.name, array)
         for sp in gp.sparse_initializer:
             self._constant(sp.values.name, sparse_to_array(sp, f"initializer '{sp.values.name}'"))
 
@@ -424,6 +470,32 @@ class _GraphBuilder:
             # Opset 13 splits equally into as many parts as there are outputs; 18 says so explicitly.
             attrs["num_outputs"] = len(node.output)
         return inputs, attrs
+
+
+def _warn_nan(name: str, array: np.ndarray) -> None:
+    """NaN weights compile (the user may want them) but make every output they reach NaN."""
+    if array.dtype.kind == "f" and array.size and np.isnan(array).any():
+        count = int(np.isnan(array).sum())
+        logger.warning("initializer '%s' holds %d NaN value(s) of %d; outputs computed from it will be NaN",
+                       name, count, array.size)
+
+
+# ---- checks of the imported graph -----------------------------------------------------------------
+
+def check_imported(graph: Graph) -> None:
+    """Refuse an invalid model here, naming its node, rather than letting TVM fail on it later:
+    the verifier's structure and per-op type rules, and no tensor over ``MAX_TENSOR_BYTES``."""
+    for v in graph.values():
+        nbytes = v.type.nbytes() if v.type is not None else None
+        if nbytes is not None and nbytes > MAX_TENSOR_BYTES:
+            made_by = f" (output of node '{v.producer.name}')" if v.producer is not None and v.producer.name else ""
+            raise EffarchError(f"value '{v.name}'{made_by} is {v.type}, {nbytes / 2**30:.0f} GiB, over effarch's "
+                               f"{MAX_TENSOR_BYTES >> 30} GiB per tensor; check the model's dimensions")
+    # Types inference could not find are left for lowering; every other problem is the model's.
+    problems = [p for p in find_problems(graph) if not p.endswith(" has no type")]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EffarchError(f"invalid model: {problems[0]}{more}; fix the model or export it again")
 
 
 def _function_graph(function: onnx.FunctionProto, types: list[TensorType | None]) -> onnx.GraphProto:

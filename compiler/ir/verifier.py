@@ -42,7 +42,8 @@ def find_problems(g: Graph) -> list[str]:
 
 def _label(i: int, n: Node) -> str:
     outs = ", ".join(f"%{v.name}" for v in n.outputs)
-    return f"node #{i} {n.qualified_op}" + (f" -> {outs}" if outs else "")
+    name = f" '{n.name}'" if n.name else ""  # the source model's node name, for the user
+    return f"node #{i} {n.qualified_op}{name}" + (f" -> {outs}" if outs else "")
 
 
 # ---- structure --------------------------------------------------------------------------------
@@ -267,6 +268,7 @@ def _contraction(min_rank: int, max_rank: int | None) -> Callable[[Node], Iterab
 
 def _conv(n: Node) -> Iterable[str]:
     yield from _contraction(3, None)(n)
+    yield from _channels(n)
     types = _types(n.inputs)
     x, w = (types + [None, None])[:2]
     if x is not None and w is not None and None not in (x.rank, w.rank) and x.rank != w.rank:
@@ -276,11 +278,72 @@ def _conv(n: Node) -> Iterable[str]:
         yield f"bias must have rank 1, got {bias.rank}"
 
 
+def _static_dim(t: TensorType | None, axis: int) -> int | None:
+    """Dim ``axis`` (negative counts from the end) of a known-rank shape, if static."""
+    if t is None or t.shape is None or not -len(t.shape) <= axis < len(t.shape):
+        return None
+    d = t.shape[axis]
+    return d if isinstance(d, int) else None
+
+
+def _reduction_dims(what: str, k0: int | None, k1: int | None) -> Iterable[str]:
+    if k0 is not None and k1 is not None and k0 != k1:
+        yield f"{what}: input 0 has {k0} but input 1 has {k1}"
+
+
+def _matmul(n: Node) -> Iterable[str]:
+    yield from _contraction(1, None)(n)
+    if len(n.inputs) < 2:
+        return
+    a, b = _types(n.inputs[:2])
+    # a: [..., K] (its last dim), b: [..., K, N] or [K] (its second-to-last dim, or only dim)
+    k1 = _static_dim(b, 0) if b is not None and b.rank == 1 else _static_dim(b, -2)
+    yield from _reduction_dims("the contracted dims differ", _static_dim(a, -1), k1)
+
+
 def _gemm(n: Node) -> Iterable[str]:
     yield from _contraction(2, 2)(n)
     c = _types(n.inputs)[2] if len(n.inputs) > 2 else None
     if c is not None and c.rank is not None and c.rank > 2:
         yield f"input C has rank {c.rank}, expected at most 2"
+    if len(n.inputs) >= 2:
+        a, b = _types(n.inputs[:2])
+        k0 = _static_dim(a, 0 if n.attrs.get("transA", 0) else 1)
+        k1 = _static_dim(b, 1 if n.attrs.get("transB", 0) else 0)
+        yield from _reduction_dims("the contracted dims (after transA/transB) differ", k0, k1)
+
+
+def _channels(n: Node) -> Iterable[str]:
+    """Conv: input channels = weight's channels per group x group."""
+    types = _types(n.inputs)
+    if n.op != "Conv" or len(types) < 2:
+        return
+    c, per_group = _static_dim(types[0], 1), _static_dim(types[1], 1)
+    group = int(n.attrs.get("group", 1))
+    if c is not None and per_group is not None and c != per_group * group:
+        yield (f"input has {c} channels but the weight takes {per_group} per group x {group} group(s) "
+               f"= {per_group * group}")
+
+
+def _reshape(n: Node) -> Iterable[str]:
+    """A constant target shape must hold exactly the input's elements (0 copies, -1 infers)."""
+    if len(n.inputs) < 2 or n.inputs[0] is None or n.inputs[1] is None or n.inputs[1].const is None:
+        return
+    x = n.inputs[0].type
+    if x is None or not x.is_static:
+        return
+    shape = x.static_shape()
+    dims = [int(d) for d in n.inputs[1].const.reshape(-1)]
+    if not n.attrs.get("allowzero", 0):
+        dims = [shape[i] if d == 0 and i < len(shape) else d for i, d in enumerate(dims)]
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        yield f"target shape {dims} is invalid (at most one -1, no other negative size)"
+        return
+    size, known = x.numel() or 0, 1
+    for d in dims:
+        known *= d if d != -1 else 1
+    if (-1 not in dims and known != size) or (-1 in dims and (known == 0 or size % known)):
+        yield f"cannot reshape {x} ({size} elements) to {dims}"
 
 
 def _cast(n: Node) -> Iterable[str]:
@@ -308,7 +371,7 @@ _TYPE_RULES: dict[str, Callable[[Node], Iterable[str]]] = {
     **dict.fromkeys(("And", "Or", "Xor"), _logical),
     "Pow": _broadcast,  # ONNX allows a different exponent dtype
     "Conv": _conv, "ConvTranspose": _conv,
-    "MatMul": _contraction(1, None), "Gemm": _gemm,
+    "MatMul": _matmul, "Gemm": _gemm, "Reshape": _reshape,
     "Cast": _cast, "Shape": _int64_output, "Size": _int64_output,
     "IsNaN": lambda n: _output_dtype(n, DType.BOOL, "IsNaN"),
 }
