@@ -38,10 +38,12 @@ SHAPE_AND_DATA = frozenset({
     "Expand", "Shape", "Size", "ConstantOfShape", "Range", "Tile", "Pad", "Trilu",
     "Constant",
 })
-# Resampling and index-driven data movement (lowering.resize, lowering.spatial_more, lowering.indexing).
+# Resampling, index-driven data movement (lowering.resize, lowering.spatial_more, lowering.indexing)
+# and the requantizing integer products QLinearMatMul/QLinearConv (lowering.qlinear).
 RESAMPLING_AND_INDEXING = frozenset({
     "Resize", "GridSample", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "OneHot", "EyeLike",
-    "ReverseSequence", "BlackmanWindow", "HammingWindow", "HannWindow",
+    "ReverseSequence", "BlackmanWindow", "HammingWindow", "HannWindow", "QLinearMatMul", "QLinearConv",
+    "DepthToSpace", "SpaceToDepth", "CenterCropPad", "AffineGrid",
 })
 
 # Ops that ONNX added after opset 21, with the opset of the form the IR follows (the newest form

@@ -7,6 +7,7 @@ from targets.lowering import elementwise as _elementwise  # noqa: F401
 from targets.lowering import indexing as _indexing  # noqa: F401
 from targets.lowering import normalization as _normalization  # noqa: F401
 from targets.lowering import pooling as _pooling  # noqa: F401
+from targets.lowering import qlinear as _qlinear  # noqa: F401
 from targets.lowering import quantized as _quantized  # noqa: F401
 from targets.lowering import reduction as _reduction  # noqa: F401
 from targets.lowering import reduction_more as _reduction_more  # noqa: F401

@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import numpy as np
 from tvm import relax, te, tirx
+from tvm.relax import op as R
 
-from targets.lowering.registry import Call, converter
+from targets.lowering.registry import Call, converter, norm_axis
 
 _CUBIC_A = -0.75  # GridSample's cubic kernel (Keys, a = -0.75), fixed by the spec
 
@@ -118,3 +120,76 @@ def _grid_sample(c: Call) -> relax.Expr:
     c.static(0)
     return c.bb.emit_te(grid_sample, c.arg(0), c.arg(1), mode, padding, bool(c.attr("align_corners", 0)),
                         primfunc_name_hint="grid_sample")
+
+
+# ---- block rearrangements ------------------------------------------------------------------------
+@converter("DepthToSpace")
+def _depth_to_space(c: Call) -> relax.Expr:
+    n, ch, h, w = c.static(0)
+    b = int(c.attr("blocksize"))
+    if c.attr("mode", "DCR") == "DCR":  # depth holds (block row, block column, channel)
+        x = c.emit(R.reshape(c.arg(0), [n, b, b, ch // (b * b), h, w]))
+        x = c.emit(R.permute_dims(x, [0, 3, 4, 1, 5, 2]))
+    else:  # CRD: (channel, block row, block column)
+        x = c.emit(R.reshape(c.arg(0), [n, ch // (b * b), b, b, h, w]))
+        x = c.emit(R.permute_dims(x, [0, 1, 4, 2, 5, 3]))
+    return R.reshape(x, [n, ch // (b * b), h * b, w * b])
+
+
+@converter("SpaceToDepth")
+def _space_to_depth(c: Call) -> relax.Expr:
+    n, ch, h, w = c.static(0)
+    b = int(c.attr("blocksize"))
+    x = c.emit(R.reshape(c.arg(0), [n, ch, h // b, b, w // b, b]))
+    x = c.emit(R.permute_dims(x, [0, 3, 5, 1, 2, 4]))  # depth holds (block row, block column, channel)
+    return R.reshape(x, [n, ch * b * b, h // b, w // b])
+
+
+@converter("CenterCropPad")
+def _center_crop_pad(c: Call) -> relax.Expr:
+    shape = c.static(0)
+    rank = len(shape)
+    axes = [norm_axis(int(a), rank) for a in c.attr("axes", list(range(rank)))]
+    wanted = c.ints(1, "shape")
+    if len(wanted) != len(axes):
+        raise c.fail(f"shape has {len(wanted)} values for {len(axes)} axes")
+    x = c.arg(0)
+    for axis, size in zip(axes, wanted, strict=True):
+        have = shape[axis]
+        if size < have:  # crop: the extra row goes at the end (start rounds down)
+            start = (have - size) // 2
+            x = c.emit(R.strided_slice(x, [axis], [start], [start + size]))
+        elif size > have:  # pad with zeros: the extra row goes at the end
+            before = (size - have) // 2
+            widths = [0] * (2 * rank)
+            widths[2 * axis], widths[2 * axis + 1] = before, size - have - before
+            x = c.emit(R.nn.pad(x, widths))
+    return x
+
+
+# ---- AffineGrid ----------------------------------------------------------------------------------
+def _base_grid(size: list[int], align_corners: bool) -> np.ndarray:
+    """Normalised coordinates of every output point, (x, y[, z], 1) per point, x varying fastest."""
+    axes = []
+    for d in size:
+        if align_corners:
+            axes.append(np.linspace(-1.0, 1.0, d) if d > 1 else np.zeros(1))
+        else:
+            axes.append((np.arange(d) * 2.0 + 1.0) / d - 1.0)
+    mesh = np.meshgrid(*axes, indexing="ij")  # spatial order: (D,) H, W
+    coords = [m.reshape(-1) for m in reversed(mesh)]  # x (W) first
+    return np.stack([*coords, np.ones_like(coords[0])], axis=1)
+
+
+@converter("AffineGrid")
+def _affine_grid(c: Call) -> relax.Expr:
+    size = c.ints(1, "size")
+    spatial = size[2:]
+    if len(spatial) not in (2, 3):
+        raise c.fail(f"size {size} must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W)")
+    dtype = c.dtype(0)
+    base = _base_grid(spatial, bool(c.attr("align_corners", 0))).astype(dtype)
+    # grid[n, p, :] = theta[n] @ base[p]  ->  base @ theta[n]^T
+    theta_t = c.emit(R.permute_dims(c.arg(0), [0, 2, 1]))
+    grid = c.emit(R.matmul(relax.const(base, dtype), theta_t))
+    return R.reshape(grid, [size[0], *spatial, len(spatial)])

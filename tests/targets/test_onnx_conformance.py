@@ -46,6 +46,7 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "RNN": (4,), "GRU": (4,), "LSTM": (4,),
     "OneHot": (1,), "ReverseSequence": (1,), "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
+    "CenterCropPad": (1,), "AffineGrid": (1,),
 }
 
 # What does not pass, with the reason: whole ops ([ops]), name patterns ([patterns]) and single cases
