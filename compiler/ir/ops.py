@@ -51,8 +51,18 @@ RESAMPLING_AND_INDEXING = frozenset({
 # one exports at the highest such opset instead of 21 (``compiler.frontends.onnx_export``).
 NEWER_OPS: dict[str, int] = {"RMSNormalization": 23, "RotaryEmbedding": 23}
 
+# Rarer elementwise ops (lowering.elementwise_more): bitwise, trigonometry, formula activations.
+ELEMENTWISE_MORE = frozenset({
+    "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Tan", "Asin", "Acos", "Atan",
+    "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Selu", "Celu", "ThresholdedRelu", "Shrink", "Softsign",
+    "Mish", "IsInf",
+})
+# Ops along an axis or over named axes (lowering.elementwise_more).
+SCANS_AND_SELECTION = frozenset({"Hardmax", "CumSum", "TopK", "Einsum"})
+
 SUPPORTED_OPS: frozenset[str] = (
     ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | ELEMENTWISE_OTHER | CONTRACTIONS | NORMALIZATION
+    | ELEMENTWISE_MORE | SCANS_AND_SELECTION
     | REDUCTIONS | POOLING | QUANTIZATION | SHAPE_AND_DATA | frozenset(NEWER_OPS)
     | RESAMPLING_AND_INDEXING
 )

@@ -4,6 +4,7 @@
 from targets.lowering import consteval
 from targets.lowering import contraction as _contraction  # noqa: F401
 from targets.lowering import elementwise as _elementwise  # noqa: F401
+from targets.lowering import elementwise_more as _elementwise_more  # noqa: F401
 from targets.lowering import indexing as _indexing  # noqa: F401
 from targets.lowering import normalization as _normalization  # noqa: F401
 from targets.lowering import pooling as _pooling  # noqa: F401

@@ -45,6 +45,7 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "RNN": (4,), "GRU": (4,), "LSTM": (4,),
+    "TopK": (1,), "CumSum": (1,),
     "OneHot": (1,), "ReverseSequence": (1,), "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
     "CenterCropPad": (1,), "AffineGrid": (1,),
 }
