@@ -98,6 +98,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_output_path(path: Path, what: str) -> None:
+    """Fail before any work when ``path`` cannot be written: its folder is missing, or a folder
+    stands where the file would go."""
+    if path.is_dir():
+        raise EffarchError(f"{what} '{path}' is a directory; give a file name inside it")
+    if not path.parent.is_dir():
+        raise EffarchError(f"{what} folder '{path.parent}' does not exist; create it first")
+
+
 def import_python_file(path: Path, prefix: str) -> Any:
     """Import a user's ``.py`` file as a module; anything it raises becomes one EffarchError line."""
     name = f"{prefix}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"

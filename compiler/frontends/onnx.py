@@ -404,9 +404,13 @@ class _GraphBuilder:
         return v
 
     def _lookup(self, name: str, what: str) -> Value:
-        if name not in self.env:
-            raise EffarchError(f"{what} '{name}' is used before it is defined; is the ONNX graph valid?")
-        return self.env[name]
+        if name in self.env:
+            return self.env[name]
+        if name in self.onnx_names:  # some node writes it, but not before this use
+            raise EffarchError(f"{what} '{name}' is used before the node writing it: the nodes form a cycle or "
+                               f"are out of order; ONNX needs them in topological order")
+        raise EffarchError(f"{what} '{name}' is not written by any node, graph input or initializer; "
+                           f"add what computes it or remove the reference")
 
     def _add_node(self, node: onnx.NodeProto) -> None:
         if node.op_type == "Constant":

@@ -45,6 +45,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from compiler.debugging.impact import impact_table
     from compiler.driver import compile_model
     from compiler.errors import EffarchError
+    from compiler.fileio import check_output_path
 
     if args.reproduce:
         from compiler.debugging.reproducer import replay_and_report
@@ -52,6 +53,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return replay_and_report(args.reproduce, print)
     if not args.model or not args.output:
         raise EffarchError("compile needs a model and -o FILE.effarch (or --reproduce FILE)")
+    check_output_path(Path(args.output), "output")
     source = load_source(args)
     out = Path(args.output)
     progress(f"compiling for {args.target} at -O{args.opt_level}")

@@ -32,7 +32,10 @@ def register(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from compiler.cli.common import write_npz
+    from compiler.fileio import check_output_path
 
+    if args.outputs:
+        check_output_path(Path(args.outputs), "--outputs file")
     inputs, outputs = _run_remote(args) if args.device else _run_here(args)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype}{list(arr.shape)}  {_summary(arr)}")
