@@ -43,7 +43,8 @@ SHAPE_AND_DATA = frozenset({
 RESAMPLING_AND_INDEXING = frozenset({
     "Resize", "GridSample", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "OneHot", "EyeLike",
     "ReverseSequence", "BlackmanWindow", "HammingWindow", "HannWindow", "QLinearMatMul", "QLinearConv",
-    "DepthToSpace", "SpaceToDepth", "CenterCropPad", "AffineGrid",
+    "DepthToSpace", "SpaceToDepth", "CenterCropPad", "AffineGrid", "Col2Im", "DeformConv",
+    "MaxUnpool",
 })
 
 # Ops that ONNX added after opset 21, with the opset of the form the IR follows (the newest form

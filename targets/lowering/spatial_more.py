@@ -193,3 +193,119 @@ def _affine_grid(c: Call) -> relax.Expr:
     theta_t = c.emit(R.permute_dims(c.arg(0), [0, 2, 1]))
     grid = c.emit(R.matmul(relax.const(base, dtype), theta_t))
     return R.reshape(grid, [size[0], *spatial, len(spatial)])
+
+
+# ---- Col2Im ----------------------------------------------------------------------------------------
+def col2im(cols: te.Tensor, image: list[int], block: list[int], dilations: list[int], pads: list[int],
+           strides: list[int]) -> te.Tensor:
+    """Each image pixel sums the column entries whose block position lands on it."""
+    nd = len(image)
+    counts = [(image[i] + pads[i] + pads[nd + i] - dilations[i] * (block[i] - 1) - 1) // strides[i] + 1
+              for i in range(nd)]
+    channels = int(cols.shape[1]) // int(np.prod(block))
+    ks = [te.reduce_axis((0, b), name=f"k{i}") for i, b in enumerate(block)]
+
+    def body(n: Any, ch: Any, *p: Any) -> Any:
+        ok: Any = tirx.const(True, "bool")
+        col: Any = 0
+        chan: Any = ch
+        for i in range(nd):
+            q = p[i] + pads[i] - ks[i] * dilations[i]  # this block's start, in padded coordinates
+            ok = tirx.all(ok, q >= 0, tirx.floormod(q, strides[i]) == 0, q < counts[i] * strides[i])
+            col = col * counts[i] + tirx.max(tirx.min(tirx.floordiv(q, strides[i]), counts[i] - 1), 0)
+            chan = chan * block[i] + ks[i]
+        value = cols[n, chan, col]
+        return te.sum(tirx.Select(ok, value, tirx.const(0, cols.dtype)), axis=ks)
+
+    return te.compute((cols.shape[0], channels, *image), body, name="col2im")
+
+
+@converter("Col2Im")
+def _col2im(c: Call) -> relax.Expr:
+    image, block = c.ints(1, "image_shape"), c.ints(2, "block_shape")
+    nd = len(image)
+    c.static(0)
+    return c.bb.emit_te(col2im, c.arg(0), image, block, list(c.attr("dilations", [1] * nd)),
+                        list(c.attr("pads", [0] * (2 * nd))), list(c.attr("strides", [1] * nd)),
+                        primfunc_name_hint="col2im")
+
+
+# ---- DeformConv ------------------------------------------------------------------------------------
+def _bilinear_zero(x: te.Tensor, n: Any, ch: Any, y: Any, xx: Any, h: int, w: int) -> Any:
+    """x[n, ch] at the real position (y, xx); taps outside the image read 0."""
+    y0, x0 = tirx.floor(y), tirx.floor(xx)
+    ty, tx = y - y0, xx - x0
+    total: Any = tirx.const(0.0, x.dtype)
+    for dy, wy in ((0, 1 - ty), (1, ty)):
+        for dx, wx in ((0, 1 - tx), (1, tx)):
+            iy, ix = y0.astype("int32") + dy, x0.astype("int32") + dx
+            inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+            tap = x[n, ch, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)]
+            total = total + tirx.Select(inside, tap, tirx.const(0.0, x.dtype)) * wy * wx
+    return total
+
+
+def deform_conv2d(x: te.Tensor, weight: te.Tensor, offset: te.Tensor, mask: te.Tensor | None,
+                  bias: te.Tensor | None, strides: list[int], pads: list[int], dilations: list[int],
+                  group: int, offset_group: int) -> te.Tensor:
+    n_, ic, h, w = (int(d) for d in x.shape)
+    oc, icg, kh, kw = (int(d) for d in weight.shape)
+    oh, ow = int(offset.shape[2]), int(offset.shape[3])
+    per_offset_group, ocg = ic // offset_group, oc // group
+
+    def sampled(n: Any, ch: Any, ky: Any, kx: Any, oy: Any, ox: Any) -> Any:
+        base = (ch // per_offset_group) * kh * kw + ky * kw + kx
+        y = (oy * strides[0] - pads[0] + ky * dilations[0]).astype(x.dtype) + offset[n, 2 * base, oy, ox]
+        xx = (ox * strides[1] - pads[1] + kx * dilations[1]).astype(x.dtype) + offset[n, 2 * base + 1, oy, ox]
+        value = _bilinear_zero(x, n, ch, y, xx, h, w)
+        return value * mask[n, base, oy, ox] if mask is not None else value
+
+    cols = te.compute((n_, ic, kh, kw, oh, ow), sampled, name="deform_sample")
+    r_c, r_y, r_x = te.reduce_axis((0, icg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+
+    def conv(n: Any, o: Any, oy: Any, ox: Any) -> Any:
+        ch = (o // ocg) * icg + r_c
+        return te.sum(cols[n, ch, r_y, r_x, oy, ox] * weight[o, r_c, r_y, r_x], axis=[r_c, r_y, r_x])
+
+    out = te.compute((n_, oc, oh, ow), conv, name="deform_conv")
+    if bias is None:
+        return out
+    return te.compute(out.shape, lambda n, o, y, xx: out[n, o, y, xx] + bias[o], name="deform_bias")
+
+
+@converter("DeformConv")
+def _deform_conv(c: Call) -> relax.Expr:
+    if c.rank(0) != 4:
+        raise c.fail(f"{c.rank(0) - 2}-D DeformConv is not supported (2-D is, as in ONNX's reference)")
+    c.static(0)
+    c.static(1)
+    c.static(2)
+    pads = list(c.attr("pads", [0, 0, 0, 0]))
+    bias = c.arg(3) if c.has(3) else None
+    mask = c.arg(4) if c.has(4) else None
+    return c.bb.emit_te(deform_conv2d, c.arg(0), c.arg(1), c.arg(2), mask, bias, list(c.attr("strides", [1, 1])),
+                        pads[:2], list(c.attr("dilations", [1, 1])), int(c.attr("group", 1)),
+                        int(c.attr("offset_group", 1)), primfunc_name_hint="deform_conv2d")
+
+
+# ---- MaxUnpool -------------------------------------------------------------------------------------
+@converter("MaxUnpool")
+def _max_unpool(c: Call) -> relax.Expr:
+    shape = c.static(0)
+    nd = len(shape) - 2
+    kernel = list(c.attr("kernel_shape"))
+    strides = list(c.attr("strides", [1] * nd))
+    pads = list(c.attr("pads", [0] * (2 * nd)))
+    natural = shape[:2] + [(shape[2 + i] - 1) * strides[i] + kernel[i] - pads[i] - pads[nd + i] for i in range(nd)]
+    # The indices are flat positions in the natural output (as MaxPool's Indices output gives them).
+    flat = relax.const(np.zeros(int(np.prod(natural)), c.dtype(0)))
+    idx = c.emit(R.reshape(c.arg(1), [-1]))
+    values = c.emit(R.reshape(c.arg(0), [-1]))
+    y = c.emit(R.reshape(c.emit(R.scatter_elements(flat, idx, values, 0)), natural))
+    if not c.has(2):
+        return y
+    out = c.ints(2, "output_shape")
+    if len(out) != len(natural) or any(o < d for o, d in zip(out, natural, strict=True)):
+        raise c.fail(f"output_shape {out} must have rank {len(natural)} and be at least {natural}")
+    # A larger output_shape adds zero rows and columns after the natural output.
+    return R.nn.pad(y, [w for d, o in zip(natural, out, strict=True) for w in (0, o - d)])

@@ -53,6 +53,7 @@ EXCLUDED: dict[str, str] = {
     "test_max_uint16": ORT_LACKS_KERNEL,
     # onnxruntime's ConvInteger takes one weight zero point per tensor; this case has one per channel.
     "test_convinteger_with_padding": ORT_LACKS_KERNEL,
+    "test_maxunpool_export_with_output_shape": ORT_DIFFERS,  # onnxruntime places the values elsewhere
     "test_min_int16": ORT_LACKS_KERNEL,
     "test_min_uint16": ORT_LACKS_KERNEL,
     "test_pow_types_float32_uint32": ORT_LACKS_KERNEL,

@@ -47,7 +47,7 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "RNN": (4,), "GRU": (4,), "LSTM": (4,),
     "TopK": (1,), "CumSum": (1,),
     "OneHot": (1,), "ReverseSequence": (1,), "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
-    "CenterCropPad": (1,), "AffineGrid": (1,),
+    "CenterCropPad": (1,), "AffineGrid": (1,), "Col2Im": (1, 2), "MaxUnpool": (2,),
 }
 
 # What does not pass, with the reason: whole ops ([ops]), name patterns ([patterns]) and single cases
