@@ -74,6 +74,8 @@ def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | Non
     block = sch.get(info.block_rv)
     iters = [it.var for it in block.iter_vars]
     kinds = info.dom_kind()
+    if not isinstance(block.body, tirx.BufferStore):
+        return None  # several stores (ArgMax keeps a value and an index): no one output to tile
     out_idx = block.body.indices
     if not out_idx:
         return None  # a rank-0 result (a global min or sum): no axis to vectorize along
