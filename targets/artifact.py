@@ -221,8 +221,8 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
             if problem:
                 return f"{key}: {problem}"
     target, members = manifest["target"], manifest["members"]
-    if not isinstance(target, dict) or not isinstance(target.get("name"), str):
-        return "'target' has no name"
+    if not isinstance(target, dict) or not isinstance(target.get("name", ""), str):
+        return "'target' is not a mapping with a name"
     for role in ("library", "weights"):
         member = members.get(role) if isinstance(members, dict) else None
         if not isinstance(member, dict) or not all(isinstance(member.get(k), str) for k in ("name", "sha256")):

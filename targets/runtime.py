@@ -77,7 +77,10 @@ class LoadedArtifact:
         self.manifest = art.manifest
         self.input_specs: list[TensorSpec] = art.input_specs
         self.output_specs: list[TensorSpec] = art.output_specs
-        self.target = get_target(self.manifest["target"]["name"])
+        name = self.manifest["target"].get("name")
+        if not name:
+            raise EffarchError(f"artifact '{self.path}' names no target in its manifest; it is damaged, rebuild it")
+        self.target = get_target(name)
         self.target.check_host(self.manifest)
         self.device = self.target.device()
         use_every_core()

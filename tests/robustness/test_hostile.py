@@ -397,6 +397,7 @@ RUN_CASES = [
     Case("artifact-zip-path-traversal", tampered(_traversal), "evil.so"),
     Case("artifact-missing-member", tampered(_drop_weights),
          "weights.safetensors"),
+    Case("artifact-manifest-no-target-name", tampered(_rewrite(lambda m: m["target"].pop("name"))), "no target"),
     Case("artifact-future-format", tampered(_rewrite(lambda m: m.update(format_version=99))), "99"),
     Case("artifact-for-aarch64", tampered(_set_target(name="arm", arch="aarch64")), "aarch64"),
     Case("artifact-for-cuda-arch", tampered(_set_target(name="cuda", arch="aarch64")), "aarch64"),
