@@ -120,13 +120,13 @@ def _numel_of(v: Value | None) -> int | None:
     return None if shape is None else math.prod(shape)
 
 
-def _conv(n: Node) -> int | None:
-    out, w = _shape(n.outputs[0]), _shape(n.inputs[1])
+def _conv(n: Node, weight: int = 1, bias: int = 2) -> int | None:
+    out, w = _shape(n.outputs[0]), _shape(n.inputs[weight])
     if out is None or w is None:
         return None
     # Weight is (Cout, Cin/group, k...): each output element does Cin/group * prod(k) multiply-adds.
     flops = 2 * math.prod(out) * math.prod(w[1:])
-    return flops + (math.prod(out) if _has(n, 2) else 0)
+    return flops + (math.prod(out) if _has(n, bias) else 0)
 
 
 def _conv_transpose(n: Node) -> int | None:
@@ -166,6 +166,8 @@ def _has(n: Node, i: int) -> bool:
 _FLOP_RULES = {
     "Conv": _conv, "ConvTranspose": _conv_transpose, "MatMul": _matmul, "Gemm": _gemm,
     "ConvInteger": _conv, "MatMulInteger": _matmul,
+    "QLinearConv": lambda n: _conv(n, weight=3, bias=8), "QLinearMatMul": _matmul,
+    "DeformConv": lambda n: _conv(n, weight=1, bias=3),  # plus 4 taps per sampled input, not counted
     "MaxPool": _pool, "AveragePool": _pool,
     "GlobalAveragePool": lambda n: _numel_of(n.inputs[0]), "GlobalMaxPool": lambda n: _numel_of(n.inputs[0]),
 }

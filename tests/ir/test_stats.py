@@ -125,3 +125,15 @@ def test_diff_stats_shows_totals_and_changed_ops() -> None:
     text = str(diff)
     assert text.splitlines()[0].split() == ["before", "after", "change"]
     assert len(text.splitlines()) == len(diff.rows) + 1
+
+
+def test_qlinear_conv_counts_its_weight_input_and_bias() -> None:
+    # QLinearConv's weight is input 3 and its bias input 8 (inputs 1, 2 are x's scale and zero point).
+    inputs = "%x: u8[1,4,6,6], %xs: f32[], %xz: u8[], %w: u8[8,4,3,3], %ws: f32[], %wz: u8[], %ys: f32[], %yz: u8[]"
+    g = parse_graph(f"""
+        graph main({inputs}, %b: i32[8]) -> (%y) {{
+          %y = QLinearConv(%x, %xs, %xz, %w, %ws, %wz, %ys, %yz, %b) : u8[1,8,4,4]
+        }}
+    """)
+    outputs = 8 * 4 * 4
+    assert node_flops(node(g, "QLinearConv")) == 2 * outputs * 4 * 3 * 3 + outputs
