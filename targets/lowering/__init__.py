@@ -6,6 +6,7 @@ from targets.lowering import contraction as _contraction  # noqa: F401
 from targets.lowering import elementwise as _elementwise  # noqa: F401
 from targets.lowering import elementwise_more as _elementwise_more  # noqa: F401
 from targets.lowering import indexing as _indexing  # noqa: F401
+from targets.lowering import newer_ops as _newer_ops  # noqa: F401
 from targets.lowering import normalization as _normalization  # noqa: F401
 from targets.lowering import pooling as _pooling  # noqa: F401
 from targets.lowering import qlinear as _qlinear  # noqa: F401

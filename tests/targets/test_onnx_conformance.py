@@ -43,9 +43,8 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
     "Trilu": (1,), "Dropout": (1, 2), "Resize": (1, 2, 3),
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
-    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "RNN": (4,), "GRU": (4,), "LSTM": (4,),
-    "TopK": (1,), "CumSum": (1,),
+    "TopK": (1,), "CumSum": (1,), "CumProd": (1,),
     "OneHot": (1,), "ReverseSequence": (1,), "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
     "CenterCropPad": (1,), "AffineGrid": (1,), "Col2Im": (1, 2), "MaxUnpool": (2,),
 }
