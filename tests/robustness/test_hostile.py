@@ -521,3 +521,24 @@ def test_nan_and_inf_weights_compile_and_run_with_a_warning(sandbox: Path, capsy
     assert warnings == ["initializer 'w' holds 1 NaN value(s) of 4; outputs computed from it will be NaN"]
     y = outputs["y"]
     assert np.isnan(y[0, 0]) and y[1, 0] == np.inf and y[1, 1] == -np.inf
+
+
+def test_device_of_the_wrong_architecture_is_refused(sandbox: Path, artifact: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """An aarch64 artifact sent to an x86 RPC server (this host): refused before the model runs."""
+    from tvm import rpc
+
+    run = tampered(_set_target(name="arm", arch="aarch64", cpu="cortex-a72", features=[]))(sandbox, artifact)
+    port = closed_port()
+    server = rpc.Server(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
+    try:
+        before = _listing(sandbox)
+        capsys.readouterr()
+        code = main([*run[:2], "--device", f"rpc://127.0.0.1:{port}", "--device-timeout", "20"])
+        err = capsys.readouterr().err
+    finally:
+        server.terminate()
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)]
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("effarch: error: ") and "cannot load aarch64 code" in lines[0], err
+    assert _listing(sandbox) == before
