@@ -10,7 +10,10 @@ import logging
 import pickle
 import re
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -523,21 +526,34 @@ def test_nan_and_inf_weights_compile_and_run_with_a_warning(sandbox: Path, capsy
     assert np.isnan(y[0, 0]) and y[1, 0] == np.inf and y[1, 1] == -np.inf
 
 
+def _wait_listening(port: int, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the RPC server exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the RPC server did not listen on port {port} within {timeout_s} s")
+
+
 def test_device_of_the_wrong_architecture_is_refused(sandbox: Path, artifact: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """An aarch64 artifact sent to an x86 RPC server (this host): refused before the model runs."""
-    from tvm import rpc
-
     run = tampered(_set_target(name="arm", arch="aarch64", cpu="cortex-a72", features=[]))(sandbox, artifact)
     port = closed_port()
-    server = rpc.Server(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+                               str(port), "--port-end", str(port + 1)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        _wait_listening(port, server)
         before = _listing(sandbox)
         capsys.readouterr()
         code = main([*run[:2], "--device", f"rpc://127.0.0.1:{port}", "--device-timeout", "20"])
         err = capsys.readouterr().err
     finally:
         server.terminate()
+        server.wait(timeout=30)
     lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)]
     assert code == 1 and len(lines) == 1, err
     assert lines[0].startswith("effarch: error: ") and "cannot load aarch64 code" in lines[0], err
