@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gpu_models import EXTRA  # noqa: E402  (beside this script)
+
 from compiler import zoo  # noqa: E402  (after the path fix above, so the script runs from anywhere)
 
 logger = logging.getLogger("gpu_check")
@@ -53,10 +55,19 @@ def _digest(a: np.ndarray) -> str:
 
 
 # ---- pack (build machine) -----------------------------------------------------------------------
+def _entry(name: str) -> Any:
+    """The zoo model, or one of ``tools/gpu_models.py``'s."""
+    return EXTRA[name] if name in EXTRA else zoo.get(name)
+
+
+def _source(name: str) -> str:
+    return EXTRA[name].source if name in EXTRA else f"zoo:{name}"
+
+
 def _recipe(name: str, param_names: list[str], params: list[np.ndarray]) -> tuple[list[dict], dict]:
     """Each parameter as a state_dict entry of the seeded module, or its transpose (fold-constants folds
     the weight transposes of matmuls); anything else (folded BatchNorm, fused scales) travels inline."""
-    module, _ = zoo.get(name).build()
+    module, _ = _entry(name).build()
     known: dict[tuple[str, tuple[int, ...]], tuple[str, bool]] = {}
     for k, v in module.state_dict().items():
         a = v.numpy()
@@ -77,11 +88,11 @@ def _compile(name: str, path: Path, arch: str) -> int:
     from compiler.driver import compile_model, load_model
 
     try:
-        compile_model(load_model(f"zoo:{name}"), path, target="cuda", cpu=arch, opt_level=2)
+        compile_model(load_model(_source(name)), path, target="cuda", cpu=arch, opt_level=2)
         return 2
     except Exception:  # noqa: BLE001  (any failure: logged, then the simpler pipeline)
         logger.exception("%s failed at -O2; building at -O1", name)
-        compile_model(load_model(f"zoo:{name}"), path, target="cuda", cpu=arch, opt_level=1)
+        compile_model(load_model(_source(name)), path, target="cuda", cpu=arch, opt_level=1)
         return 1
 
 
@@ -179,7 +190,7 @@ def check_model(bundle: Path, tmp: Path) -> dict[str, Any]:
 
     from targets.runtime import load_artifact
 
-    entry = zoo.get(bundle.name)
+    entry = _entry(bundle.name)
     module, _ = entry.build()
     path, identical = _rebuild_artifact(bundle, module, tmp)
     art = load_artifact(path, cache_dir=tmp / "cache")
@@ -265,7 +276,7 @@ def table(env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [f"{env['date']}, {env['device']} ({env['capability']}), PyTorch {env['torch']}, TVM {env['tvm']} "
              f"runtime only, CUDA source compilations requested at load: {env['cuda_compilations']}; "
              f"batch as in the zoo, fp32, TF32 off; medians of {ITERS} runs after {WARMUP} warm-up, CUDA events. "
-             f"{env['disassembly']}.",
+             f"{env.get('disassembly', 'resnet18 not packed')}.",
              "", "| model | -O | effarch ms | PyTorch eager ms | torch.compile ms | effarch / eager | max abs err | "
              "rel err | matches |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -322,7 +333,7 @@ def run(bundles: Path, out: Path) -> int:
     compilations = forbid_cuda_compilation()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in zoo.names():
+        for name in [*zoo.names(), *(n for n in EXTRA if (bundles / n).is_dir())]:
             if name in SKIP_ON_GPU or not (bundles / name).is_dir():
                 rows.append({"model": name, "skipped": SKIP_ON_GPU.get(name, "not packed")})
                 continue
@@ -334,7 +345,8 @@ def run(bundles: Path, out: Path) -> int:
             logger.info("%s", rows[-1])
     env = {**_environment(), "cuda_compilations": len(compilations)}
     with tempfile.TemporaryDirectory() as tmp:
-        env["disassembly"] = disassembly_summary(bundles / "resnet18", Path(tmp))
+        if (bundles / "resnet18").is_dir():
+            env["disassembly"] = disassembly_summary(bundles / "resnet18", Path(tmp))
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
     text = table(env, rows)
@@ -349,7 +361,8 @@ def main() -> int:
     p = sub.add_parser("pack")
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--dir", type=Path, default=Path("out/gpucheck"))
-    p.add_argument("--models", nargs="*", default=[n for n in zoo.names() if n not in SKIP_ON_GPU])
+    p.add_argument("--models", nargs="*", default=[n for n in zoo.names() if n not in SKIP_ON_GPU],
+                   help=f"zoo models, or from tools/gpu_models.py: {', '.join(EXTRA)}")
     m = sub.add_parser("split-minilm")
     m.add_argument("--dir", type=Path, default=Path("out/minilm"))
     m.add_argument("--parts", type=int, default=2)
