@@ -42,9 +42,13 @@ def schedule_symbolic_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
     r_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "R"]
     inner = s_loops[-1]
     sch.reorder(*s_loops[:-1], *r_loops, inner)
+    n, lanes = int(main.iters[kinds.rindex("S")].dom), m.lanes(dtype_bits(sch, main.block_rv))
+    # Vector and cores while the block still has its init (TVM takes neither for the update
+    # block that decomposing leaves); the init's own loop after.
+    _vectorize(sch, inner, n, lanes)
     _parallel(sch, s_loops[:-1], m)
-    sch.decompose_reduction(main.block_rv, r_loops[0])
-    _vectorize(sch, inner, int(main.iters[kinds.rindex("S")].dom), m.lanes(dtype_bits(sch, main.block_rv)))
+    init = sch.decompose_reduction(main.block_rv, r_loops[0])
+    _vectorize(sch, sch.get_loops(init)[-1], n, lanes)
     for info in infos:
         if info is not main:
             _schedule_block(sch, info, m)
@@ -80,9 +84,9 @@ def _schedule_block(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> None:
     inner = None
     if kinds and kinds.endswith("S") and lead == len(kinds) and isinstance(info.iters[-1].dom, int):
         inner, lead = loops[-1], lead - 1
-    _parallel(sch, loops[:lead], m)
-    if inner is not None:
+    if inner is not None:  # first: see schedule_symbolic_contraction
         _vectorize(sch, inner, int(info.iters[-1].dom), m.lanes(dtype_bits(sch, info.block_rv)))
+    _parallel(sch, loops[:lead], m)
 
 
 def _parallel(sch: s_tir.Schedule, loops: list, m: Machine) -> None:
