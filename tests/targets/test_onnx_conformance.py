@@ -71,12 +71,21 @@ def _all_cases() -> list[onnx.backend.test.case.test_case.TestCase]:
         return [c for c in collect_testcases() if not c.name.endswith("_expanded")]
 
 
+# Ops ONNX removed before opset 13: their (old-opset) cases reach the IR as the op that replaced
+# them, through the version converter that import (and _prepare) applies.
+CONVERTED_OPS = {"Upsample": "Resize", "Scatter": "ScatterElements"}
+
+
+def _op(node: onnx.NodeProto) -> str:
+    return CONVERTED_OPS.get(node.op_type, node.op_type)
+
+
 def _by_op(cases: list) -> dict[str, list[onnx.backend.test.case.test_case.TestCase]]:
     by_op: dict[str, list] = {op: [] for op in SUPPORTED_OPS}
     for case in cases:
-        if {n.op_type for n in case.model.graph.node} <= SUPPORTED_OPS:
+        if {_op(n) for n in case.model.graph.node} <= SUPPORTED_OPS:
             # The op under test is the last node's; earlier ones (Constant, Shape) only feed it.
-            by_op[case.model.graph.node[-1].op_type].append(case)
+            by_op[_op(case.model.graph.node[-1])].append(case)
     return by_op
 
 
@@ -155,7 +164,7 @@ def _exclusion(case: onnx.backend.test.case.test_case.TestCase) -> str | None:
     pattern = next((r for p, r in EXCLUSIONS["patterns"].items() if re.search(p, case.name)), None)
     if pattern is not None:
         return pattern
-    unsupported = sorted({n.op_type for n in case.model.graph.node} - SUPPORTED_OPS)
+    unsupported = sorted({_op(n) for n in case.model.graph.node} - SUPPORTED_OPS)
     if unsupported:
         return EXCLUSIONS["ops"].get(unsupported[0], f"NO REASON GIVEN for op {unsupported[0]}")
     return None
