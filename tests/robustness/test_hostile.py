@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import re
 import socket
@@ -544,7 +545,8 @@ def test_device_of_the_wrong_architecture_is_refused(sandbox: Path, artifact: Pa
     port = closed_port()
     server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
                                str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})  # as on a board: runtime only
     try:
         _wait_listening(port, server)
         before = _listing(sandbox)
