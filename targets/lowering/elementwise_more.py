@@ -4,9 +4,10 @@ Bitwise ops and shifts, inverse and hyperbolic trigonometry, the activation func
 formula (Selu, Celu, ThresholdedRelu, Shrink, Softsign, Mish), IsInf, Hardmax, Einsum, CumSum and
 TopK, each per its ONNX opset-21 definition.
 
-Trigonometry stays a Relax op each: on the LLVM targets it becomes one scalar libm call per element
-(``tanf``, ``asinf``...), unlike exp/erf/tanh, which ``schedules.mathfun`` vectorises. These ops are
-rare in models; correctness comes first here.
+Tan and the inverse functions stay a Relax op each: on the LLVM targets they become one scalar
+libm call per element (``sincosf``, ``asinf``, ``acosf``, ``atanf``, ``asinhf``, ``acoshf``; Atanh
+and Mish ``logf``), unlike exp/erf/tanh, which ``schedules.mathfun`` vectorises. These ops are rare
+in models; correctness comes first. Sinh and Cosh are built from exp (see below).
 """
 
 from __future__ import annotations
