@@ -159,6 +159,28 @@ def _pool(n: Node) -> int | None:
     return None if out is None or kernel is None else math.prod(out) * math.prod(kernel)
 
 
+def _einsum(n: Node) -> int | None:
+    """2 x the product of every index's size (each term of the full index space is a multiply-add),
+    with the dims under ``...`` broadcast across operands."""
+    terms = str(n.attr("equation", "")).replace(" ", "").split("->")[0].split(",")
+    sizes: dict[str, int] = {}
+    batch: list[int] = []
+    for term, v in zip(terms, n.inputs, strict=False):
+        shape = _shape(v)
+        if shape is None:
+            return None
+        letters = term.replace("...", "")
+        start = term.find("...")
+        extra = len(shape) - len(letters)
+        if start >= 0:
+            dims = list(shape[start:start + extra])
+            batch = [max(a, b) for a, b in zip([1] * (len(dims) - len(batch)) + batch,
+                                               [1] * (len(batch) - len(dims)) + dims, strict=True)]
+        letter_dims = shape[:start] + shape[start + extra:] if start >= 0 else shape
+        sizes.update(zip(letters, letter_dims, strict=False))
+    return 2 * math.prod(sizes.values()) * math.prod(batch)
+
+
 def _has(n: Node, i: int) -> bool:
     return len(n.inputs) > i and n.inputs[i] is not None
 
@@ -168,7 +190,7 @@ _FLOP_RULES = {
     "ConvInteger": _conv, "MatMulInteger": _matmul,
     "QLinearConv": lambda n: _conv(n, weight=3, bias=8), "QLinearMatMul": _matmul,
     "DeformConv": lambda n: _conv(n, weight=1, bias=3),  # plus 4 taps per sampled input, not counted
-    "MaxPool": _pool, "AveragePool": _pool,
+    "MaxPool": _pool, "AveragePool": _pool, "Einsum": _einsum,
     "GlobalAveragePool": lambda n: _numel_of(n.inputs[0]), "GlobalMaxPool": lambda n: _numel_of(n.inputs[0]),
 }
 

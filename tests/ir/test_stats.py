@@ -137,3 +137,14 @@ def test_qlinear_conv_counts_its_weight_input_and_bias() -> None:
     """)
     outputs = 8 * 4 * 4
     assert node_flops(node(g, "QLinearConv")) == 2 * outputs * 4 * 3 * 3 + outputs
+
+
+def test_einsum_is_2x_its_index_space_with_ellipsis_dims_broadcast() -> None:
+    g = parse_graph("""
+        graph main(%a: f32[5,2,3], %b: f32[1,3,4], %c: f32[3,3]) -> (%y, %z) {
+          %y = Einsum(%a, %b) {equation="...ij,...jk->...ik"} : f32[5,2,4]
+          %z = Einsum(%c) {equation="ii->i"} : f32[3]
+        }
+    """)
+    assert node_flops(g.nodes[0]) == 2 * 5 * 2 * 3 * 4  # batch 5 (broadcast with 1) x i x j x k
+    assert node_flops(g.nodes[1]) == 2 * 3
