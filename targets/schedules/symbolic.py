@@ -3,9 +3,9 @@
 effarch's static rules size register tiles and vectors from numbers, so a model compiled without
 ``--shape`` gets these dlight-style rules instead; none leaves a kernel as a serial scalar loop:
 
-- ``symbolic-contraction``: one multiply-accumulate (matmul, dense, conv) whose innermost output
-  axis is static: the reduction loops move outside that axis, which becomes the vector, the
-  other output axes run on all cores;
+- ``symbolic-contraction``: kernels with reductions (matmul, dense, conv, attention's second
+  product) whose innermost output axis is static: the reduction loops move outside that axis,
+  which becomes the vector, the other output axes run on all cores;
 - ``symbolic``: any other kernel: producers inlined where they can be, each block's outer output
   loops fused onto all cores, its innermost loop vectorised where it is static and output.
 """
@@ -29,14 +29,29 @@ def is_symbolic(func: tirx.PrimFunc) -> bool:
 
 
 def schedule_symbolic_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
+    """Every reduction with a static innermost output axis as a contraction (attention fuses
+    several), the other blocks as in ``schedule_symbolic``; declines when there is none."""
     infos = _inlined(sch)
-    reductions = [b for b in infos if b.is_reduction()]
-    if len(reductions) != 1:
+    mains = [b for b in infos if _contracts(b)]
+    if not mains:
         return False
-    main = reductions[0]
+    for info in infos:
+        if info in mains:
+            _schedule_contraction_block(sch, info, m)
+        else:
+            _schedule_block(sch, info, m)
+    return True
+
+
+def _contracts(info: SBlockInfo) -> bool:
+    kinds = info.dom_kind()
+    return (info.is_reduction() and "S" in kinds and kinds[-1] == "R"
+            and isinstance(info.iters[kinds.rindex("S")].dom, int))
+
+
+def _schedule_contraction_block(sch: s_tir.Schedule, main: SBlockInfo, m: Machine) -> None:
+    """The reduction loops outside the innermost output axis, which becomes the vector."""
     kinds = main.dom_kind()
-    if "S" not in kinds or kinds[-1] != "R" or not isinstance(main.iters[kinds.rindex("S")].dom, int):
-        return False
     loops = sch.get_loops(main.block_rv)
     s_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "S"]
     r_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "R"]
@@ -49,10 +64,6 @@ def schedule_symbolic_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
     _parallel(sch, s_loops[:-1], m)
     init = sch.decompose_reduction(main.block_rv, r_loops[0])
     _vectorize(sch, sch.get_loops(init)[-1], n, lanes)
-    for info in infos:
-        if info is not main:
-            _schedule_block(sch, info, m)
-    return True
 
 
 def schedule_symbolic(sch: s_tir.Schedule, m: Machine) -> bool:
