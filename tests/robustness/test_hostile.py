@@ -26,6 +26,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from compiler.cli.main import main
+from compiler.errors import EffarchError
+from compiler.ir import Graph, Node
 
 F = TensorProto.FLOAT
 # Lines the CLI prints while it works, before any error: not part of the error.
@@ -560,3 +562,31 @@ def test_device_of_the_wrong_architecture_is_refused(sandbox: Path, artifact: Pa
     assert code == 1 and len(lines) == 1, err
     assert lines[0].startswith("effarch: error: ") and "cannot load aarch64 code" in lines[0], err
     assert _listing(sandbox) == before
+
+
+# ---- the constant evaluators themselves refuse before allocating --------------------------------
+def _fill_graph() -> tuple[Graph, Node]:
+    """ConstantOfShape of a constant 2**36-element shape whose output type (so its dtype too) nobody
+    inferred: the guards count it as one byte per element, 64 GiB."""
+    g = Graph("fill")
+    shape = g.add_constant("shape", np.array([1 << 36], np.int64))
+    fill = g.make_node("ConstantOfShape", [shape], {}, types=[None], name="fill")
+    g.outputs = [g.make_node("Relu", list(fill.outputs), types=[None], name="r").outputs[0]]
+    return g, fill
+
+
+def test_fold_constants_refuses_a_64gib_fill_before_evaluating() -> None:
+    from passes.fold_constants import FoldConstants
+
+    g, fill = _fill_graph()
+    notes: list = []
+    assert FoldConstants().try_fold(fill, notes) is None
+    assert len(notes) == 1 and "size guard: output is 68719476736 bytes" in notes[0].reason
+
+
+def test_lowering_consteval_refuses_a_64gib_fill_naming_the_node() -> None:
+    from targets.lowering.consteval import evaluate
+
+    _, fill = _fill_graph()
+    with pytest.raises(EffarchError, match=r"node 'fill' \(ConstantOfShape\) would make a tensor of 68719476736"):
+        evaluate(fill, [fill.inputs[0].const], [None])  # type: ignore[union-attr]  # the input is a constant
