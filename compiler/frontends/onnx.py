@@ -175,7 +175,31 @@ def _infer_types(proto: onnx.ModelProto, path: Path | None) -> dict[str, onnx.Ty
     types = {v.name: v.type for v in inferred.graph.input}
     types.update({v.name: v.type for v in inferred.graph.value_info})
     types.update({v.name: v.type for v in inferred.graph.output})
+    if data_prop and proto.ByteSize() <= PROTOBUF_LIMIT:
+        _fill_shapes_from_shape_15(proto, types)
     return types
+
+
+def _fill_shapes_from_shape_15(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    """ONNX propagates Shape's values into Reshape only from Shape-15 on, so in opset 13/14 models a
+    Reshape to Shape(x) stays shapeless (and gains its shape on re-import after export at opset 21).
+    Shape-15 only added start/end, so the same model read as opset 15 gives those shapes."""
+    opset = next((o for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    shapeless = [n for n, t in types.items() if t.HasField("tensor_type") and not t.tensor_type.HasField("shape")]
+    if opset is None or opset.version not in (13, 14) or not shapeless:
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    next(o for o in copy.opset_import if o.domain in ("", "ai.onnx")).version = 15
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001  (onnx raises assorted errors; the shapes then stay unknown)
+        return
+    found = {v.name: v.type for v in inferred.graph.value_info}
+    for name in shapeless:
+        t = found.get(name)
+        if t is not None and t.tensor_type.elem_type == types[name].tensor_type.elem_type:
+            types[name] = t
 
 
 def _data_prop_is_safe(graph: onnx.GraphProto) -> bool:
@@ -448,14 +472,30 @@ class _GraphBuilder:
         names = list(node.output)
         while names and names[-1] == "":
             names.pop()
-        outs = []
+        outs: list[Value] = []
         for name in names:
             # An omitted optional output in the middle still needs a value; give it a fresh name.
-            v = Value(name, self._type(name)) if name else self.graph.value(self._fresh(node, "unused"))
+            v = Value(name, self._type(name)) if name else self.graph.value(
+                self._fresh(node, "unused"), self._omitted_output_type(node, len(outs)))
             if name:
                 self.env[name] = v
             outs.append(v)
         return outs
+
+    def _omitted_output_type(self, node: onnx.NodeProto, index: int) -> TensorType | None:
+        """The type output ``index`` would have (model-wide inference skips unnamed outputs)."""
+        named = onnx.NodeProto()
+        named.CopyFrom(node)
+        named.output[index] = f"{node.op_type}_omitted_output"
+        inputs = {name: onnx.helper.make_tensor_type_proto(v.type.dtype.onnx_code, v.type.shape)
+                  for name in node.input if name and (v := self.env.get(name)) is not None and v.type is not None}
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            inferred = onnx.shape_inference.infer_node_outputs(schema, named, inputs)
+        except Exception:  # noqa: BLE001  (onnx raises assorted errors; the value then stays untyped)
+            return None
+        tp = inferred.get(named.output[index])
+        return None if tp is None else tensor_type_of(tp, f"output {index} of node '{node.name}'")
 
     def _fresh(self, node: onnx.NodeProto, suffix: str) -> str:
         """A name for a value the importer adds, clashing with no ONNX name (those come later)."""

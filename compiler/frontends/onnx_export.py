@@ -55,8 +55,8 @@ def to_onnx(g: Graph) -> onnx.ModelProto:
         [_value_info(v) for v in g.inputs],
         [_value_info(v) for v in g.outputs],
         initializer=[_initializer(v) for v in g.constants.values()],
-        value_info=[_value_info(v) for n in g.nodes for v in n.outputs
-                    if v.type is not None and v not in g.outputs],
+        value_info=[_value_info(v) for n in g.nodes for v, name in zip(n.outputs, _output_names(n), strict=False)
+                    if name and v.type is not None and v not in g.outputs],
     )
     model = helper.make_model(graph, opset_imports=_opsets(nodes), producer_name=PRODUCER,
                               ir_version=IR_VERSION, functions=functions.protos)

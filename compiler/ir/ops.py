@@ -27,6 +27,10 @@ REDUCTIONS = frozenset({
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ArgMax", "ArgMin",
     "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
 })
+# Losses (lowering.losses) and recurrent layers unrolled over their static sequence (lowering.recurrent).
+LOSSES_AND_RECURRENT = frozenset({
+    "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss", "RNN", "GRU", "LSTM",
+})
 POOLING = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"})
 # Quantization in ONNX's own vocabulary, so every quantized stage exports as a QDQ or integer-op
 # model that onnxruntime runs as the reference. ``MatMulInteger``/``ConvInteger`` accumulate in i32.
@@ -65,7 +69,7 @@ SCANS_AND_SELECTION = frozenset({"Hardmax", "CumSum", "TopK", "Einsum"})
 SUPPORTED_OPS: frozenset[str] = (
     ELEMENTWISE_UNARY | ELEMENTWISE_BINARY | ELEMENTWISE_OTHER | CONTRACTIONS | NORMALIZATION
     | ELEMENTWISE_MORE | SCANS_AND_SELECTION
-    | REDUCTIONS | POOLING | QUANTIZATION | SHAPE_AND_DATA | frozenset(NEWER_OPS)
+    | REDUCTIONS | LOSSES_AND_RECURRENT | POOLING | QUANTIZATION | SHAPE_AND_DATA | frozenset(NEWER_OPS)
     | RESAMPLING_AND_INDEXING
 )
 
