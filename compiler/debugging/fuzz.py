@@ -141,10 +141,12 @@ def check_x86(cases: Sequence[FuzzCase], expected: Sequence[Arrays], workdir: Pa
         return []
     try:
         got = _build_and_run(merge_models([c.model for c in cases]), _merged_inputs(cases), workdir)
-    except Exception as e:  # a shared build crashed: find the graphs that crash alone
+    except Exception as e:  # a shared build crashed: halve it until the graphs that crash are alone
         if len(cases) == 1:
             return [_crash(cases[0].seed, "x86", e)]
-        return [f for c, r in zip(cases, expected, strict=True) for f in check_x86([c], [r], workdir)]
+        half = len(cases) // 2
+        return (check_x86(cases[:half], expected[:half], workdir)
+                + check_x86(cases[half:], expected[half:], workdir))
     failures, values, start = [], list(got.values()), 0
     for case, ref in zip(cases, expected, strict=True):
         # by position: passes may rename outputs, never reorder them

@@ -147,7 +147,9 @@ def slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int]:
     end = end + dim if end < 0 else end
     if step > 0:
         return min(max(start, 0), dim), min(max(end, 0), dim)
-    return min(max(start, -1), dim - 1), min(max(end, -1), dim - 1)
+    # Stepping backwards, a start before the first element is the first element (ONNX clamps
+    # starts to [0, dim - 1]); only an end may be -1, "past the first element".
+    return min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
 
 
 # ---- evaluators --------------------------------------------------------------------------------
