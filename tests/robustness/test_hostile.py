@@ -590,3 +590,16 @@ def test_lowering_consteval_refuses_a_64gib_fill_naming_the_node() -> None:
     _, fill = _fill_graph()
     with pytest.raises(EffarchError, match=r"node 'fill' \(ConstantOfShape\) would make a tensor of 68719476736"):
         evaluate(fill, [fill.inputs[0].const], [None])  # type: ignore[union-attr]  # the input is a constant
+
+
+def test_real_process_prints_one_error_line(sandbox: Path) -> None:
+    """The headline gap end to end in a real process (stderr at the file-descriptor level: native
+    libraries' output would show here, capsys would miss it)."""
+    model = _save(_matmul_contradiction(), sandbox / "model.onnx")
+    out = sandbox / "out.effarch"
+    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "compile", str(model), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path.cwd())
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not PROGRESS.match(line)]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("effarch: error: invalid model: node #0 MatMul 'proj'"), proc.stderr
+    assert proc.stdout == "" and not out.exists()
