@@ -5,6 +5,7 @@ and down: the conformance cases cover only some of these combinations."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,7 +24,7 @@ ROI = (0.2, 0.9)
 
 def _reference(x: np.ndarray, scale: float, coord: str, kernel: tuple[str, str, bool], exclude: bool) -> np.ndarray:
     mode, nearest, antialias = kernel
-    attrs = {"mode": mode, "coordinate_transformation_mode": coord, "exclude_outside": int(exclude),
+    attrs: dict[str, Any] = {"mode": mode, "coordinate_transformation_mode": coord, "exclude_outside": int(exclude),
              "antialias": int(antialias), "extrapolation_value": -7.0}
     if nearest:
         attrs["nearest_mode"] = nearest
@@ -33,7 +34,8 @@ def _reference(x: np.ndarray, scale: float, coord: str, kernel: tuple[str, str, 
     graph = helper.make_graph([node], "r", [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [x.size])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    return ReferenceEvaluator(model).run(None, {"x": x})[0]
+    outputs: Any = ReferenceEvaluator(model).run(None, {"x": x})
+    return np.asarray(outputs[0])
 
 
 def _ours(x: np.ndarray, scale: float, coord: str, kernel: tuple[str, str, bool], exclude: bool) -> np.ndarray:
