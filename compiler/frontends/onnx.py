@@ -47,6 +47,9 @@ TORCH_NAMESPACE_KEY = "namespace"
 # Reductions whose axes moved from an attribute to an input in opset 18.
 AXES_TO_INPUT_AT_18 = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"})
 MAX_NAMES_LISTED = 5
+# Ops whose output has their input's type, which onnx's inference (no inference function, only a
+# function body it does not run here) leaves without a shape.
+SAME_TYPE_AS_INPUT = frozenset({"GroupNormalization", "MeanVarianceNormalization"})
 MAX_PROPAGATED_RANGE = 1 << 16  # a longer constant Range is data, not a shape: see _data_prop_is_safe
 GROUP_DOMAIN = "effarch"
 
@@ -477,6 +480,9 @@ class _GraphBuilder:
             # An omitted optional output in the middle still needs a value; give it a fresh name.
             v = Value(name, self._type(name)) if name else self.graph.value(
                 self._fresh(node, "unused"), self._omitted_output_type(node, len(outs)))
+            if not outs and (v.type is None or v.type.shape is None) and node.op_type in SAME_TYPE_AS_INPUT:
+                source = self.env.get(node.input[0]) if node.input else None
+                v.type = source.type if source is not None else v.type
             if name:
                 self.env[name] = v
             outs.append(v)
