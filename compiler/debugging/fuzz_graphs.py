@@ -308,7 +308,8 @@ def _use_condition(b: _Builder, cond: _Val, x: _Val) -> bool:
     """A comparison's result goes into Where or is cast to float; a bool graph output is fine too."""
     r = b.rng.random()
     if r < 0.5:
-        return b.one("Where", [cond, x, _partner(b, x)], exact=x.exact) is not None
+        other = _partner(b, x)
+        return b.one("Where", [cond, x, other], exact=x.exact and other.exact) is not None
     if r < 0.8:
         return b.one("Cast", [cond], {"to": F32}, exact=True) is not None
     return True
