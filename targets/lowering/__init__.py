@@ -19,6 +19,8 @@ from targets.lowering import resize as _resize  # noqa: F401
 from targets.lowering import shape as _shape  # noqa: F401
 from targets.lowering import spatial_more as _spatial_more  # noqa: F401
 from targets.lowering import transformer_parts as _transformer_parts  # noqa: F401
+from targets.lowering import attention as _attention  # noqa: F401
+from targets.lowering import linear_attention as _linear_attention  # noqa: F401
 from targets.lowering.registry import CONVERTERS, Call, LoweringError, converter, describe, static_shape
 
 __all__ = ["CONVERTERS", "Call", "LoweringError", "consteval", "converter", "describe", "static_shape"]
