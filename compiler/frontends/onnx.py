@@ -492,7 +492,8 @@ class _GraphBuilder:
         """The type output ``index`` would have (model-wide inference skips unnamed outputs)."""
         named = onnx.NodeProto()
         named.CopyFrom(node)
-        named.output[index] = f"{node.op_type}_omitted_output"
+        for i, out in enumerate(named.output):  # all at once: Attention infers present_key/value in pairs
+            named.output[i] = out or f"{node.op_type}_omitted_output_{i}"
         inputs = {name: onnx.helper.make_tensor_type_proto(v.type.dtype.onnx_code, v.type.shape)
                   for name in node.input if name and (v := self.env.get(name)) is not None and v.type is not None}
         try:
