@@ -78,10 +78,21 @@ def mismatch(got: Arrays, expected: Arrays) -> str | None:
         if value.dtype != ref.dtype or value.shape != ref.shape:
             problems.append(f"{name}: {value.dtype}{list(value.shape)} but expected {ref.dtype}{list(ref.shape)}")
             continue
-        check = compare_outputs({name: value}, {name: ref})[0]
+        if value.dtype.kind == "f" and not _same_non_finite(value, ref):
+            problems.append(f"{name}: NaN or infinity where the reference has none, or the other way round")
+            continue
+        finite = np.isfinite(ref) if ref.dtype.kind == "f" else np.ones(ref.shape, bool)
+        check = compare_outputs({name: value[finite]}, {name: ref[finite]})[0]
         if not check.ok:
             problems.append(f"{name}: max abs {check.max_abs:.3g} > tolerance {check.tolerance:.3g}")
     return "; ".join(problems) or None
+
+
+def _same_non_finite(got: np.ndarray, ref: np.ndarray) -> bool:
+    """NaN where the reference has NaN, the same infinity where it has one: agreement, not error."""
+    both_nan = np.isnan(got) == np.isnan(ref)
+    inf = np.isinf(ref) | np.isinf(got)
+    return bool(both_nan.all() and np.array_equal(got[inf], ref[inf]))
 
 
 def check_passes(case: FuzzCase, expected: Arrays) -> tuple[Graph | None, list[Failure]]:

@@ -278,7 +278,8 @@ def _binary(b: _Builder) -> bool:
         return base is not None and b.one("Pow", [base, expo]) is not None
     if op in ("Sum", "Mean") and b.rng.random() < 0.5:
         return b.one(op, [x, y, _partner(b, x)]) is not None
-    inputs = [y, x] if op not in ("PRelu",) and b.rng.random() < 0.3 else [x, y]
+    # swapped operands, except where the second is special: a guarded divisor, PRelu's slope
+    inputs = [y, x] if op not in ("PRelu", "Div") and b.rng.random() < 0.3 else [x, y]
     exact = op in ("Max", "Min") and x.exact and y.exact
     return b.one(op, list(inputs), exact=exact) is not None
 

@@ -55,6 +55,10 @@ def test_mismatch_names_dtype_shape_and_value_errors() -> None:
     assert "max abs" in str(mismatch({"y": np.full((2, 3), 1.1, np.float32)}, ref))
     assert "float64" in str(mismatch({"y": np.ones((2, 3), np.float64)}, ref))
     assert "expected float32[2, 3]" in str(mismatch({"y": np.ones(3, np.float32)}, ref))
+    special = {"y": np.array([np.nan, np.inf, 1], np.float32)}
+    assert mismatch({"y": special["y"].copy()}, special) is None  # the same NaN and infinity agree
+    assert "NaN" in str(mismatch({"y": np.array([0, np.inf, 1], np.float32)}, special))
+    assert "NaN" in str(mismatch({"y": np.array([np.nan, -np.inf, 1], np.float32)}, special))
 
 
 def test_a_wrong_reference_is_reported_by_every_stage(tmp_path: Path) -> None:
