@@ -112,7 +112,7 @@ def _slice_backwards_from_before_the_start() -> FuzzCase:
     # onnxruntime gives one. The ONNX spec clamps a negative step's start to [0, dim - 1]: a start
     # before the first element is the first element (onnx.reference, numpy-like, gives none; the spec
     # text and onnxruntime agree). Once on an input (lowering), once on a constant (fold-constants).
-    inits = {n: np.array(v, np.int64) for n, v in
+    inits: dict[str, np.ndarray] = {n: np.array(v, np.int64) for n, v in
              (("s", [-2, -10]), ("e", [-2, -10]), ("a", [1, 2]), ("t", [-2, -1]))}
     inits["k"] = np.arange(4, dtype=np.float32).reshape(1, 1, 4) + 10
     nodes = [helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"]),
