@@ -56,7 +56,7 @@ RESAMPLING_AND_INDEXING = frozenset({
 # one exports at the highest such opset instead of 21 (``compiler.frontends.onnx_export``).
 NEWER_OPS: dict[str, int] = {"RMSNormalization": 23, "RotaryEmbedding": 23, "Swish": 24, "TensorScatter": 24,
                              "BitCast": 26, "CumProd": 26,
-                             "LinearAttention": 27, "CausalConvWithState": 27}
+                             "LinearAttention": 27, "CausalConvWithState": 27, "Attention": 25}
 
 # Rarer elementwise ops (lowering.elementwise_more): bitwise, trigonometry, formula activations.
 ELEMENTWISE_MORE = frozenset({
