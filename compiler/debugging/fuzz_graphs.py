@@ -521,7 +521,10 @@ def _normalize(b: _Builder) -> bool:
         inputs = [x, b.const(b.rng.uniform(0.5, 1.5, norm).astype(np.float32))]
         if b.rng.random() < 0.6:
             inputs.append(b.const(b.rng.standard_normal(norm).astype(np.float32)))
-        return b.one("LayerNormalization", list(inputs), {"axis": axis, "epsilon": 1e-5}) is not None
+        # epsilon 1e-3, not 1e-5: a row of equal values (a ConstantOfShape fill, an Expand) has a
+        # mean off by rounding that 1/sqrt(epsilon) amplifies; at 1e-5 two correct runtimes were
+        # 2x the tolerance apart (seed 766), at 1e-3 the rounding stays 10x smaller
+        return b.one("LayerNormalization", list(inputs), {"axis": axis, "epsilon": 1e-3}) is not None
     if rank != 4:  # onnxruntime's LRN takes NCHW only
         return False
     attrs = {"size": int(b.choice([1, 3, 5])), "alpha": 1e-3, "beta": 0.75, "bias": float(b.choice([1.0, 2.0]))}
