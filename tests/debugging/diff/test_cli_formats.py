@@ -17,7 +17,7 @@ from tests.debugging.diff.test_diff import BASE, edit
 AFTER = edit("  %m = Mul(%c, %s) : f32[1,8,4,4]  # scale\n", "").replace(
     "%c = Conv(%x, %w) {pads=[0,0,0,0]} : f32[1,8,4,4]  # conv",
     "%m = Conv(%x, %w, %s) {pads=[0,0,0,0]} : f32[1,8,4,4]  # conv <fuse:conv-mul> {scale}").replace(
-    "Sigmoid(%r)", "Tanh(%r)")
+    "Sigmoid(%r)", "Tanh(%r)").replace("const f32[8,1,1]", "const f32[8]")  # a Conv bias is [C]
 
 
 def write_pair(tmp_path: Path) -> tuple[Path, Path]:

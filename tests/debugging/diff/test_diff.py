@@ -10,7 +10,7 @@ from tests.debugging.diff.graphs import perturb, random_graph
 
 BASE = """
 graph main(%x: f32[1,3,4,4], %w: f32[8,3,1,1]) -> (%y) {
-  %s = const f32[8] [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+  %s = const f32[8,1,1] [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
   %c = Conv(%x, %w) {pads=[0,0,0,0]} : f32[1,8,4,4]  # conv
   %m = Mul(%c, %s) : f32[1,8,4,4]  # scale
   %r = Relu(%m) : f32[1,8,4,4]  # relu
@@ -78,10 +78,10 @@ def test_constant_change_by_name_reports_max_abs_change() -> None:
 
 
 def test_constant_change_by_consumer_slot_reports_shape_and_dtype() -> None:
-    after = edit("%s = const f32[8] [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]", "%q = const f16[1] [2.0]")
+    after = edit("%s = const f32[8,1,1] [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]", "%q = const f16[1] [2.0]")
     d = diff_text(BASE, after.replace("Mul(%c, %s)", "Mul(%c, %q)"))
     [c] = d.constants
-    assert (c.name_a, c.name_b, c.matched_by, c.type_a, c.type_b) == ("s", "q", "consumer", "f32[8]", "f16[1]")
+    assert (c.name_a, c.name_b, c.matched_by, c.type_a, c.type_b) == ("s", "q", "consumer", "f32[8,1,1]", "f16[1]")
     assert c.max_abs_change is None and not d.rewritten  # the slot's constant is the same constant
 
 

@@ -31,7 +31,8 @@ AFTER = edit("  %m = Mul(%c, %s) : f32[1,8,4,4]  # scale\n", "").replace(
     "%c = Conv(%x, %w) {pads=[0,0,0,0]} : f32[1,8,4,4]  # conv",
     "%m = Conv(%x, %w, %s) {pads=[0,0,0,0]} : f32[1,8,4,4]  # conv <fuse:conv-mul> {scale}").replace(
     "Relu(%m)", "LeakyRelu(%m) {alpha=0.1}").replace(
-    "%y = Sigmoid(%r) : f32[1,8,4,4]  # out", "%y = Tanh(%r) : f32[1,8,4,4]  # extra")
+    "%y = Sigmoid(%r) : f32[1,8,4,4]  # out", "%y = Tanh(%r) : f32[1,8,4,4]  # extra").replace(
+    "const f32[8,1,1]", "const f32[8]")  # a Conv bias is [C]
 
 
 def chromium(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
