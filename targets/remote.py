@@ -32,7 +32,7 @@ import numpy as np
 
 from compiler.errors import EffarchError
 from targets.artifact import Artifact, TensorSpec, open_artifact
-from targets.runtime import default_cache_dir
+from targets.runtime import check_inputs, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -200,18 +200,10 @@ def check_device(manifest: dict[str, Any], cpu: DeviceCpu, addr: DeviceAddress) 
 
 
 # ---- running ----------------------------------------------------------------------------------
-def _check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from targets.runtime import check_input  # same messages as local runs
-
-    names = [s.name for s in specs]
-    wrong = sorted(set(names) ^ set(inputs))
-    if wrong:
-        raise EffarchError(f"inputs {', '.join(map(repr, wrong))} do not match the model's inputs "
-                           f"{', '.join(str(s) for s in specs)}")
-    symbols: dict[str, int] = {}
-    for spec in specs:
-        check_input(spec, inputs[spec.name], symbols)
-    return [np.ascontiguousarray(inputs[n]) for n in names]
+def _input_arrays(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The inputs in the model's order, checked with the messages of a local run."""
+    check_inputs(specs, inputs)
+    return [np.asarray(inputs[s.name], order="C") for s in specs]  # keeps rank 0 (ascontiguousarray does not)
 
 
 def _remote_device(session: Any, manifest: dict[str, Any]) -> Any:
@@ -244,7 +236,7 @@ def run_remote(artifact_path: str | Path, url: str, inputs: dict[str, np.ndarray
     addr = parse_device(url)
     art = open_artifact(artifact_path)
     try:
-        arrays = _check_inputs(art.input_specs, inputs)
+        arrays = _input_arrays(art.input_specs, inputs)
         return _run_in_session(addr, art, arrays, timeout_s, session_timeout_s)
     except EffarchError as exc:
         # The traceback's frames hold the session; dropped here, it closes now (see below).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,8 @@ import pytest
 
 from compiler import zoo
 from compiler.errors import EffarchError
+from compiler.ir import parse_graph
+from targets.build import build
 from targets.remote import DeviceAddress, parse_device, run_remote
 from tests.arm.conftest import compile_arm, free_port
 
@@ -82,7 +84,32 @@ def test_aarch64_artifact_refused_by_an_x86_device(mlp_a72: Path) -> None:
         server.terminate()
 
 
-def test_wrong_inputs_fail_before_connecting(mlp_a72: Path) -> None:
-    inputs = {k: v.astype(np.float64) for k, v in zoo.get("mlp").sample_inputs(0).items()}
-    with pytest.raises(EffarchError, match="has dtype float64 but the model expects float32"):
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda i: {k: v.astype(np.float64) for k, v in i.items()}, "has dtype float64 but the model expects float32"),
+    (lambda i: {}, r"missing input\(s\) 'x'; the model takes"),
+    (lambda i: {**i, "extra": np.zeros(1, np.float32)}, r"unexpected input\(s\) 'extra'; the model takes only"),
+], ids=["dtype", "missing", "unexpected"])
+def test_wrong_inputs_fail_before_connecting(mlp_a72: Path, change: Callable[[dict], dict], message: str) -> None:
+    inputs = change(zoo.get("mlp").sample_inputs(0))
+    with pytest.raises(EffarchError, match=message):
         run_remote(mlp_a72, f"rpc://127.0.0.1:{free_port()}", inputs)
+
+SCALAR_ADD = """graph main(%x: f32[3], %s: f32[]) -> (%y) {
+  %y = Add(%x, %s) : f32[3]
+}"""
+
+
+def test_rank0_input_reaches_the_device_as_rank0(tmp_path: Path) -> None:
+    """An x86 artifact on an RPC server of this host: a scalar input keeps its rank on the way."""
+    from tvm import rpc
+
+    path = tmp_path / "m.effarch"
+    build(parse_graph(SCALAR_ADD), path, target="x86")
+    port = free_port()
+    server = rpc.Server(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
+    x = np.array([1.0, -2.0, 3.5], np.float32)
+    try:
+        got = run_remote(path, f"rpc://127.0.0.1:{port}", {"x": x, "s": np.array(0.25, np.float32)})
+    finally:
+        server.terminate()
+    np.testing.assert_array_equal(got["y"], x + np.float32(0.25))
