@@ -1,119 +1,130 @@
-"""int8 on the GPU: effarch's dp4a kernels against onnxruntime running the same quantized graph.
+"""int8 on the GPU: effarch's integer kernels against fp32 effarch, PyTorch fp32 and onnxruntime (issue 10).
 
-  python tools/cuda_int8_check.py pack [--models digits_cnn] [--dir out/int8gpu]
-      here: compiles each model for sm_90 as fp32, int8 (static, calibrated on its own data) and
-      int8-dynamic; writes the artifacts, the inputs and onnxruntime's outputs on the quantized graph.
+  python tools/cuda_int8_check.py pack [--models digits_cnn resnet18 minilm] [--batches 1] [--dir out/int8gpu]
+      here: compiles each model for sm_90 in fp32 and in each of its quantized schemes (static int8,
+      calibrated on samples of its own kind: digits_cnn's training images, ResNet-18's seeded image-like
+      samples, MiniLM's sentences; int8-dynamic for the models with MatMuls), and packs each artifact as
+      ``tools/gpu_check.py`` does (library, weight recipe, SASS counts: IDP.4A, IMMA, HMMA), plus
+      onnxruntime's outputs on the very graph effarch built (the integer kernels must compute it).
   python3 tools/cuda_int8_check.py run --dir out/int8gpu --out DIR
-      on the GPU machine (runtime-only TVM): cosine against onnxruntime, IDP.4A / IMMA counts from
-      ``cuobjdump -sass``, median latency (the artifact's time_run) per artifact; DIR/int8_gpu.md.
+      on the GPU machine (runtime-only TVM): ``tools/gpu_check.py run`` on those bundles: cosine against
+      onnxruntime and against PyTorch fp32, latency against effarch fp32 and the fastest PyTorch fp32
+      configuration (eager, torch.compile, reduce-overhead), all in one process; DIR/gpu_check.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
+import logging
 import sys
-import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SCHEMES = ("fp32", "int8", "int8-dynamic")
+import gpu_check  # noqa: E402  (beside this script)
+from gpu_models import batched_inputs, batched_source  # noqa: E402
+
+logger = logging.getLogger("cuda_int8_check")
+
+# Per model, the schemes a user would pick: static int8 everywhere, dynamic int8 where MatMuls carry the work.
+SCHEMES = {"digits_cnn": ("fp32", "int8", "int8-dynamic"), "resnet18": ("fp32", "int8"),
+           "minilm": ("fp32", "int8", "int8-dynamic")}
+CALIBRATION_SAMPLES = 64
 
 
-def _compile(model: str, scheme: str, calib: Path, out: Path) -> tuple[object, dict[str, np.ndarray]]:
+def calibration(model: str) -> dict[str, np.ndarray]:
+    """Calibration samples keyed by input name (first axis = samples), never the inputs the check runs."""
+    if model == "digits_cnn":
+        from compiler.zoo.digits_cnn import _split
+
+        return {"images": _split()[0][:256].astype(np.float32)}  # the training split
+    if model == "minilm":
+        from compiler.zoo.minilm import SENTENCES, tokenize
+
+        return tokenize(SENTENCES)  # the zoo's eight real sentences
+    return batched_inputs(model, CALIBRATION_SAMPLES, seed=1000)  # seeds far from the check's (0, 1, ...)
+
+
+def _compile_quantized(source: str, scheme: str, calib: Path, out: Path) -> object:
+    """effarch compile --quantize SCHEME [--calibration] in this process: the result keeps the built graph."""
     from compiler.cli.common import load_source
     from compiler.cli.compression_args import pipeline_with_compression
     from compiler.cli.main import build_parser
     from compiler.driver import compile_model
 
-    argv = ["compile", model, "--target", "cuda", "--arch", "sm_90", "-o", str(out)]
-    argv += [] if scheme == "fp32" else ["--quantize", scheme]
+    argv = ["compile", source, "--target", "cuda", "--arch", "sm_90", "-o", str(out), "--quantize", scheme]
     argv += ["--calibration", str(calib)] if scheme == "int8" else []
     args = build_parser().parse_args(argv)
-    source = load_source(args)
-    pipeline, data = pipeline_with_compression(args, source.graph)
-    return compile_model(source, out, target="cuda", cpu="sm_90", pipeline=pipeline, data=data), {}
+    src = load_source(args)
+    pipeline, data = pipeline_with_compression(args, src.graph)
+    return compile_model(src, out, target="cuda", cpu="sm_90", opt_level=args.opt_level, pipeline=pipeline,
+                         data=data)
 
 
-def pack(models: list[str], out_dir: Path) -> None:
+def pack_quantized(model: str, batch: int, scheme: str, out_dir: Path, tool: str | None) -> None:
     from compiler.numerics.reference import run_onnxruntime
-    from compiler.zoo.digits_cnn import _split
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle = out_dir / f"{model}.b{batch}.{scheme}"
+    bundle.mkdir(parents=True, exist_ok=True)
+    calib = out_dir / f"{model}.calib.npz"
+    if not calib.exists():
+        samples: dict[str, Any] = calibration(model)
+        np.savez(calib, **samples)
+    t0 = time.perf_counter()
+    result = _compile_quantized(batched_source(model, batch), scheme, calib, bundle / "full.effarch")
+    ref: dict[str, Any] = run_onnxruntime(result.graph_after, batched_inputs(model, batch))  # type: ignore[attr-defined]
+    np.savez(bundle / "ort.npz", **ref)
+    gpu_check.bundle_artifact(bundle, {"model": model, "batch": batch, "precision": scheme, "arch": "sm_90",
+                                       "opt_level": 2}, tool)
+    logger.info("%s: %.0f s", bundle.name, time.perf_counter() - t0)
+
+
+def pack(models: list[str], batches: list[int], schemes: list[str] | None, out_dir: Path) -> int:
+    tool = gpu_check.find_cuobjdump()
+    failed = []
     for model in models:
-        images = _split()[0][:256].astype(np.float32)
-        calib = out_dir / f"{model}.calib.npz"
-        np.savez(calib, images=images)
-        for scheme in SCHEMES:
-            art = out_dir / f"{model}.{scheme}.effarch"
-            result, _ = _compile(model, scheme, calib, art)
-            batch = result.graph_after.inputs[0].type.static_shape()[0]  # type: ignore[attr-defined]
-            inputs = {"images": images[:batch]}
-            np.savez(out_dir / f"{model}.inputs.npz", **inputs)
-            ref = run_onnxruntime(result.graph_after, inputs)  # type: ignore[attr-defined]
-            np.savez(out_dir / f"{model}.{scheme}.ort.npz", **ref)
+        for batch in batches:
+            for scheme in schemes or SCHEMES.get(model, ("fp32", "int8")):
+                logger.info("%s batch %d %s", model, batch, scheme)
+                try:
+                    if scheme == "fp32":
+                        gpu_check.pack_one(model, batch, "fp32", "sm_90", out_dir, tool)
+                    else:
+                        pack_quantized(model, batch, scheme, out_dir, tool)
+                except Exception:  # noqa: BLE001  (one bundle's failure must not stop the others)
+                    logger.exception("%s b%d %s not packed", model, batch, scheme)
+                    failed.append(f"{model}.b{batch}.{scheme}")
+    for calib in out_dir.glob("*.calib.npz"):
+        calib.unlink()  # used here only; it need not travel
+    logger.info("carried: %s %.1f MiB + .tvmrt %.1f MiB", out_dir, gpu_check._size(out_dir) / 2**20,
+                gpu_check._size(gpu_check.ROOT / ".tvmrt") / 2**20)
+    if failed:
+        logger.error("not packed: %s", ", ".join(failed))
+    return 1 if failed else 0
 
 
-def _count_sass(library: bytes) -> dict[str, int]:
-    from targets.cuda import fatbins_in
-
-    counts = {"IDP.4A": 0, "IMMA": 0, "instructions": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, fb in enumerate(fatbins_in(library)):
-            path = Path(tmp) / f"{i}.fatbin"
-            path.write_bytes(fb)
-            sass = subprocess.run(["cuobjdump", "-sass", str(path)], capture_output=True, text=True).stdout
-            for line in sass.splitlines():
-                if line.strip().startswith("/*") and "*/" in line:
-                    counts["instructions"] += 1
-                    counts["IDP.4A"] += "IDP.4A" in line
-                    counts["IMMA"] += "IMMA" in line
-    return counts
-
-
-def run(in_dir: Path, out_dir: Path) -> None:
-    from targets.artifact import open_artifact
-    from targets.runtime import load_artifact
-
-    rows = []
-    for art_path in sorted(in_dir.glob("*.effarch")):
-        model, scheme = art_path.name.split(".")[:2]
-        inputs = dict(np.load(in_dir / f"{model}.inputs.npz"))
-        ref = dict(np.load(in_dir / f"{model}.{scheme}.ort.npz"))
-        art = load_artifact(art_path)
-        got = art.run(inputs)
-        name = next(iter(ref))
-        a, b = got[name].astype(np.float64).ravel(), ref[name].astype(np.float64).ravel()
-        cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-        times = art.time_run(inputs, warmup=20, repeat=200)
-        sass = _count_sass(open_artifact(art_path).library_bytes())
-        rows.append({"model": model, "scheme": scheme, "cosine": cosine, "max_abs": float(np.abs(a - b).max()),
-                     "ms": statistics.median(times) * 1e3, **sass})
-    (out_dir / "int8_gpu.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| model | scheme | cosine vs ORT | max abs | median ms | IDP.4A | IMMA | SASS instr |", "|---" * 8 + "|"]
-    lines += [f"| {r['model']} | {r['scheme']} | {r['cosine']:.6f} | {r['max_abs']:.3g} | {r['ms']:.4f} | "
-              f"{r['IDP.4A']} | {r['IMMA']} | {r['instructions']} |" for r in rows]
-    (out_dir / "int8_gpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", choices=("pack", "run"))
-    p.add_argument("--models", nargs="+", default=["digits_cnn"])
-    p.add_argument("--dir", default="out/int8gpu")
-    p.add_argument("--out", default=".")
+    p.add_argument("--models", nargs="+", default=list(SCHEMES))
+    p.add_argument("--batches", nargs="+", type=int, default=[1])
+    p.add_argument("--schemes", nargs="+", choices=("fp32", *gpu_check.QUANTIZED),
+                   help="default: per model, " + "; ".join(f"{m} {' '.join(s)}" for m, s in SCHEMES.items()))
+    p.add_argument("--dir", type=Path, default=Path("out/int8gpu"))
+    p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("--profile", nargs="*", default=[], help="bundles or models to profile (see gpu_check.py)")
+    p.add_argument("--budget-s", type=float, default=480)
     args = p.parse_args()
+    gpu_check.setup_logging()
     if args.step == "pack":
-        pack(args.models, Path(args.dir))
-    else:
-        run(Path(args.dir), Path(args.out))
+        return pack(args.models, args.batches, args.schemes, args.dir)
+    return gpu_check.run(args.dir, args.out, args.profile, args.budget_s)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

