@@ -484,6 +484,8 @@ def _write(out: Path, env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
     text = report.header(env, ITERS, WARMUP) + "\n\n" + report.table(rows)
+    quantized = report.int8_table(rows)
+    text += ("\nint8 against fp32 (same run):\n\n" + quantized) if quantized else ""
     for r in rows:
         if "profile" in r:
             p = r["profile"]
@@ -518,7 +520,7 @@ def run(bundles: Path, out: Path, profile: list[str], budget_s: float) -> int:
                 continue
             logger.info("[%d/%d] %s (%.0f s so far)", i, len(found), bundle.name, elapsed)
             try:
-                wanted = bundle.name in profile or info["model"] in profile
+                wanted = bool({"all", bundle.name, info["model"]} & set(profile))
                 row = check_bundle(bundle, info, models, Path(tmp), wanted)
                 row["sass"] = info.get("sass") or (sass_of((bundle / "model.so").read_bytes(), tool) if tool else None)
             except Exception as exc:  # one bundle's failure must not hide the others'  # noqa: BLE001
@@ -558,7 +560,7 @@ def main() -> int:
     r.add_argument("--dir", type=Path, default=Path("out/gpucheck"))
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--profile", nargs="*", default=[],
-                   help="bundles (resnet18.b1.fp16) or models whose effarch kernels to profile (top 10)")
+                   help="bundles (resnet18.b1.fp16), models, or 'all': effarch's top 10 kernels for each")
     r.add_argument("--budget-s", type=float, default=480, help="start no bundle after this many seconds")
     args = parser.parse_args()
     setup_logging()

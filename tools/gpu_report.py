@@ -141,3 +141,22 @@ def bf16_bits(a: np.ndarray) -> np.ndarray:
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(np.asarray(a, dtype=np.float32))
     return np.where(nan, np.uint16(0x7FC0), rounded).astype(np.uint16)
+
+
+def int8_table(rows: list[dict[str, Any]]) -> str:
+    """Quantized rows against effarch fp32 of the same model and batch (same run) and PyTorch's best fp32."""
+    fp32 = {(r["model"], r["batch"]): r["effarch_ms"] for r in rows
+            if r.get("precision") == "fp32" and "effarch_ms" in r}
+    lines = ["| model | batch | scheme | effarch ms | / effarch fp32 | / best PyTorch fp32 | cosine vs onnxruntime | "
+             "cosine vs PyTorch fp32 | IDP.4A | IMMA | HMMA |", "|" + "---|" * 11]
+    for r in rows:
+        if not str(r.get("precision", "")).startswith("int8") or "effarch_ms" not in r:
+            continue
+        base = fp32.get((r["model"], r["batch"]))
+        sass = r.get("sass") or {}
+        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['effarch_ms']:.3f} | "
+                     f"{_fmt(r['effarch_ms'] / base if base else None, '.2f')} | "
+                     f"{_fmt(r.get('effarch_over_best'), '.2f')} | {_fmt(r.get('cosine_vs_ort'), '.6f')} | "
+                     f"{r['cosine']:.6f} | {sass.get('IDP.4A', 'n/a')} | {sass.get('IMMA', 'n/a')} | "
+                     f"{sass.get('HMMA', 'n/a')} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""

@@ -132,3 +132,21 @@ def test_batched_inputs_stack_distinct_samples() -> None:
     assert not np.array_equal(many["images"][:16], many["images"][16:32])  # seed 1's draw, not a copy of seed 0's
     assert gpu_models.native_batch("mlp") == 8
     assert gpu_models.batched_source("mlp", 8) == "zoo:mlp"
+
+
+def test_int8_table_against_fp32_of_the_same_run() -> None:
+    rows = [_row(precision="fp32", effarch_ms=2.0), _row(precision="int8", effarch_ms=0.5, cosine_vs_ort=0.99999,
+                                                         effarch_over_best=0.6, sass={"IDP.4A": 80, "IMMA": 0}),
+            _row(model="gpt", precision="int8", effarch_ms=1.0)]  # no fp32 row of gpt: no ratio
+    lines = report.int8_table(rows).splitlines()
+    assert len(lines) == 4
+    assert "| resnet18 | 32 | int8 | 0.500 | 0.25 | 0.60 | 0.999990 |" in lines[2] and "| 80 | 0 |" in lines[2]
+    assert "| gpt | 32 | int8 | 1.000 | n/a |" in lines[3]
+    assert report.int8_table([_row(precision="fp32")]) == ""
+
+
+def test_passes_int8_prefers_the_quantized_graph_reference() -> None:
+    far = {"cosine": 0.95, "rel_l2": 0.3, "max_rel_err": 0.2, "max_abs_err": 1.0}
+    assert report.passes("int8", far, {**far, "cosine": 0.99995})  # int8 loses accuracy; kernels are exact
+    assert not report.passes("int8", far, {**far, "cosine": 0.99})
+    assert not report.passes("int8-dynamic", far) and report.passes("int8", {**far, "cosine": 0.995})
