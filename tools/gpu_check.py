@@ -87,9 +87,43 @@ def _cast(a: np.ndarray, cast: str | None) -> np.ndarray:
     return a
 
 
-def _variants(state: dict[str, np.ndarray], precision: str) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
-    """(sha256, shape) -> how to make it from the state_dict: the entry, transposed or not, cast or not."""
+def bn_folds(module: Any) -> list[dict[str, Any]]:
+    """Each BatchNorm with the convolution just before it (same channels): what fold-batchnorm may fold, with
+    the epsilon as given and as ONNX's float32 attribute carries it."""
+    import torch
+
+    folds, conv = [], None
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Conv3d):
+            conv = (name, m.out_channels, m.bias is not None)
+        elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and conv and conv[1] == m.num_features:
+            folds += [{"conv": conv[0], "bn": name, "eps": e, "conv_bias": conv[2]}
+                      for e in dict.fromkeys((float(m.eps), float(np.float32(m.eps))))]
+            conv = None
+    return folds
+
+
+def _folded(state: dict[str, np.ndarray], fold: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of the convolution with the BatchNorm folded in: float64 arithmetic rounded once, as
+    passes/fold_batchnorm.py does (its sha256 in the recipe checks that the two agree)."""
+    w = state[f"{fold['conv']}.weight"]
+    gamma, beta, mean, var = (state[f"{fold['bn']}.{k}"].astype(np.float64).reshape(-1)
+                              for k in ("weight", "bias", "running_mean", "running_var"))
+    scale = gamma / np.sqrt(var + fold["eps"])
+    shift = beta - mean * scale
+    bias = shift + (scale * state[f"{fold['conv']}.bias"].astype(np.float64) if fold["conv_bias"] else 0.0)
+    weight = w.astype(np.float64) * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    return weight.astype(w.dtype), bias.astype(w.dtype)
+
+
+def _variants(state: dict[str, np.ndarray], precision: str,
+              folds: list[dict[str, Any]]) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+    """(sha256, shape) -> how to make it from the state_dict: the entry, transposed or not, cast or not; or a
+    convolution's weight or bias with its BatchNorm folded in."""
     known: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    for fold in folds:
+        for part, v in enumerate(_folded(state, fold)):
+            known.setdefault((_digest(v), v.shape), {"state_dict": None, "fold": fold, "part": part})
     for cast in (None, CAST.get(precision)) if precision in CAST else (None,):
         for k, a in state.items():
             for transpose in (False, True) if a.ndim == 2 else (False,):
@@ -102,14 +136,14 @@ def _variants(state: dict[str, np.ndarray], precision: str) -> dict[tuple[str, t
 def _recipe(name: str, precision: str, param_names: list[str],
             params: list[np.ndarray]) -> tuple[list[dict], dict]:
     """Each parameter as a state_dict entry of the seeded module (transposed, cast: fold-constants folds the
-    weight transposes of matmuls, --precision casts); anything else (folded BatchNorm, fused scales, the GPT
-    mask) travels inline."""
+    weight transposes of matmuls, --precision casts), or a convolution with its BatchNorm folded; anything else
+    (fused scales, the GPT mask, quantized weights) travels inline."""
     module, _ = _entry(name).build()
-    known = _variants({k: v.numpy() for k, v in module.state_dict().items()}, precision)
+    known = _variants({k: v.numpy() for k, v in module.state_dict().items()}, precision, bn_folds(module))
     recipe, extra = [], {}
     for pname, value in zip(param_names, params, strict=True):
         how = known.get((_digest(value), value.shape), {"state_dict": None, "transpose": False, "cast": None})
-        if how["state_dict"] is None:
+        if how["state_dict"] is None and "fold" not in how:
             extra[pname] = value
         recipe.append({"name": pname, **how, "sha256": _digest(value)})
     return recipe, extra
@@ -240,6 +274,8 @@ def _rebuild_artifact(bundle: Path, state: dict[str, np.ndarray], tmp: Path) -> 
 
 
 def _param(p: dict[str, Any], state: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> np.ndarray:
+    if p.get("fold"):
+        return _folded(state, p["fold"])[p["part"]]
     if not p["state_dict"]:
         return extra[p["name"]]
     value = state[p["state_dict"]]
@@ -385,7 +421,7 @@ def profile_kernels(fn: Any, calls: int = 20) -> dict[str, Any]:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()

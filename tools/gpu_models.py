@@ -3,6 +3,10 @@
 ``encoder_large``: a 2-layer transformer encoder at BERT-large width (d=1024, 16 heads, FFN 4096,
 batch 2, sequence 128), the size at which the CUDA build once stopped in dlight's Transpose rule
 (issue 11). ``python -m compiler.cli compile tools/gpu_models.py:encoder_large --target cuda`` builds it.
+
+Batch variants of the zoo (``batched_source``, ``batched_inputs``): the same seeded module exported to ONNX
+from inputs of another batch (the zoo's files have its one static batch), and sample inputs stacked from
+consecutive seeds to that batch; both machines make the same ones.
 """
 
 from __future__ import annotations
