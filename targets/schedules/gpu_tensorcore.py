@@ -1,0 +1,562 @@
+"""Matmuls, batched matmuls and convolutions on NVIDIA tensor cores (WMMA 16x16x16), tiled by shape.
+
+A kernel is taken when its one reduction block is a GEMM ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` up to
+index remapping (dlight's iter-trait analysis finds S, I, J, K; an NCHW convolution is such a GEMM with
+the im2col gather inlined into the operand load), with float16 or bfloat16 operands and a float16 or
+float32 accumulator (bfloat16 only with float32: WMMA has no bfloat16 accumulator). Other epilogue
+blocks (cast, bias, activation) are inlined into the write-back.
+
+Unlike dlight's ``MatmulTensorization`` (fixed 128x128x64 tiles, no GEMM with a dimension <= 64), the
+block tile comes from ``choose_tiles``: the largest tile whose grid still fills every SM, down to
+32x32, and a split of the reduction (split-K) when even 32x32 tiles leave SMs idle. A thread block
+holds ``warps_m x warps_n`` warps, each computing a ``(block_m / warps_m) x (block_n / warps_n)``
+part of the tile as 16x16 fragments. Per ``block_k`` step both operand tiles go to shared memory
+(rows padded by 8 elements against bank conflicts), each warp loads its fragments from there and
+issues one ``mma_sync`` per 16x16x16 product; the accumulator goes back through shared memory.
+
+The WMMA intrinsics are effarch's own (registered on first use, ``register_wmma``): TVM's set in
+``tvm.s_tir.tensor_intrin.cuda`` has no bfloat16 variant and costs ~90 s to import.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+from tvm.target import Target
+
+logger = logging.getLogger(__name__)
+
+SM_COUNT = 132  # H100/H200; smaller GPUs are filled by any grid that fills these
+FRAG = 16  # WMMA fragment edge (m16n16k16)
+WARP = 32
+PAD = 8  # shared-memory row padding in elements: keeps 16-byte alignment and spreads banks
+# (block_m, block_n) from largest to smallest; every edge a multiple of 32 so two warps split it.
+BLOCK_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
+# (operand dtype, accumulator dtype) pairs that WMMA on sm_80+ computes.
+SUPPORTED = {("float16", "float16"), ("float16", "float32"), ("bfloat16", "float32")}
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """One thread block's share of a GEMM: a ``block_m x block_n`` output tile, ``block_k`` of the
+    reduction per shared-memory step, ``warps_m x warps_n`` warps, the reduction cut in ``split_k``."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    warps_m: int
+    warps_n: int
+    split_k: int = 1
+
+    @property
+    def frags_m(self) -> int:
+        return self.block_m // (self.warps_m * FRAG)
+
+    @property
+    def frags_n(self) -> int:
+        return self.block_n // (self.warps_n * FRAG)
+
+    @property
+    def threads(self) -> int:
+        return self.warps_m * self.warps_n * WARP
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(a: int, b: int) -> int:
+    return _ceil(a, b) * b
+
+
+def _block_k(k: int) -> int:
+    """The longest reduction step (64, 32 or 16) that pads ``k`` by at most 1/8 beyond 16's multiple."""
+    k16 = _round_up(k, FRAG)
+    for step in (64, 32):
+        if step <= k16 and _round_up(k, step) * 8 <= k16 * 9:
+            return step
+    return FRAG
+
+
+def _warps(edge: int) -> int:
+    return 4 if edge >= 128 else 2
+
+
+def choose_tiles(m: int, n: int, k: int, batch: int = 1) -> Tiles:
+    """The tiles for a ``batch x (m x k) @ (k x n)`` GEMM.
+
+    The largest block tile whose grid has at least ``SM_COUNT`` blocks (more reuse per loaded
+    element), among tiles no larger than the matrix rounded up to 32; the one with less padding on a
+    tie. When no tile fills the GPU, the smallest (most blocks), and the reduction split so that
+    the partial products fill it, each part keeping at least four ``block_k`` steps.
+    """
+    if min(m, n, k, batch) < 1:
+        raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
+    fits = [(bm, bn) for bm, bn in BLOCK_TILES if bm <= _round_up(m, 32) and bn <= _round_up(n, 32)]
+
+    def blocks(tile: tuple[int, int]) -> int:
+        return batch * _ceil(m, tile[0]) * _ceil(n, tile[1])
+
+    def padded(tile: tuple[int, int]) -> int:
+        return _round_up(m, tile[0]) * _round_up(n, tile[1])
+
+    filling = [t for t in fits if blocks(t) >= SM_COUNT]
+    if filling:
+        bm, bn = max(filling, key=lambda t: (t[0] * t[1], -padded(t)))
+    else:
+        bm, bn = max(fits, key=lambda t: (blocks(t), -padded(t)))
+    bk = _block_k(k)
+    split = 1
+    while blocks((bm, bn)) * split < SM_COUNT and _round_up(k, bk) // (bk * split * 2) >= 4:
+        split *= 2
+    return Tiles(bm, bn, bk, _warps(bm), _warps(bn), split)
+
+
+# ---- WMMA intrinsics --------------------------------------------------------------------------
+def _short(dtype: str) -> str:
+    return {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}[dtype]
+
+
+def intrinsic_names(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inner: bool = True) -> dict[str, str]:
+    """Names of the five intrinsics one GEMM needs (``register_wmma`` registers them). ``*_k_inner``:
+    the operand's shared tile is ``[rows, k]`` (else ``[k, rows]``)."""
+    a, c = _short(in_dtype), _short(acc_dtype)
+    la, lb = "mk" if a_k_inner else "km", "nk" if b_k_inner else "kn"
+    return {"load_a": f"effarch_wmma_load_a_{la}_{a}", "load_b": f"effarch_wmma_load_b_{lb}_{a}",
+            "fill": f"effarch_wmma_fill_{c}", "store": f"effarch_wmma_store_{c}",
+            "mma": f"effarch_wmma_mma_{la}_{lb}_{a}{c}"}
+
+
+def _fragment(buf: tirx.Buffer, stride: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Which 16x16 fragment of a fragment buffer ``buf`` (a 16x16 window, row stride ``stride``) is."""
+    per_row = stride // FRAG
+    return buf.elem_offset // stride // FRAG * per_row + buf.elem_offset % stride // FRAG
+
+
+def register_wmma(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inner: bool = True) -> dict[str, str]:
+    """Register (once) WMMA load/fill/mma/store intrinsics for these dtypes and operand layouts;
+    returns their names.
+
+    A ``[m, k]`` shared tile is a row-major WMMA ``matrix_a``, a ``[k, m]`` one column-major; for
+    ``matrix_b`` (``k x n``) a ``[n, k]`` tile is column-major and a ``[k, n]`` one row-major.
+    """
+    from tvm.s_tir import TensorIntrin
+
+    names = intrinsic_names(in_dtype, acc_dtype, a_k_inner, b_k_inner)
+    makers = {"load_a": lambda: _load(in_dtype, "wmma.matrix_a", "row_major" if a_k_inner else "col_major"),
+              "load_b": lambda: _load(in_dtype, "wmma.matrix_b", "col_major" if b_k_inner else "row_major"),
+              "fill": lambda: _fill(acc_dtype), "store": lambda: _store(acc_dtype),
+              "mma": lambda: _mma(in_dtype, acc_dtype, a_k_inner, b_k_inner)}
+    for key, make in makers.items():
+        if TensorIntrin.get(names[key], allow_missing=True) is None:
+            TensorIntrin.register(names[key], *make())
+    return names
+
+
+def _load(dtype: str, scope: str, layout: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(src_: T.handle, dst_: T.handle) -> None:
+        src = T.match_buffer(src_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn")
+        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope=scope)
+        with T.sblock("root"):
+            T.reads(src[0:16, 0:16])
+            T.writes(dst[0:16, 0:16])
+            for r, c in T.grid(16, 16):
+                with T.sblock("load"):
+                    vr, vc = T.axis.remap("SS", [r, c])
+                    dst[vr, vc] = src[vr, vc]
+
+    @T.prim_func(s_tir=True)
+    def impl(src_: T.handle, dst_: T.handle) -> None:
+        ld = T.int32()
+        fs = T.int32()
+        src = T.match_buffer(src_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn",
+                             strides=[ld, 1])
+        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope=scope, strides=[fs, 1])
+        with T.sblock("root"):
+            T.reads(src[0:16, 0:16])
+            T.writes(dst[0:16, 0:16])
+            T.evaluate(T.tvm_load_matrix_sync(dst.data, 16, 16, 16, _fragment(dst, fs),
+                                              src.access_ptr("r"), ld, layout, dtype="void"))
+
+    return desc, impl
+
+
+def _fill(dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(acc_: T.handle) -> None:
+        acc = T.match_buffer(acc_, (16, 16), dtype, align=64, offset_factor=16, scope="wmma.accumulator")
+        with T.sblock("root"):
+            T.reads()
+            T.writes(acc[0:16, 0:16])
+            for r, c in T.grid(16, 16):
+                with T.sblock("init"):
+                    vr, vc = T.axis.remap("SS", [r, c])
+                    acc[vr, vc] = T.cast(0, dtype)
+
+    @T.prim_func(s_tir=True)
+    def impl(acc_: T.handle) -> None:
+        fs = T.int32()
+        acc = T.match_buffer(acc_, (16, 16), dtype, align=64, offset_factor=16, scope="wmma.accumulator",
+                             strides=[fs, 1])
+        with T.sblock("root"):
+            T.reads()
+            T.writes(acc[0:16, 0:16])
+            T.evaluate(T.tvm_fill_fragment(acc.data, 16, 16, 16, _fragment(acc, fs), T.float32(0), dtype="void"))
+
+    return desc, impl
+
+
+def _store(dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(acc_: T.handle, dst_: T.handle) -> None:
+        acc = T.match_buffer(acc_, (16, 16), dtype, align=64, offset_factor=16, scope="wmma.accumulator")
+        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn")
+        with T.sblock("root"):
+            T.reads(acc[0:16, 0:16])
+            T.writes(dst[0:16, 0:16])
+            for r, c in T.grid(16, 16):
+                with T.sblock("store"):
+                    vr, vc = T.axis.remap("SS", [r, c])
+                    dst[vr, vc] = acc[vr, vc]
+
+    @T.prim_func(s_tir=True)
+    def impl(acc_: T.handle, dst_: T.handle) -> None:
+        fs = T.int32()
+        ld = T.int32()
+        acc = T.match_buffer(acc_, (16, 16), dtype, align=64, offset_factor=16, scope="wmma.accumulator",
+                             strides=[fs, 1])
+        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn",
+                             strides=[ld, 1])
+        with T.sblock("root"):
+            T.reads(acc[0:16, 0:16])
+            T.writes(dst[0:16, 0:16])
+            T.evaluate(T.tvm_store_matrix_sync(acc.data, 16, 16, 16, _fragment(acc, fs), T.address_of(dst[0, 0]),
+                                               ld, "row_major", dtype="void"))
+
+    return desc, impl
+
+
+def _mma(in_dtype: str, acc_dtype: str, a_k_inner: bool, b_k_inner: bool) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    from tvm.script import tirx as T
+
+    widen = in_dtype != acc_dtype
+
+    def operand(x: tirx.PrimExpr) -> tirx.PrimExpr:
+        return tirx.Cast(acc_dtype, x) if widen else x
+
+    def at(buf: tirx.Buffer, row: tirx.PrimExpr, k: tirx.PrimExpr, k_inner: bool) -> tirx.PrimExpr:
+        return operand(buf[row, k] if k_inner else buf[k, row])
+
+    @T.prim_func(s_tir=True)
+    def desc(a_: T.handle, b_: T.handle, c_: T.handle) -> None:
+        a = T.match_buffer(a_, (16, 16), in_dtype, align=64, offset_factor=16, scope="wmma.matrix_a")
+        b = T.match_buffer(b_, (16, 16), in_dtype, align=64, offset_factor=16, scope="wmma.matrix_b")
+        c = T.match_buffer(c_, (16, 16), acc_dtype, align=64, offset_factor=16, scope="wmma.accumulator")
+        with T.sblock("root"):
+            T.reads(c[0:16, 0:16], a[0:16, 0:16], b[0:16, 0:16])
+            T.writes(c[0:16, 0:16])
+            for i, j, k in T.grid(16, 16, 16):
+                with T.sblock("mma"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                    c[vi, vj] = c[vi, vj] + at(a, vi, vk, a_k_inner) * at(b, vj, vk, b_k_inner)
+
+    @T.prim_func(s_tir=True)
+    def impl(a_: T.handle, b_: T.handle, c_: T.handle) -> None:
+        fa = T.int32()
+        fb = T.int32()
+        fc = T.int32()
+        a = T.match_buffer(a_, (16, 16), in_dtype, align=64, offset_factor=16, scope="wmma.matrix_a",
+                           strides=[fa, 1])
+        b = T.match_buffer(b_, (16, 16), in_dtype, align=64, offset_factor=16, scope="wmma.matrix_b",
+                           strides=[fb, 1])
+        c = T.match_buffer(c_, (16, 16), acc_dtype, align=64, offset_factor=16, scope="wmma.accumulator",
+                           strides=[fc, 1])
+        with T.sblock("root"):
+            T.reads(c[0:16, 0:16], a[0:16, 0:16], b[0:16, 0:16])
+            T.writes(c[0:16, 0:16])
+            T.evaluate(T.tvm_mma_sync(c.data, _fragment(c, fc), a.data, _fragment(a, fa), b.data, _fragment(b, fb),
+                                      c.data, _fragment(c, fc), dtype="void"))
+
+    return desc, impl
+
+
+# ---- the schedule rule --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gemm:
+    """The GEMM found in a kernel: its reduction block, operand and accumulator dtypes."""
+
+    block: SBlockRV
+    in_dtype: str
+    acc_dtype: str
+
+
+def _sm(target: Target) -> int:
+    arch = str(target.attrs.get("arch", ""))
+    digits = arch.removeprefix("sm_").rstrip("a")
+    return int(digits) if digits.isdigit() else 0
+
+
+def find_gemm(sch: s_tir.Schedule) -> Gemm | None:
+    """The kernel's single reduction block if it is a GEMM on tensor-core dtypes, else None."""
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map
+
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    reductions = [b for b in blocks if _is_reduction(sch.get(b))]
+    if len(reductions) != 1:
+        return None
+    stmt = sch.get(reductions[0])
+    if len(stmt.reads) != 2 or len(stmt.writes) != 1 or get_index_map(stmt) is None:
+        return None
+    in_a, in_b = (str(r.source.dtype) for r in stmt.reads)
+    acc = str(stmt.writes[0].source.dtype)
+    if in_a != in_b or (in_a, acc) not in SUPPORTED:
+        return None
+    return Gemm(reductions[0], in_a, acc)
+
+
+def _is_reduction(stmt: tirx.stmt.SBlock) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)
+
+
+class TensorCoreMatmul(ScheduleRule):
+    """GEMM-shaped kernels (matmul, batched matmul, NCHW convolution) on WMMA tensor cores.
+
+    ``apply`` returns None for a kernel it does not take: not CUDA or older than sm_80, no GEMM,
+    operand dtypes other than float16/bfloat16 (float32 inputs stay on dlight), a symbolic shape.
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
+            return None
+        if func.attrs is not None and "dlight.do_not_tensorize" in func.attrs:
+            return None
+        sch = s_tir.Schedule(func)
+        gemm = find_gemm(sch)
+        if gemm is None:
+            return None
+        try:
+            return sch if schedule_gemm(sch, gemm) else None
+        except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
+            logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
+            return None
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one operand sits in memory: ``k_inner`` when its innermost index runs along the reduction
+    (its shared tile is then ``[rows, k]``, else ``[k, rows]``); ``lanes``: the widest vector its
+    global layout allows along that inner axis (1 for a gather such as a convolution's input)."""
+
+    k_inner: bool
+    lanes: int
+
+
+def analyze_operand(stmt: tirx.stmt.SBlock, index: int) -> Operand:
+    """``stmt``'s read ``index`` (0 = A, 1 = B) classified by the variables of its last index."""
+    from tvm.tirx.analysis import undefined_vars
+
+    iters = [iv for iv in stmt.iter_vars if not _unit(iv.dom.extent)]
+    reduce = [iv.var for iv in iters if iv.iter_type == tirx.IterVar.CommReduce]
+    mins = [r.min for r in stmt.reads[index].region]
+    other = {v for r in stmt.reads[1 - index].region for v in undefined_vars(r.min)}
+    mine = {v for m in mins for v in undefined_vars(m)}
+    rows = [iv.var for iv in iters if iv.var in mine and iv.var not in other and iv.var not in reduce]
+    used = [v for v in undefined_vars(mins[-1]) if any(v.same_as(iv.var) for iv in iters)]
+    if used and all(any(v.same_as(r) for r in reduce) for v in used):
+        return Operand(True, _lanes(stmt, index, reduce))
+    if used and not any(any(v.same_as(r) for r in reduce) for v in used):
+        return Operand(False, _lanes(stmt, index, rows))
+    return Operand(True, 1)
+
+
+def _unit(extent: tirx.PrimExpr) -> bool:
+    return isinstance(extent, tirx.IntImm) and int(extent) == 1
+
+
+def _lanes(stmt: tirx.stmt.SBlock, index: int, group: list[tirx.Var]) -> int:
+    """Elements contiguous in memory along ``group`` (fused in block order): all of them when the
+    buffer's trailing indices are exactly those variables over whole dimensions, else the last one's."""
+    region = stmt.reads[index].region
+    buffer = stmt.reads[index].source
+    extent = {iv.var: int(iv.dom.extent) for iv in stmt.iter_vars if isinstance(iv.dom.extent, tirx.IntImm)}
+    dims = [d for d, r in enumerate(region) if not isinstance(r.min, tirx.IntImm)]
+    if not group or not dims or not isinstance(region[dims[-1]].min, tirx.Var):
+        return 1
+    last = region[dims[-1]].min
+    if not last.same_as(group[-1]):
+        return 1
+    tail = dims[-len(group):]
+    whole = len(tail) == len(group) and all(
+        isinstance(region[d].min, tirx.Var) and region[d].min.same_as(v)
+        and int(buffer.shape[d]) == extent.get(v, -1) for d, v in zip(tail, group, strict=True))
+    return math.prod(extent.get(v, 1) for v in group) if whole else extent.get(last, 1)
+
+
+def normalize(sch: s_tir.Schedule, block: SBlockRV, a: Operand, b: Operand) -> list[int] | None:
+    """Rewrite ``block`` to ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (an operand that is not
+    ``k_inner`` as ``[S, K, I]``); its static extents [S, I, J, K]."""
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map
+
+    read_a = sch.reindex(block, ("read", 0))
+    read_b = sch.reindex(block, ("read", 1))
+    write_c = sch.reindex(block, ("write", 0))
+    maps = get_index_map(sch.get(block))
+    if maps is None:
+        return None
+    block_map, a_map, b_map, c_map = maps
+    sch.transform_layout(read_a, ("write", 0), a_map if a.k_inner else _k_outer(a_map))
+    sch.transform_layout(read_b, ("write", 0), b_map if b.k_inner else _k_outer(b_map))
+    sch.transform_layout(write_c, ("read", 0), c_map)
+    sch.transform_block_layout(block, block_map)
+    extents = [sch.get(loop).extent for loop in sch.get_loops(block)]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    return [int(e) for e in extents]
+
+
+def _k_outer(index_map: tirx.IndexMap) -> tirx.IndexMap:
+    s, rows, k = index_map.final_indices
+    return tirx.IndexMap(index_map.initial_indices, [s, k, rows], None)
+
+
+def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
+    stmt = sch.get(gemm.block)
+    a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
+    shape = normalize(sch, gemm.block, a, b)
+    if shape is None:
+        return False
+    batch, m, n, k = shape
+    tiles = choose_tiles(m, n, k, batch)
+    if tiles.split_k > 1:  # not yet: the partial sums need their own reduction kernel
+        tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
+    names = register_wmma(gemm.in_dtype, gemm.acc_dtype, a.k_inner, b.k_inner)
+    sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, tiles.block_k])
+    main = gemm.block
+    s_loop, i, j, kk = sch.get_loops(main)
+    i, i16 = sch.split(i, [None, FRAG])
+    j, j16 = sch.split(j, [None, FRAG])
+    kk, k16 = sch.split(kk, [None, FRAG])
+    sch.reorder(i, j, kk, i16, j16, k16)
+    outer = sch.blockize(i16)
+    ib, iw, i_f = sch.split(i, [None, tiles.warps_m, tiles.frags_m])
+    jb, jw, j_f = sch.split(j, [None, tiles.warps_n, tiles.frags_n])
+    ko, ki = sch.split(kk, [None, tiles.block_k // FRAG])
+    sch.reorder(ib, jb, iw, jw, ko, ki, i_f, j_f)
+    sch.bind(sch.fuse(ib, jb), "blockIdx.x")
+    sch.bind(s_loop, "blockIdx.y")
+    warp = sch.fuse(iw, jw)
+    sch.bind(warp, "threadIdx.y")
+
+    a_sh = _stage_operand(sch, outer, 0, ko, tiles, _inner_extent(a, m, k), a.lanes)
+    b_sh = _stage_operand(sch, outer, 1, ko, tiles, _inner_extent(b, n, k), b.lanes)
+    a_fr = _fragments(sch, outer, 0, "wmma.matrix_a", ki)
+    b_fr = _fragments(sch, outer, 1, "wmma.matrix_b", ki)
+    c_sh = sch.cache_write(outer, 0, "shared.dyn")
+    c_fr = sch.cache_write(outer, 0, "wmma.accumulator")
+    sch.storage_align(c_fr, 0, axis=-2, factor=32, offset=PAD)
+    sch.reverse_compute_at(c_fr, warp)
+    sch.reverse_compute_at(c_sh, warp)
+    _tile16(sch, c_fr)
+    init = sch.decompose_reduction(outer, ko)
+
+    keep = {sch.get(x).name_hint for x in (main, outer, init, a_sh, b_sh, a_fr, b_fr, c_fr, c_sh)}
+    _inline_rest(sch, keep)
+    _write_back(sch, c_sh, tiles)
+
+    sch.tensorize(sch.get_loops(a_fr)[-2], names["load_a"])
+    sch.tensorize(sch.get_loops(b_fr)[-2], names["load_b"])
+    sch.tensorize(sch.get_loops(sch.get_child_blocks(init)[0])[-2], names["fill"])
+    sch.tensorize(sch.get_loops(c_fr)[-2], names["store"])
+    sch.tensorize(sch.get_loops(main)[-3], names["mma"])
+    return True
+
+
+def _inner_extent(op: Operand, rows: int, k: int) -> int:
+    return k if op.k_inner else rows
+
+
+def _vector(elements: int, threads: int, dtype_bytes: int) -> int:
+    """The widest vector (at most 16 bytes) that splits ``elements`` evenly over ``threads``."""
+    for lanes in (16 // dtype_bytes, 8 // dtype_bytes, 4 // dtype_bytes, 1):
+        if lanes >= 1 and elements % (threads * lanes) == 0:
+            return lanes
+    return 1
+
+
+def _stage_operand(sch: s_tir.Schedule, outer: SBlockRV, index: int, ko: LoopRV, tiles: Tiles,
+                   inner: int, contiguous: int) -> SBlockRV:
+    """Operand ``index``'s tile copied to shared memory by all threads per K step, in vectors of the
+    widest width that divides the tile, the operand's inner extent ``inner`` and its ``contiguous`` run."""
+    cached = sch.cache_read(outer, index, "shared.dyn")
+    sch.compute_at(cached, ko)
+    rows, cols = sch.get_loops(cached)[-2:]
+    width = int(sch.get(cols).extent)
+    elements = int(sch.get(rows).extent) * width
+    dtype_bytes = tirx_dtype_bytes(sch.get(cached).writes[0].source.dtype)
+    lanes = math.gcd(_vector(elements, tiles.threads, dtype_bytes), width, inner, contiguous)
+    fused = sch.fuse(rows, cols)
+    _, ty, tx, vec = sch.split(fused, [None, tiles.warps_m * tiles.warps_n, WARP, lanes])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)
+    sch.storage_align(cached, 0, axis=-2, factor=32, offset=PAD)
+    return cached
+
+
+def tirx_dtype_bytes(dtype: str) -> int:
+    return {"float16": 2, "bfloat16": 2, "float32": 4}.get(str(dtype), 4)
+
+
+def _fragments(sch: s_tir.Schedule, outer: SBlockRV, index: int, scope: str, ki: LoopRV) -> SBlockRV:
+    frag = sch.cache_read(outer, index, scope)
+    sch.compute_at(frag, ki)
+    _tile16(sch, frag)
+    return frag
+
+
+def _tile16(sch: s_tir.Schedule, block: SBlockRV) -> None:
+    """The block's last two loops as (rows / 16, cols / 16, 16, 16), outer pair unrolled."""
+    r, c = sch.get_loops(block)[-2:]
+    r0, r1 = sch.split(r, [None, FRAG])
+    c0, c1 = sch.split(c, [None, FRAG])
+    sch.reorder(r0, c0, r1, c1)
+    sch.unroll(r0)
+    sch.unroll(c0)
+
+
+def _write_back(sch: s_tir.Schedule, c_sh: SBlockRV, tiles: Tiles) -> None:
+    """Each warp's tile from shared memory to the output (epilogue inlined), 32 lanes wide."""
+    loops = sch.get_loops(c_sh)[-2:]
+    fused = sch.fuse(*loops)
+    _, tx = sch.split(fused, [None, WARP])
+    sch.bind(tx, "threadIdx.x")
+
+
+def _inline_rest(sch: s_tir.Schedule, keep: set[str]) -> None:
+    """Inline every other block: operand producers into the shared loads, the epilogue into the write-back."""
+    progress = True
+    while progress:
+        progress = False
+        for block in sch.get_child_blocks(get_root_block(sch)):
+            if sch.get(block).name_hint in keep:
+                continue
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block)
+                except s_tir.ScheduleError:
+                    continue
+                progress = True
+                break
