@@ -1,6 +1,7 @@
 """Where a model's time goes on this CPU: every kernel after fusion and scheduling, timed alone.
 
     python tools/profile_kernels.py resnet18 [--top 15] [--opt 2]
+    python tools/profile_kernels.py light:squeezenet      # an unseen model (tools/bench_unseen.py)
 
 Prints a markdown table (kernel, schedule rule, calls, ms per call, ms in total, share) with the
 date, the machine and the command, ready for docs/performance.md.
@@ -12,7 +13,10 @@ import argparse
 import datetime
 import os
 import sys
+import tempfile
+from pathlib import Path
 
+from compiler.benchmark.onnx_light import light_model
 from compiler.benchmark.runner import machine_description
 from compiler.driver import load_model, optimize, pipeline_for
 
@@ -27,6 +31,8 @@ def main() -> int:
     from targets.profile import kernel_times  # after the thread count is set
 
     spec = args.model if ":" in args.model or "." in args.model else f"zoo:{args.model}"
+    if spec.startswith("light:"):  # the onnx package's model-zoo architectures, as bench_unseen runs them
+        spec = str(light_model(spec[6:], Path(tempfile.mkdtemp()) / f"{spec[6:]}.onnx", opset=21))
     graph, _ = optimize(load_model(spec).graph, pipeline_for(args.opt, None))
     kernels = kernel_times(graph, opt_level=args.opt)
     total = sum(k.total_ms for k in kernels)
