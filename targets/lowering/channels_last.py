@@ -22,6 +22,7 @@ from tvm.relax import op as R
 
 from compiler.errors import EffarchError
 from compiler.ir.core import Node
+from targets.lowering import winograd
 from targets.lowering.depthwise_int8 import depthwise_integer_nhwc
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
 from targets.lowering.quantized import conv_integer_nhwc
@@ -78,7 +79,12 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
     win = window(c, _spatial(x), list(weight.shape[2:]))
     groups = int(c.attr("group", 1))
     nr = panel_width(weight.shape[0], c.pack) if c.pack else 0
-    if nr and conv_packable(weight.shape[0], weight.shape[1], groups, nr) and len(win.pads) == 4:
+    if (winograd.enabled() and _static_batch(x) and len(win.pads) == 4
+            and winograd.applies(weight.shape, win.strides, win.dilations, groups, nr)):
+        u = c.relaid_weight(1, winograd.transform_weights(weight, nr), f"winograd{nr}")  # G g G^T, once
+        y = c.bb.emit_te(winograd.conv2d_nhwc_winograd, lowering.nhwc(x), u, pads=win.pads,
+                         primfunc_name_hint="conv2d_nhwc_winograd")
+    elif nr and conv_packable(weight.shape[0], weight.shape[1], groups, nr) and len(win.pads) == 4:
         packed = c.relaid_weight(1, pack_conv(weight, nr), f"p{nr}")  # once, at compile time
         y = c.bb.emit_te(conv2d_nhwc_packed, lowering.nhwc(x), packed, strides=win.strides, pads=win.pads,
                          dilations=win.dilations, groups=groups, primfunc_name_hint="conv2d_nhwc_packed")
@@ -90,6 +96,11 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         return y
     y = c.emit(y)
     return R.add(y, c.emit(R.reshape(c.arg(2), [1, 1, 1, -1])))
+
+
+def _static_batch(v: Any) -> bool:
+    shape = v.type.shape if v.type is not None else None
+    return shape is not None and len(shape) > 0 and isinstance(shape[0], int)
 
 
 def _per_tensor(node: Node) -> bool:

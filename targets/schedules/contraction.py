@@ -162,7 +162,12 @@ def _loads(expr: PrimExpr) -> list[TensorLoad]:
 
 
 def schedule_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
-    """A function whose one reduction is a multiply-accumulate (matmul, conv, dense)."""
+    """A function whose one reduction is a multiply-accumulate (matmul, conv, dense), or a
+    Winograd convolution (its GEMM with the two transforms around it)."""
+    from targets.schedules.winograd import schedule_winograd, stages_of  # it builds on this module
+
+    if stages_of(sch):
+        return schedule_winograd(sch, m)
     return _schedule_single_reduction(sch, m, mac=True)
 
 
