@@ -17,13 +17,13 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from compiler.errors import EffarchError
+from targets.remote import DeviceAddress, connect, parse_device
 
 BUILD_FUNC = "effarch.tuning.build"
 _NOT_CPU_INTRINSICS = ("cuda", "rocm", "hexagon", "riscv_cpu")
@@ -53,31 +53,20 @@ def worker_init() -> None:
     tvm.register_global_func(BUILD_FUNC, _build, override=True)
 
 
-@dataclass(frozen=True)
-class Tracker:
-    host: str
-    port: int
-    key: str
-
-
-def parse_rpc(url: str | None) -> Tracker | None:
-    """``tracker://HOST:PORT/KEY`` -> Tracker; None for local measuring."""
+def parse_rpc(url: str | None) -> DeviceAddress | None:
+    """``tracker://HOST:PORT/KEY`` -> its DeviceAddress; None for local measuring."""
     if url is None:
         return None
-    from targets.remote import parse_device
-
     addr = parse_device(url)
     if addr.scheme != "tracker":
         raise EffarchError(f"tuning measures through a tracker; write --rpc tracker://HOST:PORT/KEY (got '{url}')")
-    return Tracker(addr.host, addr.port, addr.key)
+    return addr
 
 
-def check_tracker(tracker: Tracker) -> None:
+def check_tracker(tracker: DeviceAddress) -> None:
     """Fail at once, in one line, where the tracker is unreachable or has no device under the key
     (MetaSchedule's runner would wait for one forever)."""
-    from targets.remote import DeviceAddress, connect
-
-    connect(DeviceAddress("tracker", tracker.host, tracker.port, tracker.key))
+    connect(tracker)
 
 
 def _evaluator() -> ms.runner.EvaluatorConfig:
@@ -89,7 +78,7 @@ def make_builder() -> ms.builder.Builder:
     return ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=worker_init, timeout_sec=60)
 
 
-def make_runner(tracker: Tracker | None) -> ms.runner.Runner:
+def make_runner(tracker: DeviceAddress | None) -> ms.runner.Runner:
     from targets.runtime import use_every_core
 
     if tracker is None:

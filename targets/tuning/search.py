@@ -27,9 +27,10 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from targets.native_log import captured_native_logs
+from targets.remote import DeviceAddress
 from targets.tuning.database import KernelEntry, TuningDatabase
 from targets.tuning.kernels import Kernel, model_kernels
-from targets.tuning.measure import Tracker, make_builder, make_runner, time_functions
+from targets.tuning.measure import make_builder, make_runner, time_functions
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class TuneResult:
 
 
 def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_budget_s: float | None = None,
-                 tracker: Tracker | None = None, chunk: int = CHUNK, seed: int = 0,
+                 tracker: DeviceAddress | None = None, chunk: int = CHUNK, seed: int = 0,
                  progress: Callable[[Progress], None] | None = None) -> TuneResult:
     """Tune the unscheduled kernels of ``mod`` (after fusion) into ``db``, ``trials`` in all."""
     t0 = time.monotonic()  # the time budget counts from here: timing our schedules is part of it
@@ -72,7 +73,7 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
 
 
 def _tune(kernels: list[Kernel], db: TuningDatabase, trials: int, time_budget_s: float | None,
-          tracker: Tracker | None, chunk: int, seed: int, progress: Callable[[Progress], None] | None,
+          tracker: DeviceAddress | None, chunk: int, seed: int, progress: Callable[[Progress], None] | None,
           t0: float, interrupted: threading.Event) -> TuneResult:
     builder, runner = make_builder(), make_runner(tracker)
     with captured_native_logs():

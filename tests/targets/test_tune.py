@@ -166,6 +166,14 @@ def test_bad_tuning_options_fail_in_one_line(tmp_path: Path, argv: list[str], me
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_rpc_option_parses_to_the_tracker_address() -> None:
+    from targets.remote import DeviceAddress
+    from targets.tuning.measure import parse_rpc
+
+    assert parse_rpc(None) is None
+    assert parse_rpc("tracker://board.lan:9190/rasp4") == DeviceAddress("tracker", "board.lan", 9190, "rasp4")
+
+
 def test_time_budget_and_durations() -> None:
     from compiler.cli.commands.tune import parse_duration
 
