@@ -1,11 +1,13 @@
 """Benchmark every zoo model: effarch (x86) against onnxruntime and PyTorch eager, one markdown table.
 
-    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt] [--tuning-db DIR]
+    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt] [--tuning-db DIR | --winograd]
 
 Each runtime is timed in its own worker process (compiler.benchmark.runner); rounds alternate between
 them and the table shows medians after warm-up, with ratios from the same run. With ``--tuning-db``
 (made by ``effarch tune``) each model is also compiled with it and timed in the same rounds (column
-"effarch tuned"). Prints the table with the date, the machine and the command, ready for docs/.
+"effarch tuned"); with ``--winograd`` the second build takes Winograd F(2x2,3x3) for 3x3 stride-1
+convolutions instead (column "effarch winograd"). Prints the table with the date, the machine and
+the command, ready for docs/.
 """
 
 from __future__ import annotations
@@ -22,18 +24,23 @@ from compiler.benchmark.model import reference_onnx_path
 from compiler.benchmark.runner import bench, machine_description
 from compiler.driver import compile_model, load_model
 from compiler.ir.stats import graph_stats
+from targets.lowering.winograd import winograd_builds
 
 
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path, tuning_db: Path | None) -> str:
+def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path, tuning_db: Path | None,
+              winograd: bool = False) -> str:
     source = load_model(f"zoo:{name}")
     artifact = folder / f"{name}.effarch"
     compile_model(source, artifact, target="x86", opt_level=opt)
-    tuned = folder / f"{name}.tuned.effarch" if tuning_db else None
-    if tuned is not None:
+    tuned = folder / f"{name}.tuned.effarch" if tuning_db or winograd else None
+    if tuned is not None and winograd:  # the second artifact is timed in the tuned build's slot
+        with winograd_builds():
+            compile_model(source, tuned, target="x86", opt_level=opt)
+    elif tuned is not None:
         compile_model(source, tuned, target="x86", opt_level=opt, tuning_db=tuning_db)
     result = bench(reference_onnx_path(source, folder), artifact, zoo.get(name).sample_inputs(0),
                    torch_spec=f"zoo:{name}", warmup=warmup, repeat=repeat, tuned_artifact=tuned)
@@ -58,24 +65,29 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=60)
     parser.add_argument("--models", default=",".join(zoo.names()))
-    parser.add_argument("--tuning-db", type=Path, help="also time each model compiled with this tuning database")
+    extra = parser.add_mutually_exclusive_group()
+    extra.add_argument("--tuning-db", type=Path, help="also time each model compiled with this tuning database")
+    extra.add_argument("--winograd", action="store_true",
+                       help="also time each model compiled with Winograd 3x3 convolutions (EFFARCH_WINOGRAD=1)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             print(f"benchmarking {name}", file=sys.stderr, flush=True)
-            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp), args.tuning_db))
+            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp), args.tuning_db, args.winograd))
     today = datetime.date.today().isoformat()
     print(f"Measured {today} on {machine_description()}, 2 threads per runtime, "
           f"with\n`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
           f"the ratio columns are effarch's time divided by the peer's (above 1: the peer is faster); "
           f"GFLOP/s is the model's FLOPs over effarch's time.\n")
-    tuned_head = " effarch tuned | tuned / ORT |" if args.tuning_db else ""
+    second = bool(args.tuning_db or args.winograd)
+    tuned_head = (" effarch winograd | winograd / ORT |" if args.winograd
+                  else " effarch tuned | tuned / ORT |" if args.tuning_db else "")
     print(f"| model | effarch -O{args.opt} |{tuned_head} onnxruntime | PyTorch eager | effarch / ORT "
           f"| effarch / eager | effarch GFLOP/s |")
-    print("|---" * (7 + 2 * bool(args.tuning_db)) + "|")
+    print("|---" * (7 + 2 * second) + "|")
     print("\n".join(rows))
-    col = 7 if args.tuning_db else 5  # effarch / ORT
+    col = 7 if second else 5  # effarch / ORT
     ratios = [float(r.split("|")[col].strip().rstrip("x")) for r in rows if "n/a" not in r.split("|")[col]]
     if ratios:
         print(f"\nGeometric mean of effarch / ORT: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x")

@@ -20,7 +20,9 @@ direct convolution is larger (measured in tests/targets/test_winograd.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import numpy as np
 from tvm import te, tirx, topi
@@ -38,6 +40,20 @@ M_OUT, ALPHA = 2, 4  # outputs per tile side, input patch side
 def enabled() -> bool:
     """Whether 3x3 stride-1 convolutions take Winograd (opt-in: ``EFFARCH_WINOGRAD=1``)."""
     return os.environ.get("EFFARCH_WINOGRAD", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def winograd_builds() -> Iterator[None]:
+    """Builds inside the block take Winograd where it applies (benchmarks compare both builds)."""
+    before = os.environ.get("EFFARCH_WINOGRAD")
+    os.environ["EFFARCH_WINOGRAD"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["EFFARCH_WINOGRAD"]
+        else:
+            os.environ["EFFARCH_WINOGRAD"] = before
 
 
 def applies(weight_shape: tuple[int, ...], strides: list[int], dilations: list[int], groups: int,
