@@ -8,6 +8,7 @@ replays a reproducer that ``effarch verify --bisect`` wrote instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument("--reproduce", metavar="FILE", help="replay a reproducer written by 'effarch verify --bisect'")
     p.add_argument("--tuning-db", metavar="DIR", help="use the kernels 'effarch tune --db DIR' found faster than "
                                                       "effarch's own schedules (CPU targets, -O2 and above)")
+    p.add_argument("--winograd", action="store_true",
+                   help="3x3 stride-1 convolutions by Winograd F(2x2,3x3) (x86/Arm, -O2; fewer multiplies, "
+                        "error measured in docs/performance.md); same as EFFARCH_WINOGRAD=1")
     add_compression_args(p)
     p.set_defaults(func=cmd_compile)
 
@@ -54,6 +58,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if not args.model or not args.output:
         raise EffarchError("compile needs a model and -o FILE.effarch (or --reproduce FILE)")
     check_output_path(Path(args.output), "output")
+    if args.winograd:
+        os.environ["EFFARCH_WINOGRAD"] = "1"  # read by the CPU lowering (targets/lowering/winograd.py)
     source = load_source(args)
     out = Path(args.output)
     progress(f"compiling for {args.target} at -O{args.opt_level}")
