@@ -150,3 +150,26 @@ def test_passes_int8_prefers_the_quantized_graph_reference() -> None:
     assert report.passes("int8", far, {**far, "cosine": 0.99995})  # int8 loses accuracy; kernels are exact
     assert not report.passes("int8", far, {**far, "cosine": 0.99})
     assert not report.passes("int8-dynamic", far) and report.passes("int8", {**far, "cosine": 0.995})
+
+
+def test_bn_fold_recipe_computes_the_folded_convolution() -> None:
+    import gpu_check
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=True), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(8, 4, 1, bias=False), torch.nn.BatchNorm2d(4)).eval()
+    for bn in (module[1], module[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+    folds = gpu_check.bn_folds(module)
+    assert {(f["conv"], f["bn"]) for f in folds} == {("0", "1"), ("3", "4")}
+    assert {f["eps"] for f in folds} == {1e-5, float(np.float32(1e-5))}  # as given and as ONNX carries it
+    state = {k: v.numpy() for k, v in module.state_dict().items()}
+    x = torch.randn(2, 3, 6, 6)
+    weight, bias = gpu_check._folded(state, next(f for f in folds if f["conv"] == "0"))
+    folded = torch.nn.functional.conv2d(x, torch.from_numpy(weight), torch.from_numpy(bias))
+    with torch.no_grad():
+        torch.testing.assert_close(folded, module[1](module[0](x)), rtol=1e-5, atol=1e-5)
+    assert gpu_check._param({"fold": folds[-1], "part": 1, "state_dict": None}, state, {}).shape == (4,)
