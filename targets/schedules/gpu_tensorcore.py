@@ -40,6 +40,8 @@ PAD = 8  # shared-memory row padding in elements: keeps 16-byte alignment and sp
 BLOCK_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 # (operand dtype, accumulator dtype) pairs that WMMA on sm_80+ computes.
 SUPPORTED = {("float16", "float16"), ("float16", "float32"), ("bfloat16", "float32")}
+# Accumulators WMMA lacks, widened to float32 (rounded once when stored, as PyTorch's bf16 GEMMs do).
+WIDENED = {("bfloat16", "bfloat16")}
 
 
 @dataclass(frozen=True)
@@ -243,10 +245,31 @@ def _store(dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
         with T.sblock("root"):
             T.reads(acc[0:16, 0:16])
             T.writes(dst[0:16, 0:16])
-            T.evaluate(T.tvm_store_matrix_sync(acc.data, 16, 16, 16, _fragment(acc, fs), T.address_of(dst[0, 0]),
+            T.evaluate(T.tvm_store_matrix_sync(acc.data, 16, 16, 16, _fragment(acc, fs), dst.access_ptr("w"),
                                                ld, "row_major", dtype="void"))
 
-    return desc, impl
+    # A float32 tile shares the merged dynamic shared memory with the 16-bit operand tiles, and
+    # LowerIntrin resolves a tvm_access_ptr into it to an operand's 16-bit alias ("tvm_access_ptr
+    # element type must match the source buffer"). So the pointer is an address_of, which
+    # ThreadSync does not see as a write: the barriers against the operand reads before and the
+    # write-back reads after are explicit.
+    @T.prim_func(s_tir=True)
+    def impl_mixed(acc_: T.handle, dst_: T.handle) -> None:
+        fs = T.int32()
+        ld = T.int32()
+        acc = T.match_buffer(acc_, (16, 16), dtype, align=64, offset_factor=16, scope="wmma.accumulator",
+                             strides=[fs, 1])
+        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn",
+                             strides=[ld, 1])
+        with T.sblock("root"):
+            T.reads(acc[0:16, 0:16])
+            T.writes(dst[0:16, 0:16])
+            T.tvm_storage_sync("shared")
+            T.evaluate(T.tvm_store_matrix_sync(acc.data, 16, 16, 16, _fragment(acc, fs), T.address_of(dst[0, 0]),
+                                               ld, "row_major", dtype="void"))
+            T.tvm_storage_sync("shared")
+
+    return desc, (impl_mixed if dtype == "float32" else impl)
 
 
 def _mma(in_dtype: str, acc_dtype: str, a_k_inner: bool, b_k_inner: bool) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
@@ -322,7 +345,7 @@ def find_gemm(sch: s_tir.Schedule) -> Gemm | None:
         return None
     in_a, in_b = (str(r.source.dtype) for r in stmt.reads)
     acc = str(stmt.writes[0].source.dtype)
-    if in_a != in_b or (in_a, acc) not in SUPPORTED:
+    if in_a != in_b or (in_a, acc) not in SUPPORTED | WIDENED:
         return None
     return Gemm(reductions[0], in_a, acc)
 
@@ -427,6 +450,24 @@ def normalize(sch: s_tir.Schedule, block: SBlockRV, a: Operand, b: Operand) -> l
     return [int(e) for e in extents]
 
 
+def widen_accumulator(sch: s_tir.Schedule, block: SBlockRV) -> None:
+    """``C += A * B`` with C a (reindexed, so intermediate) narrow buffer -> ``C32 += f32(A) * f32(B)``;
+    the copy out of the intermediate rounds once."""
+    sch.unsafe_set_dtype(block, 0, "float32")  # leaves C = f32(narrow(C) + A * B): the sum still rounds
+    stmt = sch.get(block)
+    store = stmt.body
+    total = store.value.value if isinstance(store.value, tirx.Cast) else None
+    if not isinstance(store, tirx.BufferStore) or not isinstance(total, tirx.Add) or not isinstance(total.b, tirx.Mul):
+        raise ValueError("the reduction is not a sum of products")
+    acc = tirx.BufferLoad(store.buffer, store.indices)
+    product = tirx.Cast("float32", total.b.a) * tirx.Cast("float32", total.b.b)
+    body = tirx.BufferStore(store.buffer, acc + product, store.indices)
+    init = tirx.BufferStore(store.buffer, tirx.FloatImm("float32", 0.0), store.indices)
+    widened = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, init,
+                           stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+    sch.state.replace(sch.get_sref(block), widened, {stmt: widened})
+
+
 def _k_outer(index_map: tirx.IndexMap) -> tirx.IndexMap:
     s, rows, k = index_map.final_indices
     return tirx.IndexMap(index_map.initial_indices, [s, k, rows], None)
@@ -438,6 +479,9 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     shape = normalize(sch, gemm.block, a, b)
     if shape is None:
         return False
+    if (gemm.in_dtype, gemm.acc_dtype) in WIDENED:
+        widen_accumulator(sch, gemm.block)
+        gemm = Gemm(gemm.block, gemm.in_dtype, "float32")
     batch, m, n, k = shape
     tiles = choose_tiles(m, n, k, batch)
     if tiles.split_k > 1:  # not yet: the partial sums need their own reduction kernel
@@ -466,7 +510,6 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     b_fr = _fragments(sch, outer, 1, "wmma.matrix_b", ki)
     c_sh = sch.cache_write(outer, 0, "shared.dyn")
     c_fr = sch.cache_write(outer, 0, "wmma.accumulator")
-    sch.storage_align(c_fr, 0, axis=-2, factor=32, offset=PAD)
     sch.reverse_compute_at(c_fr, warp)
     sch.reverse_compute_at(c_sh, warp)
     _tile16(sch, c_fr)
@@ -479,7 +522,9 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     sch.tensorize(sch.get_loops(a_fr)[-2], names["load_a"])
     sch.tensorize(sch.get_loops(b_fr)[-2], names["load_b"])
     sch.tensorize(sch.get_loops(sch.get_child_blocks(init)[0])[-2], names["fill"])
-    sch.tensorize(sch.get_loops(c_fr)[-2], names["store"])
+    store = sch.blockize(sch.get_loops(c_fr)[-2])
+    sch.storage_align(store, 0, axis=-2, factor=32, offset=PAD)  # here: tensorize drops c_fr's annotations
+    sch.tensorize(store, names["store"])
     sch.tensorize(sch.get_loops(main)[-3], names["mma"])
     return True
 
