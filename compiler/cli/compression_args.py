@@ -17,12 +17,13 @@ from compiler.errors import EffarchError
 from compiler.ir import Graph
 
 FUSION_PASS = "fuse-operators"
-REPORTED_PASSES = ("prune-channels", "quantize-static", "quantize-dynamic", "quantize-weights", "integer-ops")
+REPORTED_PASSES = ("prune-channels", "quantize-static", "quantize-dynamic", "quantize-weights", "quantize-embedding",
+                   "integer-ops")
 # A scheme -> the passes it runs (after pruning). compile turns static int8 into integer ops at
 # once (INTEGER_OPS); `effarch quantize` stops at the QDQ form that other runtimes read.
 QUANTIZE = {
-    "int8": "quantize-static{{method={method}}}",
-    "int8-dynamic": "quantize-dynamic",
+    "int8": "quantize-static{{method={method}}},quantize-embedding",  # + int8 rows of embedding tables
+    "int8-dynamic": "quantize-dynamic,quantize-embedding",
     "int8-weights": "quantize-weights{{bits=8}}",
     "int4-weights": "quantize-weights{{bits=4,group={group}}}",
 }
