@@ -486,6 +486,18 @@ def _pool(b: _Builder) -> bool:
     return b.one("MaxPool" if is_max else "AveragePool", [x], attrs, exact=x.exact and is_max) is not None
 
 
+def _along_an_axis(draw: Callable[[_Builder, _Val, int], bool]) -> Op:
+    """A menu entry for an op along one axis: ``draw(b, x, axis)`` with a pool value of rank 1-4 and
+    an axis of it (negative ones too), drawn in that order."""
+    def entry(b: _Builder) -> bool:
+        x = b.pick(rank=(1, 4))
+        if x is None:
+            return False
+        rank = len(x.shape)
+        return draw(b, x, int(b.rng.integers(-rank, rank)))
+    return entry
+
+
 def _reduce(b: _Builder) -> bool:
     x = b.pick(rank=(1, 4))
     if x is None:
@@ -507,12 +519,9 @@ def _reduce(b: _Builder) -> bool:
     return b.one(op, inputs, {"keepdims": int(b.rng.integers(2))}, exact=exact) is not None
 
 
-def _normalize(b: _Builder) -> bool:
-    x = b.pick(rank=(1, 4))
-    if x is None:
-        return False
+@_along_an_axis
+def _normalize(b: _Builder, x: _Val, axis: int) -> bool:
     rank = len(x.shape)
-    axis = int(b.rng.integers(-rank, rank))
     r = b.rng.random()
     if r < 0.5:
         return b.one(str(b.choice(["Softmax", "LogSoftmax"])), [x], {"axis": axis}) is not None
@@ -531,12 +540,9 @@ def _normalize(b: _Builder) -> bool:
     return b.one("LRN", [x], attrs) is not None
 
 
-def _concat(b: _Builder) -> bool:
-    x = b.pick(rank=(1, 4))
-    if x is None:
-        return False
+@_along_an_axis
+def _concat(b: _Builder, x: _Val, axis: int) -> bool:
     rank = len(x.shape)
-    axis = int(b.rng.integers(-rank, rank))
     parts = [x]
     for _ in range(int(b.rng.integers(1, 3))):
         same = [v for v in b.values if v.elem == x.elem and len(v.shape) == rank
@@ -550,12 +556,8 @@ def _concat(b: _Builder) -> bool:
     return b.one("Concat", list(parts), {"axis": axis}, exact=all(p.exact for p in parts)) is not None
 
 
-def _split(b: _Builder) -> bool:
-    x = b.pick(rank=(1, 4))
-    if x is None:
-        return False
-    rank = len(x.shape)
-    axis = int(b.rng.integers(-rank, rank))
+@_along_an_axis
+def _split(b: _Builder, x: _Val, axis: int) -> bool:
     n = x.shape[axis]
     if n < 2:
         return False
@@ -649,12 +651,8 @@ def _squeeze(b: _Builder) -> bool:
     return b.one("Unsqueeze", [x, b.const(np.array([axis], np.int64))], exact=x.exact) is not None
 
 
-def _gather(b: _Builder) -> bool:
-    x = b.pick(rank=(1, 4))
-    if x is None:
-        return False
-    rank = len(x.shape)
-    axis = int(b.rng.integers(-rank, rank))
+@_along_an_axis
+def _gather(b: _Builder, x: _Val, axis: int) -> bool:
     n = x.shape[axis]
     shape = b.choice([(), (int(b.rng.integers(1, 4)),), (2, int(b.rng.integers(1, 3)))])
     indices = b.rng.integers(-n, n, shape).astype(b.choice([np.int64, np.int32]))
