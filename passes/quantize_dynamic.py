@@ -1,11 +1,22 @@
-"""quantize-dynamic: int8 MatMul/Gemm whose activation scale is computed at run time.
+"""quantize-dynamic: int8 MatMul/Gemm whose activation scales are computed at run time.
 
-    MatMul(x, W) -> Cast(MatMulInteger(xq, Wq, zx)) * sw * sx    with (xq, sx, zx) = DynamicQuantizeLinear(x)
+    MatMul(x, W) -> Cast(MatMulInteger(xq, Wq, 128)) * sw * sx      per row (the default)
+        with sx = max|x_row| / 127 and xq = round(x / sx) + 128 (u8, one scale per token)
+    MatMul(x, W) -> Cast(MatMulInteger(xq, Wq, zx)) * sw * sx      ``rows=false``: per tensor
+        with (xq, sx, zx) = DynamicQuantizeLinear(x)
 
 No calibration data: every call measures its input's range (one pass over it), which suits
 transformers, whose activation ranges vary with the input. Weights are i8, symmetric, one scale
-per output column, 7-bit by default (``reduce_range``: see passes/quantize.py). This is
-onnxruntime's ``quantize_dynamic`` form, so onnxruntime runs it too.
+per output column, with as many levels as vpmaddubsw's int16 pairs allow by default
+(``reduce_range``: see passes/quantize.py).
+
+Why one scale per row: a transformer's tokens differ in range by an order of magnitude (MiniLM's
+FFN down projection reads GELU outputs whose largest row is 10x the typical one), and one scale
+per tensor spends the 256 levels on the loudest token. Measured on MiniLM-L6 (48 real sentences,
+7-bit weights, simulated): per tensor cosine 0.9929, per row 0.9963 to the fp32 embeddings. The
+row scales keep a single zero point (128, symmetric rows), so the integer kernel still takes one
+scalar zero point and the rows' scales join the float rescale after it. ``rows=false`` writes
+onnxruntime's ``quantize_dynamic`` form.
 """
 
 from __future__ import annotations
@@ -14,10 +25,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-from compiler.ir import DType, Graph, Node, TensorType, Value
+from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
 from compiler.pass_manager.rules import const
-from passes.quantize import REDUCED_LEVELS, WEIGHT_LEVELS, label, quantize_weight
+from passes.quantize import REDUCED_LEVELS, WEIGHT_LEVELS, label, quantize_for_products
 
 
 def _refusal(n: Node) -> str | None:
@@ -38,19 +49,50 @@ def _refusal(n: Node) -> str | None:
     return None
 
 
-def _rewrite(g: Graph, n: Node, quantized: dict[int, tuple[Value, Value, Value]], levels: int) -> None:
+Quantized = tuple[Value, Value, Value]  # (u8 activation, its scale(s), its zero point)
+ROW_LEVELS = 127  # symmetric rows: round(x / s) in [-127, 127], + 128 in [1, 255]
+ROW_ZERO = 128
+
+
+def _per_tensor(g: Graph, x: Value, before: Node, prov: Provenance) -> Quantized:
+    dq = g.make_node("DynamicQuantizeLinear", [x], num_outputs=3, before=before, provenance=prov,
+                     types=[TensorType(DType.U8, x.type.shape if x.type else None),
+                            TensorType(DType.F32, ()), TensorType(DType.U8, ())],
+                     name=f"{x.name}_quantize", output_names=[f"{x.name}_q", f"{x.name}_scale", f"{x.name}_zp"])
+    return dq.outputs[0], dq.outputs[1], dq.outputs[2]
+
+
+def _per_row(g: Graph, x: Value, before: Node, prov: Provenance) -> Quantized:
+    """u8 rows with one scale each, max|row| / 127, and the common zero point 128."""
+    shape = x.type.shape if x.type is not None else None
+    row_shape = None if shape is None else (*shape[:-1], 1)
+
+    def node(op: str, inputs: list[Value], dtype: DType = DType.F32, full: bool = True, **attrs: int) -> Value:
+        t = TensorType(dtype, shape if full else row_shape)
+        return g.make_node(op, inputs, dict(attrs), types=[t], before=before, provenance=prov,
+                           name=f"{x.name}_quantize").outputs[0]
+
+    def c(name: str, value: np.ndarray) -> Value:
+        return g.add_constant(f"{x.name}_{name}", value)
+
+    peak = node("ReduceMax", [node("Abs", [x]), c("last_axis", np.array([-1], np.int64))], full=False, keepdims=1)
+    # An all-zero row gets the smallest normal scale instead of 0: it quantizes to the zero point.
+    scale = node("Max", [node("Mul", [peak, c("per_level", np.array(1 / ROW_LEVELS, np.float32))], full=False),
+                         c("least_scale", np.array(np.finfo(np.float32).tiny, np.float32))], full=False)
+    q = node("Add", [node("Round", [node("Div", [x, scale])]), c("row_zero_f", np.array(ROW_ZERO, np.float32))])
+    xq = node("Cast", [q], DType.U8, to=DType.U8.onnx_code)
+    return xq, scale, c("row_zero_point", np.array(ROW_ZERO, np.uint8))
+
+
+def _rewrite(g: Graph, n: Node, quantized: dict[int, Quantized], levels: int, rows: bool) -> None:
     x, w_value = n.inputs[0], n.inputs[1]
     assert x is not None and w_value is not None and w_value.const is not None
     w = w_value.const.T if n.op == "Gemm" and n.attr("transB", 0) else w_value.const  # [K, N]
-    q, scales = quantize_weight(w, 1, levels)
+    q, scales = quantize_for_products(w, 1, levels)
     out = n.outputs[0]
     prov = n.provenance.rewritten(PASS, "dynamic")
     if id(x) not in quantized:
-        dq = g.make_node("DynamicQuantizeLinear", [x], num_outputs=3, before=n, provenance=prov,
-                         types=[TensorType(DType.U8, x.type.shape if x.type else None),
-                                TensorType(DType.F32, ()), TensorType(DType.U8, ())],
-                         name=f"{x.name}_quantize", output_names=[f"{x.name}_q", f"{x.name}_scale", f"{x.name}_zp"])
-        quantized[id(x)] = (dq.outputs[0], dq.outputs[1], dq.outputs[2])
+        quantized[id(x)] = (_per_row if rows else _per_tensor)(g, x, n, prov)
     xq, sx, zx = quantized[id(x)]
 
     def node(op: str, inputs: list[Value | None], dtype: DType = DType.F32, **attrs: int) -> Value:
@@ -75,12 +117,12 @@ def _rewrite(g: Graph, n: Node, quantized: dict[int, tuple[Value, Value, Value]]
 class QuantizeDynamic(Pass):
     name = "quantize-dynamic"
     description = "int8 MatMul/Gemm with run-time activation scales (DynamicQuantizeLinear + MatMulInteger)"
-    option_defaults = MappingProxyType({"reduce_range": True, "keep_float": ()})
+    option_defaults = MappingProxyType({"reduce_range": True, "rows": True, "keep_float": ()})
     tolerance = 0.1
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         notes: list[Note] = []
-        quantized: dict[int, tuple[Value, Value, Value]] = {}
+        quantized: dict[int, Quantized] = {}
         keep = set(self.options["keep_float"])
         for n in graph.nodes_snapshot():
             if n.domain or n.op not in ("MatMul", "Gemm") or n.outputs[0].name in keep:
@@ -89,8 +131,10 @@ class QuantizeDynamic(Pass):
             if reason:
                 notes.append(Note.at(n, "dynamic", reason))
                 continue
-            notes.append(Note.at(n, "dynamic", f"int8 dynamic: {label(n)}", fired=True))
-            _rewrite(graph, n, quantized, REDUCED_LEVELS if self.options["reduce_range"] else WEIGHT_LEVELS)
+            rows = bool(self.options["rows"])
+            notes.append(Note.at(n, "dynamic", f"int8 dynamic ({'per row' if rows else 'per tensor'}): {label(n)}",
+                                 fired=True))
+            _rewrite(graph, n, quantized, REDUCED_LEVELS if self.options["reduce_range"] else WEIGHT_LEVELS, rows)
         return PassResult(graph, bool(quantized), notes)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from compiler.ir import DType, Graph, TensorType
+from compiler.pass_manager import PassContext
 from passes.quantize_dynamic import QuantizeDynamic
 from passes.quantize_weights import QuantizeWeights
 from tests.passes.harness import check_not_fired, check_pass
@@ -40,7 +41,43 @@ def test_dynamic_quantizes_each_activation_once_and_keeps_the_numbers() -> None:
         assert "MatMul" not in counts
         return True
 
-    check_pass(QuantizeDynamic(), two_projections(), expect=shape, tol=(0.0, 0.2))  # |y| <= 7.5: 3%
+    pass_ = QuantizeDynamic(rows=False)
+    check_pass(pass_, two_projections(), expect=shape, tol=(0.0, 0.2))  # |y| <= 7.5: 3%
+
+
+def test_dynamic_per_row_scales_each_row_once_with_one_zero_point() -> None:
+    def shape(after: Graph) -> bool:
+        counts = after.op_counts()
+        assert counts.get("ReduceMax") == 1 and counts.get("MatMulInteger") == 2, counts
+        assert "DynamicQuantizeLinear" not in counts and "MatMul" not in counts
+        for n in after.nodes:
+            if n.op == "MatMulInteger":
+                zero = n.inputs[2].const if n.inputs[2] is not None else None
+                assert zero is not None and zero.dtype == np.uint8 and int(zero) == 128  # a scalar: packed kernels
+        return True
+
+    check_pass(QuantizeDynamic(), two_projections(), expect=shape, tol=(0.0, 0.2))
+
+
+def test_dynamic_per_row_follows_a_loud_row_better_than_per_tensor() -> None:
+    """One token 30x louder than the rest: per tensor its range swamps the others' steps."""
+    g = two_projections()
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (2, 8, 64)).astype(np.float32)
+    x[0, 3] *= 30
+    ref = g.clone()
+    want = _run(ref, x)[0, :3]  # the quiet rows beside the loud one
+    errors = {}
+    for rows in (False, True):
+        out = QuantizeDynamic(rows=rows).run(g.clone(), PassContext()).graph
+        errors[rows] = float(np.abs(_run(out, x)[0, :3] - want).max())
+    assert errors[True] < errors[False] / 4, errors
+
+
+def _run(g: Graph, x: np.ndarray) -> np.ndarray:
+    from compiler.numerics.reference import run_onnxruntime
+
+    return np.asarray(next(iter(run_onnxruntime(g, {"x": x}).values())))
 
 
 def test_dynamic_leaves_activation_products_alone_and_says_why() -> None:
