@@ -121,10 +121,13 @@ def _variants(state: dict[str, np.ndarray], precision: str,
     """(sha256, shape) -> how to make it from the state_dict: the entry, transposed or not, cast or not; or a
     convolution's weight or bias with its BatchNorm folded in."""
     known: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    casts = (None, CAST[precision]) if precision in CAST else (None,)
     for fold in folds:
-        for part, v in enumerate(_folded(state, fold)):
-            known.setdefault((_digest(v), v.shape), {"state_dict": None, "fold": fold, "part": part})
-    for cast in (None, CAST.get(precision)) if precision in CAST else (None,):
+        for part, folded in enumerate(_folded(state, fold)):
+            for cast in casts:
+                v = _cast(folded, cast)
+                known.setdefault((_digest(v), v.shape), {"state_dict": None, "fold": fold, "part": part, "cast": cast})
+    for cast in casts:
         for k, a in state.items():
             for transpose in (False, True) if a.ndim == 2 else (False,):
                 c = cast if a.dtype == np.float32 else None  # integer buffers keep their type
@@ -229,6 +232,37 @@ def bundle_artifact(bundle: Path, info: dict[str, Any], tool: str | None) -> Non
                 info["sass"], len(extra), sum(v.nbytes for v in extra.values()) / 1e6)
 
 
+def fetch_ml_dtypes(out_dir: Path) -> None:
+    """bfloat16 weights need ml_dtypes where the artifact loads; the GPU machine's Python (3.12) may lack it
+    and installs nothing from a registry, so its wheel travels in DIR/whl (``run`` unpacks it if needed)."""
+    whl = out_dir / "whl"
+    if list(whl.glob("ml_dtypes-*.whl")):
+        return
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+           "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+           "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(whl), "ml_dtypes"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        logger.warning("could not fetch the ml_dtypes wheel (bf16 bundles need ml_dtypes there): %s",
+                       done.stderr.strip()[-300:])
+
+
+def use_travelling_wheels(folder: Path) -> None:
+    """Put the wheels of FOLDER/whl on sys.path (unpacked) when their package is not importable here."""
+    import importlib.util
+    import zipfile
+
+    for wheel in sorted((folder / "whl").glob("*.whl")):
+        package = wheel.name.split("-")[0]
+        if importlib.util.find_spec(package) is not None:
+            continue
+        site = Path(tempfile.gettempdir()) / "gpu_check_site"
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(site)
+        sys.path.insert(0, str(site))
+        logger.info("using %s from %s", package, wheel.name)
+
+
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -236,6 +270,8 @@ def _size(path: Path) -> int:
 def pack(arch: str, out_dir: Path, names: list[str], batches: list[int], precisions: list[str],
          cuobjdump: str | None) -> int:
     tool = find_cuobjdump(cuobjdump)
+    if "bf16" in precisions:
+        fetch_ml_dtypes(out_dir)
     if tool is None:
         logger.warning("no cuobjdump here: tensor-core counts will be taken on the GPU machine")
     jobs = [(n, b, p) for n in names for b in batches for p in precisions]
@@ -275,7 +311,7 @@ def _rebuild_artifact(bundle: Path, state: dict[str, np.ndarray], tmp: Path) -> 
 
 def _param(p: dict[str, Any], state: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> np.ndarray:
     if p.get("fold"):
-        return _folded(state, p["fold"])[p["part"]]
+        return _cast(_folded(state, p["fold"])[p["part"]], p.get("cast"))
     if not p["state_dict"]:
         return extra[p["name"]]
     value = state[p["state_dict"]]
@@ -539,6 +575,7 @@ def run(bundles: Path, out: Path, profile: list[str], budget_s: float) -> int:
 
     t_start = time.monotonic()
     _use_minilm_dir()
+    use_travelling_wheels(bundles)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     compilations = forbid_cuda_compilation()

@@ -173,3 +173,16 @@ def test_bn_fold_recipe_computes_the_folded_convolution() -> None:
     with torch.no_grad():
         torch.testing.assert_close(folded, module[1](module[0](x)), rtol=1e-5, atol=1e-5)
     assert gpu_check._param({"fold": folds[-1], "part": 1, "state_dict": None}, state, {}).shape == (4,)
+
+
+def test_travelling_wheel_is_importable_where_its_package_is_missing(tmp_path: Path) -> None:
+    import importlib
+    import zipfile
+
+    import gpu_check
+
+    (tmp_path / "whl").mkdir()
+    with zipfile.ZipFile(tmp_path / "whl" / "gpu_check_fake_pkg-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("gpu_check_fake_pkg/__init__.py", "VALUE = 3\n")
+    gpu_check.use_travelling_wheels(tmp_path)
+    assert importlib.import_module("gpu_check_fake_pkg").VALUE == 3
