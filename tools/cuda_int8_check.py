@@ -119,11 +119,12 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("."))
     p.add_argument("--profile", nargs="*", default=[], help="bundles or models to profile (see gpu_check.py)")
     p.add_argument("--budget-s", type=float, default=480)
+    p.add_argument("--only", nargs="+", help="bundles or models to run (see gpu_check.py)")
     args = p.parse_args()
     gpu_check.setup_logging()
     if args.step == "pack":
         return pack(args.models, args.batches, args.schemes, args.dir)
-    return gpu_check.run(args.dir, args.out, args.profile, args.budget_s)
+    return gpu_check.run(args.dir, args.out, args.profile, args.budget_s, args.only)
 
 
 if __name__ == "__main__":

@@ -570,7 +570,7 @@ def _write(out: Path, env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return text
 
 
-def run(bundles: Path, out: Path, profile: list[str], budget_s: float) -> int:
+def run(bundles: Path, out: Path, profile: list[str], budget_s: float, only: list[str] | None = None) -> int:
     import torch
 
     t_start = time.monotonic()
@@ -583,7 +583,7 @@ def run(bundles: Path, out: Path, profile: list[str], budget_s: float) -> int:
     env = _environment()
     rows: list[dict[str, Any]] = []
     models = Models()
-    found = _bundles(bundles)
+    found = [(b, i) for b, i in _bundles(bundles) if not only or {b.name, i["model"]} & set(only)]
     with tempfile.TemporaryDirectory() as tmp:
         for i, (bundle, info) in enumerate(found, 1):
             base = {"model": info["model"], "batch": info["batch"], "precision": info["precision"]}
@@ -635,6 +635,7 @@ def main() -> int:
     r.add_argument("--profile", nargs="*", default=[],
                    help="bundles (resnet18.b1.fp16), models, or 'all': effarch's top 10 kernels for each")
     r.add_argument("--budget-s", type=float, default=480, help="start no bundle after this many seconds")
+    r.add_argument("--only", nargs="+", help="bundles (gpt.b32.fp16) or models to run, e.g. those a call skipped")
     args = parser.parse_args()
     setup_logging()
     if args.cmd == "pack":
@@ -642,7 +643,7 @@ def main() -> int:
     if args.cmd == "split-minilm":
         split_minilm(args.dir, args.parts)
         return 0
-    return run(args.dir, args.out, args.profile, args.budget_s)
+    return run(args.dir, args.out, args.profile, args.budget_s, args.only)
 
 
 if __name__ == "__main__":
