@@ -210,11 +210,15 @@ def _quantize_weight_input(g: Graph, n: Node, site: Site, mean: np.ndarray | Non
 
 
 def _correct_bias(g: Graph, n: Node, site: Site, error: np.ndarray, mean: np.ndarray) -> None:
-    """b += E[(W - W_q) x]: the mean output shift that rounding the weights causes. MatMul has no
-    bias input (a correction would need an extra Add) and a computed bias is left alone."""
+    """b += E[(W - W_q) x]: the mean output shift that rounding the weights causes. A MatMul's
+    bias is the constant vector of the Add that alone reads it (exporters write Linear so); a
+    MatMul without one, and a computed bias, are left alone."""
+    if n.op == "MatMul":
+        _correct_matmul_bias(g, n, mean.astype(np.float64) @ error.astype(np.float64))
+        return
     has_bias = len(n.inputs) > 2 and n.inputs[2] is not None
     old = const(n.inputs[2]) if has_bias else None
-    if n.op == "MatMul" or (has_bias and old is None):
+    if has_bias and old is None:
         return
     if n.op == "Conv":
         groups = int(n.attr("group", 1))
@@ -233,6 +237,19 @@ def _correct_bias(g: Graph, n: Node, site: Site, error: np.ndarray, mean: np.nda
         n.set_input(2, bias)
     else:
         n.append_input(bias)
+
+
+def _correct_matmul_bias(g: Graph, n: Node, shift: np.ndarray) -> None:
+    out = n.outputs[0]
+    if len(out.uses) != 1 or out in g.outputs:
+        return
+    add, i = out.uses[0]
+    other = add.inputs[1 - i] if add.op == "Add" and not add.domain and len(add.inputs) == 2 else None
+    bias = const(other)
+    if other is None or bias is None or bias.dtype != np.float32 or bias.shape != shift.shape:
+        return
+    corrected = (bias.astype(np.float64) + shift).astype(np.float32)
+    add.set_input(1 - i, g.add_constant(f"{out.name}_bias_corrected", corrected))
 
 
 # ---- the pass -------------------------------------------------------------------------------------

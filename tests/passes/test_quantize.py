@@ -121,6 +121,37 @@ def test_bias_correction_removes_the_mean_error_of_rounded_weights() -> None:
     assert errors[1] < errors[0], errors
 
 
+def relu_matmul_add(seed: int = 4) -> Graph:
+    """x[4,64] -> Relu -> MatMul (24) -> Add(bias): a Linear as exporters write it, bias apart."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    x = g.add_input("x", _t((4, 64)))
+    r = g.make_node("Relu", [x], types=[_t((4, 64))], output_names=["r"])
+    mm = g.make_node("MatMul", [r.outputs[0], g.add_constant("w", rng.normal(0, 1, (64, 24)).astype(np.float32))],
+                     types=[_t((4, 24))], output_names=["m"])
+    add = g.make_node("Add", [g.add_constant("b", rng.normal(0, 1, 24).astype(np.float32)), mm.outputs[0]],
+                      types=[_t((4, 24))], output_names=["y"])
+    g.outputs = [add.outputs[0]]
+    return g
+
+
+def test_bias_correction_reaches_the_add_after_a_matmul() -> None:
+    g = relu_matmul_add()
+    data = _calibration(g, n=256)
+    x = data.calibration.inputs["x"]  # type: ignore[union-attr]
+    errors, biases = [], []
+    for correct in (False, True):
+        q = g.clone()
+        QuantizeStatic(bias_correction=correct).run(q, PassContext(data=data))
+        diffs = [run_onnxruntime(q, {"x": x[i:i + 4]})["y"] - run_onnxruntime(g, {"x": x[i:i + 4]})["y"]
+                 for i in range(0, len(x), 4)]
+        errors.append(float(np.abs(np.mean(np.concatenate(diffs), axis=0)).mean()))
+        add = next(n for n in q.nodes if n.op == "Add")
+        biases.append(add.inputs[0].const if add.inputs[0] is not None else None)
+    assert errors[1] < errors[0] / 2, errors
+    assert biases[0] is not None and biases[1] is not None and not np.array_equal(biases[0], biases[1])
+
+
 def test_without_calibration_data_it_says_what_to_pass() -> None:
     with pytest.raises(EffarchError, match="--calibration"):
         QuantizeStatic().run(conv_relu_gemm(), PassContext())
