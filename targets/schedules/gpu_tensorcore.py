@@ -473,19 +473,57 @@ def _k_outer(index_map: tirx.IndexMap) -> tirx.IndexMap:
     return tirx.IndexMap(index_map.initial_indices, [s, k, rows], None)
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
+@dataclass(frozen=True)
+class Plan:
+    """What the rule does with one kernel: the GEMM's dtypes (accumulator after widening), its
+    shape ``batch x (m x k) @ (k x n)`` and the tiles."""
+
+    in_dtype: str
+    acc_dtype: str
+    batch: int
+    m: int
+    n: int
+    k: int
+    tiles: Tiles
+
+    def __str__(self) -> str:
+        t = self.tiles
+        return (f"{self.in_dtype}->{self.acc_dtype} {self.batch}x{self.m}x{self.n}x{self.k}: block "
+                f"{t.block_m}x{t.block_n}x{t.block_k}, warps {t.warps_m}x{t.warps_n}, split-k {t.split_k}")
+
+
+def plan_gemm(func: tirx.PrimFunc) -> Plan | None:
+    """The plan for ``func`` (None when the rule would not take it); schedules nothing."""
+    sch = s_tir.Schedule(func)
+    gemm = find_gemm(sch)
+    return None if gemm is None else _prepare(sch, gemm)[0]
+
+
+def _prepare(sch: s_tir.Schedule, gemm: Gemm) -> tuple[Plan | None, Operand, Operand]:
+    """Normalize ``gemm``'s block in ``sch`` (widening a bf16 accumulator) and choose its tiles."""
     stmt = sch.get(gemm.block)
     a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
     shape = normalize(sch, gemm.block, a, b)
     if shape is None:
-        return False
-    if (gemm.in_dtype, gemm.acc_dtype) in WIDENED:
+        return None, a, b
+    acc = gemm.acc_dtype
+    if (gemm.in_dtype, acc) in WIDENED:
         widen_accumulator(sch, gemm.block)
-        gemm = Gemm(gemm.block, gemm.in_dtype, "float32")
+        acc = "float32"
     batch, m, n, k = shape
-    tiles = choose_tiles(m, n, k, batch)
+    return Plan(gemm.in_dtype, acc, batch, m, n, k, choose_tiles(m, n, k, batch)), a, b
+
+
+def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
+    plan, a, b = _prepare(sch, gemm)
+    if plan is None:
+        return False
+    gemm = Gemm(gemm.block, gemm.in_dtype, plan.acc_dtype)
+    m, n, k = plan.m, plan.n, plan.k
+    tiles = plan.tiles
     if tiles.split_k > 1:  # not yet: the partial sums need their own reduction kernel
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
+    logger.info("tensor cores: %s", plan)
     names = register_wmma(gemm.in_dtype, gemm.acc_dtype, a.k_inner, b.k_inner)
     sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, tiles.block_k])
     main = gemm.block
