@@ -171,7 +171,11 @@ def _seed(outer: Any, inner: Any, body_value: Value, known: np.ndarray | None, o
 
     A small known value is known inside too (converters read shapes and axes from it); unless it
     is a scalar (which converters inline, and ``_lift_constants`` lifts) its data also arrives as
-    a parameter, bound in ``main`` to the constant."""
+    a parameter, bound in ``main`` to the constant. A weight-only quantized weight stays the integer
+    constants that the body's product reads itself (``lowering.weight_only``)."""
+    if outer_value is not None and id(outer_value) in outer.quantized:
+        inner.quantized[id(body_value)] = outer.quantized[id(outer_value)]
+        return
     if known is not None and np.asarray(known).size <= INLINE_MAX_ELEMENTS:
         inner.known[id(body_value)] = known
         if np.ndim(known) == 0:

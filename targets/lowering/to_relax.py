@@ -24,7 +24,7 @@ from tvm import relax, tirx
 from compiler.errors import EffarchError
 from compiler.ir.core import Node, Value
 from compiler.ir.graph import Graph
-from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe
+from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe, weight_only
 from targets.lowering.channels_last import lower_nhwc
 from targets.lowering.fused import lower_group
 from targets.lowering.registry import dims, is_static
@@ -83,6 +83,9 @@ class _Lowerer:
         self.weight_arrays: dict[int, np.ndarray] = {}
         self.in_group = False
         self.relaid: list[tuple[relax.Expr, str]] = []  # in a group: re-laid-out weights, by name
+        # DequantizeLinear results read only by weight-only products, which read the integer weight
+        # themselves (lowering.weight_only): never lowered as tensors.
+        self.quantized: dict[int, weight_only.QuantizedTensor] = {}
         self.lowered = Lowered(tvm.IRModule(), [v.name for v in g.inputs], [v.name for v in g.outputs])
 
     def run(self) -> Lowered:
@@ -172,6 +175,8 @@ class _Lowerer:
             for out, val in zip(node.outputs, values, strict=True):
                 self.known[id(out)] = val
             return
+        if weight_only.defer(self, node):
+            return
         try:
             self._convert(node)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -191,13 +196,18 @@ class _Lowerer:
         if nhwc_result is not None:
             self._bind_outputs(node, nhwc_result, [True])
             return
+        fused = weight_only.lower_product(self, node) if self.quantized else None
+        if fused is not None:
+            self._bind_outputs(node, fused)
+            return
         self._bind_outputs(node, CONVERTERS[node.op](self.call(node)))
 
     # ---- what converters (and lowering.channels_last) use ----------------------------------------
     def call(self, node: Node, *, nchw: bool = True) -> Call:
         """The converter's view of ``node``. With ``nchw=False`` inputs held NHWC are left out
         (None) of ``args`` rather than transposed back (channels-last converters use that)."""
-        args = [None if v is None or (not nchw and self._nhwc_only(v)) else self._expr(v) for v in node.inputs]
+        args = [None if v is None or (not nchw and self._nhwc_only(v)) or id(v) in self.quantized else self._expr(v)
+                for v in node.inputs]
         consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
         weights = [None if v is None else self.weight_value(v) for v in node.inputs]
         return Call(node, args, consts, self.bb, weights, self._new_weight, self.pack, self.int8)

@@ -7,6 +7,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | kind             | kernels                                   | module          |
 |------------------|-------------------------------------------|-----------------|
 | int8-contraction | MatMulInteger / ConvInteger on packed weights (+ epilogue): dot-product instructions | int8 |
+| weight-only      | MatMul/Gemm on 8-bit or 4-bit packed weights, expanded in the kernel | weight_only |
 | contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
 | window-reduction | pools, sums over outer axes               | contraction     |
 | row-reduction    | softmax, layer norm, sums along the last axis | reduction       |
@@ -42,6 +43,7 @@ from targets.schedules.machine import Machine, machine_of
 from targets.schedules.reduction import schedule_row_reduction
 from targets.schedules.stages import schedule_stages
 from targets.schedules.symbolic import is_symbolic, schedule_symbolic, schedule_symbolic_contraction
+from targets.schedules.weight_only import schedule_weight_only
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
 
 RULES: list[tuple[str, Rule]] = [
     ("int8-contraction", lambda sch, m, t: schedule_int8_contraction(sch, m)),
+    ("weight-only", lambda sch, m, t: schedule_weight_only(sch, m)),
     ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),
     ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),
     ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m)),
