@@ -169,18 +169,22 @@ def _hardmax(c: Call) -> relax.Expr:
     return R.one_hot(index, tirx.const(1, dt), tirx.const(0, dt), depth, axis)
 
 
-@converter("CumSum")
-def _cumsum(c: Call) -> relax.Expr:
+def cumulative(c: Call, scan: Callable[..., relax.Expr]) -> relax.Expr:
+    """CumSum and CumProd: ``scan`` (``R.cumsum``, ``R.cumprod``) along the axis that constant input 1
+    holds; ``reverse`` is a flip before and after the scan, ``exclusive`` the scan's own."""
     axis_value = c.ints(1, "axis")
     if len(axis_value) != 1:
         raise c.fail(f"axis must hold one value, got {axis_value}")
     axis = norm_axis(axis_value[0], c.rank(0))
-    x = c.arg(0)
     reverse = bool(c.attr("reverse", 0))
-    if reverse:
-        x = c.emit(R.flip(x, axis))
-    y = R.cumsum(x, axis=axis, dtype=c.dtype(0), exclusive=bool(c.attr("exclusive", 0)))
+    x = c.emit(R.flip(c.arg(0), axis)) if reverse else c.arg(0)
+    y = scan(x, axis=axis, dtype=c.dtype(0), exclusive=bool(c.attr("exclusive", 0)))
     return R.flip(c.emit(y), axis) if reverse else y
+
+
+@converter("CumSum")
+def _cumsum(c: Call) -> relax.Expr:
+    return cumulative(c, R.cumsum)
 
 
 @converter("TopK")

@@ -8,6 +8,7 @@ from tvm import relax, te, tirx
 from tvm.relax import op as R
 
 from compiler.ir.types import DType
+from targets.lowering.elementwise_more import cumulative
 from targets.lowering.registry import Call, converter, norm_axis
 
 
@@ -35,12 +36,7 @@ def _bits(dtype: str) -> int:
 
 @converter("CumProd")
 def _cumprod(c: Call) -> relax.Expr:
-    axis = norm_axis(c.ints(1, "axis")[0], c.rank(0))
-    x = c.arg(0)
-    if c.attr("reverse", 0):
-        x = c.emit(R.flip(x, axis))
-    y = c.emit(R.cumprod(x, axis=axis, exclusive=bool(c.attr("exclusive", 0))))
-    return R.flip(y, axis) if c.attr("reverse", 0) else y
+    return cumulative(c, R.cumprod)
 
 
 @converter("TensorScatter")

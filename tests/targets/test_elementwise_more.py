@@ -12,13 +12,14 @@ from onnx import helper, numpy_helper
 
 from compiler.frontends.onnx import import_onnx
 from targets.build import build
+from targets.lowering import LoweringError
 from targets.lowering.to_relax import lower
 from targets.runtime import load_artifact
 from tests.targets import run_lowered
 
 
 def _model(op: str, inputs: list[np.ndarray], attrs: dict, consts: dict[str, np.ndarray] | None = None,
-           outputs: int = 1) -> onnx.ModelProto:
+           outputs: int = 1, opset: int = 21) -> onnx.ModelProto:
     names = [f"x{i}" for i in range(len(inputs))]
     consts = consts or {}
     node = helper.make_node(op, names + list(consts), [f"y{i}" for i in range(outputs)], **attrs)
@@ -28,7 +29,7 @@ def _model(op: str, inputs: list[np.ndarray], attrs: dict, consts: dict[str, np.
         [node], op, infos,
         [helper.make_empty_tensor_value_info(f"y{i}") for i in range(outputs)],
         [numpy_helper.from_array(v, n) for n, v in consts.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _run(op: str, inputs: list[np.ndarray], attrs: dict, consts: dict[str, np.ndarray] | None = None,
@@ -74,3 +75,11 @@ def test_einsum_forms(equation: str, shapes: list[tuple[int, ...]]) -> None:
     xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     (got,) = _run("Einsum", xs, {"equation": equation})
     np.testing.assert_allclose(got, np.einsum(equation, *xs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("op", "opset"), [("CumSum", 21), ("CumProd", 26)])
+def test_cumulative_axis_of_two_values_is_refused(op: str, opset: int) -> None:
+    # One helper lowers both; CumProd once read the first value and ignored the rest.
+    m = _model(op, [np.ones((2, 3), np.float32)], {}, {"axis": np.array([0, 1], np.int64)}, opset=opset)
+    with pytest.raises(LoweringError, match=rf"\({op}\): axis must hold one value, got \[0, 1\]"):
+        lower(import_onnx(m))
