@@ -33,11 +33,6 @@ def n1_device() -> Iterator[str]:
         arm_device.stop(info.port)
 
 
-def _one_element_zero_point(text: str) -> str:
-    """The zero point as a [1] tensor: run_remote sends a rank-0 input as rank 1 (a known gap)."""
-    return text.replace("%za: u8[]", "%za: u8[1]").replace("%za: i8[]", "%za: i8[1]")
-
-
 def _build(g: Graph, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     path = tmp_path / "m.effarch"
     return path, build(g, path, target="arm", cpu=CPU).schedules
@@ -54,12 +49,12 @@ def _disassembly(path: Path, tmp_path: Path) -> str:
 def test_matmul_integer_uses_sdot_and_is_exact_on_the_device(n1_device: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, (40, 64), dtype=np.int8)
-    path, schedules = _build(_graph(_one_element_zero_point(MATMUL.format(a="u8", zw=0)), w), tmp_path)
+    path, schedules = _build(_graph(MATMUL.format(a="u8", zw=0), w), tmp_path)
     assert "int8-contraction" in schedules.values(), schedules
     assert "sdot" in _disassembly(path, tmp_path)
     a = rng.integers(0, 256, (2, 24, 40), dtype=np.uint8)
     a[..., :4] = 255
-    got = run_remote(path, n1_device, {"a": a, "za": np.array([9], np.uint8)})["y"]
+    got = run_remote(path, n1_device, {"a": a, "za": np.array(9, np.uint8)})["y"]
     np.testing.assert_array_equal(got, (a.astype(np.int64) - 9) @ w.astype(np.int64))
 
 
@@ -71,10 +66,10 @@ def test_conv_integer_is_exact_on_the_device(act: str, n1_device: str, tmp_path:
     x = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, (1, 12, 9, 9), dtype=dtype)
     za = dtype(100 if act == "u8" else -7)
     want = _conv_reference(x, w, int(za), 1)
-    text = _one_element_zero_point(CONV.format(a=act, s=1, o=want.shape[2], o2=want.shape[3]))
+    text = CONV.format(a=act, s=1, o=want.shape[2], o2=want.shape[3])
     path, schedules = _build(_graph(text, w), tmp_path)
     assert "int8-contraction" in schedules.values(), schedules
-    got = run_remote(path, n1_device, {"x": x, "za": np.array([za], dtype)})["y"]
+    got = run_remote(path, n1_device, {"x": x, "za": np.array(za, dtype)})["y"]
     np.testing.assert_array_equal(got, want)
 
 
