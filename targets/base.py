@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 from compiler.errors import EffarchError
 
 if TYPE_CHECKING:
+    import numpy as np
     import tvm
 
 logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 # ``platform.machine()`` spells architectures differently per OS; these are the canonical names.
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
@@ -86,6 +89,26 @@ class TargetSpec:
         return Target(self.target_dict(self.resolve_cpu(cpu)))
 
     tunable = False  # ``effarch tune`` and ``--tuning-db`` serve this target
+    precisions: tuple[str, ...] = ("fp32",)  # ``--precision`` values this target builds
+    graph_capture = False  # static-shape models can run as captured device graphs (CUDA graphs)
+
+    def check_precision(self, precision: str, cpu: str) -> None:
+        """Refuse a ``--precision`` this target (or this CPU) cannot build, in one line."""
+        if precision not in PRECISIONS:
+            raise EffarchError(f"unknown precision '{precision}'; pass --precision one of: {', '.join(PRECISIONS)}")
+        if precision not in self.precisions:
+            raise EffarchError(f"--precision {precision} is not supported on --target {self.name} (it builds "
+                               f"{', '.join(self.precisions)}); drop the option or use --target cuda")
+
+    def prepare(self, mod: tvm.IRModule, param_names: list[str], params: list[np.ndarray], *,
+                precision: str = "fp32") -> tuple[tvm.IRModule, list[str], list[np.ndarray]]:
+        """The lowered module and its weights as this target compiles and stores them (mixed precision,
+        weights transformed at build time); the CPU targets take them as lowered."""
+        return mod, param_names, params
+
+    def pass_config(self, *, cuda_graphs: bool) -> dict[str, Any]:
+        """TVM ``PassContext`` options for the compile."""
+        return {}
 
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
@@ -142,6 +165,26 @@ class LLVMTarget(TargetSpec):
         return int8_isa(machine_of(self.tvm_target(cpu)).features)
 
     tunable = True
+
+    def check_precision(self, precision: str, cpu: str) -> None:
+        """x86: bf16 where the CPU has AVX512-BF16; fp16 nowhere (no fp16 arithmetic worth using)."""
+        if self.name == "x86" and precision == "bf16":
+            if "avx512bf16" not in self.required_features(cpu):
+                raise EffarchError(f"--precision bf16 on x86 needs AVX512-BF16, which CPU '{cpu}' lacks; build "
+                                   f"with --cpu sapphirerapids (or another AVX512-BF16 CPU) or --precision fp32")
+            return
+        if self.name == "x86" and precision == "fp16":
+            raise EffarchError("--precision fp16 is not supported on x86 (no fp16 arithmetic); use --precision "
+                               "bf16 on an AVX512-BF16 CPU, fp32, or --target cuda")
+        super().check_precision(precision, cpu)
+
+    def prepare(self, mod: tvm.IRModule, param_names: list[str], params: list[np.ndarray], *,
+                precision: str = "fp32") -> tuple[tvm.IRModule, list[str], list[np.ndarray]]:
+        if precision == "fp32":
+            return mod, param_names, params
+        from targets.mixed_precision import to_mixed_precision
+
+        return to_mixed_precision(mod, precision), param_names, params
 
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:

@@ -6,13 +6,16 @@ made a 42 MB encoder's library 232 MB and its compile six times slower (see the 
 
 Manifest keys: ``format_version``, ``model``, ``inputs``/``outputs``/``params`` (name, dtype, shape),
 ``target`` (name, tvm_target, cpu, features, arch), ``pipeline``, ``relax_pipeline``,
-``source_sha256``, ``versions``, ``members``, plus ``manifest_extra``. No date and no timing: the same
+``source_sha256``, ``versions``, ``members``, ``precision`` (fp32, fp16, bf16: how the kernels
+compute; inputs and outputs stay as the model declares them), ``cuda_graphs`` (CUDA only), plus
+``manifest_extra``. No date and no timing: the same
 model, pipeline and target give the same bytes (``BuildResult.timings`` has the timings).
 A model compiled with symbolic dims also has ``symbolic_dims``: name -> where (``["x[0]", ...]``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import platform
@@ -35,7 +38,8 @@ from targets.native_log import captured_native_logs
 logger = logging.getLogger(__name__)
 
 # Keys the build owns; manifest_extra may add keys but not replace these.
-_RESERVED = frozenset({"format_version", "inputs", "outputs", "params", "target", "members", "versions"})
+_RESERVED = frozenset({"format_version", "inputs", "outputs", "params", "target", "members", "versions",
+                       "precision", "cuda_graphs"})
 
 
 class LoweredModule(Protocol):
@@ -69,28 +73,40 @@ class BuildResult:
 
 def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
                    manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
-                   tuning_db: Path | None = None) -> Path:
+                   tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True) -> Path:
     """Compile ``g`` for ``target`` (host CPU unless ``cpu``) into the artifact at ``out_path``."""
     return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra, opt_level=opt_level,
-                 tuning_db=tuning_db).path
+                 tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs).path
 
 
 def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
           manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
-          tuning_db: Path | None = None) -> BuildResult:
-    """``build_artifact`` returning the manifest and per-step timings too."""
+          tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True) -> BuildResult:
+    """``build_artifact`` returning the manifest and per-step timings too.
+
+    ``precision`` fp16/bf16 computes contractions in that type where the target builds it (CUDA: on
+    tensor cores; ``targets.mixed_precision``); ``cuda_graphs`` False turns CUDA graphs off."""
     from targets.lowering.to_relax import lower
 
     spec = get_target(target)  # fail on a bad target name before the slow steps
+    check_build_options(spec, cpu, precision, cuda_graphs)
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
     with captured_native_logs():
         lowered = lower(g, **lowering_options(spec, cpu, opt_level))
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
-                           manifest_extra=manifest_extra, opt_level=opt_level, tuning_db=tuning_db)
+                           manifest_extra=manifest_extra, opt_level=opt_level, tuning_db=tuning_db,
+                           precision=precision, cuda_graphs=cuda_graphs)
     result.timings = {"lower": lower_s, **result.timings}
     return result
+
+
+def check_build_options(spec: TargetSpec, cpu: str | None, precision: str, cuda_graphs: bool) -> None:
+    """Refuse, before lowering, a precision the target or CPU cannot build and --no-cuda-graphs off CUDA."""
+    spec.check_precision(precision, spec.resolve_cpu(cpu))
+    if not cuda_graphs and not spec.graph_capture:
+        raise EffarchError(f"--no-cuda-graphs applies to --target cuda, not {spec.name}; drop the option")
 
 
 def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int) -> dict[str, Any]:
@@ -127,25 +143,40 @@ def graph_sha256(g: Graph) -> str:
 def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
                   target: str | TargetSpec = "x86", cpu: str | None = None,
                   manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
-                  tuning_db: Path | None = None) -> BuildResult:
+                  tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True) -> BuildResult:
     """Compile an already-lowered module and pack it with its weights into ``out_path``.
 
     From ``opt_level`` 2 the CPU targets schedule every kernel with effarch's schedule library, or
-    with its record in ``tuning_db`` where that measured faster (``targets.tuning``)."""
+    with its record in ``tuning_db`` where that measured faster (``targets.tuning``). The target's
+    ``prepare`` may rewrite the module and its weights first (precision, weights transformed once)."""
     from targets.schedules import ScheduleReport
 
     spec = get_target(target) if isinstance(target, str) else target
     out_path = _check_out_path(Path(out_path), manifest_extra)
+    check_build_options(spec, cpu, precision, cuda_graphs)
     cpu = spec.resolve_cpu(cpu)
     tvm_target = spec.tvm_target(cpu)
     timings: dict[str, float] = {}
     report = ScheduleReport()
     tuned = _tuned_schedules(tuning_db, spec, tvm_target, opt_level)
     pipeline = spec.relax_pipeline(tvm_target, opt_level=opt_level, report=report, tuned=tuned)
+    t0 = time.perf_counter()
+    with captured_native_logs():
+        mod, param_names, params = spec.prepare(lowered.mod, list(lowered.param_names), list(lowered.params),
+                                                precision=precision)
+    timings["prepare"] = time.perf_counter() - t0
+    graphs = spec.graph_capture and cuda_graphs and _static(info)
+    if spec.graph_capture and cuda_graphs and not graphs:
+        logger.info("CUDA graphs off: the model has symbolic dims (%s); a graph replays fixed shapes",
+                    ", ".join(symbolic_dims([*info.inputs, *info.outputs])))
     with tempfile.TemporaryDirectory(prefix="effarch-build-") as tmp:
-        lib = _compile_and_export(spec, tvm_target, pipeline, lowered.mod, Path(tmp), timings)
+        lib = _compile_and_export(spec, tvm_target, pipeline, mod, Path(tmp), timings,
+                                  spec.pass_config(cuda_graphs=graphs))
         t0 = time.perf_counter()
-        manifest = _manifest(info, lowered, spec, cpu, tvm_target, manifest_extra)
+        manifest = _manifest(info, param_names, params, spec, cpu, tvm_target, manifest_extra)
+        manifest["precision"] = precision
+        if spec.graph_capture:
+            manifest["cuda_graphs"] = graphs
         manifest["relax_pipeline"] = "effarch-schedules" if report.rules else "default"
         if report.rules:
             manifest["schedules"] = report.counts()
@@ -154,7 +185,7 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
         if tuned is not None:
             manifest["tuning"] = {"db": str(tuning_db), **tuned.result.to_json()}
             _log_tuning(tuned, tuning_db)
-        write_artifact(out_path, manifest, lib, dict(zip(lowered.param_names, lowered.params, strict=True)))
+        write_artifact(out_path, manifest, lib, dict(zip(param_names, params, strict=True)))
         timings["pack"] = time.perf_counter() - t0
     logger.info("wrote %s (%.2f MB)", out_path, out_path.stat().st_size / 1e6)
     return BuildResult(out_path, manifest, timings, dict(report.rules))
@@ -194,13 +225,19 @@ def _check_out_path(out_path: Path, extra: dict[str, Any] | None) -> Path:
     return out_path
 
 
+def _static(info: ModelInfo) -> bool:
+    return not symbolic_dims([*info.inputs, *info.outputs])
+
+
 def _compile_and_export(spec: TargetSpec, tvm_target: Any, pipeline: Any, mod: Any, tmp: Path,
-                        timings: dict[str, float]) -> Path:
+                        timings: dict[str, float], config: dict[str, Any] | None = None) -> Path:
     import tvm
 
     t0 = time.perf_counter()
     logger.info("compiling for %s (this can take a while for large models)", tvm_target)
-    with captured_native_logs():
+    with captured_native_logs(), contextlib.ExitStack() as stack:
+        if config:  # else whatever context the caller set (tuning's) stays in force
+            stack.enter_context(tvm.transform.PassContext(config=config))
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     t1 = time.perf_counter()
     logger.info("compiled in %.1f s; exporting the shared library", t1 - t0)
@@ -209,9 +246,9 @@ def _compile_and_export(spec: TargetSpec, tvm_target: Any, pipeline: Any, mod: A
     return lib
 
 
-def _manifest(info: ModelInfo, lowered: LoweredModule, spec: TargetSpec, cpu: str, tvm_target: Any,
-              extra: dict[str, Any] | None) -> dict[str, Any]:
-    pairs = zip(lowered.param_names, lowered.params, strict=True)
+def _manifest(info: ModelInfo, param_names: list[str], param_arrays: list[np.ndarray], spec: TargetSpec, cpu: str,
+              tvm_target: Any, extra: dict[str, Any] | None) -> dict[str, Any]:
+    pairs = zip(param_names, param_arrays, strict=True)
     params = [TensorSpec.of(n, TensorType.of(a)) for n, a in pairs]
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

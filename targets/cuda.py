@@ -10,6 +10,13 @@ artifact needs the NVIDIA driver and TVM's CUDA runtime library, but no compiler
 Schedules: TVM's dlight GPU rules after legalization and fusion, as TVM's own CUDA pipeline does,
 applied one kernel at a time so that a rule raising on one kernel hands it to the next rule.
 Weights are parameters, as on x86: they travel beside the library, never inside it.
+
+Before compiling (``CudaTarget.prepare``): ``--precision fp16|bf16`` rewrites the module with
+``targets.mixed_precision``; then TVM's ``LiftTransformParams`` moves every computation on weights
+alone (fp16/bf16 casts, transposes) out of ``main``, and the build runs it once on the CPU, so the
+artifact stores the weights as the kernels read them (half the bytes in fp16/bf16) and no call
+repeats it. Static-shape models run as CUDA graphs (``relax.backend.use_cuda_graph``: TVM's
+``RewriteCUDAGraph`` captures the kernels between allocations on the first call and replays them).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import subprocess
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from compiler.errors import EffarchError
 from targets.base import TargetSpec
@@ -226,6 +235,49 @@ def machine_code_report(library: bytes) -> dict[str, Any]:
     return {"fatbin_entries": entries, "cuda_source_kernels": library.count(b'extern "C" __global__')}
 
 
+def find_cuobjdump() -> Path:
+    """cuobjdump: next to nvcc, on ``PATH``, or from the ``nvidia-cuda-cuobjdump`` wheel (dev extra)."""
+    import importlib.util
+
+    try:
+        places = [Path(find_nvcc()).parent]
+    except EffarchError:
+        places = []
+    found = shutil.which("cuobjdump")
+    places += [Path(found).parent] if found else []
+    spec = importlib.util.find_spec("nvidia")
+    places += [Path(p) / "cu13" / "bin" for p in (spec.submodule_search_locations or [])] if spec else []
+    for folder in places:
+        if (folder / "cuobjdump").is_file() and (folder / "nvdisasm").is_file():
+            return folder / "cuobjdump"
+    raise EffarchError("reading SASS needs cuobjdump and nvdisasm (CUDA toolkit, or pip install "
+                       "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+
+
+_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def sass_opcodes(library: bytes) -> dict[str, int]:
+    """How often each SASS opcode (``HMMA``, ``HGMMA``, ``IMMA``, ``FFMA``...) occurs in a built
+    library's fatbins, from ``cuobjdump -sass``."""
+    import collections
+    import tempfile
+
+    tool = find_cuobjdump()
+    env = {**os.environ, "PATH": f"{tool.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    counts: collections.Counter[str] = collections.Counter()
+    with tempfile.TemporaryDirectory(prefix="effarch-sass-") as tmp:
+        for i, fatbin in enumerate(fatbins_in(library)):
+            path = Path(tmp) / f"{i}.fatbin"
+            path.write_bytes(fatbin)
+            proc = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True, env=env,
+                                  check=False)
+            if proc.returncode != 0:
+                raise EffarchError(f"cuobjdump failed: {(proc.stderr or proc.stdout).strip()[:200]}")
+            counts.update(m.group(1) for m in map(_SASS_LINE.search, proc.stdout.splitlines()) if m)
+    return dict(counts)
+
+
 # ---- running ------------------------------------------------------------------------------------
 def _load_cuda_driver() -> None:
     try:
@@ -305,6 +357,20 @@ class CudaTarget(TargetSpec):
 
         return CUDA_INT8
 
+    precisions = ("fp32", "fp16", "bf16")
+    graph_capture = True
+
+    def prepare(self, mod: tvm.IRModule, param_names: list[str], params: list[np.ndarray], *,
+                precision: str = "fp32") -> tuple[tvm.IRModule, list[str], list[np.ndarray]]:
+        if precision != "fp32":
+            from targets.mixed_precision import to_mixed_precision
+
+            mod = to_mixed_precision(mod, precision)
+        return lift_weight_transforms(mod, param_names, params)
+
+    def pass_config(self, *, cuda_graphs: bool) -> dict[str, Any]:
+        return {"relax.backend.use_cuda_graph": cuda_graphs}
+
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         # ``export`` is not given the target, and the build calls this just before it: remember the arch.
@@ -333,13 +399,99 @@ class CudaTarget(TargetSpec):
         check_gpu_runs(manifest["target"].get("cpu", DEFAULT_ARCH), _compute_capability(device))
 
 
+# ---- weights: transformed once, at build time ---------------------------------------------------
+TRANSFORM_FUNC = "main_transform_params"
+
+
+def lift_weight_transforms(mod: tvm.IRModule, names: list[str], params: list[np.ndarray]
+                           ) -> tuple[tvm.IRModule, list[str], list[np.ndarray]]:
+    """``main`` taking its weights as its kernels read them: TVM's ``LiftTransformParams`` splits the
+    computations on weights alone off ``main`` (``main`` must have attr ``num_input``); they run here,
+    on the CPU, once. Returns the module without them, the new weights' names (a transformed weight
+    keeps its source's name) and arrays."""
+    import tvm
+    from tvm import relax
+
+    if not params:
+        return mod, names, params
+    lifted = relax.transform.LiftTransformParams()(mod)
+    if TRANSFORM_FUNC not in [gv.name_hint for gv in lifted.get_global_vars()]:
+        return mod, names, params
+    transform = lifted[TRANSFORM_FUNC]
+    if not _computes(transform):
+        return mod, names, params  # only passes weights through: nothing to do once
+    cpu_mod = tvm.IRModule({"transform": transform.with_attr("global_symbol", "transform")})
+    host = tvm.target.Target({"kind": "llvm"})
+    exe = tvm.compile(cpu_mod, target=host, relax_pipeline=relax.get_default_pipeline(host))
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    outputs = vm["transform"]([tvm.runtime.tensor(p, tvm.cpu()) for p in params])
+    new_params = [np.asarray(t.numpy()) for t in outputs]
+    del lifted[TRANSFORM_FUNC]
+    new_names = _transformed_names(transform, names, len(new_params))
+    logger.info("weights transformed once at build: %d in (%.1f MB), %d out (%.1f MB)", len(params),
+                sum(p.nbytes for p in params) / 1e6, len(new_params), sum(p.nbytes for p in new_params) / 1e6)
+    return lifted, new_names, new_params
+
+
+def _computes(func: Any) -> bool:
+    from tvm import relax
+
+    calls: list[Any] = []
+    relax.analysis.post_order_visit(func.body, lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
+    return bool(calls)
+
+
+def _transformed_names(transform: Any, names: list[str], count: int) -> list[str]:
+    """Each output of the transform named after the one weight it derives from (``name``, then
+    ``name.1`` ... where one weight gives several), else ``weight.<i>``."""
+    from tvm import relax
+
+    bound: dict[Any, Any] = {}
+    for block in transform.body.blocks:
+        for binding in block.bindings:
+            bound[binding.var] = binding.value
+    source = transform.params[0]
+    result = transform.body.body
+    fields = bound.get(result, result)
+    fields = list(fields.fields) if isinstance(fields, relax.Tuple) else []
+
+    def sources(expr: Any) -> set[int]:
+        found: set[int] = set()
+        todo = [expr]
+        while todo:
+            e = todo.pop()
+            if isinstance(e, relax.TupleGetItem) and e.tuple_value.same_as(source):
+                found.add(int(e.index))
+                continue
+            if isinstance(e, relax.Var) and e in bound:
+                todo.append(bound[e])
+            elif isinstance(e, relax.Call):
+                todo.extend(e.args)
+            elif isinstance(e, relax.Tuple):
+                todo.extend(e.fields)
+        return found
+
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for i in range(count):
+        src = sources(fields[i]) if i < len(fields) else set()
+        base = names[src.pop()] if len(src) == 1 else f"weight.{i}"
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.append(base if n == 0 else f"{base}.{n}")
+    return out
+
+
 def gpu_rules() -> list[tuple[str, Any]]:
     """The GPU schedule rules in the order they are offered each kernel."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_int8 import GpuInt8
+    from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
-    return [("int8-dp4a", GpuInt8()), ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
+    # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to dlight.
+    return [("tensorcore", TensorCoreMatmul()), ("int8-dp4a", GpuInt8()),
+            ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("dlight-reduction", dl.gpu.Reduction()),
             ("dlight-general-reduction", dl.gpu.GeneralReduction()), ("dlight-transpose", dl.gpu.Transpose()),
             ("dlight-fallback", dl.gpu.Fallback())]

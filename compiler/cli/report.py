@@ -129,10 +129,15 @@ def random_inputs_for_specs(specs: Sequence[Any], seed: int = 0,
 
 
 # ---- artifacts --------------------------------------------------------------------------------------
+def _graphs_note(m: dict[str, Any]) -> str:
+    return "" if "cuda_graphs" not in m else f" (CUDA graphs {'on' if m['cuda_graphs'] else 'off'})"
+
+
 def manifest_summary(m: dict[str, Any]) -> str:
     target = m.get("target", {})
     lines = [f"effarch artifact (format {m.get('format_version')})",
              f"  target:   {target.get('name')} cpu={target.get('cpu')} ({target.get('arch', '')})",
+             f"  precision: {m.get('precision', 'fp32')}" + _graphs_note(m),
              f"  pipeline: {m.get('pipeline') or '(none)'}",
              f"  source:   {m.get('source', {}).get('spec', '')} sha256 {m.get('source_sha256', '')[:16]}",
              "  versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())]

@@ -38,6 +38,13 @@ def register(sub: Any) -> None:
     p.add_argument("--winograd", action="store_true",
                    help="3x3 stride-1 convolutions by Winograd F(2x2,3x3) (x86/Arm, -O2; fewer multiplies, "
                         "error measured in docs/performance.md); same as EFFARCH_WINOGRAD=1")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="arithmetic of the kernels: fp16/bf16 put matmuls and convolutions on tensor cores "
+                        "(cuda; softmax, normalizations and reductions stay fp32); bf16 on x86 needs "
+                        "AVX512-BF16; inputs and outputs stay as the model declares them (default: fp32)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="cuda: launch kernels one by one instead of replaying a CUDA graph (on by default for "
+                        "static-shape models)")
     add_compression_args(p)
     p.set_defaults(func=cmd_compile)
 
@@ -58,6 +65,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if not args.model or not args.output:
         raise EffarchError("compile needs a model and -o FILE.effarch (or --reproduce FILE)")
     check_output_path(Path(args.output), "output")
+    _check_build_options(args)
     if args.winograd:
         os.environ["EFFARCH_WINOGRAD"] = "1"  # read by the CPU lowering (targets/lowering/winograd.py)
     source = load_source(args)
@@ -67,7 +75,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     pipeline, data = pipeline_with_compression(args, source.graph)
     result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
                            pipeline=pipeline, instruments=instruments,
-                           tuning_db=Path(args.tuning_db) if args.tuning_db else None, data=data)
+                           tuning_db=Path(args.tuning_db) if args.tuning_db else None, data=data,
+                           precision=args.precision, cuda_graphs=args.cuda_graphs)
     sys.stdout.write(compression_report(result.pass_records))
     print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))
@@ -79,6 +88,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                "not kept; try a lower -O level or --pipeline to find the pass")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+def _check_build_options(args: argparse.Namespace) -> None:
+    """Refuse a precision or --no-cuda-graphs the target cannot build before loading the model."""
+    from targets.base import get_target
+    from targets.build import check_build_options
+
+    check_build_options(get_target(args.target), args.cpu, args.precision, args.cuda_graphs)
 
 
 def _verify(args: argparse.Namespace, source: Any, result: Any, data: Any, out: Path) -> list:
