@@ -112,6 +112,7 @@ def test_tuned_records_are_really_applied(tuned_db: Path, tmp_path: Path) -> Non
         assert report.rules[name] == "tuned"
         kernel = next(k for k in kernels if k.name == name)
         expected = store.tuned_function(kernel)
+        assert expected is not None, name
         assert tvm_ffi.structural_equal(built[name].body, expected.body), name  # the record's schedule, not ours
     out = tmp_path / "m.effarch"
     proc = _effarch("-v", "compile", MODEL, "--tuning-db", str(db), "-o", str(out), "--verify")
