@@ -101,8 +101,8 @@ def pack(models: list[str], batches: list[int], schemes: list[str] | None, out_d
                     failed.append(f"{model}.b{batch}.{scheme}")
     for calib in out_dir.glob("*.calib.npz"):
         calib.unlink()  # used here only; it need not travel
-    logger.info("carried: %s %.1f MiB + .tvmrt %.1f MiB", out_dir, gpu_check._size(out_dir) / 2**20,
-                gpu_check._size(gpu_check.ROOT / ".tvmrt") / 2**20)
+    if not gpu_check.fits_one_call(out_dir):
+        return 1
     if failed:
         logger.error("not packed: %s", ", ".join(failed))
     return 1 if failed else 0
