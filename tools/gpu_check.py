@@ -225,7 +225,10 @@ def bundle_artifact(bundle: Path, info: dict[str, Any], tool: str | None) -> Non
     info = {**info, "params": recipe, "machine_code": machine_code_report(library),
             "sass": sass_of(library, tool) if tool else None}
     (bundle / "recipe.json").write_text(json.dumps(info, indent=1))
-    np.savez_compressed(bundle / "extra.npz", **extra)  # quantized weights shrink by 10-20%
+    # npz keeps ml_dtypes' types (bfloat16, int4) as opaque void: their bits travel as unsigned integers,
+    # which the artifact reads back in the type its manifest names.
+    bits = {k: v.view(f"u{v.dtype.itemsize}") if v.dtype.kind == "V" else v for k, v in extra.items()}
+    np.savez_compressed(bundle / "extra.npz", **bits)  # quantized weights shrink by 10-20%
     art.close()
     path.unlink()
     logger.info("%s: library %d kB, SASS %s, %d params inline (%.1f MB)", bundle.name, len(library) // 1024,
