@@ -67,6 +67,7 @@ QUANTIZED = ("int8", "int8-dynamic")  # tools/cuda_int8_check.py packs these; Py
 CAST = {"fp16": "float16", "bf16": "bfloat16"}  # the weight casts a recipe may name, per precision
 CARRY_LIMIT = 64 * 2**20
 WARMUP, ITERS = 20, 200
+SECOND_SEED = 101  # the second input set of every check: samples no calibration or first set uses
 
 
 def _digest(a: np.ndarray) -> str:
@@ -372,7 +373,7 @@ class Models:
         self.name: str | None = None
         self.module: Any = None
         self.state: dict[str, np.ndarray] = {}
-        self.refs: dict[int, list[np.ndarray]] = {}
+        self.refs: dict[tuple[int, int], list[np.ndarray]] = {}
         self.peers: dict[tuple[int, str], dict[str, Any]] = {}  # PyTorch's timings per (batch, dtype)
 
     def get(self, name: str) -> Models:
@@ -386,13 +387,13 @@ class Models:
             self.module, self.name = module.cuda().eval(), name
         return self
 
-    def reference(self, batch: int, inputs: list[Any]) -> list[np.ndarray]:
+    def reference(self, batch: int, seed: int, inputs: list[Any]) -> list[np.ndarray]:
         import torch
 
-        if batch not in self.refs:
+        if (batch, seed) not in self.refs:
             with torch.no_grad():
-                self.refs[batch] = [t.double().cpu().numpy() for t in _as_list(self.module(*inputs))]
-        return self.refs[batch]
+                self.refs[batch, seed] = [t.double().cpu().numpy() for t in _as_list(self.module(*inputs))]
+        return self.refs[batch, seed]
 
 
 def _torch_inputs(inputs: dict[str, np.ndarray], names: tuple[str, ...], dtype: Any) -> list[Any]:
@@ -420,13 +421,18 @@ def check_bundle(bundle: Path, info: dict[str, Any], models: Models, tmp: Path, 
     art = load_artifact(path, cache_dir=tmp / "cache")
     eff_inputs = _effarch_inputs(art, inputs)
     ours = [np.asarray(v).astype(np.float64) for v in art.run(eff_inputs).values()]
-    ref = model.reference(batch, _torch_inputs(inputs, entry.input_names, torch.float32))
+    ref = model.reference(batch, 0, _torch_inputs(inputs, entry.input_names, torch.float32))
+    # A second, different input set (later samples): a build that kept the first call's inputs (a CUDA
+    # graph replaying stale addresses) would still match on the first.
+    inputs2 = batched_inputs(name, batch, seed=SECOND_SEED)
+    ours2 = [np.asarray(v).astype(np.float64) for v in art.run(_effarch_inputs(art, inputs2)).values()]
+    ref2 = model.reference(batch, SECOND_SEED, _torch_inputs(inputs2, entry.input_names, torch.float32))
     dtype = getattr(torch, TORCH_DTYPE.get(precision, "float32"))
     module = model.module if dtype == torch.float32 else copy.deepcopy(model.module).to(dtype)
     torch_inputs = _torch_inputs(inputs, entry.input_names, dtype)
     with torch.no_grad():
         theirs = [t.double().cpu().numpy() for t in _as_list(module(*torch_inputs))]
-    err = report.errors(ours, ref)
+    err = report.errors(ours + ours2, ref + ref2)
     ort = _ort_reference(bundle)
     ort_err = report.errors(ours, ort) if ort else None
     args = [*art._to_device(eff_inputs), *art._params]  # inputs already on the GPU, as for PyTorch
