@@ -361,6 +361,9 @@ class TensorCoreMatmul(ScheduleRule):
     operand dtypes other than float16/bfloat16 (float32 inputs stay on dlight), a symbolic shape.
     """
 
+    def __init__(self, split_k: bool = False) -> None:
+        self.split_k = split_k
+
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
             return None
@@ -371,7 +374,7 @@ class TensorCoreMatmul(ScheduleRule):
         if gemm is None:
             return None
         try:
-            return sch if schedule_gemm(sch, gemm) else None
+            return sch if schedule_gemm(sch, gemm, self.split_k) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
@@ -492,15 +495,16 @@ class Plan:
                 f"{t.block_m}x{t.block_n}x{t.block_k}, warps {t.warps_m}x{t.warps_n}, split-k {t.split_k}")
 
 
-def plan_gemm(func: tirx.PrimFunc) -> Plan | None:
+def plan_gemm(func: tirx.PrimFunc, split_k: bool = False) -> Plan | None:
     """The plan for ``func`` (None when the rule would not take it); schedules nothing."""
     sch = s_tir.Schedule(func)
     gemm = find_gemm(sch)
-    return None if gemm is None else _prepare(sch, gemm)[0]
+    return None if gemm is None else _prepare(sch, gemm, split_k)[0]
 
 
-def _prepare(sch: s_tir.Schedule, gemm: Gemm) -> tuple[Plan | None, Operand, Operand]:
-    """Normalize ``gemm``'s block in ``sch`` (widening a bf16 accumulator) and choose its tiles."""
+def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool) -> tuple[Plan | None, Operand, Operand]:
+    """Normalize ``gemm``'s block in ``sch`` (widening a bf16 accumulator) and choose its tiles
+    (``split_k`` False: never a split reduction)."""
     stmt = sch.get(gemm.block)
     a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
     shape = normalize(sch, gemm.block, a, b)
@@ -511,22 +515,26 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm) -> tuple[Plan | None, Operand, Ope
         widen_accumulator(sch, gemm.block)
         acc = "float32"
     batch, m, n, k = shape
-    return Plan(gemm.in_dtype, acc, batch, m, n, k, choose_tiles(m, n, k, batch)), a, b
+    tiles = choose_tiles(m, n, k, batch)
+    if not split_k and tiles.split_k > 1:
+        tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
+    return Plan(gemm.in_dtype, acc, batch, m, n, k, tiles), a, b
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
-    plan, a, b = _prepare(sch, gemm)
+def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False) -> bool:
+    """Schedule ``gemm`` in place; ``split_k``: cut the reduction as ``choose_tiles`` says (partial sums in
+    a global buffer, added by a second kernel that also runs the epilogue), else never."""
+    plan, a, b = _prepare(sch, gemm, split_k)
     if plan is None:
         return False
     gemm = Gemm(gemm.block, gemm.in_dtype, plan.acc_dtype)
-    m, n, k = plan.m, plan.n, plan.k
-    tiles = plan.tiles
-    if tiles.split_k > 1:  # not yet: the partial sums need their own reduction kernel
-        tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
+    m, n, k, tiles = plan.m, plan.n, plan.k, plan.tiles
     logger.info("tensor cores: %s", plan)
     names = register_wmma(gemm.in_dtype, gemm.acc_dtype, a.k_inner, b.k_inner)
-    sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, tiles.block_k])
-    main = gemm.block
+    sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, tiles.block_k * tiles.split_k])
+    main, partial_sum = gemm.block, None
+    if tiles.split_k > 1:
+        main, partial_sum = _split_reduction(sch, gemm.block, tiles.split_k), gemm.block
     s_loop, i, j, kk = sch.get_loops(main)
     i, i16 = sch.split(i, [None, FRAG])
     j, j16 = sch.split(j, [None, FRAG])
@@ -553,9 +561,11 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     _tile16(sch, c_fr)
     init = sch.decompose_reduction(outer, ko)
 
-    keep = {sch.get(x).name_hint for x in (main, outer, init, a_sh, b_sh, a_fr, b_fr, c_fr, c_sh)}
-    _inline_rest(sch, keep)
+    kept = [main, outer, init, a_sh, b_sh, a_fr, b_fr, c_fr, c_sh] + ([partial_sum] if partial_sum else [])
+    _inline_rest(sch, {sch.get(x).name_hint for x in kept})
     _write_back(sch, c_sh, tiles)
+    if partial_sum is not None:
+        _schedule_partial_sum(sch, partial_sum)
 
     sch.tensorize(sch.get_loops(a_fr)[-2], names["load_a"])
     sch.tensorize(sch.get_loops(b_fr)[-2], names["load_b"])
@@ -565,6 +575,31 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     sch.tensorize(store, names["store"])
     sch.tensorize(sch.get_loops(main)[-3], names["mma"])
     return True
+
+
+def _split_reduction(sch: s_tir.Schedule, block: SBlockRV, parts: int) -> SBlockRV:
+    """``C[s, i, j] += A * B`` as ``P[p, s, i, j] += A * B`` over each part ``p`` of K (returned, its
+    loops ``[p * s, i, j, k]``) and ``block`` left summing P over ``p``."""
+    *_, k = sch.get_loops(block)
+    part, _ = sch.split(k, [parts, None])
+    partials = sch.rfactor(part, factor_axis=0)
+    s_loop, i, j, p, kk = sch.get_loops(partials)
+    sch.reorder(p, s_loop, i, j, kk)
+    sch.fuse(p, s_loop)
+    return partials
+
+
+def _schedule_partial_sum(sch: s_tir.Schedule, block: SBlockRV) -> None:
+    """The sum over the K parts, one output element per thread (the parts a serial loop), with the
+    epilogue (left by ``_inline_rest`` as one block after it) computed right there."""
+    *spatial, _ = sch.get_loops(block)
+    fused = sch.fuse(*spatial)
+    bx, tx = sch.split(fused, [None, 128])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    for consumer in sch.get_consumers(block):
+        sch.reverse_compute_at(consumer, tx)
+    sch.set_scope(block, 0, "local")
 
 
 def _inner_extent(op: Operand, rows: int, k: int) -> int:

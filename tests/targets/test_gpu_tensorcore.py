@@ -18,6 +18,7 @@ from tvm import relax, tirx
 
 from targets.cuda import compile_fatbin, find_nvcc
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
+from targets.schedules.tensorcore_kernels import gemm_kernel
 
 TARGET = {"kind": "cuda", "arch": "sm_90"}
 
@@ -77,36 +78,7 @@ def test_tiles_record_threads() -> None:
 
 # ---- kernels ----------------------------------------------------------------------------------
 def _kernel(kind: str, dtype: str, acc: str | None, dims: tuple[int, ...]) -> tirx.PrimFunc:
-    """The fused PrimFunc of one relax op (matmul [m,k]x[k,n], batched matmul, or NCHW conv2d at
-    batch 1 with 'same' padding), legalized and fused as effarch's CUDA build does."""
-    bb = relax.BlockBuilder()
-    if kind == "matmul":
-        m, n, k = dims
-        x, w = relax.Var("x", relax.TensorType((m, k), dtype)), relax.Var("w", relax.TensorType((k, n), dtype))
-        make = lambda: relax.op.matmul(x, w, out_dtype=acc or dtype)  # noqa: E731
-    elif kind == "bmm":
-        b, m, n, k = dims
-        x = relax.Var("x", relax.TensorType((b, m, k), dtype))
-        w = relax.Var("w", relax.TensorType((b, k, n), dtype))
-        make = lambda: relax.op.matmul(x, w, out_dtype=acc or dtype)  # noqa: E731
-    else:
-        c, h, f, r = dims
-        x = relax.Var("x", relax.TensorType((1, c, h, h), dtype))
-        w = relax.Var("w", relax.TensorType((f, c, r, r), dtype))
-        make = lambda: relax.op.nn.conv2d(x, w, padding=r // 2, out_dtype=acc or dtype)  # noqa: E731
-    with bb.function("main", [x, w]):
-        with bb.dataflow():
-            y = bb.emit(make())
-            if acc and acc != dtype:
-                y = bb.emit(relax.op.astype(y, dtype))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    mod = bb.get()
-    for p in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              relax.transform.FuseTIR()):
-        mod = p(mod)
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    return func
+    return gemm_kernel(kind, dims, dtype, acc)
 
 
 # (name, kind, dims, GEMM as batch x m x n x k)
@@ -128,7 +100,12 @@ def test_plan_reads_the_gemm_shape(name: str, kind: str, dims: tuple[int, ...], 
     assert plan is not None
     assert (plan.batch, plan.m, plan.n, plan.k) == gemm
     assert (plan.in_dtype, plan.acc_dtype) == ("bfloat16", "float32")  # widened: WMMA has no bf16 accumulator
-    assert plan.tiles == choose_tiles(plan.m, plan.n, plan.k, plan.batch)
+    chosen = choose_tiles(plan.m, plan.n, plan.k, plan.batch)
+    assert (plan.tiles.block_m, plan.tiles.block_n, plan.tiles.block_k) == (chosen.block_m, chosen.block_n,
+                                                                           chosen.block_k)
+    assert plan.tiles.split_k == 1  # split reductions only when asked for
+    split = plan_gemm(_kernel(kind, "bfloat16", None, dims), split_k=True)
+    assert split is not None and split.tiles == chosen
 
 
 def test_declines_float32_and_non_gemm_and_old_gpus() -> None:
@@ -191,3 +168,21 @@ def test_every_gemm_kind_builds_to_hmma(dtype: str, acc: str | None, gpu_acc: st
     for name in funcs:
         kernels = [body for fn, body in sass.items() if fn.startswith(name)]
         assert kernels and any(f"{opcode} " in body for body in kernels), f"{name}: no {opcode} in its SASS"
+
+
+def test_split_reduction_builds_two_kernels_on_hmma(tmp_path: Path) -> None:
+    """128x384x1536 (encoder FFN down-projection, batch 1): 4 parts of K on tensor cores, then a sum
+    kernel that also casts to float16."""
+    target = tvm.target.Target(TARGET, host={"kind": "llvm"})
+    func = _kernel("matmul", "float16", "float32", (128, 384, 1536))
+    plan = plan_gemm(func, split_k=True)
+    assert plan is not None and plan.tiles.split_k == 4
+    sch = TensorCoreMatmul(split_k=True).apply(func, target, False)
+    assert sch is not None
+    with target:
+        lib = tvm.compile(tvm.IRModule({"splitk": sch.mod["main"].with_attr("global_symbol", "splitk")}), target=target)
+    source = lib.mod.imports[0].inspect_source()
+    assert source.count("__global__ void") == 4  # two kernels, each declared then defined
+    sass = _sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
+    assert sorted(sass) == ["splitk_kernel", "splitk_kernel_1"]
+    assert "HMMA.16816.F32 " in sass["splitk_kernel"] and "HMMA" not in sass["splitk_kernel_1"]

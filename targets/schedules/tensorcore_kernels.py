@@ -1,0 +1,77 @@
+"""Single-op GEMM kernels built and run outside a model: the tensor-core rule's tests and
+``tools/gpu_tensorcore_check.py`` (which may not import TVM itself) use these.
+
+``gemm_kernel`` makes the fused PrimFunc of one Relax matmul / batched matmul / NCHW conv2d as
+effarch's CUDA build sees it (legalized, fused); ``schedule_with`` schedules it with effarch's
+``TensorCoreMatmul`` or with dlight's ``Matmul``; ``build_library`` compiles kernels into one library
+holding SASS only; ``targets.kernel_library`` runs it where only TVM's runtime is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax, tirx
+
+from targets.kernel_library import operand_shapes
+
+
+def gemm_kernel(kind: str, dims: tuple[int, ...], dtype: str, acc: str | None = None) -> tirx.PrimFunc:
+    """The fused PrimFunc of one op in ``dtype`` accumulating in ``acc`` (None: ``dtype``), its
+    result cast back to ``dtype``."""
+    xs, ws = operand_shapes(kind, dims)
+    bb = relax.BlockBuilder()
+    x, w = relax.Var("x", relax.TensorType(xs, dtype)), relax.Var("w", relax.TensorType(ws, dtype))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            if kind == "conv":
+                y = bb.emit(relax.op.nn.conv2d(x, w, padding=dims[3] // 2, out_dtype=acc or dtype))
+            else:
+                y = bb.emit(relax.op.matmul(x, w, out_dtype=acc or dtype))
+            if acc and acc != dtype:
+                y = bb.emit(relax.op.astype(y, dtype))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    for p in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+              relax.transform.FuseTIR()):
+        mod = p(mod)
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    return func
+
+
+def cuda_target(arch: str) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+
+
+def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.PrimFunc, str]:
+    """``func`` scheduled by effarch's tensor-core rule ('effarch'; 'effarch-splitk' with split
+    reductions; raises if it declines) or by dlight's Matmul ('dlight', its Fallback if Matmul
+    declines); and what scheduled it."""
+    from tvm.s_tir import dlight as dl
+
+    from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
+
+    target = cuda_target(arch)
+    split = schedule == "effarch-splitk"
+    ours = schedule.startswith("effarch")
+    rules: list[Any] = [TensorCoreMatmul(split_k=split)] if ours else [dl.gpu.Matmul(), dl.gpu.Fallback()]
+    for rule in rules:
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            how = str(plan_gemm(func, split)) if ours else type(rule).__name__
+            return sch.mod["main"].with_attr("tirx.is_scheduled", True), how
+    raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
+
+
+def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path) -> None:
+    """Scheduled kernels, each under its name, into one shared library holding SASS for ``arch``."""
+    from targets.cuda import make_fpack_imports
+
+    target = cuda_target(arch)
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    with target:
+        lib = tvm.compile(mod, target=target)
+    lib.export_library(str(path), fpack_imports=make_fpack_imports(arch))
