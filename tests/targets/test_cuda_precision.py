@@ -1,0 +1,199 @@
+"""``--precision fp16|bf16`` and CUDA graphs on the CUDA target, without a GPU: what the build decides
+(which ops compute in which type, the weights stored as the kernels read them, the manifest), what
+the machine code holds (tensor-core HMMA instructions from ``cuobjdump -sass``), CUDA graph capture
+on and off, and the one-line refusals on x86. The mixed-precision module's numbers are checked
+against fp32 on the CPU (LLVM computes fp16/bf16 too), since no GPU runs here."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.cli.main import main as cli_main
+from compiler.driver import compile_model, load_model, optimize, pipeline_for
+from compiler.errors import EffarchError
+from targets import cuda
+from targets.artifact import open_artifact
+from targets.base import get_target
+from targets.build import check_build_options
+from targets.mixed_precision import to_mixed_precision
+
+LOW = {"fp16": "f16", "bf16": "bf16"}
+_GRAPH_BUILTIN = b"cuda_graph.run_or_capture"  # the VM builtin RewriteCUDAGraph's code calls
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``built(model, precision, graphs=True)`` -> artifact path; each combination compiled once."""
+    folder = tmp_path_factory.mktemp("cuda-precision")
+
+    @functools.cache
+    def build(name: str, precision: str, graphs: bool = True) -> Path:
+        path = folder / f"{name}-{precision}-{'graphs' if graphs else 'plain'}.effarch"
+        compile_model(load_model(f"zoo:{name}"), path, target="cuda", cpu="sm_90", precision=precision,
+                      cuda_graphs=graphs)
+        return path
+
+    return build
+
+
+CASES = [("mlp", "fp32"), ("mlp", "fp16"), ("mlp", "bf16"), ("digits_cnn", "fp16"), ("digits_cnn", "bf16"),
+         pytest.param("gpt", "fp16", marks=pytest.mark.slow), pytest.param("gpt", "bf16", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize(("name", "precision"), CASES)
+def test_manifest_and_machine_code(built: Any, name: str, precision: str) -> None:
+    art = open_artifact(built(name, precision))
+    m = art.manifest
+    assert m["precision"] == precision and m["cuda_graphs"] is True
+    assert all(s["dtype"] != "f16" and s["dtype"] != "bf16" for s in m["inputs"] + m["outputs"])  # fp32 boundary
+    dtypes = collections.Counter(p["dtype"] for p in m["params"])
+    if precision == "fp32":
+        assert set(dtypes) == {"f32"}
+    else:  # every weight feeds a tensor-core contraction or a low-precision epilogue: stored cast
+        assert dtypes[LOW[precision]] >= len(m["params"]) - 2, dtypes
+    library = art.library_bytes()
+    assert cuda.machine_code_report(library) == {"fatbin_entries": [("sass", "sm_90")], "cuda_source_kernels": 0}
+    assert _GRAPH_BUILTIN in library
+    opcodes = cuda.sass_opcodes(library)
+    if precision == "fp32":
+        assert "HMMA" not in opcodes  # fp32 stays on the CUDA cores
+    else:
+        assert opcodes.get("HMMA", 0) >= 8, opcodes
+        assert m["schedules"].get("tensorcore", 0) >= 1
+
+
+def test_low_precision_weights_take_half_the_bytes(built: Any) -> None:
+    fp32 = open_artifact(built("mlp", "fp32"))
+    fp16 = open_artifact(built("mlp", "fp16"))
+    bytes32, bytes16 = (sum(w.nbytes for w in a.weights()) for a in (fp32, fp16))
+    assert bytes16 * 2 == bytes32
+    # a transformed weight keeps its source's name (the weights were transposed at lowering: *_T)
+    assert [p["name"] for p in fp16.manifest["params"]] == [p["name"] for p in fp32.manifest["params"]]
+    assert all(w.dtype == np.float16 for w in fp16.weights())
+
+
+def test_cuda_graphs_off(built: Any) -> None:
+    art = open_artifact(built("mlp", "fp32", graphs=False))
+    assert art.manifest["cuda_graphs"] is False
+    assert _GRAPH_BUILTIN not in art.library_bytes()
+
+
+def test_symbolic_shapes_turn_graphs_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 16])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 16])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "dyn.onnx")
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "dyn.effarch"
+    compile_model(load_model(str(tmp_path / "dyn.onnx")), path, target="cuda", cpu="sm_90")
+    art = open_artifact(path)
+    assert art.manifest["cuda_graphs"] is False and _GRAPH_BUILTIN not in art.library_bytes()
+    assert any("CUDA graphs off" in r.getMessage() and "batch" in r.getMessage() for r in caplog.records)
+
+
+# ---- the precision policy ------------------------------------------------------------------------
+def _lowered(name: str) -> Any:
+    from targets.lowering.to_relax import lower
+
+    graph, _ = optimize(load_model(f"zoo:{name}").graph, pipeline_for(2, None), opt_level=2, target="cuda")
+    return lower(graph)
+
+
+def _op_dtypes(mod: Any) -> dict[str, set[tuple[str, ...]]]:
+    """op name -> the operand dtypes it is called with, over every Relax function of ``mod``."""
+    import tvm
+    from tvm import relax
+
+    seen: dict[str, set[tuple[str, ...]]] = collections.defaultdict(set)
+
+    def visit(e: Any) -> None:
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            seen[e.op.name].add(tuple(str(a.ty.dtype) for a in e.args if isinstance(a.ty, relax.TensorType)))
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_policy_on_a_transformer(precision: str) -> None:
+    """gpt: every matmul, fused groups' included, on low-precision operands; softmax and layer_norm
+    in fp32; main's inputs, weights and outputs fp32."""
+    from tvm import relax
+
+    low = {"fp16": "float16", "bf16": "bfloat16"}[precision]
+    lowered = _lowered("gpt")
+    mixed = to_mixed_precision(lowered.mod, precision)
+    ops = _op_dtypes(mixed)
+    assert ops["relax.matmul"] and ops["relax.matmul"] == {(low, low)}
+    assert ops["relax.nn.softmax"] == {("float32",)}
+    assert ops["relax.nn.layer_norm"] == {("float32", "float32", "float32")}
+    main = mixed["main"]
+    assert [str(p.ty.dtype) for p in main.params] == [str(p.ty.dtype) for p in lowered.mod["main"].params]
+    assert {str(f.dtype) for f in main.ret_ty.fields} == {"float32"}
+    before = _op_dtypes(lowered.mod)["relax.matmul"]
+    assert before == {("float32", "float32")}  # the test would see a no-op pass
+    fused = [gv.name_hint for gv, f in mixed.functions.items() if isinstance(f, relax.Function)
+             and gv.name_hint != "main"]
+    assert fused == sorted(gv.name_hint for gv, f in lowered.mod.functions.items()
+                           if isinstance(f, relax.Function) and gv.name_hint != "main")
+
+
+@pytest.mark.parametrize(("precision", "cosine", "max_rel"), [("fp16", 0.9999, 2e-2), ("bf16", 0.9999, 2e-2)])
+def test_mixed_precision_numbers_on_the_cpu(precision: str, cosine: float, max_rel: float) -> None:
+    """mlp's mixed-precision module, weights transformed as the build stores them, against fp32: LLVM
+    runs the same Relax module on the CPU (no GPU here). fp16 accumulates in fp16, bf16 in fp32."""
+    import tvm
+    from tvm import relax
+
+    lowered = _lowered("mlp")
+    host = tvm.target.Target({"kind": "llvm"})
+    x = np.random.default_rng(0).standard_normal((8, 784)).astype(np.float32)
+
+    def run(mod: Any, params: list[np.ndarray]) -> np.ndarray:
+        vm = relax.VirtualMachine(tvm.compile(mod, target=host, relax_pipeline=relax.get_default_pipeline(host)),
+                                  tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params])
+        return np.asarray(out[0].numpy())
+
+    ref = run(lowered.mod, lowered.params)
+    mod, _, params = cuda.lift_weight_transforms(to_mixed_precision(lowered.mod, precision),
+                                                 lowered.param_names, lowered.params)
+    assert {str(p.dtype) for p in params} == {"float16" if precision == "fp16" else "bfloat16"}
+    got = run(mod, params)
+    assert got.dtype == np.float32
+    assert float(ref.ravel() @ got.ravel() / np.linalg.norm(ref) / np.linalg.norm(got)) >= cosine
+    assert float(np.abs(ref - got).max() / np.abs(ref).max()) <= max_rel
+    assert not np.array_equal(ref, got)  # it did compute in low precision
+
+
+# ---- refusals --------------------------------------------------------------------------------------
+def test_x86_refuses_fp16_and_bf16_without_avx512bf16() -> None:
+    x86 = get_target("x86")
+    with pytest.raises(EffarchError, match="fp16 is not supported on x86.*--precision bf16 on an AVX512-BF16 CPU"):
+        check_build_options(x86, "haswell", "fp16", True)
+    with pytest.raises(EffarchError, match="bf16 on x86 needs AVX512-BF16, which CPU 'haswell' lacks; build with "
+                                           "--cpu sapphirerapids"):
+        check_build_options(x86, "haswell", "bf16", True)
+    check_build_options(x86, "sapphirerapids", "bf16", True)  # this CPU has it
+    with pytest.raises(EffarchError, match="--no-cuda-graphs applies to --target cuda, not x86"):
+        check_build_options(x86, "haswell", "fp32", False)
+    with pytest.raises(EffarchError, match="unknown precision 'fp8'"):
+        check_build_options(get_target("cuda"), None, "fp8", True)
+
+
+def test_cli_refusal_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.effarch"
+    rc = cli_main(["compile", "zoo:mlp", "--target", "x86", "--cpu", "haswell", "--precision", "fp16", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and not out.exists()
+    assert len(err.splitlines()) == 1 and "fp16 is not supported on x86" in err
