@@ -27,6 +27,7 @@ from compiler.errors import EffarchError
 from compiler.ir import DType, Graph, Node, Provenance, TensorType, Value
 from compiler.pass_manager import Note, Pass, PassContext, PassResult, register_pass
 from compiler.pass_manager.rules import const
+from passes.quantize_rows import DEFAULT_RATIO, per_row, row_ratios
 
 WEIGHT_LEVELS = 127  # symmetric int8: [-127, 127], so negating a weight never saturates
 # 7-bit weights ("reduce_range"), the default of the integer-product passes: on x86 without VNNI
@@ -157,15 +158,25 @@ def dequantized(q: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
 
 # ---- rewriting ------------------------------------------------------------------------------------
 def apply(g: Graph, chosen: list[Site], ranges: dict[str, tuple[float, float]],
-          means: dict[str, np.ndarray], bias_correction: bool, levels: int = REDUCED_LEVELS) -> list[Note]:
-    """Quantize the ``chosen`` sites of ``g`` in place; one note per site."""
+          means: dict[str, np.ndarray], bias_correction: bool, levels: int = REDUCED_LEVELS,
+          rows: frozenset[str] = frozenset()) -> list[Note]:
+    """Quantize the ``chosen`` sites of ``g`` in place; one note per site. Products reading an
+    activation named in ``rows`` get run-time per-row scales (passes/quantize_rows.py)."""
+    from passes.quantize_dynamic import dynamic_refusal, rewrite_dynamic
+
     nodes = list(g.nodes)
     pairs: dict[int, Value] = {}  # id(activation) -> its dequantized copy
+    by_row: dict[int, tuple[Value, Value, Value]] = {}  # id(activation) -> its per-row quantization
     notes = []
     for site in chosen:
         n = nodes[site.index]
         x = n.inputs[0]
         assert x is not None
+        if x.name in rows and n.op != "Conv" and dynamic_refusal(n) is None:
+            notes.append(Note.at(n, "quantize", f"int8: per-row run-time activation scales ({label(n)}: its "
+                                                "calibrated range is many times its typical row's)", fired=True))
+            rewrite_dynamic(g, n, by_row, levels, True)
+            continue
         if id(x) not in pairs:
             pairs[id(x)] = _qdq_activation(g, x, n, ranges[x.name])
         lo, hi = ranges[x.name]
@@ -258,7 +269,7 @@ class QuantizeStatic(Pass):
     name = "quantize-static"
     description = "int8 post-training quantization (calibrated QDQ: per-channel weights, per-tensor activations)"
     option_defaults = MappingProxyType({"method": "minmax", "percentile": 99.99, "bias_correction": True,
-                                        "reduce_range": True, "keep_float": ()})
+                                        "reduce_range": True, "row_ratio": DEFAULT_RATIO, "keep_float": ()})
     tolerance = 0.1
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -271,8 +282,9 @@ class QuantizeStatic(Pass):
         if data is None or data.calibration is None:
             raise EffarchError("quantize-static needs calibration data; pass --calibration FILE.npz")
         ranges, means = self._calibrate(graph, found, data)
-        chosen, budget_notes = self._within_budget(graph, found, ranges, means, data)
-        notes = apply(graph, chosen, ranges, means, bool(self.options["bias_correction"]), self._levels())
+        rows = self._rows(graph, found, data)
+        chosen, budget_notes = self._within_budget(graph, found, ranges, means, data, rows)
+        notes = apply(graph, chosen, ranges, means, bool(self.options["bias_correction"]), self._levels(), rows)
         return PassResult(graph, bool(chosen), notes + budget_notes + refused)
 
     def _levels(self) -> int:
@@ -291,8 +303,17 @@ class QuantizeStatic(Pass):
         ranges = {k: activation_range(v, method, float(self.options["percentile"])) for k, v in stats.items()}
         return ranges, {k: v.channel_mean for k, v in stats.items() if v.channel_mean is not None}
 
+    def _rows(self, g: Graph, found: list[Site], data: object) -> frozenset[str]:
+        threshold = float(self.options["row_ratio"])
+        names = sorted({x.name for s in found if g.nodes[s.index].op != "Conv"
+                        for x in [g.nodes[s.index].inputs[0]] if x is not None})
+        if not threshold or not names:
+            return frozenset()
+        ratios = row_ratios(data.activations(g, names), names)  # type: ignore[attr-defined]
+        return frozenset(per_row(ratios, threshold))
+
     def _within_budget(self, g: Graph, found: list[Site], ranges: dict, means: dict,
-                       data: object) -> tuple[list[Site], list[Note]]:
+                       data: object, rows: frozenset[str]) -> tuple[list[Site], list[Note]]:
         from compiler.compression.budget import keep_float_within_budget
 
         if getattr(data, "max_drop", None) is None:
@@ -300,7 +321,7 @@ class QuantizeStatic(Pass):
 
         def trial(chosen: list[Site]) -> Graph:
             copy = g.clone()
-            apply(copy, chosen, ranges, means, bool(self.options["bias_correction"]), self._levels())
+            apply(copy, chosen, ranges, means, bool(self.options["bias_correction"]), self._levels(), rows)
             return copy
 
         return keep_float_within_budget(g, found, trial, data)

@@ -31,7 +31,7 @@ from compiler.pass_manager.rules import const
 from passes.quantize import REDUCED_LEVELS, WEIGHT_LEVELS, label, quantize_for_products
 
 
-def _refusal(n: Node) -> str | None:
+def dynamic_refusal(n: Node) -> str | None:
     w = const(n.inputs[1]) if len(n.inputs) > 1 else None
     x = n.inputs[0]
     if w is None:
@@ -84,7 +84,7 @@ def _per_row(g: Graph, x: Value, before: Node, prov: Provenance) -> Quantized:
     return xq, scale, c("row_zero_point", np.array(ROW_ZERO, np.uint8))
 
 
-def _rewrite(g: Graph, n: Node, quantized: dict[int, Quantized], levels: int, rows: bool) -> None:
+def rewrite_dynamic(g: Graph, n: Node, quantized: dict[int, Quantized], levels: int, rows: bool) -> None:
     x, w_value = n.inputs[0], n.inputs[1]
     assert x is not None and w_value is not None and w_value.const is not None
     w = w_value.const.T if n.op == "Gemm" and n.attr("transB", 0) else w_value.const  # [K, N]
@@ -127,14 +127,15 @@ class QuantizeDynamic(Pass):
         for n in graph.nodes_snapshot():
             if n.domain or n.op not in ("MatMul", "Gemm") or n.outputs[0].name in keep:
                 continue
-            reason = _refusal(n)
+            reason = dynamic_refusal(n)
             if reason:
                 notes.append(Note.at(n, "dynamic", reason))
                 continue
             rows = bool(self.options["rows"])
             notes.append(Note.at(n, "dynamic", f"int8 dynamic ({'per row' if rows else 'per tensor'}): {label(n)}",
                                  fired=True))
-            _rewrite(graph, n, quantized, REDUCED_LEVELS if self.options["reduce_range"] else WEIGHT_LEVELS, rows)
+            levels = REDUCED_LEVELS if self.options["reduce_range"] else WEIGHT_LEVELS
+            rewrite_dynamic(graph, n, quantized, levels, rows)
         return PassResult(graph, bool(quantized), notes)
 
 

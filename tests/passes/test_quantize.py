@@ -288,3 +288,38 @@ def test_budget_on_real_scores_keeps_the_layer_whose_input_range_is_ruined_in_fl
     assert [n.node for n in kept] == ["Conv %c"], [str(n) for n in result.notes]
     assert result.graph.op_counts()["QuantizeLinear"] == 1  # only the Gemm's input
     assert data.score(result.graph).drop_from(data.baseline()) <= 0.5
+
+
+def test_an_activation_with_one_loud_row_is_quantized_per_row_at_run_time() -> None:
+    """x[4,16,64]: row 0 of every sample is 40x louder; per-tensor static scales would waste 256
+    levels on it, so the MatMul reading it gets run-time per-row scales and its quiet rows stay exact."""
+    rng = np.random.default_rng(7)
+    g = Graph()
+    x = g.add_input("x", _t((4, 16, 64)))
+    mm = g.make_node("MatMul", [x, g.add_constant("w", rng.normal(0, 1, (64, 8)).astype(np.float32))],
+                     types=[_t((4, 16, 8))], output_names=["y"])
+    g.outputs = [mm.outputs[0]]
+    calib = rng.normal(0, 1, (32, 16, 64)).astype(np.float32)
+    calib[:, 0] *= 40
+    data = CompressionData(calibration=Dataset({"x": calib}, None, "test"))
+    feeds = {"x": calib[:4]}
+    errors = {}
+    for ratio in (0.0, 5.0):
+        q = g.clone()
+        result = QuantizeStatic(row_ratio=ratio).run(q, PassContext(data=data))
+        per_row = "ReduceMax" in q.op_counts()
+        assert per_row == (ratio > 0), q.op_counts()
+        assert any("per-row" in n.reason for n in result.notes) == per_row
+        errors[ratio] = float(np.abs(run_onnxruntime(q, feeds)["y"] - run_onnxruntime(g, feeds)["y"])[:, 1:].max())
+    assert errors[5.0] < errors[0.0] / 4, errors
+
+
+def test_row_ratios_compare_the_calibrated_range_with_the_typical_row() -> None:
+    from passes.quantize_rows import per_row, row_ratios
+
+    quiet = np.ones((2, 8, 4), np.float32)
+    loud = quiet.copy()
+    loud[1, 3] = -12.0
+    ratios = row_ratios(iter([{"a": quiet, "b": loud}, {"a": quiet, "b": quiet}]), ["a", "b"])
+    assert ratios == {"a": 1.0, "b": 12.0}
+    assert per_row(ratios, 5.0) == {"b"} and per_row(ratios, 0.0) == set()
