@@ -106,9 +106,16 @@ def ort_quantize_static(fp32: Path, calibration: dict[str, np.ndarray], out: Pat
 
 
 def ort_quantize_dynamic(fp32: Path, out: Path) -> Path:
+    """onnxruntime's ``quantize_dynamic`` after its own pre-processing (``quant_pre_process``): the
+    exported MatMuls read their weights through a Transpose, and without the pre-processing that
+    folds it ORT quantizes none of them (MiniLM-L6: only the embedding Gathers, cosine 0.9997 for a
+    model that runs in float; with it, all 36 MatMuls, cosine 0.9925)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantize_dynamic(str(fp32), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+    prepared = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(out), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
     return out
 
 
@@ -263,7 +270,7 @@ def minilm(folder: Path, repeat: int) -> str:
     sizes = {f"effarch {v.label}": v.size for v in variants}
     sizes |= {"onnxruntime fp32": fp32_onnx.stat().st_size, "onnxruntime int8": ort_int8.stat().st_size}
     title = (f"### MiniLM-L6 (real weights; {len(test)} real sentences; calibration: {len(calib_sentences)} others; "
-             "onnxruntime int8 = its quantize_dynamic)")
+             "onnxruntime int8 = its quant_pre_process + quantize_dynamic)")
     return _speed_table(title, times, sizes, quality)
 
 
