@@ -361,8 +361,9 @@ class TensorCoreMatmul(ScheduleRule):
     operand dtypes other than float16/bfloat16 (float32 inputs stay on dlight), a symbolic shape.
     """
 
-    def __init__(self, split_k: bool = False) -> None:
+    def __init__(self, split_k: bool = False, pipeline: bool = False) -> None:
         self.split_k = split_k
+        self.pipeline = pipeline
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
@@ -374,7 +375,7 @@ class TensorCoreMatmul(ScheduleRule):
         if gemm is None:
             return None
         try:
-            return sch if schedule_gemm(sch, gemm, self.split_k) else None
+            return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
@@ -521,9 +522,10 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool) -> tuple[Plan | Non
     return Plan(gemm.in_dtype, acc, batch, m, n, k, tiles), a, b
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False) -> bool:
+def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: bool = False) -> bool:
     """Schedule ``gemm`` in place; ``split_k``: cut the reduction as ``choose_tiles`` says (partial sums in
-    a global buffer, added by a second kernel that also runs the epilogue), else never."""
+    a global buffer, added by a second kernel that also runs the epilogue), else never; ``pipeline``:
+    load the next K step's operand tiles (``cp.async`` where the copy allows) while this one computes."""
     plan, a, b = _prepare(sch, gemm, split_k)
     if plan is None:
         return False
@@ -560,6 +562,10 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False) -> boo
     sch.reverse_compute_at(c_sh, warp)
     _tile16(sch, c_fr)
     init = sch.decompose_reduction(outer, ko)
+    if pipeline:  # ko's body: the A copy, the B copy, the fragment loads and products (ki)
+        sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
+        sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
+        sch.annotate(ko, "software_pipeline_async_stages", [0])
 
     kept = [main, outer, init, a_sh, b_sh, a_fr, b_fr, c_fr, c_sh] + ([partial_sum] if partial_sum else [])
     _inline_rest(sch, {sch.get(x).name_hint for x in kept})

@@ -48,8 +48,8 @@ def cuda_target(arch: str) -> tvm.target.Target:
 
 def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.PrimFunc, str]:
     """``func`` scheduled by effarch's tensor-core rule ('effarch'; 'effarch-splitk' with split
-    reductions; raises if it declines) or by dlight's Matmul ('dlight', its Fallback if Matmul
-    declines); and what scheduled it."""
+    reductions, 'effarch-pipelined' with the next K step's loads overlapped; raises if it declines)
+    or by dlight's Matmul ('dlight', its Fallback if Matmul declines); and what scheduled it."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
@@ -57,7 +57,9 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     target = cuda_target(arch)
     split = schedule == "effarch-splitk"
     ours = schedule.startswith("effarch")
-    rules: list[Any] = [TensorCoreMatmul(split_k=split)] if ours else [dl.gpu.Matmul(), dl.gpu.Fallback()]
+    pipeline = schedule == "effarch-pipelined"
+    rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=pipeline)] if ours
+                        else [dl.gpu.Matmul(), dl.gpu.Fallback()])
     for rule in rules:
         sch = rule.apply(func, target, False)
         if sch is not None:

@@ -186,3 +186,20 @@ def test_split_reduction_builds_two_kernels_on_hmma(tmp_path: Path) -> None:
     sass = _sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
     assert sorted(sass) == ["splitk_kernel", "splitk_kernel_1"]
     assert "HMMA.16816.F32 " in sass["splitk_kernel"] and "HMMA" not in sass["splitk_kernel_1"]
+
+
+def test_pipelined_schedule_double_buffers_and_builds_to_hmma(tmp_path: Path) -> None:
+    """pipeline=True: the operand tiles for K step i+1 are loaded into the other half of a doubled
+    shared buffer while step i computes (one barrier per step instead of two)."""
+    target = tvm.target.Target(TARGET, host={"kind": "llvm"})
+    func = _kernel("conv", "bfloat16", None, (512, 7, 512, 3))
+    plain, piped = (TensorCoreMatmul(pipeline=p).apply(func, target, False) for p in (False, True))
+    assert plain is not None and piped is not None
+    sources = []
+    for name, sch in (("plain", plain), ("piped", piped)):
+        with target:
+            lib = tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)
+        sources.append(lib.mod.imports[0].inspect_source())
+    assert "& 1) * 2304)" in sources[1] and "& 1) * 2304)" not in sources[0]  # the doubled A/B tiles
+    sass = _sass_by_function(compile_fatbin(sources[1], "sm_90", tmp_path), tmp_path)
+    assert "HMMA.16816.F32.BF16 " in sass["piped_kernel"]
