@@ -167,24 +167,17 @@ class LLVMTarget(TargetSpec):
     tunable = True
 
     def check_precision(self, precision: str, cpu: str) -> None:
-        """x86: bf16 where the CPU has AVX512-BF16; fp16 nowhere (no fp16 arithmetic worth using)."""
+        """x86 bf16 needs AVX512-BF16 (and effarch's x86 bf16 kernels, not built yet); fp16: no fp16 arithmetic."""
         if self.name == "x86" and precision == "bf16":
             if "avx512bf16" not in self.required_features(cpu):
                 raise EffarchError(f"--precision bf16 on x86 needs AVX512-BF16, which CPU '{cpu}' lacks; build "
                                    f"with --cpu sapphirerapids (or another AVX512-BF16 CPU) or --precision fp32")
-            return
+            raise EffarchError("--precision bf16 on x86 is not built yet (effarch's x86 kernels compute in fp32); "
+                               "use --precision fp32, or --target cuda for bf16")
         if self.name == "x86" and precision == "fp16":
             raise EffarchError("--precision fp16 is not supported on x86 (no fp16 arithmetic); use --precision "
                                "bf16 on an AVX512-BF16 CPU, fp32, or --target cuda")
         super().check_precision(precision, cpu)
-
-    def prepare(self, mod: tvm.IRModule, param_names: list[str], params: list[np.ndarray], *,
-                precision: str = "fp32") -> tuple[tvm.IRModule, list[str], list[np.ndarray]]:
-        if precision == "fp32":
-            return mod, param_names, params
-        from targets.mixed_precision import to_mixed_precision
-
-        return to_mixed_precision(mod, precision), param_names, params
 
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
