@@ -13,7 +13,9 @@ per output column, with as many levels as vpmaddubsw's int16 pairs allow by defa
 Why one scale per row: a transformer's tokens differ in range by an order of magnitude (MiniLM's
 FFN down projection reads GELU outputs whose largest row is 10x the typical one), and one scale
 per tensor spends the 256 levels on the loudest token. Measured on MiniLM-L6 (48 real sentences,
-7-bit weights, simulated): per tensor cosine 0.9929, per row 0.9963 to the fp32 embeddings. The
+QDQ graph in onnxruntime, cosine to the fp32 embeddings): per tensor with 7-bit weights 0.9929
+(onnxruntime's own quantize_dynamic: 0.9925); per row 0.9962; per row with pair-safe weights
+0.9972, nearest-neighbour agreement 100%. The
 row scales keep a single zero point (128, symmetric rows), so the integer kernel still takes one
 scalar zero point and the rows' scales join the float rescale after it. ``rows=false`` writes
 onnxruntime's ``quantize_dynamic`` form.
