@@ -487,12 +487,14 @@ def gpu_rules() -> list[tuple[str, Any]]:
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_int8 import GpuInt8
+    from targets.schedules.gpu_rows import GpuRows
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to dlight.
     return [("tensorcore", TensorCoreMatmul()), ("int8-dp4a", GpuInt8()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
-            ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("dlight-reduction", dl.gpu.Reduction()),
+            ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
+            ("dlight-reduction", dl.gpu.Reduction()),
             ("dlight-general-reduction", dl.gpu.GeneralReduction()), ("dlight-transpose", dl.gpu.Transpose()),
             ("dlight-fallback", dl.gpu.Fallback())]
 
