@@ -397,11 +397,12 @@ def analyze_operand(stmt: tirx.stmt.SBlock, index: int) -> Operand:
 
     iters = [iv for iv in stmt.iter_vars if not _unit(iv.dom.extent)]
     reduce = [iv.var for iv in iters if iv.iter_type == tirx.IterVar.CommReduce]
-    mins = [r.min for r in stmt.reads[index].region]
-    other = {v for r in stmt.reads[1 - index].region for v in undefined_vars(r.min)}
+    mins = _indices(stmt, index)
+    other = {v for m in _indices(stmt, 1 - index) for v in undefined_vars(m)}
     mine = {v for m in mins for v in undefined_vars(m)}
     rows = [iv.var for iv in iters if iv.var in mine and iv.var not in other and iv.var not in reduce]
-    used = [v for v in undefined_vars(mins[-1]) if any(v.same_as(iv.var) for iv in iters)]
+    last = next((m for m in reversed(mins) if not isinstance(m, tirx.IntImm)), mins[-1])
+    used = [v for v in undefined_vars(last) if any(v.same_as(iv.var) for iv in iters)]
     if used and all(any(v.same_as(r) for r in reduce) for v in used):
         return Operand(True, _lanes(stmt, index, reduce))
     if used and not any(any(v.same_as(r) for r in reduce) for v in used):
@@ -413,21 +414,32 @@ def _unit(extent: tirx.PrimExpr) -> bool:
     return isinstance(extent, tirx.IntImm) and int(extent) == 1
 
 
+def _indices(stmt: tirx.stmt.SBlock, index: int) -> list[tirx.PrimExpr]:
+    """Read ``index``'s indices with extent-1 variables as 0 (a 1x1 kernel's ``yy + ry`` is ``yy``)."""
+    from tvm import sym
+
+    analyzer = sym.Analyzer()
+    for iv in stmt.iter_vars:
+        if _unit(iv.dom.extent):
+            analyzer.bind(iv.var, tirx.IntImm(iv.dom.extent.ty, 0))
+    return [analyzer.simplify(r.min) for r in stmt.reads[index].region]
+
+
 def _lanes(stmt: tirx.stmt.SBlock, index: int, group: list[tirx.Var]) -> int:
     """Elements contiguous in memory along ``group`` (fused in block order): all of them when the
     buffer's trailing indices are exactly those variables over whole dimensions, else the last one's."""
-    region = stmt.reads[index].region
+    mins = _indices(stmt, index)
     buffer = stmt.reads[index].source
     extent = {iv.var: int(iv.dom.extent) for iv in stmt.iter_vars if isinstance(iv.dom.extent, tirx.IntImm)}
-    dims = [d for d, r in enumerate(region) if not isinstance(r.min, tirx.IntImm)]
-    if not group or not dims or not isinstance(region[dims[-1]].min, tirx.Var):
+    dims = [d for d, m in enumerate(mins) if not isinstance(m, tirx.IntImm)]  # a constant index breaks no run
+    if not group or not dims or not isinstance(mins[dims[-1]], tirx.Var):
         return 1
-    last = region[dims[-1]].min
+    last = mins[dims[-1]]
     if not last.same_as(group[-1]):
         return 1
     tail = dims[-len(group):]
     whole = len(tail) == len(group) and all(
-        isinstance(region[d].min, tirx.Var) and region[d].min.same_as(v)
+        isinstance(mins[d], tirx.Var) and mins[d].same_as(v)
         and int(buffer.shape[d]) == extent.get(v, -1) for d, v in zip(tail, group, strict=True))
     return math.prod(extent.get(v, 1) for v in group) if whole else extent.get(last, 1)
 

@@ -1,0 +1,148 @@
+"""Tensor-core GEMM kernels (targets.schedules.gpu_tensorcore) against numpy, and against dlight's schedule.
+
+  python tools/gpu_tensorcore_check.py pack [--dir out/tensorcore] [--arch sm_90]
+      here (no GPU): for each GEMM kind (49x512x4608, 128x384x1536, 12 x 128x128x32 attention, 1x1 and
+      3x3 NCHW conv at batch 1) and precision (fp16, fp16 -> fp32 accumulate, bf16, bf16 -> fp32), the
+      kernel scheduled by effarch's TensorCoreMatmul (as is, with split reductions: split_k=True, and
+      software-pipelined: pipeline=True) and by dlight's Matmul (its tensor-core path where it takes
+      the shape, else SIMT), built into one library per (precision, schedule) with SASS only (nvcc);
+      plan.json: each kernel's tiles. No data travels: inputs come from a seed where they run.
+  python3 tools/gpu_tensorcore_check.py run --dir out/tensorcore --out DIR
+      on the GPU machine (runtime-only TVM, nothing compiled there; numpy, no ml_dtypes needed): runs
+      every kernel on seeded inputs, error against numpy's float64 result on the same rounded inputs
+      (cosine, max error relative to the largest output), median time of each schedule
+      (time_evaluator), writes DIR/tensorcore.md and DIR/tensorcore.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# (name, kind, dims): matmul (m, n, k) as [m,k] x [k,n]; bmm (b, m, n, k); conv (c, h, f, r), NCHW, batch 1
+CASES = [
+    ("gemm_49x512x4608", "matmul", (49, 512, 4608)),
+    ("gemm_128x384x1536", "matmul", (128, 384, 1536)),
+    ("attention_12x128x128x32", "bmm", (12, 128, 128, 32)),
+    ("conv1x1_256to512_14", "conv", (256, 14, 512, 1)),
+    ("conv3x3_512_7", "conv", (512, 7, 512, 3)),
+]
+# name -> (operand dtype, the op's out_dtype: None = the operands' dtype, so bf16 accumulates in bf16)
+PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "bf16": ("bfloat16", None),
+              "bf16-acc32": ("bfloat16", "float32")}
+SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "dlight")
+
+
+def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _from_bf16_bits(a: np.ndarray) -> np.ndarray:
+    return (a.astype(np.uint32) << 16).view(np.float32)
+
+
+def _inputs(case: int, kind: str, dims: tuple[int, ...], dtype: str) -> tuple[np.ndarray, ...]:
+    """(x, w) as the kernel takes them (float16, or bfloat16 bits as uint16) and their float64 values."""
+    from targets.kernel_library import operand_shapes
+
+    rng = np.random.default_rng(1000 + case)
+    xs, ws = operand_shapes(kind, dims)
+    fan_in = int(np.prod(ws[1:])) if kind == "conv" else ws[-2]
+    x32 = rng.uniform(-1, 1, xs).astype(np.float32)
+    w32 = (rng.uniform(-1, 1, ws) / np.sqrt(fan_in)).astype(np.float32)
+    if dtype == "float16":
+        x, w = x32.astype(np.float16), w32.astype(np.float16)
+        return x, w, x.astype(np.float64), w.astype(np.float64)
+    x, w = _to_bf16_bits(x32), _to_bf16_bits(w32)
+    return x, w, _from_bf16_bits(x).astype(np.float64), _from_bf16_bits(w).astype(np.float64)
+
+
+def _reference(kind: str, dims: tuple[int, ...], x64: np.ndarray, w64: np.ndarray) -> np.ndarray:
+    if kind != "conv":
+        return x64 @ w64
+    c, h, f, r = dims
+    pad = r // 2
+    xp = np.pad(x64[0], ((0, 0), (pad, pad), (pad, pad)))
+    cols = np.stack([xp[:, dy:dy + h, dx:dx + h] for dy in range(r) for dx in range(r)], axis=1)  # c, r*r, h, h
+    return np.einsum("ckyx,fck->fyx", cols, w64.reshape(f, c, r * r))[None]
+
+
+def pack(out_dir: Path, arch: str) -> None:
+    from targets.schedules.tensorcore_kernels import build_library, gemm_kernel, schedule_with
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan: dict[str, dict[str, str]] = {}
+    for precision, (dtype, acc) in PRECISIONS.items():
+        for schedule in SCHEDULES:
+            funcs = {}
+            for name, kind, dims in CASES:
+                funcs[name], how = schedule_with(gemm_kernel(kind, dims, dtype, acc), schedule, arch)
+                plan.setdefault(f"{precision}/{name}", {})[schedule] = how
+            build_library(funcs, arch, out_dir / f"{precision}.{schedule}.so")
+            print(f"packed {precision} {schedule}", flush=True)
+    (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
+
+
+def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    a, b = got.astype(np.float64).ravel(), ref.ravel()
+    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+    return cosine, float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
+
+
+def run(in_dir: Path, out_dir: Path) -> None:
+    from targets.kernel_library import KernelLibrary
+
+    plan = json.loads((in_dir / "plan.json").read_text())
+    rows = []
+    for precision, (dtype, _acc) in PRECISIONS.items():
+        libs = {s: KernelLibrary(in_dir / f"{precision}.{s}.so") for s in SCHEDULES}
+        for case, (name, kind, dims) in enumerate(CASES):
+            x, w, x64, w64 = _inputs(case, kind, dims, dtype)
+            ref = _reference(kind, dims, x64, w64)
+            row: dict[str, Any] = {"precision": precision, "kernel": name, "plan": plan[f"{precision}/{name}"]}
+            flops = 2 * float(np.prod(ref.shape)) * (float(np.prod(w.shape[1:])) if kind == "conv" else x.shape[-1])
+            for schedule, lib in libs.items():
+                out, args = lib.run(name, [x, w], ref.shape, dtype)
+                got = _from_bf16_bits(out) if dtype == "bfloat16" else out
+                cosine, rel = _errors(got, ref)
+                us = lib.median_us(name, args)
+                row[schedule] = {"cosine": cosine, "rel_max_err": rel, "us": us, "tflops": flops / us / 1e6}
+            rows.append(row)
+    (out_dir / "tensorcore.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| precision | kernel | effarch tiles | cosine | max err / max | us | TFLOP/s | split-K: split, "
+             "cosine, us | pipelined: cosine, us | dlight (rule): cosine, us |", "|---" * 10 + "|"]
+    for r in rows:
+        e, k, p, d = r["effarch"], r["effarch-splitk"], r["effarch-pipelined"], r["dlight"]
+        split = r["plan"]["effarch-splitk"].split("split-k ")[-1]
+        lines.append(f"| {r['precision']} | {r['kernel']} | {r['plan']['effarch'].split(': ')[-1]} | "
+                     f"{e['cosine']:.6f} | {e['rel_max_err']:.2e} | {e['us']:.1f} | {e['tflops']:.1f} | "
+                     f"{split}, {k['cosine']:.6f}, {k['us']:.1f} | {p['cosine']:.6f}, {p['us']:.1f} | "
+                     f"({r['plan']['dlight']}) {d['cosine']:.6f}, {d['us']:.1f} |")
+    (out_dir / "tensorcore.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("step", choices=("pack", "run"))
+    p.add_argument("--dir", default="out/tensorcore")
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--out", default=".")
+    args = p.parse_args()
+    if args.step == "pack":
+        pack(Path(args.dir), args.arch)
+    else:
+        run(Path(args.dir), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
