@@ -178,7 +178,10 @@ def _takes(node: Node, index: int, t: QuantizedTensor, pack: int) -> bool:
     x, y = node.inputs[0], node.outputs[0]
     if x is None or x.type is None or x.type.dtype is not DType.F32 or y.type is None or y.type.dtype is not DType.F32:
         return False
-    if node.op == "MatMul" and (x.type.shape is None or len(x.type.shape) < 2):
+    # Static shapes only: the symbolic-shape rules (schedules.symbolic) know no expansion block.
+    if x.type.shape is None or not all(isinstance(d, int) for d in x.type.shape):
+        return False
+    if node.op == "MatMul" and len(x.type.shape) < 2:
         return False
     w = dense_form(t, node.op == "Gemm" and bool(node.attrs.get("transB", 0)))
     return w is not None and _panel(w.n, pack) > 0
