@@ -63,6 +63,7 @@ def main() -> int:
                 cells = " n/a | n/a |" if w is None else f" {w:.2f} | {w / ort.median_ms:.2f}x |"
             rows.append(f"| {name} | {ours.median_ms:.2f} | {ort.median_ms:.2f} | "
                         f"{ours.median_ms / ort.median_ms:.2f}x |{cells}")
+            print(rows[-1], file=sys.stderr, flush=True)  # a long run's rows so far survive an interruption
     print(f"Measured {datetime.date.today()} on {machine_description()}, 2 threads per runtime, with "
           f"`python tools/bench_unseen.py {' '.join(sys.argv[1:])}` "
           f"(random weights, batch 1, medians in ms).\n")
