@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 SM_COUNT = 132  # H100/H200; smaller GPUs are filled by any grid that fills these
 FRAG = 16  # WMMA fragment edge (m16n16k16)
 WARP = 32
+MIN_EDGE = 16  # GEMMs with fewer rows or columns are left to other rules (GEMV)
 PAD = 8  # shared-memory row padding in elements: keeps 16-byte alignment and spreads banks
 # (block_m, block_n) from largest to smallest; every edge a multiple of 32 so two warps split it.
 BLOCK_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
@@ -528,6 +529,8 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool) -> tuple[Plan | Non
         widen_accumulator(sch, gemm.block)
         acc = "float32"
     batch, m, n, k = shape
+    if min(m, n) < MIN_EDGE:  # a matrix-vector product: dlight's GEMV rules waste no 16-row fragments
+        return None, a, b
     tiles = choose_tiles(m, n, k, batch)
     if not split_k and tiles.split_k > 1:
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)

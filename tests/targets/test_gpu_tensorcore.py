@@ -116,6 +116,9 @@ def test_declines_float32_and_non_gemm_and_old_gpus() -> None:
     half = _kernel("matmul", "float16", None, (64, 64, 64))
     assert rule.apply(half, tvm.target.Target({"kind": "cuda", "arch": "sm_75"}), False) is None
     assert rule.apply(half, tvm.target.Target({"kind": "llvm"}), False) is None
+    for rows in (1, 8):  # matrix-vector products stay with dlight's GEMV rules
+        assert rule.apply(_kernel("matmul", "float16", None, (rows, 256, 256)), sm90, False) is None
+    assert plan_gemm(_kernel("matmul", "float16", None, (16, 256, 256))) is not None
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((64, 64), "float16"))
     with bb.function("main", [x]):
