@@ -8,7 +8,10 @@ blocks (cast, bias, activation) are inlined into the write-back.
 
 Unlike dlight's ``MatmulTensorization`` (fixed 128x128x64 tiles, no GEMM with a dimension <= 64), the
 block tile comes from ``choose_tiles``: the largest tile whose grid still fills every SM, down to
-32x32, and a split of the reduction (split-K) when even 32x32 tiles leave SMs idle. A thread block
+32x32, and a split of the reduction (split-K) when even 32x32 tiles leave SMs idle; the split (a
+second kernel adds the parts) and a software pipeline over the K steps are options of
+``TensorCoreMatmul``, off until measured on the GPU (``tools/gpu_tensorcore_check.py``). GEMMs with
+fewer than 16 rows or columns (matrix-vector) are left to dlight's GEMV rules. A thread block
 holds ``warps_m x warps_n`` warps, each computing a ``(block_m / warps_m) x (block_n / warps_n)``
 part of the tile as 16x16 fragments. Per ``block_k`` step both operand tiles go to shared memory
 (rows padded by 8 elements against bank conflicts), each warp loads its fragments from there and
