@@ -6,10 +6,12 @@ same rows and the same row length ``L`` each), then one element-wise block over 
 (``S..SS``) that reads the reductions at its own row. dlight's ``GeneralReduction`` gives each row a block
 of 256 threads and reduces through shared memory; with rows of 128 most of those threads idle.
 
-Here a warp owns a row and a thread block holds ``ROWS_PER_BLOCK`` rows: lane ``t`` of 32 handles the
-elements ``(c * 32 + t) * V + j`` (``V`` = a 16-byte vector of the input when ``L`` allows), each reduction
-ends in warp shuffles (TVM's cross-thread allreduce over the 32 lanes), and an input that several blocks
-read along the row is loaded once into registers (``c`` unrolled, at most ``REGISTER_ROW`` elements).
+Here a warp owns a row and a thread block holds ``ROWS_PER_BLOCK`` rows (fewer where the row index split
+that way leaves TVM block bindings it cannot prove affine, e.g. [8, 12, 197] rows; one at worst): lane ``t``
+of 32 handles the elements ``(c * 32 + t) * V + j`` (``V`` = a 16-byte vector of the input when ``L``
+allows), each reduction ends in warp shuffles (TVM's cross-thread allreduce over the 32 lanes), and an input
+that several blocks read along the row is loaded once into registers (``c`` unrolled, at most
+``REGISTER_ROW`` elements).
 
 Anything else -- a row length not known at compile time, a spatial block left between reductions, a
 reduction read at another row, fewer rows than one block -- is declined (``None``) for dlight's rules.
@@ -29,7 +31,7 @@ from tvm.target import Target
 logger = logging.getLogger(__name__)
 
 WARP = 32
-ROWS_PER_BLOCK = 4  # warps (rows) per thread block: 128 threads
+ROWS_PER_BLOCK = 4  # warps (rows) per thread block: 128 threads; 2, then 1 when 4 does not schedule
 MIN_ROW, MAX_ROW = 16, 8192  # shorter rows waste most lanes; longer ones want several warps per row
 REGISTER_ROW = 2048  # longest row cached in registers (64 fp32 values per lane)
 
@@ -52,13 +54,19 @@ class GpuRows(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
             return None
-        sch = s_tir.Schedule(func)
-        plan = match_rows(sch)
-        if isinstance(plan, str):
-            logger.debug("gpu-rows declines: %s", plan)
-            return None
-        schedule_rows(sch, plan)
-        return sch
+        for warps in (ROWS_PER_BLOCK, 2, 1):
+            sch = s_tir.Schedule(func)
+            plan = match_rows(sch)
+            if isinstance(plan, str):
+                logger.debug("gpu-rows declines: %s", plan)
+                return None
+            try:
+                schedule_rows(sch, plan, warps)
+            except s_tir.ScheduleError as exc:  # bindings of the split row index not provably affine
+                logger.debug("gpu-rows: %d rows per block did not schedule (%s)", warps, str(exc).splitlines()[0])
+                continue
+            return sch
+        return None
 
 
 def _static(expr: object) -> int | None:
@@ -163,7 +171,7 @@ def match_rows(sch: s_tir.Schedule) -> RowPlan | str:
     for extent in final.dom()[:rank]:
         rows = rows * extent
     if _static(rows) is not None and _static(rows) < ROWS_PER_BLOCK:  # type: ignore[operator]
-        return "fewer rows than one thread block"
+        return "fewer rows than one thread block"  # a single row or two: nothing to spread over the GPU
     cached = _row_inputs(sch, infos, rank) if length <= REGISTER_ROW else []
     first_reads = sch.get(reductions[0].block_rv).reads
     dtype_bytes = max([first_reads[i].source.dtype.bits // 8 for i in cached] or [4])
@@ -182,11 +190,11 @@ def _lanes(sch: s_tir.Schedule, loop: LoopRV, plan: RowPlan, *, unroll: bool) ->
     return vec
 
 
-def schedule_rows(sch: s_tir.Schedule, plan: RowPlan) -> None:
+def schedule_rows(sch: s_tir.Schedule, plan: RowPlan, warps: int = ROWS_PER_BLOCK) -> None:
     """Warp per row: rows fused and split over (blockIdx.x, threadIdx.y), each block's row over lanes."""
     loops = sch.get_loops(plan.final)
     row = sch.fuse(*loops[: plan.rank])
-    block_row, warp = sch.split(row, [None, ROWS_PER_BLOCK])
+    block_row, warp = sch.split(row, [None, warps])
     sch.bind(block_row, "blockIdx.x")
     sch.bind(warp, "threadIdx.y")
     cached = bool(plan.cached)

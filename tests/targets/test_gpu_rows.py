@@ -131,3 +131,13 @@ def test_kernels_build_to_warp_shuffles_with_the_row_in_registers(tmp_path: Path
             assert not re.search(r"\b(LDL|STL)\b", body), f"{name}: local memory in its SASS"
         if n % 4 == 0 and n <= REGISTER_ROW:
             assert "LDG.E.128" in body, f"{name}: no 16-byte loads"
+
+
+def test_rows_whose_split_by_four_is_not_affine_fall_back_to_fewer_rows_per_block() -> None:
+    """[8, 12, 197] rows split by 4 leave bindings TVM cannot prove affine ('bind' raises); one row per
+    32-thread block schedules."""
+    sch = GpuRows().apply(row_kernel("softmax", (8, 12, 197, 197)), TARGET, False)
+    assert sch is not None
+    assert 'T.thread_binding(T.int64(1), thread="threadIdx.y")' in sch.mod["main"].script()
+    four = GpuRows().apply(row_kernel("softmax", (32, 12, 128, 128)), TARGET, False)
+    assert four is not None and 'T.thread_binding(T.int64(4), thread="threadIdx.y")' in four.mod["main"].script()
