@@ -9,6 +9,14 @@ stays in ``main``, but never splits or re-forms our groups: they are calls, not 
 Parameters: a group input whose value is known at compile time and small (a shape, an axis list,
 a scale) is a constant inside the function, so converters that need compile-time values see it;
 everything else, weights included, is a parameter of the function.
+
+Multi-stage groups on the GPU (``lower(..., split_multi_stage=True)``, the CUDA target): a group
+whose body holds a contraction and another contraction or reduction (Attention: QK^T, Softmax, PV)
+would become one PrimFunc that no GPU rule can put on tensor cores (it runs on fallback-style
+schedules). Its body's ops are emitted inline into the caller instead (``inline_group``), and TVM's
+FuseOps fuses them the usual way: each matmul with its epilogue, reaching the tensor-core rule, the
+softmax in a kernel of its own. Groups with one contraction (FusedMatMul, FusedConv) or reductions
+only (LayerNorm: one row-wise kernel the reduction rules handle) stay one kernel.
 """
 
 from __future__ import annotations
@@ -36,6 +44,62 @@ def kernel_names(mod: tvm.IRModule, relax_pipeline: tvm.transform.Pass) -> list[
     return sorted(gv.name_hint for gv, f in built.functions.items() if isinstance(f, tirx.PrimFunc))
 
 
+# Ops that are one contraction (a GEMM or convolution) or a reduction over an axis, for
+# ``multi_stage``; ops of a nested group count by its body.
+CONTRACTIONS = frozenset({"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "Conv", "ConvTranspose",
+                          "ConvInteger", "QLinearConv"})
+REDUCTIONS = frozenset({"Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                        "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare", "LayerNormalization",
+                        "RMSNormalization", "GroupNormalization", "InstanceNormalization", "LpNormalization",
+                        "ArgMax", "ArgMin", "CumSum", "TopK"})
+
+
+def stages(body: Any) -> list[str]:
+    """The contractions and reductions of a group's body (a ``Graph``), in order, by op."""
+    found: list[str] = []
+    for n in body.nodes:
+        if n.body is not None:
+            found += stages(n.body)
+        elif n.op in CONTRACTIONS or n.op in REDUCTIONS:
+            found.append(n.op)
+    return found
+
+
+def multi_stage(node: Node) -> bool:
+    """Whether the group holds a contraction and at least one more contraction or reduction: one
+    PrimFunc of it is beyond every GPU tensor-core rule (see the module's doc)."""
+    ops = stages(node.body)
+    return any(op in CONTRACTIONS for op in ops) and len(ops) > 1
+
+
+def inline_group(outer: Any, node: Node) -> None:
+    """Lower the group's body node by node into ``outer``'s current function, as if never grouped:
+    body inputs and constants alias the outer values, the group's outputs alias the body's."""
+    for v in node.body.constants.values():
+        if v.const is None:
+            raise LoweringError(f"{describe(node)}: constant '{v.name}' of its body has no data")
+        outer.known[id(v)] = v.const
+    for outer_value, body_input in zip(node.inputs, node.body.inputs, strict=True):
+        if outer_value is None:
+            raise LoweringError(f"{describe(node)}: a group needs every input")
+        known = outer.known.get(id(outer_value))
+        weight = known is not None and np.asarray(known).size > INLINE_MAX_ELEMENTS
+        if weight and id(outer_value) not in outer.quantized:
+            outer.expr(outer_value)  # a weight: one parameter of main, named after the graph's value
+        _alias(outer, outer_value, body_input)
+    for body_node in node.body.nodes:
+        outer._visit(body_node)
+    for out, body_out in zip(node.outputs, node.body.outputs, strict=True):
+        _alias(outer, body_out, out)
+
+
+def _alias(outer: Any, src: Value, dst: Value) -> None:
+    """``dst`` takes whatever ``outer`` holds for ``src``: expressions, known value, quantized weight."""
+    for table in (outer.exprs, outer.nhwc_exprs, outer.known, outer.weight_arrays, outer.quantized):
+        if id(src) in table:
+            table[id(dst)] = table[id(src)]
+
+
 def kernel_name(node: Node) -> str:
     """The name of the group's function, and so of its PrimFunc after FuseTIR."""
     kind = node.op.lower().removeprefix("fused")
@@ -52,7 +116,8 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
 
     ``outer`` is the lowering in progress (``targets.lowering.to_relax._Lowerer``): its block builder, the
     Relax expression of every IR value, and the values known at compile time."""
-    inner = type(outer)(node.body, channels_last=outer.channels_last, pack=outer.pack, int8=outer.int8)
+    inner = type(outer)(node.body, channels_last=outer.channels_last, pack=outer.pack, int8=outer.int8,
+                        split_multi_stage=outer.split_multi_stage)
     inner.in_group = True
     params, args = _signature(outer, inner, node)
     name = kernel_name(node)

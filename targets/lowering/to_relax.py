@@ -26,7 +26,7 @@ from compiler.ir.core import Node, Value
 from compiler.ir.graph import Graph
 from targets.lowering import CONVERTERS, Call, LoweringError, consteval, describe, weight_only
 from targets.lowering.channels_last import lower_nhwc
-from targets.lowering.fused import lower_group
+from targets.lowering.fused import inline_group, lower_group, multi_stage
 from targets.lowering.registry import dims, is_static
 
 logger = logging.getLogger(__name__)
@@ -44,18 +44,20 @@ class Lowered:
     params: list[np.ndarray] = field(default_factory=list)
 
 
-def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "") -> Lowered:
+def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
+          split_multi_stage: bool = False) -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
 
     ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
     layout; see ``lowering.channels_last``); ``pack`` > 0 packs the weights of matmuls and
     convolutions in panels of that many output columns (``lowering.packed``); ``int8`` names the
     CPU's integer dot-product family, for which MatMulInteger/ConvInteger with constant weights are
-    packed (``lowering.packed_int8``)."""
+    packed (``lowering.packed_int8``); ``split_multi_stage`` lowers a group holding more than one
+    contraction or reduction (attention) op by op, not as one kernel (the GPU's; ``lowering.fused``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
-    return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8).run()
+    return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8, split_multi_stage=split_multi_stage).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -67,8 +69,10 @@ def _unsupported(g: Graph) -> set[str]:
 class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
-    def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "") -> None:
+    def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
+                 split_multi_stage: bool = False) -> None:
         self.g = g
+        self.split_multi_stage = split_multi_stage
         self.bb = relax.BlockBuilder()
         self.exprs: dict[int, relax.Expr] = {}
         self.channels_last = channels_last
@@ -188,6 +192,9 @@ class _Lowerer:
             raise
 
     def _convert(self, node: Node) -> None:
+        if node.body is not None and self.split_multi_stage and multi_stage(node):
+            inline_group(self, node)  # ops inline: TVM fuses each contraction on its own
+            return
         if node.body is not None:  # a group: one primitive function, one kernel
             results, nhwc = lower_group(self, node)
             self._bind_outputs(node, results, nhwc)
