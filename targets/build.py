@@ -115,7 +115,9 @@ def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int) -> dict[
     dot-product instructions."""
     fast = opt_level >= 2
     return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0,
-            "int8": spec.int8_isa(cpu) if fast else ""}
+            "int8": spec.int8_isa(cpu) if fast else "",
+            # CUDA: attention-like groups as separate kernels, so each matmul gets tensor cores.
+            "split_multi_stage": spec.name == "cuda"}
 
 
 def model_info(g: Graph, lowered: LoweredModule) -> ModelInfo:
