@@ -141,3 +141,18 @@ def test_rows_whose_split_by_four_is_not_affine_fall_back_to_fewer_rows_per_bloc
     assert 'T.thread_binding(T.int64(1), thread="threadIdx.y")' in sch.mod["main"].script()
     four = GpuRows().apply(row_kernel("softmax", (32, 12, 128, 128)), TARGET, False)
     assert four is not None and 'T.thread_binding(T.int64(4), thread="threadIdx.y")' in four.mod["main"].script()
+
+
+@pytest.mark.parametrize(("name", "build", "shapes"), [
+    ("layer norm * scale (MiniLM)", lambda x, g, b: relax.op.multiply(relax.op.nn.layer_norm(x, g, b, [-1]),
+                                                                     relax.const(0.5, "float32")),
+     [(1, 32, 384), (384,), (384,)]),
+    ("layer norm -> fp16 (GPT)", lambda x, g, b: relax.op.astype(relax.op.nn.layer_norm(x, g, b, [-1]), "float16"),
+     [(1, 64, 256), (256,), (256,)]),
+    ("RMS norm + residual", lambda x, g, r: relax.op.add(relax.op.nn.rms_norm(x, g, [-1]), r),
+     [(4, 64, 768), (768,), (4, 64, 768)]),
+])
+def test_takes_the_fused_variants_models_produce(name: str, build: object, shapes: list[tuple[object, ...]]) -> None:
+    func = _relax_kernel(build, *shapes)
+    assert isinstance(_plan(func), RowPlan), name
+    assert GpuRows().apply(func, TARGET, False) is not None
