@@ -6,7 +6,9 @@ Activations stay float; the weights are stored in 8 or 4 bits and expanded insid
 reads them, which is what pays on memory-bound products (batch-1 transformers). ``bits=8``: one
 symmetric scale per output column. ``bits=4``: one scale per ``group`` consecutive weights along
 the reduction axis (K) of each column, ONNX's blocked DequantizeLinear (opset 21), the form of
-onnxruntime's and torchao's 4-bit weight-only schemes.
+onnxruntime's and torchao's 4-bit weight-only schemes. On the CPU targets each such product is one
+kernel that reads the integer weight, packed (int4: two per byte), and expands it in registers or a
+per-thread buffer (``targets.lowering.weight_only``); the float weight never exists as a tensor.
 """
 
 from __future__ import annotations
