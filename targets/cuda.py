@@ -486,12 +486,13 @@ def gpu_rules() -> list[tuple[str, Any]]:
     """The GPU schedule rules in the order they are offered each kernel."""
     from tvm.s_tir import dlight as dl
 
+    from targets.schedules.gpu_depthwise import GpuDepthwise
     from targets.schedules.gpu_int8 import GpuInt8
     from targets.schedules.gpu_rows import GpuRows
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to dlight.
-    return [("tensorcore", TensorCoreMatmul()), ("int8-dp4a", GpuInt8()),
+    return [("tensorcore", TensorCoreMatmul()), ("depthwise", GpuDepthwise()), ("int8-dp4a", GpuInt8()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
             ("dlight-reduction", dl.gpu.Reduction()),
