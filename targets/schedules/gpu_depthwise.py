@@ -187,3 +187,15 @@ def depthwise_kernel(channels: int, size: int, stride: int, dtype: str, kernel: 
         mod = p(mod)
     (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
     return func
+
+
+def schedule_with(func: tirx.PrimFunc, schedule: str, target: Target) -> tirx.PrimFunc:
+    """``func`` scheduled by effarch's rule ('effarch') or by dlight's Fallback ('dlight', what took depthwise
+    kernels before this rule); raises if the rule declines."""
+    from tvm.s_tir import dlight as dl
+
+    rule = GpuDepthwise() if schedule == "effarch" else dl.gpu.Fallback()
+    sch = rule.apply(func, target, False)
+    if sch is None:
+        raise ValueError(f"{schedule} declined this kernel")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
