@@ -1,8 +1,8 @@
-"""Depthwise conv kernels (targets.schedules.gpu_depthwise) against numpy, and against dlight's Fallback.
+"""Depthwise conv kernels (targets.schedules.gpu_depthwise) against numpy, and against dlight's GeneralReduction.
 
   python tools/gpu_depthwise_check.py pack [--dir out/depthwise] [--arch sm_90]
       here (no GPU): MobileNetV2's depthwise layers (clip(conv2d(x, w, groups=C) + b, 0, 6), 3x3, stride 1 and 2)
-      in fp16 and fp32, scheduled by effarch's GpuDepthwise and by dlight's Fallback (what took them before),
+      in fp16 and fp32, scheduled by effarch's GpuDepthwise and by dlight's GeneralReduction (what took them before),
       one SASS-only library per (precision, schedule). No data travels: inputs come from a seed where they run.
   python3 tools/gpu_depthwise_check.py run --dir out/depthwise --out DIR
       on the GPU machine (runtime-only TVM, numpy): every kernel on seeded inputs, error against numpy's float64
@@ -88,7 +88,7 @@ def run(in_dir: Path, out_dir: Path) -> None:
                 row[schedule] = {"cosine": cosine, "rel_max_err": rel, "us": lib.median_us(_name(c, h, s), args)}
             rows.append(row)
     (out_dir / "depthwise.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| precision | kernel | effarch cosine | max err / max | us | dlight Fallback cosine | us | speed-up |",
+    lines = ["| precision | kernel | effarch cosine | max err / max | us | dlight cosine | us | speed-up |",
              "|---" * 8 + "|"]
     for r in rows:
         e, d = r["effarch"], r["dlight"]

@@ -2,9 +2,9 @@
 
 ``LegalizeOps`` + ``FuseTIR`` turn an NCHW ``conv2d`` with ``groups == in channels == out channels`` (MobileNet's
 3x3 depthwise layers) into a padding block, a reduction block ``out[n, c, y, x] += pad[n, c, y*s + ry, x*s + rx]
-* w[c, 0, ry, rx]`` and the fused element-wise epilogue (bias add, clip / ReLU6, residual add, a cast). No dlight
-rule knows this shape: it falls to ``Fallback``, one thread per output reading every input element 9 times from
-global memory.
+* w[c, 0, ry, rx]`` and the fused element-wise epilogue (bias add, clip / ReLU6, residual add, a cast). Without
+this rule dlight's ``GeneralReduction`` takes it (a reduction of 9 taps per output), reading the input from
+global memory once per tap.
 
 Here a thread block owns ``channels`` channels x a tile of output rows and columns. It loads the input tile with
 its halo (the padding computed on the way) into shared memory once; each thread then computes ``rows x cols``
@@ -190,12 +190,13 @@ def depthwise_kernel(channels: int, size: int, stride: int, dtype: str, kernel: 
 
 
 def schedule_with(func: tirx.PrimFunc, schedule: str, target: Target) -> tirx.PrimFunc:
-    """``func`` scheduled by effarch's rule ('effarch') or by dlight's Fallback ('dlight', what took depthwise
-    kernels before this rule); raises if the rule declines."""
+    """``func`` scheduled by effarch's rule ('effarch') or by dlight's GeneralReduction ('dlight': what took
+    depthwise kernels before this rule; its Fallback if that declines); raises if the rule declines."""
     from tvm.s_tir import dlight as dl
 
-    rule = GpuDepthwise() if schedule == "effarch" else dl.gpu.Fallback()
-    sch = rule.apply(func, target, False)
-    if sch is None:
-        raise ValueError(f"{schedule} declined this kernel")
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    rules = [GpuDepthwise()] if schedule == "effarch" else [dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    for rule in rules:
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    raise ValueError(f"{schedule} declined this kernel")
