@@ -21,7 +21,7 @@ from targets.schedules.gpu_rules import schedule_kernel
 from targets.schedules.row_kernels import OPS, row_kernel, schedule_with
 
 TARGET = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
-LENGTHS = (32, 50, 128, 384, 1000, 2048, 4096)
+LENGTHS = (32, 50, 128, 384, 1000, 2048)
 
 
 def _plan(func: tirx.PrimFunc) -> RowPlan | str:
@@ -70,6 +70,7 @@ def _relax_kernel(build: object, *shapes: tuple[object, ...]) -> tirx.PrimFunc:
     ("elementwise", lambda x: relax.op.exp(x), [(8, 128)], "not a reduction followed by a map"),
     ("row too short", lambda x: relax.op.nn.softmax(x, -1), [(64, 8)], "row length"),
     ("row too long", lambda x: relax.op.nn.softmax(x, -1), [(4, 16384)], "row length"),
+    ("row past the register cache", lambda x: relax.op.nn.softmax(x, -1), [(64, 4096)], "row length"),
     ("one row", lambda x: relax.op.nn.softmax(x, -1), [(1, 128)], ""),
     ("symbolic row", lambda x: relax.op.nn.softmax(x, -1), [(8, tirx.Var("n", "int64"))], "row length"),
 ])
@@ -115,7 +116,7 @@ def _sass(source: str, tmp: Path) -> dict[str, str]:
 
 
 def test_kernels_build_to_warp_shuffles_with_the_row_in_registers(tmp_path: Path) -> None:
-    cases = {f"{op}_{n}": (op, n) for op in OPS for n in (50, 384, 2048, 4096)}
+    cases = {f"{op}_{n}": (op, n) for op in OPS for n in (50, 384, 2048)}
     funcs = {name: schedule_with(row_kernel(op, (64, n), "float16" if op == "softmax" else "float32"),
                                  "effarch", "sm_90")[0].with_attr("global_symbol", name)
              for name, (op, n) in cases.items()}
