@@ -73,27 +73,32 @@ class BuildResult:
 
 def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
                    manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
-                   tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True) -> Path:
+                   tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True,
+                   winograd: bool = False) -> Path:
     """Compile ``g`` for ``target`` (host CPU unless ``cpu``) into the artifact at ``out_path``."""
     return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra, opt_level=opt_level,
-                 tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs).path
+                 tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs, winograd=winograd).path
 
 
 def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
           manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
-          tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True) -> BuildResult:
+          tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True,
+          winograd: bool = False) -> BuildResult:
     """``build_artifact`` returning the manifest and per-step timings too.
 
     ``precision`` fp16/bf16 computes contractions in that type where the target builds it (CUDA: on
-    tensor cores; ``targets.mixed_precision``); ``cuda_graphs`` False turns CUDA graphs off."""
+    tensor cores; ``targets.mixed_precision``); ``cuda_graphs`` False turns CUDA graphs off; ``winograd``
+    computes 3x3 stride-1 convolutions by Winograd on the CPU targets from -O2 (manifest ``winograd``)."""
     from targets.lowering.to_relax import lower
 
     spec = get_target(target)  # fail on a bad target name before the slow steps
-    check_build_options(spec, cpu, precision, cuda_graphs)
+    check_build_options(spec, cpu, precision, cuda_graphs, winograd)
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
     with captured_native_logs():
-        lowered = lower(g, **lowering_options(spec, cpu, opt_level))
+        lowered = lower(g, **lowering_options(spec, cpu, opt_level, winograd=winograd))
+    if winograd and opt_level >= 2:
+        manifest_extra = {**(manifest_extra or {}), "winograd": True}
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
                            manifest_extra=manifest_extra, opt_level=opt_level, tuning_db=tuning_db,
@@ -102,20 +107,24 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     return result
 
 
-def check_build_options(spec: TargetSpec, cpu: str | None, precision: str, cuda_graphs: bool) -> None:
-    """Refuse, before lowering, a precision the target or CPU cannot build and --no-cuda-graphs off CUDA."""
+def check_build_options(spec: TargetSpec, cpu: str | None, precision: str, cuda_graphs: bool,
+                        winograd: bool = False) -> None:
+    """Refuse, before lowering, a precision the target or CPU cannot build, --no-cuda-graphs off CUDA and
+    --winograd where convolutions are not lowered channels-last (CUDA)."""
     spec.check_precision(precision, spec.resolve_cpu(cpu))
     if not cuda_graphs and not spec.graph_capture:
         raise EffarchError(f"--no-cuda-graphs applies to --target cuda, not {spec.name}; drop the option")
+    if winograd and not spec.channels_last:
+        raise EffarchError(f"--winograd applies to the CPU targets (x86, arm), not {spec.name}; drop the option")
 
 
-def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int) -> dict[str, Any]:
+def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int, *, winograd: bool = False) -> dict[str, Any]:
     """How ``targets.lowering.to_relax.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
-    convolutions channels-last, pack weights for their register tiles and integer weights for their
-    dot-product instructions."""
+    convolutions channels-last (3x3 ones by Winograd if asked), pack weights for their register tiles and
+    integer weights for their dot-product instructions."""
     fast = opt_level >= 2
     return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0,
-            "int8": spec.int8_isa(cpu) if fast else "",
+            "int8": spec.int8_isa(cpu) if fast else "", "winograd": winograd and fast and spec.channels_last,
             # CUDA: attention-like groups as separate kernels, so each matmul gets tensor cores.
             "split_multi_stage": spec.name == "cuda"}
 

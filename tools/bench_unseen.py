@@ -24,7 +24,6 @@ import onnx
 from compiler.benchmark.onnx_light import light_model
 from compiler.benchmark.runner import bench, machine_description
 from compiler.driver import compile_model, load_model
-from targets.lowering.winograd import winograd_builds
 
 MODELS = ("squeezenet", "densenet121", "inception_v2", "vgg19")
 
@@ -46,8 +45,7 @@ def main() -> int:
             compile_model(source, artifact, target="x86", opt_level=2)
             wino = Path(tmp) / f"{name}.winograd.effarch" if args.winograd else None
             if wino is not None:
-                with winograd_builds():
-                    compile_model(source, wino, target="x86", opt_level=2)
+                compile_model(source, wino, target="x86", opt_level=2, winograd=True)
             graph_inputs = onnx.load(str(path)).graph.input
             shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph_inputs}
             inputs = {n: np.random.default_rng(1).standard_normal(s).astype(np.float32) for n, s in shapes.items()}

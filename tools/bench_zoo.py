@@ -24,7 +24,6 @@ from compiler.benchmark.model import reference_onnx_path
 from compiler.benchmark.runner import bench, machine_description
 from compiler.driver import compile_model, load_model
 from compiler.ir.stats import graph_stats
-from targets.lowering.winograd import winograd_builds
 
 
 def _ms(v: float | None) -> str:
@@ -38,8 +37,7 @@ def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path, tunin
     compile_model(source, artifact, target="x86", opt_level=opt)
     tuned = folder / f"{name}.tuned.effarch" if tuning_db or winograd else None
     if tuned is not None and winograd:  # the second artifact is timed in the tuned build's slot
-        with winograd_builds():
-            compile_model(source, tuned, target="x86", opt_level=opt)
+        compile_model(source, tuned, target="x86", opt_level=opt, winograd=True)
     elif tuned is not None:
         compile_model(source, tuned, target="x86", opt_level=opt, tuning_db=tuning_db)
     result = bench(reference_onnx_path(source, folder), artifact, zoo.get(name).sample_inputs(0),
@@ -68,7 +66,7 @@ def main() -> int:
     extra = parser.add_mutually_exclusive_group()
     extra.add_argument("--tuning-db", type=Path, help="also time each model compiled with this tuning database")
     extra.add_argument("--winograd", action="store_true",
-                       help="also time each model compiled with Winograd 3x3 convolutions (EFFARCH_WINOGRAD=1)")
+                       help="also time each model compiled with Winograd 3x3 convolutions (effarch compile --winograd)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

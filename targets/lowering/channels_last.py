@@ -79,7 +79,7 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
     win = window(c, _spatial(x), list(weight.shape[2:]))
     groups = int(c.attr("group", 1))
     nr = panel_width(weight.shape[0], c.pack) if c.pack else 0
-    if (winograd.enabled() and _static_batch(x) and len(win.pads) == 4
+    if (lowering.winograd and _static_batch(x) and len(win.pads) == 4
             and winograd.applies(weight.shape, win.strides, win.dilations, groups, nr)):
         u = c.relaid_weight(1, winograd.transform_weights(weight, nr), f"winograd{nr}")  # G g G^T, once
         y = c.bb.emit_te(winograd.conv2d_nhwc_winograd, lowering.nhwc(x), u, pads=win.pads,

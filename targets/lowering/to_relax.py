@@ -45,7 +45,7 @@ class Lowered:
 
 
 def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
-          split_multi_stage: bool = False) -> Lowered:
+          split_multi_stage: bool = False, winograd: bool = False) -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
 
     ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
@@ -53,11 +53,14 @@ def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "
     convolutions in panels of that many output columns (``lowering.packed``); ``int8`` names the
     CPU's integer dot-product family, for which MatMulInteger/ConvInteger with constant weights are
     packed (``lowering.packed_int8``); ``split_multi_stage`` lowers a group holding more than one
-    contraction or reduction (attention) op by op, not as one kernel (the GPU's; ``lowering.fused``)."""
+    contraction or reduction (attention) op by op, not as one kernel (the GPU's; ``lowering.fused``);
+    ``winograd`` computes channels-last 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
+    (``lowering.winograd``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
-    return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8, split_multi_stage=split_multi_stage).run()
+    return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8, split_multi_stage=split_multi_stage,
+                    winograd=winograd).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -70,9 +73,10 @@ class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
     def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
-                 split_multi_stage: bool = False) -> None:
+                 split_multi_stage: bool = False, winograd: bool = False) -> None:
         self.g = g
         self.split_multi_stage = split_multi_stage
+        self.winograd = winograd
         self.bb = relax.BlockBuilder()
         self.exprs: dict[int, relax.Expr] = {}
         self.channels_last = channels_last

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, NHWC, opt-in (``EFFARCH_WINOGRAD=1``).
+"""Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, NHWC, opt-in (``effarch compile --winograd``).
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 patch of the input with 16
 multiplications per input channel instead of 36 (Lavin and Gray's minimal filtering):
@@ -20,10 +20,6 @@ direct convolution is larger (measured in tests/targets/test_winograd.py).
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
-
 import numpy as np
 from tvm import te, tirx, topi
 
@@ -35,25 +31,6 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 M_OUT, ALPHA = 2, 4  # outputs per tile side, input patch side
-
-
-def enabled() -> bool:
-    """Whether 3x3 stride-1 convolutions take Winograd (opt-in: ``EFFARCH_WINOGRAD=1``)."""
-    return os.environ.get("EFFARCH_WINOGRAD", "") not in ("", "0")
-
-
-@contextlib.contextmanager
-def winograd_builds() -> Iterator[None]:
-    """Builds inside the block take Winograd where it applies (benchmarks compare both builds)."""
-    before = os.environ.get("EFFARCH_WINOGRAD")
-    os.environ["EFFARCH_WINOGRAD"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["EFFARCH_WINOGRAD"]
-        else:
-            os.environ["EFFARCH_WINOGRAD"] = before
 
 
 def applies(weight_shape: tuple[int, ...], strides: list[int], dilations: list[int], groups: int,

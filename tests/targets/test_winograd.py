@@ -1,5 +1,6 @@
 """Winograd F(2x2, 3x3) (targets/lowering/winograd.py): the transforms' arithmetic, which convolutions
-take it, and its error against direct convolution on real kernels (opt-in: EFFARCH_WINOGRAD=1)."""
+take it, and its error against direct convolution on real kernels (opt-in: build(..., winograd=True),
+``effarch compile --winograd``)."""
 
 from __future__ import annotations
 
@@ -85,23 +86,23 @@ def _weight_names(path: Path) -> list[str]:
     return [k for k in json.loads(data[8:8 + n]) if k != "__metadata__"]
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, name: str) -> tuple[dict[str, np.ndarray], list[str]]:
+def _run(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, name: str,
+         winograd: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     graph, _ = optimize(import_onnx(model), pipeline_for(2, None))
-    result = build(graph, tmp_path / f"{name}.effarch")
+    result = build(graph, tmp_path / f"{name}.effarch", winograd=winograd)
+    assert result.manifest.get("winograd", False) == winograd
     assert "none" not in result.schedules.values()
     out = load_artifact(result.path, cache_dir=tmp_path / f"cache-{name}").run({"x": x})
     return out, _weight_names(result.path)
 
 
-def test_winograd_convolution_error_against_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_winograd_convolution_error_against_direct(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     model, ws = _model(rng)
     x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
     want = _reference(x, ws)  # float64
-    monkeypatch.delenv("EFFARCH_WINOGRAD", raising=False)
     direct, names_direct = _run(model, x, tmp_path, "direct")
-    monkeypatch.setenv("EFFARCH_WINOGRAD", "1")
-    wino, names_wino = _run(model, x, tmp_path, "winograd")
+    wino, names_wino = _run(model, x, tmp_path, "winograd", winograd=True)
     # The two stride-1 convolutions carry transformed weights, the strided one its packed panels.
     assert sorted(n for n in names_wino if "winograd" in n) == ["w1_winograd16", "w2_winograd16"], names_wino
     assert not any("winograd" in n for n in names_direct)
@@ -114,3 +115,13 @@ def test_winograd_convolution_error_against_direct(tmp_path: Path, monkeypatch: 
     # within an fp32 model tolerance (1e-5 relative).
     assert err_direct < 2e-6 and err_wino < 1e-5
     np.testing.assert_allclose(wino["z"], direct["z"], rtol=1e-4, atol=1e-5)  # the strided conv, downstream
+
+
+def test_winograd_is_refused_where_convolutions_are_not_channels_last() -> None:
+    from compiler.errors import EffarchError
+    from targets.base import get_target
+    from targets.build import check_build_options
+
+    with pytest.raises(EffarchError, match="--winograd applies to the CPU targets"):
+        check_build_options(get_target("cuda"), None, "fp32", True, winograd=True)
+    check_build_options(get_target("x86"), None, "fp32", True, winograd=True)  # accepted

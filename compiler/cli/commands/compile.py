@@ -8,7 +8,6 @@ replays a reproducer that ``effarch verify --bisect`` wrote instead.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ def register(sub: Any) -> None:
                                                       "effarch's own schedules (CPU targets, -O2 and above)")
     p.add_argument("--winograd", action="store_true",
                    help="3x3 stride-1 convolutions by Winograd F(2x2,3x3) (x86/Arm, -O2; fewer multiplies, "
-                        "error measured in docs/performance.md); same as EFFARCH_WINOGRAD=1")
+                        "error measured in docs/performance.md; recorded in the manifest)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="arithmetic of the kernels: fp16/bf16 put matmuls and convolutions on tensor cores "
                         "(cuda; softmax, normalizations and reductions stay fp32); bf16 on x86 needs "
@@ -66,8 +65,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise EffarchError("compile needs a model and -o FILE.effarch (or --reproduce FILE)")
     check_output_path(Path(args.output), "output")
     _check_build_options(args)
-    if args.winograd:
-        os.environ["EFFARCH_WINOGRAD"] = "1"  # read by the CPU lowering (targets/lowering/winograd.py)
     source = load_source(args)
     out = Path(args.output)
     progress(f"compiling for {args.target} at -O{args.opt_level}")
@@ -76,7 +73,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
                            pipeline=pipeline, instruments=instruments,
                            tuning_db=Path(args.tuning_db) if args.tuning_db else None, data=data,
-                           precision=args.precision, cuda_graphs=args.cuda_graphs)
+                           precision=args.precision, cuda_graphs=args.cuda_graphs, winograd=args.winograd)
     sys.stdout.write(compression_report(result.pass_records))
     print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))
@@ -95,7 +92,7 @@ def _check_build_options(args: argparse.Namespace) -> None:
     from targets.base import get_target
     from targets.build import check_build_options
 
-    check_build_options(get_target(args.target), args.cpu, args.precision, args.cuda_graphs)
+    check_build_options(get_target(args.target), args.cpu, args.precision, args.cuda_graphs, args.winograd)
 
 
 def _verify(args: argparse.Namespace, source: Any, result: Any, data: Any, out: Path) -> list:
