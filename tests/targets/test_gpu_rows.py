@@ -7,7 +7,6 @@ and speed against dlight's schedule are checked on a GPU by ``tools/gpu_rows_che
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import tvm
 from tvm import relax, s_tir, tirx
 
-from targets.cuda import compile_fatbin, find_nvcc, gpu_rules
+from targets.cuda import compile_fatbin, find_cuobjdump, gpu_rules
 from targets.schedules.gpu_rows import REGISTER_ROW, GpuRows, RowPlan, match_rows
 from targets.schedules.gpu_rules import schedule_kernel
 from targets.schedules.row_kernels import OPS, row_kernel, schedule_with
@@ -93,21 +92,10 @@ def test_sits_ahead_of_dlights_reduction_rules_and_takes_softmax() -> None:
     assert rule == "gpu-rows"
 
 
-def _cuobjdump() -> Path:
-    """cuobjdump with nvdisasm beside it: next to nvcc, in CUDA's usual place, on PATH, or in .cache/cuda-bin."""
-    found = shutil.which("cuobjdump")
-    places = [Path(find_nvcc()).resolve().parent, Path("/usr/local/cuda/bin"),
-              Path(__file__).resolve().parents[2] / ".cache" / "cuda-bin", *([Path(found).parent] if found else [])]
-    for folder in places:
-        if (folder / "cuobjdump").is_file() and (folder / "nvdisasm").is_file():
-            return folder / "cuobjdump"
-    raise AssertionError("cuobjdump + nvdisasm not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
-
-
 def _sass(source: str, tmp: Path) -> dict[str, str]:
     path = tmp / "rows.fatbin"
     path.write_bytes(compile_fatbin(source, "sm_90", tmp))
-    tool = _cuobjdump()
+    tool = find_cuobjdump()
     env = {"PATH": f"{tool.parent}:/usr/bin:/bin"}  # cuobjdump -sass runs nvdisasm from beside it
     text = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True, check=True,
                           env=env).stdout

@@ -6,9 +6,7 @@ and read back with ``cuobjdump -sass``; their numbers are checked on a GPU by
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 import tvm
 from tvm import relax, tirx
 
-from targets.cuda import compile_fatbin, find_nvcc
+from targets.cuda import compile_fatbin, find_cuobjdump
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
 
@@ -127,23 +125,10 @@ def test_declines_float32_and_non_gemm_and_old_gpus() -> None:
     assert rule.apply(add, sm90, False) is None
 
 
-def _find_cuobjdump() -> Path:
-    """cuobjdump (with nvdisasm beside it): next to nvcc, on PATH, or from the nvidia-cuda-cuobjdump wheel."""
-    places = [Path(find_nvcc()).resolve().parent, Path("/usr/local/cuda/bin")]
-    found = shutil.which("cuobjdump")
-    places += [Path(found).parent] if found else []
-    spec = importlib.util.find_spec("nvidia")
-    places += [Path(p) / "cu13" / "bin" for p in (spec.submodule_search_locations or [])] if spec else []
-    for folder in places:
-        if (folder / "cuobjdump").is_file() and (folder / "nvdisasm").is_file():
-            return folder / "cuobjdump"
-    raise AssertionError("cuobjdump + nvdisasm not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
-
-
 def _sass_by_function(fatbin: bytes, tmp: Path) -> dict[str, str]:
     path = tmp / "kernels.fatbin"
     path.write_bytes(fatbin)
-    tool = _find_cuobjdump()
+    tool = find_cuobjdump()
     env = {"PATH": f"{tool.parent}:/usr/bin:/bin"}
     text = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True, check=True, env=env).stdout
     parts = re.split(r"\n\s*Function : (\S+)\n", text)
