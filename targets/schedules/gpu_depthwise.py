@@ -23,6 +23,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
+from targets.schedules.gpu_rules import fused_kernel
+
 logger = logging.getLogger(__name__)
 
 THREADS = 128  # threads per block aimed at (fewer where one tile covers the whole map)
@@ -181,12 +183,7 @@ def depthwise_kernel(channels: int, size: int, stride: int, dtype: str, kernel: 
             y = bb.emit(relax.op.clip(relax.op.add(y, b), 0, 6))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    mod = bb.get()
-    for p in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              relax.transform.FuseTIR()):
-        mod = p(mod)
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    return func
+    return fused_kernel(bb.get())
 
 
 def schedule_with(func: tirx.PrimFunc, schedule: str, target: Target) -> tirx.PrimFunc:

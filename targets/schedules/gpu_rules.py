@@ -59,3 +59,15 @@ def apply_rules(rules: Sequence[NamedRule], report: Any = None) -> tvm.transform
         return mod
 
     return _apply
+
+
+def fused_kernel(mod: tvm.IRModule) -> tirx.PrimFunc:
+    """The one TIR kernel a single-op Relax module becomes after legalization and fusion, as the CUDA
+    pipeline makes it (used to build single kernels for tests and the GPU check tools)."""
+    from tvm import relax
+
+    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+              relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
+    fused = tvm.transform.Sequential(passes)(mod)
+    (func,) = [f for _, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)]
+    return func

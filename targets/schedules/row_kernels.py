@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tvm
 from tvm import relax, tirx
+
+from targets.schedules.gpu_rules import fused_kernel
 
 OPS = ("softmax", "log_softmax", "layer_norm", "rms_norm")
 EPS = 1e-5
@@ -44,11 +45,7 @@ def row_kernel(op: str, shape: tuple[int, ...], out_dtype: str = "float32") -> t
                 y = bb.emit(relax.op.astype(y, out_dtype))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
-    mod = tvm.transform.Sequential(passes)(bb.get())
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    return func
+    return fused_kernel(bb.get())
 
 
 def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.PrimFunc, str]:

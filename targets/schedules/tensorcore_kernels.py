@@ -16,6 +16,7 @@ import tvm
 from tvm import relax, tirx
 
 from targets.kernel_library import operand_shapes
+from targets.schedules.gpu_rules import fused_kernel
 
 
 def gemm_kernel(kind: str, dims: tuple[int, ...], dtype: str, acc: str | None = None) -> tirx.PrimFunc:
@@ -34,12 +35,7 @@ def gemm_kernel(kind: str, dims: tuple[int, ...], dtype: str, acc: str | None = 
                 y = bb.emit(relax.op.astype(y, dtype))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    mod = bb.get()
-    for p in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              relax.transform.FuseTIR()):
-        mod = p(mod)
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    return func
+    return fused_kernel(bb.get())
 
 
 def cuda_target(arch: str) -> tvm.target.Target:

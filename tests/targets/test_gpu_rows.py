@@ -16,7 +16,7 @@ from tvm import relax, s_tir, tirx
 
 from targets.cuda import compile_fatbin, find_cuobjdump, gpu_rules
 from targets.schedules.gpu_rows import REGISTER_ROW, GpuRows, RowPlan, match_rows
-from targets.schedules.gpu_rules import schedule_kernel
+from targets.schedules.gpu_rules import fused_kernel, schedule_kernel
 from targets.schedules.row_kernels import OPS, row_kernel, schedule_with
 
 TARGET = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
@@ -55,11 +55,7 @@ def _relax_kernel(build: object, *shapes: tuple[object, ...]) -> tirx.PrimFunc:
         with bb.dataflow():
             out = bb.emit_output(bb.emit(build(*xs)))  # type: ignore[operator]
         bb.emit_func_output(out)
-    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
-    mod = tvm.transform.Sequential(passes)(bb.get())
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    return func
+    return fused_kernel(bb.get())
 
 
 @pytest.mark.parametrize(("name", "build", "shapes", "reason"), [
