@@ -492,7 +492,7 @@ def gpu_rules() -> list[tuple[str, Any]]:
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to dlight.
-    return [("tensorcore", TensorCoreMatmul()), ("depthwise", GpuDepthwise()), ("int8-dp4a", GpuInt8()),
+    return [("tensorcore", TensorCoreMatmul(split_k=True)), ("depthwise", GpuDepthwise()), ("int8-dp4a", GpuInt8()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
             ("dlight-reduction", dl.gpu.Reduction()),
