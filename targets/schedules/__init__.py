@@ -12,6 +12,8 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | window-reduction | pools, sums over outer axes               | contraction     |
 | row-reduction    | softmax, layer norm, sums along the last axis | reduction       |
 | stages           | attention, matmul + layer norm: several reductions, each its own way | stages |
+| quantize         | elementwise kernels that round (quantizers), rounding as one vector instruction | int8 |
+| row-peak         | max (of abs) along the last axis as the output: a dynamic quantizer's scale | int8 |
 | elementwise      | elementwise chains, broadcasts, transposes, pads | elementwise |
 | generic          | anything else: outer loop on all cores, inner loop vectorised where legal | fallback |
 | symbolic(-contraction) | kernels of a model compiled with symbolic dims (no ``--shape``) | symbolic |
@@ -38,7 +40,7 @@ from targets.schedules import mathfun as _mathfun  # noqa: F401  (registers vect
 from targets.schedules.contraction import schedule_contraction, schedule_window_reduction
 from targets.schedules.elementwise import schedule_elementwise
 from targets.schedules.fallback import schedule_generic
-from targets.schedules.int8 import schedule_int8_contraction
+from targets.schedules.int8 import schedule_int8_contraction, schedule_quantize, schedule_row_peak
 from targets.schedules.machine import Machine, machine_of
 from targets.schedules.reduction import schedule_row_reduction
 from targets.schedules.stages import schedule_stages
@@ -58,6 +60,8 @@ RULES: list[tuple[str, Rule]] = [
     ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),
     ("row-reduction", lambda sch, m, t: schedule_row_reduction(sch, m)),
     ("stages", lambda sch, m, t: schedule_stages(sch, m)),
+    ("quantize", lambda sch, m, t: schedule_quantize(sch, m)),
+    ("row-peak", lambda sch, m, t: schedule_row_peak(sch, m)),
     ("elementwise", lambda sch, m, t: schedule_elementwise(sch, m)),
     ("generic", lambda sch, m, t: schedule_generic(sch, m)),
 ]

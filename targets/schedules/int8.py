@@ -15,15 +15,19 @@ while the tile is written back; operand producers (shift, widening, padding) run
 
 from __future__ import annotations
 
-from tvm import s_tir
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.ir import Call, Op
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from targets.schedules.common import dtype_bits, parallel_outer, schedule_injective
+from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective
 from targets.schedules.contraction import _best_tile, find_main, inline_epilogue, inline_side_inputs
 from targets.schedules.dot import KERNELS, DotKernel
+from targets.schedules.elementwise import schedule_elementwise
 from targets.schedules.machine import Machine
+from targets.schedules.mathfun import erf_f32
 
 INT8_ATTR = "effarch.int8"  # set by lowering.packed_int8: the DotKernel's name
 
@@ -33,15 +37,64 @@ def int8_kernel(sch: s_tir.Schedule, block: SBlockRV) -> DotKernel | None:
     return KERNELS.get(str(name)) if name is not None else None
 
 
-def schedule_int8_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
+def vector_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with the float32 ``erf`` and ``nearbyint`` calls written as operations that TVM's
+    vectoriser accepts. Neither op is marked vectorisable in TVM 0.27, so one such call in a
+    ``vectorize``d loop scalarises the whole loop (an int8 GELU write-back ran 2x the product's
+    time; a quantizer 4x). ``erf`` becomes its float32 polynomial (what the LLVM lowering in
+    ``schedules.mathfun`` emits for it anyway), ``nearbyint`` LLVM's ``roundeven``, the same
+    rounding (half to even) as one vector instruction."""
+    return tvm_ffi.structural_map(func, (Call, _vector_call), order="post")
+
+
+_ERF, _NEARBYINT = Op.get("tirx.erf"), Op.get("tirx.nearbyint")
+
+
+def _vector_call(call: Call) -> tirx.PrimExpr:
+    if str(call.ty) != "float32":
+        return call
+    if call.op.same_as(_ERF):
+        return erf_f32(call.args[0])
+    if call.op.same_as(_NEARBYINT):
+        return tirx.call_llvm_pure_intrin("float32", "llvm.roundeven", call.args[0])
+    return call
+
+
+def rounds(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` rounds half to even (``nearbyint``): a quantizer."""
+    found: list[Call] = []
+
+    def visit(call: Call) -> Call:
+        if call.op.same_as(_NEARBYINT):
+            found.append(call)
+        return call
+
+    tvm_ffi.structural_map(func, (Call, visit), order="post")
+    return bool(found)
+
+
+def schedule_quantize(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
+    """An elementwise kernel that rounds (a quantizer: ``round(x / s) + z`` cast to 8 bits): the
+    elementwise rule on the vectorisable form of its rounding."""
+    if not rounds(sch.mod["main"]):
+        return False
+    rewritten = s_tir.Schedule(vector_math(sch.mod["main"]))
+    return rewritten if schedule_elementwise(rewritten, m) else False
+
+
+def schedule_int8_contraction(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
     """A function whose one reduction is a block marked for an integer dot-product kernel."""
     infos = normalize_prim_func(sch)
     main_i = find_main(infos) if infos is not None else None
     if infos is None or main_i is None:
         return False
-    kernel = int8_kernel(sch, infos[main_i].block_rv)
-    if kernel is None:
+    if int8_kernel(sch, infos[main_i].block_rv) is None:
         return False
+    sch = s_tir.Schedule(vector_math(sch.mod["main"]))
+    infos = normalize_prim_func(sch)
+    assert infos is not None and main_i is not None
+    kernel = int8_kernel(sch, infos[main_i].block_rv)
+    assert kernel is not None
     main = infos[main_i].block_rv
     producers = inline_side_inputs(sch, main, [b.block_rv for b in infos[:main_i]])
     writeback = sch.cache_write(main, 0, "local")
@@ -49,7 +102,7 @@ def schedule_int8_contraction(sch: s_tir.Schedule, m: Machine) -> bool:
     _tile(sch, infos[main_i], main, writeback, kernel, m)
     for block in producers + leftover:
         schedule_injective(sch, block, m, dtype_bits(sch, block))
-    return True
+    return sch
 
 
 def _tile(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SBlockRV, k: DotKernel,
@@ -61,14 +114,17 @@ def _tile(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SBlo
     nv, mr = _best_tile(int(info.iters[v].dom) // k.lanes, rows, m.registers - k.temporaries)
     v_o, v_u, v_l = sch.split(loops[v], factors=[None, nv, k.lanes])
     r_o, r_i = sch.split(loops[r], factors=[None, mr]) if r is not None else (None, None)
-    outer = [loops[i] for i in spatial[:-2 if r is not None else -1]] + [v_o] + ([r_o] if r_o else [])
+    outer = [loops[i] for i in spatial[:-2 if r is not None else -1]] + [v_o]
     *reductions, depth = [loops[i] for i, kind in enumerate(kinds) if kind == "R"]
     inner: list[LoopRV] = ([r_i] if r_i else []) + [v_u, v_l, depth]
-    sch.reorder(*outer, *reductions, *inner)
+    sch.reorder(*outer, *([r_o] if r_o else []), *reductions, *inner)
     fused = parallel_outer(sch, outer, m, _work(info))
     if r_i is not None:
         sch.unroll(r_i)
     sch.unroll(v_u)
+    # The write-back runs once per task after all its row tiles: the accumulator is one
+    # [rows, nv * lanes] int32 region per task, allocated once per task (TVM 0.27 takes every
+    # local buffer from the workspace pool, a call pair per allocation).
     sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
     _vectorize_last(sch, writeback, k.lanes)
     if reductions:
@@ -86,3 +142,49 @@ def _work(info: SBlockInfo) -> int:
 def _vectorize_last(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
     _, inner = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
     sch.vectorize(inner)
+
+
+# Independent vector accumulators of a row peak: max takes 3 cycles and two issue per cycle.
+PEAK_ACCUMULATORS = 4
+
+
+def schedule_row_peak(sch: s_tir.Schedule, m: Machine) -> bool:
+    """A dynamic quantizer's scale: elementwise producers (``abs``) and one max along the last
+    axis, which is the kernel's output (``max |x|`` per row; TVM's fused ``abs``+``max``). The
+    producers are inlined, each row is reduced into ``lanes x PEAK_ACCUMULATORS`` partial results
+    (independent vectors), then the partials; rows across cores."""
+    infos = normalize_prim_func(sch)
+    if not infos or not infos[-1].is_reduction() or not all(b.is_injective() for b in infos[:-1]):
+        return False
+    red = infos[-1]
+    if red.dom_kind().rstrip("R") != red.dom_kind()[:-1] or "R" in red.dom_kind()[:-1]:
+        return False  # one reduction axis, the last
+    if not isinstance(sch.get(red.block_rv).body.value, tirx.Max):
+        return False  # a max is exact in any order; a float sum's partials would change its rounding
+    for b in infos[:-1]:
+        sch.compute_inline(b.block_rv)
+    *rows, k = sch.get_loops(red.block_rv)
+    n, lanes = extent(sch, k) or 0, m.lanes(dtype_bits(sch, red.block_rv))
+    width = next((lanes * a for a in (PEAK_ACCUMULATORS, 2, 1) if n % (lanes * a) == 0 and n >= 2 * lanes * a), 0)
+    if width == 0 or not rows:
+        return False
+    _, partial = sch.split(k, factors=[None, width])
+    rf = sch.rfactor(partial, factor_axis=len(sch.get(red.block_rv).writes[0].source.shape))
+    *rf_rows, steps, across = sch.get_loops(rf)
+    acc, vec = sch.split(across, factors=[None, lanes])
+    sch.unroll(acc)
+    sch.vectorize(vec)
+    # The partials of all rows stay one buffer at the root, allocated once per call, and the
+    # short pass over them runs after all rows (under the row loop it would be one workspace
+    # allocation per row).
+    parallel_outer(sch, rf_rows, m, n * _extent_product(sch, rf_rows))
+    vectorize_init = sch.decompose_reduction(rf, steps)
+    sch.vectorize(sch.split(sch.get_loops(vectorize_init)[-1], factors=[None, lanes])[1])
+    return True
+
+
+def _extent_product(sch: s_tir.Schedule, loops: list[LoopRV]) -> int:
+    total = 1
+    for loop in loops:
+        total *= extent(sch, loop) or 1
+    return total
