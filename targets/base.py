@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import numpy as np
     import tvm
 
+    from compiler.ir.graph import Graph
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -44,6 +46,10 @@ class TargetSpec:
     arch: str = ""  # canonical architecture the built code runs on, as ``host_arch()`` spells it
     library_suffix: str = ".so"
     channels_last = False  # lower convolutional networks NHWC from -O2 (lowering.channels_last)
+
+    def channels_last_for(self, g: Graph, precision: str) -> bool:
+        """Whether -O2 lowers ``g``'s convolutions channels-last at ``precision`` (``lowering.channels_last``)."""
+        return self.channels_last
 
     def pack_width(self, cpu: str | None) -> int:
         """Output columns per packed weight panel (``lowering.packed``); 0: no packing."""

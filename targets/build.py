@@ -96,7 +96,8 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     t0 = time.perf_counter()
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
     with captured_native_logs():
-        lowered = lower(g, **lowering_options(spec, cpu, opt_level, winograd=winograd))
+        lowered = lower(g, **lowering_options(spec, cpu, opt_level, winograd=winograd,
+                                              channels_last=spec.channels_last_for(g, precision)))
     if winograd and opt_level >= 2:
         manifest_extra = {**(manifest_extra or {}), "winograd": True}
     lower_s = time.perf_counter() - t0
@@ -118,12 +119,15 @@ def check_build_options(spec: TargetSpec, cpu: str | None, precision: str, cuda_
         raise EffarchError(f"--winograd applies to the CPU targets (x86, arm), not {spec.name}; drop the option")
 
 
-def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int, *, winograd: bool = False) -> dict[str, Any]:
+def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int, *, winograd: bool = False,
+                     channels_last: bool | None = None) -> dict[str, Any]:
     """How ``targets.lowering.to_relax.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
     convolutions channels-last (3x3 ones by Winograd if asked), pack weights for their register tiles and
-    integer weights for their dot-product instructions."""
+    integer weights for their dot-product instructions; ``channels_last`` (the target's
+    ``channels_last_for`` the model) overrides the target's default layout."""
     fast = opt_level >= 2
-    return {"channels_last": spec.channels_last and fast, "pack": spec.pack_width(cpu) if fast else 0,
+    layout = spec.channels_last if channels_last is None else channels_last
+    return {"channels_last": layout and fast, "pack": spec.pack_width(cpu) if fast else 0,
             "int8": spec.int8_isa(cpu) if fast else "", "winograd": winograd and fast and spec.channels_last,
             # CUDA: attention-like groups as separate kernels, so each matmul gets tensor cores.
             "split_multi_stage": spec.name == "cuda"}

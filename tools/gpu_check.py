@@ -10,7 +10,7 @@ Two steps, on two machines:
       ... from ``cuobjdump -sass`` of its fatbin; ``--cuobjdump`` or PATH or .cache/cuda-bin). Batches
       other than the zoo's are exported from the same module with inputs of that batch (tools/gpu_models.py).
       Weights do not travel (a device call carries 64 MiB): each parameter is named by the state_dict
-      entry of the seeded zoo model whose bytes it equals (or its transpose, or either cast to float16 or
+      entry of the seeded zoo model whose bytes it equals (or its transpose or HWIO layout, or either cast to float16 or
       bfloat16), with its sha256; anything else travels in a small npz. Prints the group's carried size.
 
   python3 tools/gpu_check.py run --dir out/gpu-fp32-b1 --out DIR [--profile resnet18.b1.fp32] [--budget-s 480]
@@ -126,15 +126,26 @@ def _variants(state: dict[str, np.ndarray], precision: str,
     for fold in folds:
         for part, folded in enumerate(_folded(state, fold)):
             for cast in casts:
-                v = _cast(folded, cast)
-                known.setdefault((_digest(v), v.shape), {"state_dict": None, "fold": fold, "part": part, "cast": cast})
+                for axes in LAYOUTS.get(folded.ndim, (None,)):
+                    v = _cast(_permuted(folded, axes), cast)
+                    known.setdefault((_digest(v), v.shape), {"state_dict": None, "fold": fold, "part": part,
+                                                             "cast": cast, "axes": axes})
     for cast in casts:
         for k, a in state.items():
-            for transpose in (False, True) if a.ndim == 2 else (False,):
+            for axes in LAYOUTS.get(a.ndim, (None,)):
                 c = cast if a.dtype == np.float32 else None  # integer buffers keep their type
-                v = _cast(a.T if transpose else a, c)
-                known.setdefault((_digest(v), v.shape), {"state_dict": k, "transpose": transpose, "cast": c})
+                v = _cast(_permuted(a, axes), c)
+                known.setdefault((_digest(v), v.shape), {"state_dict": k, "axes": axes, "cast": c})
     return known
+
+
+# The layouts a weight may take in an artifact: a matmul's folded transpose; a channels-last
+# convolution's HWIO weights (CUDA fp16/bf16 builds of models without grouped convolutions).
+LAYOUTS: dict[int, tuple[tuple[int, ...] | None, ...]] = {2: (None, (1, 0)), 4: (None, (2, 3, 1, 0))}
+
+
+def _permuted(a: np.ndarray, axes: Any) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(axes)) if axes else a
 
 
 def _recipe(name: str, precision: str, param_names: list[str],
@@ -146,7 +157,7 @@ def _recipe(name: str, precision: str, param_names: list[str],
     known = _variants({k: v.numpy() for k, v in module.state_dict().items()}, precision, bn_folds(module))
     recipe, extra = [], {}
     for pname, value in zip(param_names, params, strict=True):
-        how = known.get((_digest(value), value.shape), {"state_dict": None, "transpose": False, "cast": None})
+        how = known.get((_digest(value), value.shape), {"state_dict": None, "axes": None, "cast": None})
         if how["state_dict"] is None and "fold" not in how:
             extra[pname] = value
         recipe.append({"name": pname, **how, "sha256": _digest(value)})
@@ -322,12 +333,12 @@ def _rebuild_artifact(bundle: Path, state: dict[str, np.ndarray], tmp: Path) -> 
 
 
 def _param(p: dict[str, Any], state: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> np.ndarray:
+    axes = p.get("axes") or ((1, 0) if p.get("transpose") else None)  # "transpose": bundles packed before "axes"
     if p.get("fold"):
-        return _cast(_folded(state, p["fold"])[p["part"]], p.get("cast"))
+        return np.ascontiguousarray(_cast(_permuted(_folded(state, p["fold"])[p["part"]], axes), p.get("cast")))
     if not p["state_dict"]:
         return extra[p["name"]]
-    value = state[p["state_dict"]]
-    return np.ascontiguousarray(_cast(value.T if p.get("transpose") else value, p.get("cast")))
+    return np.ascontiguousarray(_cast(_permuted(state[p["state_dict"]], axes), p.get("cast")))
 
 
 def _cuda_median_ms(fn: Any) -> float:

@@ -1,12 +1,14 @@
 """Tensor-core GEMM kernels (targets.schedules.gpu_tensorcore) against numpy, and against dlight's schedule.
 
-  python tools/gpu_tensorcore_check.py pack [--dir out/tensorcore] [--arch sm_90]
-      here (no GPU): for each GEMM kind (49x512x4608, 128x384x1536, 12 x 128x128x32 attention, 1x1 and
-      3x3 NCHW conv at batch 1) and precision (fp16, fp16 -> fp32 accumulate, bf16, bf16 -> fp32), the
-      kernel scheduled by effarch's TensorCoreMatmul (as is, with split reductions: split_k=True, and
-      software-pipelined: pipeline=True) and by dlight's Matmul (its tensor-core path where it takes
-      the shape, else SIMT), built into one library per (precision, schedule) with SASS only (nvcc);
-      plan.json: each kernel's tiles. No data travels: inputs come from a seed where they run.
+  python tools/gpu_tensorcore_check.py pack [--dir out/tensorcore] [--arch sm_90] [--schedules S ..]
+                                          [--cases NAME ..] [--precisions P ..]
+      here (no GPU): for each GEMM kind (default the batch-1 ones: 49x512x4608, 128x384x1536, 12 x
+      128x128x32 attention, 1x1 and 3x3 NCHW conv; batch-32 GEMMs on request) and precision (fp16, fp16
+      -> fp32 accumulate, bf16, bf16 -> fp32), the kernel scheduled by effarch's TensorCoreMatmul (as is;
+      with split reductions; software-pipelined; split with at most 8 warps per block, and that
+      pipelined) and by dlight's Matmul (its tensor-core path where it takes the shape, else SIMT), built
+      into one library per (precision, schedule) with SASS only (nvcc); plan.json: what was packed and
+      each kernel's tiles. No data travels: inputs come from a seed where they run.
   python3 tools/gpu_tensorcore_check.py run --dir out/tensorcore --out DIR
       on the GPU machine (runtime-only TVM, nothing compiled there; numpy, no ml_dtypes needed): runs
       every kernel on seeded inputs, error against numpy's float64 result on the same rounded inputs
@@ -33,11 +35,17 @@ CASES = [
     ("attention_12x128x128x32", "bmm", (12, 128, 128, 32)),
     ("conv1x1_256to512_14", "conv", (256, 14, 512, 1)),
     ("conv3x3_512_7", "conv", (512, 7, 512, 3)),
+    # batch 32 as GEMMs (a convolution's im2col as a plain matrix): ResNet-18 layer 1 and 4 3x3, encoder FFN
+    ("b32_gemm_100352x64x576", "matmul", (100352, 64, 576)),
+    ("b32_gemm_1568x512x4608", "matmul", (1568, 512, 4608)),
+    ("b32_gemm_4096x1536x384", "matmul", (4096, 1536, 384)),
+    ("b32_gemm_4096x384x1536", "matmul", (4096, 384, 1536)),
 ]
+BATCH1 = [name for name, _, _ in CASES if not name.startswith("b32")]
 # name -> (operand dtype, the op's out_dtype: None = the operands' dtype, so bf16 accumulates in bf16)
 PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "bf16": ("bfloat16", None),
               "bf16-acc32": ("bfloat16", "float32")}
-SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "dlight")
+SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined", "dlight")
 
 
 def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
@@ -76,17 +84,20 @@ def _reference(kind: str, dims: tuple[int, ...], x64: np.ndarray, w64: np.ndarra
     return np.einsum("ckyx,fck->fyx", cols, w64.reshape(f, c, r * r))[None]
 
 
-def pack(out_dir: Path, arch: str, schedules: tuple[str, ...] = SCHEDULES) -> None:
+def pack(out_dir: Path, arch: str, schedules: tuple[str, ...] = SCHEDULES, cases: tuple[str, ...] = tuple(BATCH1),
+         precisions: tuple[str, ...] = tuple(PRECISIONS)) -> None:
     from targets.schedules.tensorcore_kernels import build_library, gemm_kernel, schedule_with
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan: dict[str, dict[str, str]] = {}
-    for precision, (dtype, acc) in PRECISIONS.items():
+    plan: dict[str, Any] = {"cases": list(cases), "precisions": list(precisions), "schedules": list(schedules)}
+    for precision in precisions:
+        dtype, acc = PRECISIONS[precision]
         for schedule in schedules:
             funcs = {}
             for name, kind, dims in CASES:
-                funcs[name], how = schedule_with(gemm_kernel(kind, dims, dtype, acc), schedule, arch)
-                plan.setdefault(f"{precision}/{name}", {})[schedule] = how
+                if name in cases:
+                    funcs[name], how = schedule_with(gemm_kernel(kind, dims, dtype, acc), schedule, arch)
+                    plan.setdefault(f"{precision}/{name}", {})[schedule] = how
             build_library(funcs, arch, out_dir / f"{precision}.{schedule}.so")
             print(f"packed {precision} {schedule}", flush=True)
     (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
@@ -102,11 +113,15 @@ def run(in_dir: Path, out_dir: Path) -> None:
     from targets.kernel_library import KernelLibrary
 
     plan = json.loads((in_dir / "plan.json").read_text())
+    schedules = plan.get("schedules", SCHEDULES)
     rows = []
-    for precision, (dtype, _acc) in PRECISIONS.items():
-        libs = {s: KernelLibrary(in_dir / f"{precision}.{s}.so") for s in SCHEDULES
+    for precision in plan.get("precisions", PRECISIONS):
+        dtype = PRECISIONS[precision][0]
+        libs = {s: KernelLibrary(in_dir / f"{precision}.{s}.so") for s in schedules
                 if (in_dir / f"{precision}.{s}.so").exists()}
         for case, (name, kind, dims) in enumerate(CASES):
+            if name not in plan.get("cases", BATCH1):
+                continue
             x, w, x64, w64 = _inputs(case, kind, dims, dtype)
             ref = _reference(kind, dims, x64, w64)
             row: dict[str, Any] = {"precision": precision, "kernel": name, "plan": plan[f"{precision}/{name}"]}
@@ -119,17 +134,15 @@ def run(in_dir: Path, out_dir: Path) -> None:
                 row[schedule] = {"cosine": cosine, "rel_max_err": rel, "us": us, "tflops": flops / us / 1e6}
             rows.append(row)
     (out_dir / "tensorcore.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| precision | kernel | effarch tiles | cosine | max err / max | us | TFLOP/s | split-K: split, "
-             "cosine, us | pipelined: cosine, us | dlight (rule): cosine, us |", "|---" * 10 + "|"]
-    missing = {"cosine": float("nan"), "us": float("nan")}  # a schedule not packed
+    lines = ["| precision | kernel | " + " | ".join(f"{s}: tiles; cosine, us, TFLOP/s" for s in libs) + " |",
+             "|---|---|" + "---|" * len(libs)]
     for r in rows:
-        e, k, p, d = (r.get(s, missing) for s in SCHEDULES)
-        how = {s: r["plan"].get(s, "not packed") for s in SCHEDULES}
-        split = how["effarch-splitk"].split("split-k ")[-1]
-        lines.append(f"| {r['precision']} | {r['kernel']} | {how['effarch'].split(': ')[-1]} | "
-                     f"{e['cosine']:.6f} | {e['rel_max_err']:.2e} | {e['us']:.1f} | {e['tflops']:.1f} | "
-                     f"{split}, {k['cosine']:.6f}, {k['us']:.1f} | {p['cosine']:.6f}, {p['us']:.1f} | "
-                     f"({how['dlight']}) {d['cosine']:.6f}, {d['us']:.1f} |")
+        cells = []
+        for s in libs:
+            how, m = r["plan"].get(s, "?"), r[s]
+            tiles = how.split(": ")[-1].replace("block ", "") if s.startswith("effarch") else how
+            cells.append(f"{tiles}; {m['cosine']:.6f}, {m['us']:.1f}, {m['tflops']:.1f}")
+        lines.append(f"| {r['precision']} | {r['kernel']} | " + " | ".join(cells) + " |")
     (out_dir / "tensorcore.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -141,10 +154,13 @@ def main() -> None:
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--out", default=".")
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
-                   help="pack only these (run takes whichever were packed)")
+                   help="pack only these schedules (run takes whichever were packed)")
+    p.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], default=BATCH1,
+                   help="pack only these kernels (default: the batch-1 ones)")
+    p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     args = p.parse_args()
     if args.step == "pack":
-        pack(Path(args.dir), args.arch, tuple(args.schedules))
+        pack(Path(args.dir), args.arch, tuple(args.schedules), tuple(args.cases), tuple(args.precisions))
     else:
         run(Path(args.dir), Path(args.out))
 

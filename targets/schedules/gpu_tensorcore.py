@@ -98,13 +98,14 @@ def _warps(edge: int) -> int:
     return 4 if edge >= 128 else 2
 
 
-def choose_tiles(m: int, n: int, k: int, batch: int = 1) -> Tiles:
+def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) -> Tiles:
     """The tiles for a ``batch x (m x k) @ (k x n)`` GEMM.
 
     The largest block tile whose grid has at least ``SM_COUNT`` blocks (more reuse per loaded
     element), among tiles no larger than the matrix rounded up to 32; the one with less padding on a
     tie. When no tile fills the GPU, the smallest (most blocks), and the reduction split so that
-    the partial products fill it, each part keeping at least four ``block_k`` steps.
+    the partial products fill it, each part keeping at least four ``block_k`` steps. At most
+    ``max_warps`` warps per block (fewer warps: each computes more fragments per operand load).
     """
     if min(m, n, k, batch) < 1:
         raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
@@ -125,7 +126,10 @@ def choose_tiles(m: int, n: int, k: int, batch: int = 1) -> Tiles:
     split = 1
     while blocks((bm, bn)) * split < SM_COUNT and _round_up(k, bk) // (bk * split * 2) >= 4:
         split *= 2
-    return Tiles(bm, bn, bk, _warps(bm), _warps(bn), split)
+    wm, wn = _warps(bm), _warps(bn)
+    while wm * wn > max_warps and max(wm, wn) > 1:
+        wm, wn = (wm // 2, wn) if wm >= wn else (wm, wn // 2)
+    return Tiles(bm, bn, bk, wm, wn, split)
 
 
 # ---- the schedule rule --------------------------------------------------------------------------
@@ -173,9 +177,10 @@ class TensorCoreMatmul(ScheduleRule):
     operand dtypes other than float16/bfloat16 (float32 inputs stay on dlight), a symbolic shape.
     """
 
-    def __init__(self, split_k: bool = False, pipeline: bool = False) -> None:
+    def __init__(self, split_k: bool = False, pipeline: bool = False, max_warps: int = 16) -> None:
         self.split_k = split_k
         self.pipeline = pipeline
+        self.max_warps = max_warps
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
@@ -187,7 +192,7 @@ class TensorCoreMatmul(ScheduleRule):
         if gemm is None:
             return None
         try:
-            return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline) else None
+            return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline, self.max_warps) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
@@ -320,14 +325,15 @@ class Plan:
                 f"{t.block_m}x{t.block_n}x{t.block_k}, warps {t.warps_m}x{t.warps_n}, split-k {t.split_k}")
 
 
-def plan_gemm(func: tirx.PrimFunc, split_k: bool = False) -> Plan | None:
+def plan_gemm(func: tirx.PrimFunc, split_k: bool = False, max_warps: int = 16) -> Plan | None:
     """The plan for ``func`` (None when the rule would not take it); schedules nothing."""
     sch = s_tir.Schedule(func)
     gemm = find_gemm(sch)
-    return None if gemm is None else _prepare(sch, gemm, split_k)[0]
+    return None if gemm is None else _prepare(sch, gemm, split_k, max_warps)[0]
 
 
-def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool) -> tuple[Plan | None, Operand, Operand]:
+def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
+             max_warps: int = 16) -> tuple[Plan | None, Operand, Operand]:
     """Normalize ``gemm``'s block in ``sch`` (widening a bf16 accumulator) and choose its tiles
     (``split_k`` False: never a split reduction)."""
     stmt = sch.get(gemm.block)
@@ -342,17 +348,18 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool) -> tuple[Plan | Non
     batch, m, n, k = shape
     if min(m, n) < MIN_EDGE:  # a matrix-vector product: dlight's GEMV rules waste no 16-row fragments
         return None, a, b
-    tiles = choose_tiles(m, n, k, batch)
+    tiles = choose_tiles(m, n, k, batch, max_warps)
     if not split_k and tiles.split_k > 1:
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
     return Plan(gemm.in_dtype, acc, batch, m, n, k, tiles), a, b
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: bool = False) -> bool:
+def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: bool = False,
+                  max_warps: int = 16) -> bool:
     """Schedule ``gemm`` in place; ``split_k``: cut the reduction as ``choose_tiles`` says (partial sums in
     a global buffer, added by a second kernel that also runs the epilogue), else never; ``pipeline``:
     load the next K step's operand tiles (``cp.async`` where the copy allows) while this one computes."""
-    plan, a, b = _prepare(sch, gemm, split_k)
+    plan, a, b = _prepare(sch, gemm, split_k, max_warps)
     if plan is None:
         return False
     gemm = Gemm(gemm.block, gemm.in_dtype, plan.acc_dtype)

@@ -44,22 +44,24 @@ def cuda_target(arch: str) -> tvm.target.Target:
 
 def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.PrimFunc, str]:
     """``func`` scheduled by effarch's tensor-core rule ('effarch'; 'effarch-splitk' with split
-    reductions, 'effarch-pipelined' with the next K step's loads overlapped; raises if it declines)
+    reductions, 'effarch-pipelined' with the next K step's loads overlapped, 'effarch-8warps' split with
+    at most 8 warps per block, 'effarch-8warps-pipelined' that pipelined; raises if it declines)
     or by dlight's Matmul ('dlight', its Fallback if Matmul declines); and what scheduled it."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
 
     target = cuda_target(arch)
-    split = schedule == "effarch-splitk"
+    split = schedule in ("effarch-splitk", "effarch-8warps")
     ours = schedule.startswith("effarch")
-    pipeline = schedule == "effarch-pipelined"
-    rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=pipeline)] if ours
+    pipeline = schedule in ("effarch-pipelined", "effarch-8warps-pipelined")
+    warps = 8 if "8warps" in schedule else 16
+    rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=pipeline, max_warps=warps)] if ours
                         else [dl.gpu.Matmul(), dl.gpu.Fallback()])
     for rule in rules:
         sch = rule.apply(func, target, False)
         if sch is not None:
-            how = str(plan_gemm(func, split)) if ours else type(rule).__name__
+            how = str(plan_gemm(func, split, warps)) if ours else type(rule).__name__
             return sch.mod["main"].with_attr("tirx.is_scheduled", True), how
     raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
 
