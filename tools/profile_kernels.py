@@ -2,6 +2,7 @@
 
     python tools/profile_kernels.py resnet18 [--top 15] [--opt 2]
     python tools/profile_kernels.py light:squeezenet      # an unseen model (tools/bench_unseen.py)
+    python tools/profile_kernels.py minilm --quantize int8-dynamic   # a scheme that needs no calibration
 
 Prints a markdown table (kernel, schedule rule, calls, ms per call, ms in total, share) with the
 date, the machine and the command, ready for docs/performance.md.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from compiler.benchmark.onnx_light import light_model
 from compiler.benchmark.runner import machine_description
+from compiler.cli.compression_args import QUANTIZE, insert_before_fusion
 from compiler.driver import load_model, optimize, pipeline_for
 
 
@@ -26,6 +28,8 @@ def main() -> int:
     parser.add_argument("model", help="zoo name, .onnx, .pt2 or FILE.py:func")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--opt", type=int, default=2)
+    parser.add_argument("--quantize", choices=("int8-dynamic", "int8-weights", "int4-weights"),
+                        help="profile the model compressed so (passes inserted before fusion, as compile does)")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     from targets.profile import kernel_times  # after the thread count is set
@@ -33,7 +37,10 @@ def main() -> int:
     spec = args.model if ":" in args.model or "." in args.model else f"zoo:{args.model}"
     if spec.startswith("light:"):  # the onnx package's model-zoo architectures, as bench_unseen runs them
         spec = str(light_model(spec[6:], Path(tempfile.mkdtemp()) / f"{spec[6:]}.onnx", opset=21))
-    graph, _ = optimize(load_model(spec).graph, pipeline_for(args.opt, None))
+    pipeline = pipeline_for(args.opt, None)
+    if args.quantize:
+        pipeline = insert_before_fusion(pipeline, QUANTIZE[args.quantize].format(group=32))
+    graph, _ = optimize(load_model(spec).graph, pipeline)
     kernels = kernel_times(graph, opt_level=args.opt)
     total = sum(k.total_ms for k in kernels)
     print(f"Measured {datetime.date.today()} on {machine_description()} ({os.environ['TVM_NUM_THREADS']} threads) with "
