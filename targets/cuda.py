@@ -531,16 +531,19 @@ def gpu_rules() -> list[tuple[str, Any]]:
 def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None) -> tvm.transform.Pass:
     """TVM's CUDA pipeline, spelled out: legalize, fuse, then schedules: effarch's dp4a rule for the int8
     GEMMs of ``lowering.quantized_cuda``, dlight's rules for every other TIR function, one kernel at a
-    time (``schedules.gpu_rules``: a rule that raises on a kernel hands it to the next)."""
+    time (``schedules.gpu_rules``: a rule that raises on a kernel hands it to the next). Between fusion
+    and ``FuseTIR``, ``cast_fusion`` moves each cast left as a kernel of its own into its producer or readers."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
 
+    from targets.cast_fusion import fuse_casts
     from targets.schedules.gpu_rules import apply_rules
 
     schedules = apply_rules(gpu_rules(), report)
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), schedules]
+                relax.transform.FoldConstant(), relax.transform.FuseOps(), fuse_casts(), relax.transform.FuseTIR(),
+                schedules]
 
     @tvm.transform.module_pass(opt_level=0, name="effarch.cuda_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

@@ -64,6 +64,9 @@ class _MixedPrecision(PyExprMutator):  # type: ignore[misc]
         self.acc = "float16" if low == "float16" else "float32"
         self.state = state  # {"mod": original module, "converted": {(name, mask): GlobalVar}}
         self.output = output  # main's output tuple: its fields go back to fp32
+        # One cast per value and type within a binding block, however many ops read it: a layer norm
+        # read by Q, K, V and a residual casts once, and fusion can then put that cast in its epilogue.
+        self.casts: dict[tuple[relax.Expr, str], relax.Expr] = {}
 
     # ---- casts --------------------------------------------------------------------------------
     def _cast(self, expr: relax.Expr, frm: str, to: str) -> relax.Expr:
@@ -71,7 +74,20 @@ class _MixedPrecision(PyExprMutator):  # type: ignore[misc]
             return relax.Tuple([self._cast(f, frm, to) for f in expr.fields])
         if _tensor_dtype(expr) != frm:
             return expr
-        return self.builder_.emit(R.astype(expr, to))
+        if not isinstance(expr, relax.Var):
+            return self.builder_.emit(R.astype(expr, to))
+        key = (expr, to)
+        if key not in self.casts:
+            self.casts[key] = self.builder_.emit(R.astype(expr, to))
+        return self.casts[key]
+
+    def visit_binding_block_(self, block: relax.BindingBlock) -> relax.BindingBlock:
+        self.casts = {}  # a block's variables are not visible in the next one
+        return super().visit_binding_block_(block)
+
+    def visit_dataflow_block_(self, block: relax.DataflowBlock) -> relax.BindingBlock:
+        self.casts = {}
+        return super().visit_dataflow_block_(block)
 
     def _down(self, expr: relax.Expr) -> relax.Expr:
         return self._cast(expr, "float32", self.low)

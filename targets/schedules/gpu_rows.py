@@ -177,7 +177,11 @@ def match_rows(sch: s_tir.Schedule) -> RowPlan | str:
         return "fewer rows than one thread block"  # a single row or two: nothing to spread over the GPU
     cached = _row_inputs(sch, infos, rank) if length <= REGISTER_ROW else []
     first_reads = sch.get(reductions[0].block_rv).reads
-    dtype_bytes = max([first_reads[i].source.dtype.bits // 8 for i in cached] or [4])
+    # The vector covers the loads and the arithmetic on them: an fp16 row reduced in fp32 (a cast read
+    # inside the kernel) takes 4-wide vectors, since TVM's CUDA codegen has no 8-wide float type.
+    widths = [first_reads[i].source.dtype.bits // 8 for i in cached]
+    widths += [sch.get(info.block_rv).writes[0].source.dtype.bits // 8 for info in reductions]
+    dtype_bytes = max(widths or [4])
     return RowPlan([info.block_rv for info in reductions], final.block_rv, rank, length,
                    _vector(length, dtype_bytes), cached)
 
