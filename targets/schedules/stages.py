@@ -21,6 +21,7 @@ Otherwise each stage gets the schedule of its own kind, in its own loop nest:
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from tvm import s_tir, tirx
 from tvm.ir import Call
@@ -32,6 +33,8 @@ from targets.schedules.common import dtype_bits, extent, parallel_outer, schedul
 from targets.schedules.contraction import Tile, _best_tile, choose_tile, is_mac, tile_contraction
 from targets.schedules.machine import Machine
 from targets.schedules.reduction import rfactor_row, vector_partials
+
+logger = logging.getLogger(__name__)
 
 # The register tile's accumulators: a "local" buffer is taken from TVM's workspace pool on every
 # call of the row-block loop (a call through a pointer, and memory LLVM cannot keep in registers);
@@ -50,9 +53,11 @@ def schedule_stages(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
             with contextlib.suppress(s_tir.ScheduleError):
                 sch.compute_inline(info.block_rv)
     fused = sch.copy()
-    with contextlib.suppress(s_tir.ScheduleError, ValueError):
+    try:
         if _schedule_row_blocks(fused, m):
             return fused
+    except (RuntimeError, ValueError, AssertionError) as exc:  # TVM's errors are RuntimeErrors
+        logger.debug("no row-block schedule, stage by stage instead: %s", exc)
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         _schedule_stage(sch, block, m)
     return True

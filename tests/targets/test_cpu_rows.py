@@ -111,3 +111,26 @@ def test_attention_matches_numpy() -> None:
     p = np.exp(s - s.max(-1, keepdims=True))
     want = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 sums of 32 terms
+
+
+def test_matmul_then_layer_norm_keeps_the_stage_by_stage_schedule() -> None:
+    """A kernel that ends in a layer norm, not a contraction, has no row blocks to run: each stage
+    is scheduled on its own and still computes the same numbers."""
+    from tvm import te, topi
+
+    x = te.placeholder((32, 64), name="x")
+    w = te.placeholder((64, 96), name="w")
+    gamma, beta = te.placeholder((96,), name="gamma"), te.placeholder((96,), name="beta")
+    k = te.reduce_axis((0, 64), name="k")
+    y = te.compute((32, 96), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="y")
+    out = topi.nn.layer_norm(y, gamma, beta, axis=[1], epsilon=EPS)
+    target = _target(X86)
+    func, rule = schedule_kernel(te.create_prim_func([x, w, gamma, beta, out]), target, machine_of(target))
+    assert rule == "stages" and "_rf" not in func.script()
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((32, 64), (64, 96), (96,), (96,))]
+    got = _run(_build(func, target), [*arrays, np.zeros((32, 96), np.float32)])
+    y64 = arrays[0].astype(np.float64) @ arrays[1]
+    mean = y64.mean(-1, keepdims=True)
+    want = (y64 - mean) / np.sqrt(((y64 - mean) ** 2).mean(-1, keepdims=True) + EPS) * arrays[2] + arrays[3]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # float32 sums of 64 and 96 terms
