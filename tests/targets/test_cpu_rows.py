@@ -100,6 +100,16 @@ def test_attention_runs_per_row_block_without_workspace() -> None:
     assert "load ptr, ptr @__TVMBackendAllocWorkspace" not in ll  # intermediates are stack arrays
 
 
+def test_attention_on_neon_uses_its_vector_width() -> None:
+    target = _target(ARM)
+    m = machine_of(target)
+    func, rule = schedule_kernel(_attention(12, 32, 32), target, m)
+    script = func.script()
+    assert rule == "stages" and m.lanes() == 4
+    assert _vector_partial_blocks(script, 4) == 2 and script.count("T.exp(") == 1
+    assert "fmla" in _build(func, target).inspect_source("asm")  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("heads, seq, dim", [(12, 32, 32), (4, 64, 64), (2, 16, 8), (3, 1, 32)])
 def test_attention_matches_numpy(heads: int, seq: int, dim: int) -> None:
     target = _target(X86)
