@@ -99,12 +99,18 @@ class _Main:
         return cls(mod, bindings, block_of, readers, set(_vars_in(body.body)))
 
     def kernel(self, value: relax.Expr) -> bool:
-        """A call_tir of a PrimFunc, or a call of a primitive Relax function (a FuseOps group)."""
+        """A call_tir of a PrimFunc, or a call of a primitive Relax function (a FuseOps group), that
+        FuseTIR can merge: no PrimFunc in it scheduled already (library kernels) or opaque."""
         if not isinstance(value, relax.Call):
             return False
         if isinstance(value.op, tvm.ir.Op):
-            return value.op.name == "relax.call_tir"
-        return isinstance(value.op, relax.GlobalVar) and _is_primitive(self.mod[value.op])
+            return value.op.name == "relax.call_tir" and _mergeable(self.mod[value.args[0]])
+        if not (isinstance(value.op, relax.GlobalVar) and _is_primitive(self.mod[value.op])):
+            return False
+        calls: list[relax.Call] = []
+        relax.analysis.post_order_visit(self.mod[value.op].body,
+                                        lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
+        return all(self.kernel(c) for c in calls if isinstance(c.op, tvm.ir.Op))
 
     def cast_input(self, value: relax.Expr) -> relax.Var | None:
         if not (self.kernel(value) and isinstance(value.op, tvm.ir.Op)):
@@ -113,6 +119,15 @@ class _Main:
         if len(args) != 1 or not isinstance(args[0], relax.Var) or not is_cast_kernel(self.mod[value.args[0]]):
             return None
         return args[0]
+
+
+_OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps fuses nothing with such a kernel
+
+
+def _mergeable(func: Any) -> bool:
+    if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+        return False
+    return not func.attrs.get("tirx.is_scheduled", False) and int(func.attrs.get("op_pattern", _OPAQUE)) < _OPAQUE
 
 
 def _vars_in(expr: relax.Expr) -> list[relax.Var]:

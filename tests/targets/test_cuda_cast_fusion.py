@@ -130,6 +130,18 @@ def test_hand_built_block_same_numbers_on_the_cpu() -> None:
     np.testing.assert_array_equal(fused_casts, plain)
 
 
+def test_casts_stay_beside_kernels_fusion_cannot_reopen() -> None:
+    """A cast next to an already scheduled kernel (a library's) stays: FuseTIR cannot merge into one."""
+    mod, _ = block_fp16()
+    with cuda_target():
+        grouped = tvm.transform.Sequential(_FUSION)(mod)
+    for gv, func in list(grouped.functions_items()):
+        if isinstance(func, tirx.PrimFunc) and not is_cast_kernel(func):
+            grouped[gv] = func.with_attr("tirx.is_scheduled", True)
+    assert len(cast_launches(grouped)) == 2
+    tvm.ir.assert_structural_equal(fuse_casts()(grouped), grouped)
+
+
 def test_is_cast_kernel() -> None:
     legal = relax.transform.LegalizeOps()(to_mixed_precision(block(), "fp16"))
     prims = {gv.name_hint: f for gv, f in legal.functions_items() if isinstance(f, tirx.PrimFunc)}
