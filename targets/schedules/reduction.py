@@ -19,7 +19,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo, get_sblock_info
-from tvm.s_tir.schedule import SBlockRV
+from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective, vectorize_inner
 from targets.schedules.machine import Machine
@@ -73,8 +73,8 @@ def rfactor_row(sch: s_tir.Schedule, block: SBlockRV, m: Machine) -> SBlockRV | 
     reduction is too short or not a multiple of the vector (it stays a scalar loop)."""
     loops = sch.get_loops(block)
     kinds = get_sblock_info(sch, block).dom_kind()
-    if len(loops) != len(kinds):
-        return None  # loops and axes do not pair up one to one
+    if len(loops) != len(kinds) or "S" in kinds.lstrip("S"):
+        return None  # loops and axes do not pair up, or a spatial axis lies inside the reduction
     reduce = [lp for k, lp in zip(kinds, loops, strict=True) if k == "R"]
     sizes = [extent(sch, lp) for lp in reduce]
     lanes = m.lanes(dtype_bits(sch, block))
@@ -102,6 +102,12 @@ def vector_partials(sch: s_tir.Schedule, rf: SBlockRV, lanes: int) -> None:
     partial = loops[0]  # rfactor makes the partials' axis the block's first
     steps = loops[kinds.index("R")]
     sch.reorder(steps, partial)
+    vectorize_partials(sch, rf, steps, partial, lanes)
+
+
+def vectorize_partials(sch: s_tir.Schedule, rf: SBlockRV, steps: LoopRV, partial: LoopRV, lanes: int) -> None:
+    """``partial`` (inside ``steps``, the loop along the row) in vectors of ``lanes``, the
+    accumulators unrolled, their zeroing hoisted out of ``steps``."""
     acc, vec = sch.split(partial, factors=[None, lanes])
     sch.unroll(acc)
     sch.vectorize(vec)

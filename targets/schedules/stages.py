@@ -32,7 +32,7 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective, vectorize_inner, walk
 from targets.schedules.contraction import Tile, _best_tile, choose_tile, is_mac, tile_contraction
 from targets.schedules.machine import Machine
-from targets.schedules.reduction import rfactor_row, vector_partials
+from targets.schedules.reduction import rfactor_row, vector_partials, vectorize_partials
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +182,16 @@ def _schedule_stage(sch: s_tir.Schedule, block: SBlockRV, m: Machine) -> None:
 
 
 def _schedule_row(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> None:
-    """Leading spatial axes on all cores; the reduction stays a serial loop inside."""
+    """Leading spatial axes on all cores; the reduction inside, in vector partials where it
+    splits evenly into them (``reduction.rfactor_row``), else a serial loop."""
     kinds = info.dom_kind()
     leading = len(kinds) - len(kinds.lstrip("S"))
-    loops = sch.get_loops(info.block_rv)[:leading]
     work = 1
     for it in info.iters:
         work *= int(it.dom)
-    parallel_outer(sch, loops, m, work)
+    rf = rfactor_row(sch, info.block_rv, m)
+    parallel_outer(sch, sch.get_loops(info.block_rv)[:leading], m, work)
+    if rf is not None:
+        loops = sch.get_loops(rf)  # the block's own nest: rows, then the steps along a row, then the partials
+        parallel_outer(sch, loops[:leading], m, work)
+        vectorize_partials(sch, rf, loops[-2], loops[-1], m.lanes(dtype_bits(sch, rf)))

@@ -127,7 +127,7 @@ def test_attention_matches_numpy(heads: int, seq: int, dim: int) -> None:
 
 def test_matmul_then_layer_norm_keeps_the_stage_by_stage_schedule() -> None:
     """A kernel that ends in a layer norm, not a contraction, has no row blocks to run: each stage
-    is scheduled on its own and still computes the same numbers."""
+    is scheduled on its own, its row reductions in vector partials too, and computes the same numbers."""
     from tvm import te, topi
 
     x = te.placeholder((32, 64), name="x")
@@ -138,7 +138,8 @@ def test_matmul_then_layer_norm_keeps_the_stage_by_stage_schedule() -> None:
     out = topi.nn.layer_norm(y, gamma, beta, axis=[1], epsilon=EPS)
     target = _target(X86)
     func, rule = schedule_kernel(te.create_prim_func([x, w, gamma, beta, out]), target, machine_of(target))
-    assert rule == "stages" and "_rf" not in func.script()
+    assert rule == "stages"
+    assert _vector_partial_blocks(func.script(), 8) >= 1  # the layer norm's sums in vector partials
     rng = np.random.default_rng(2)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((32, 64), (64, 96), (96,), (96,))]
     got = _run(_build(func, target), [*arrays, np.zeros((32, 96), np.float32)])
