@@ -118,3 +118,8 @@ def vectorize_partials(sch: s_tir.Schedule, rf: SBlockRV, steps: LoopRV, partial
 def _alone(sch: s_tir.Schedule, b: SBlockInfo, m: Machine) -> None:
     if b.is_injective():
         schedule_injective(sch, b.block_rv, m, dtype_bits(sch, b.block_rv))
+        return
+    rf = rfactor_row(sch, b.block_rv, m)
+    if rf is not None:  # its own nest: the steps along the row, then the partials
+        loops = sch.get_loops(rf)
+        vectorize_partials(sch, rf, loops[-2], loops[-1], m.lanes(dtype_bits(sch, rf)))

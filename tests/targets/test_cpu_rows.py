@@ -147,3 +147,20 @@ def test_matmul_then_layer_norm_keeps_the_stage_by_stage_schedule() -> None:
     mean = y64.mean(-1, keepdims=True)
     want = (y64 - mean) / np.sqrt(((y64 - mean) ** 2).mean(-1, keepdims=True) + EPS) * arrays[2] + arrays[3]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # float32 sums of 64 and 96 terms
+
+
+def test_a_reduction_over_everything_uses_vector_partials() -> None:
+    """No rows to spread: the single reduction (a global mean) still runs in vector partials."""
+    from tvm import te
+
+    x = te.placeholder((4096,), name="x")
+    k = te.reduce_axis((0, 4096), name="k")
+    total = te.compute((1,), lambda i: te.sum(x[k], axis=k), name="total")
+    mean = te.compute((1,), lambda i: total[i] / 4096.0, name="mean")
+    target = _target(X86)
+    m = machine_of(target)
+    func, rule = schedule_kernel(te.create_prim_func([x, mean]), target, m)
+    assert rule == "row-reduction" and _vector_partial_blocks(func.script(), m.lanes()) == 1
+    data = np.random.default_rng(3).standard_normal(4096).astype(np.float32)
+    got = _run(_build(func, target), [data, np.zeros(1, np.float32)])
+    np.testing.assert_allclose(got, [data.astype(np.float64).mean()], rtol=1e-5, atol=1e-6)  # 4096 float32 terms
