@@ -119,14 +119,22 @@ def _tile_last(sch: s_tir.Schedule, info: SBlockInfo, t: Tile, m: Machine) -> Lo
     sch.reorder(*lead, r_o, v_o, *reductions, r_i, v_u, v_l)
     outer = parallel_outer(sch, [*lead, r_o], m, _volume(sch, block, 0))
     assert outer is not None
+    _register_tile(sch, block, writeback, (v_o, r_i, v_u, v_l), reductions[0], t.lanes)
+    return outer
+
+
+def _register_tile(sch: s_tir.Schedule, block: SBlockRV, writeback: SBlockRV, loops: tuple[LoopRV, ...],
+                   first_reduction: LoopRV, lanes: int) -> None:
+    """The register tile's inner loops (``v_o, r_i, v_u, v_l``: rows and vector groups unrolled, lanes
+    vectorised), its write-back under ``v_o`` and its initialisation, both vectorised."""
+    v_o, r_i, v_u, v_l = loops
     sch.unroll(r_i)
     sch.unroll(v_u)
     sch.vectorize(v_l)
     sch.reverse_compute_at(writeback, v_o, preserve_unit_loops=True)
-    vectorize_inner(sch, writeback, t.lanes)
-    init = sch.decompose_reduction(block, reductions[0])
-    vectorize_inner(sch, init, t.lanes)
-    return outer
+    vectorize_inner(sch, writeback, lanes)
+    init = sch.decompose_reduction(block, first_reduction)
+    vectorize_inner(sch, init, lanes)
 
 
 def _schedule_in_row_block(sch: s_tir.Schedule, block: SBlockRV, m: Machine, partials: list[SBlockRV]) -> None:
@@ -160,13 +168,7 @@ def _tile_in_row_block(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Non
     v_o, v_u, v_l = sch.split(loops[tile.v], factors=[None, nv, tile.lanes])
     reductions = [lp for i, lp in enumerate(loops) if kinds[i] == "R"]
     sch.reorder(r_o, v_o, *reductions, r_i, v_u, v_l)
-    sch.unroll(r_i)
-    sch.unroll(v_u)
-    sch.vectorize(v_l)
-    sch.reverse_compute_at(writeback, v_o, preserve_unit_loops=True)
-    vectorize_inner(sch, writeback, tile.lanes)
-    init = sch.decompose_reduction(block, reductions[0])
-    vectorize_inner(sch, init, tile.lanes)
+    _register_tile(sch, block, writeback, (v_o, r_i, v_u, v_l), reductions[0], tile.lanes)
 
 
 def _schedule_stage(sch: s_tir.Schedule, block: SBlockRV, m: Machine) -> None:
