@@ -90,7 +90,7 @@ def choose_tile(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> Tile | Non
     # The operands read contiguously along v; the row axis must not index them (that is the reuse).
     out_buf = block.body.buffer
     v_reads = [ld for ld in _loads(block.body.value)
-               if not ld.source.same_as(out_buf) and _var_in(ld.indices[-1], iters[v])]
+               if not ld.source.same_as(out_buf) and len(ld.indices) and _var_in(ld.indices[-1], iters[v])]
     spatial = [i for i, k in enumerate(kinds) if k == "S" and i != v and int(info.iters[i].dom) > 1]
     rows = [i for i in spatial if not any(_var_in(ix, iters[i]) for ld in v_reads for ix in ld.indices)]
     r = rows[-1] if rows else None

@@ -122,7 +122,21 @@ def _slice_backwards_from_before_the_start() -> FuzzCase:
     return FuzzCase(218, model, {"x": np.arange(4, dtype=np.float32).reshape(1, 1, 4)})
 
 
+def _matmul_then_layer_norm_of_a_vector() -> FuzzCase:
+    # seeds 41, 42: a vector-matrix product normalised over its only axis; the attention row-block
+    # schedule (2026-12-02) asked the contraction tiler about the kernel, which indexed the last index of
+    # a 0-d load (the row's mean) and raised IndexError
+    rng = np.random.default_rng(42)
+    inits = {"w": rng.standard_normal((5, 7)).astype(np.float32), "g": np.linspace(0.5, 1.5, 7, dtype=np.float32),
+             "b": np.linspace(-1, 1, 7, dtype=np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["v"]),
+             helper.make_node("LayerNormalization", ["v", "g", "b"], ["y"], axis=0, epsilon=1e-3)]
+    model = _model(nodes, {"x": (5,)}, ["y"], inits)
+    return FuzzCase(42, model, {"x": rng.standard_normal(5).astype(np.float32)})
+
+
 REGRESSIONS = {
+    "matmul_then_layer_norm_of_a_vector": _matmul_then_layer_norm_of_a_vector,
     "slice_backwards_from_before_the_start": _slice_backwards_from_before_the_start,
     "reduce_prod_of_constant_without_axes": _reduce_prod_of_constant_without_axes,
     "argmax_on_x86": _argmax_on_x86,
