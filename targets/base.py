@@ -59,6 +59,11 @@ class TargetSpec:
         """The integer dot-product family (``schedules.dot.int8_isa``) for integer kernels; "": none."""
         return ""
 
+    def bf16_kernel(self, cpu: str | None) -> str:
+        """The CPU's bf16 dot-product kernel (``schedules.dot.bf16_kernel``) for ``--precision bf16``;
+        "": none (the GPU computes bf16 through ``prepare``)."""
+        return ""
+
     # ---- CPUs ---------------------------------------------------------------------------------
     def known_cpus(self) -> list[str]:
         """CPU (or GPU arch) names accepted by ``resolve_cpu``."""
@@ -170,16 +175,22 @@ class LLVMTarget(TargetSpec):
 
         return int8_isa(machine_of(self.tvm_target(cpu)).features)
 
+    def bf16_kernel(self, cpu: str | None) -> str:
+        from targets.schedules.dot import bf16_kernel
+        from targets.schedules.machine import machine_of
+
+        kernel = bf16_kernel(machine_of(self.tvm_target(cpu)).features)
+        return kernel.name if kernel is not None else ""
+
     tunable = True
 
     def check_precision(self, precision: str, cpu: str) -> None:
-        """x86 bf16 needs AVX512-BF16 (and effarch's x86 bf16 kernels, not built yet); fp16: no fp16 arithmetic."""
+        """x86 bf16 needs AVX512-BF16 (``vdpbf16ps``); fp16: no fp16 arithmetic."""
         if self.name == "x86" and precision == "bf16":
-            if "avx512bf16" not in self.required_features(cpu):
+            if not self.bf16_kernel(cpu):
                 raise EffarchError(f"--precision bf16 on x86 needs AVX512-BF16, which CPU '{cpu}' lacks; build "
                                    f"with --cpu sapphirerapids (or another AVX512-BF16 CPU) or --precision fp32")
-            raise EffarchError("--precision bf16 on x86 is not built yet (effarch's x86 kernels compute in fp32); "
-                               "use --precision fp32, or --target cuda for bf16")
+            return
         if self.name == "x86" and precision == "fp16":
             raise EffarchError("--precision fp16 is not supported on x86 (no fp16 arithmetic); use --precision "
                                "bf16 on an AVX512-BF16 CPU, fp32, or --target cuda")

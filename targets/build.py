@@ -97,7 +97,8 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     logger.info("lowering %s (%d nodes) to Relax", g.name, len(g.nodes))
     with captured_native_logs():
         lowered = lower(g, **lowering_options(spec, cpu, opt_level, winograd=winograd,
-                                              channels_last=spec.channels_last_for(g, precision)))
+                                              channels_last=spec.channels_last_for(g, precision),
+                                              precision=precision))
     if winograd and opt_level >= 2:
         manifest_extra = {**(manifest_extra or {}), "winograd": True}
     lower_s = time.perf_counter() - t0
@@ -120,15 +121,17 @@ def check_build_options(spec: TargetSpec, cpu: str | None, precision: str, cuda_
 
 
 def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int, *, winograd: bool = False,
-                     channels_last: bool | None = None) -> dict[str, Any]:
+                     channels_last: bool | None = None, precision: str = "fp32") -> dict[str, Any]:
     """How ``targets.lowering.to_relax.lower`` lays the model out for ``spec``: from -O2 the CPU targets take
     convolutions channels-last (3x3 ones by Winograd if asked), pack weights for their register tiles and
     integer weights for their dot-product instructions; ``channels_last`` (the target's
-    ``channels_last_for`` the model) overrides the target's default layout."""
+    ``channels_last_for`` the model) overrides the target's default layout. ``precision`` bf16 on a CPU
+    target lowers matmuls and convolutions for its bf16 dot-product kernel (``lowering.packed_bf16``)."""
     fast = opt_level >= 2
     layout = spec.channels_last if channels_last is None else channels_last
     return {"channels_last": layout and fast, "pack": spec.pack_width(cpu) if fast else 0,
             "int8": spec.int8_isa(cpu) if fast else "", "winograd": winograd and fast and spec.channels_last,
+            "bf16": spec.bf16_kernel(cpu) if precision == "bf16" else "",
             # CUDA: attention-like groups as separate kernels, so each matmul gets tensor cores.
             "split_multi_stage": spec.name == "cuda"}
 

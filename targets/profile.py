@@ -36,21 +36,21 @@ class KernelTime:
         return self.ms * self.calls
 
 
-def scheduled_module(g: Graph, target: str = "x86", cpu: str | None = None,
-                     opt_level: int = 2) -> tuple[tvm.IRModule, tvm.target.Target, ScheduleReport]:
+def scheduled_module(g: Graph, target: str = "x86", cpu: str | None = None, opt_level: int = 2,
+                     precision: str = "fp32") -> tuple[tvm.IRModule, tvm.target.Target, ScheduleReport]:
     spec = get_target(target)
     tvm_target = spec.tvm_target(cpu)
     report = ScheduleReport()
-    mod = lower(g, **lowering_options(spec, cpu, opt_level)).mod
+    mod = lower(g, **lowering_options(spec, cpu, opt_level, precision=precision)).mod
     with tvm_target:
         legal = cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report, stop_after_schedules=True)(mod)
     return legal, tvm_target, report
 
 
 def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_level: int = 2,
-                 repeat: int = 20) -> list[KernelTime]:
+                 repeat: int = 20, precision: str = "fp32") -> list[KernelTime]:
     """Every kernel's median time, slowest in total first."""
-    mod, tvm_target, report = scheduled_module(g, target, cpu, opt_level)
+    mod, tvm_target, report = scheduled_module(g, target, cpu, opt_level, precision)
     calls = call_counts(mod)
     out = []
     for gv, func in mod.functions_items():

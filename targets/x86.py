@@ -54,6 +54,7 @@ class X86Target(LLVMTarget):
     description = "x86-64 CPUs through LLVM (AVX2/AVX-512/VNNI as the CPU allows)"
     arch = "x86_64"
     triple = _TRIPLE
+    precisions = ("fp32", "bf16")  # bf16 where the CPU has AVX512-BF16 (check_precision)
 
     def default_cpu(self) -> str:
         if host_arch() != self.arch:
@@ -70,17 +71,26 @@ class X86Target(LLVMTarget):
         isa = llvm_features(_TRIPLE, cpu) & _CPUINFO_FLAG.keys()
         return sorted(isa - _host_llvm_features())
 
+    def _extra_on_host(self, cpu: str) -> list[str]:
+        """ISA features this machine has beyond its CPU model's (a VM may report an older model, e.g.
+        Rocket Lake for a Sapphire Rapids with AVX512-BF16 and AMX); only for the host."""
+        if host_arch() != self.arch or cpu != self.default_cpu():
+            return []
+        isa = _host_llvm_features() & _CPUINFO_FLAG.keys()
+        return sorted(isa - llvm_features(_TRIPLE, cpu))
+
     def target_dict(self, cpu: str) -> dict[str, Any]:
         target: dict[str, Any] = {"kind": "llvm", "mcpu": cpu, "num-cores": _num_cores()}
-        disabled = self._disabled_on_host(cpu)
+        disabled, extra = self._disabled_on_host(cpu), self._extra_on_host(cpu)
         if disabled:
             logger.info("host CPU %s lacks %s; building without them", cpu, ", ".join(disabled))
-            target["mattr"] = [f"-{f}" for f in disabled]
+        if disabled or extra:
+            target["mattr"] = [f"-{f}" for f in disabled] + [f"+{f}" for f in extra]
         return target
 
     def required_features(self, cpu: str) -> list[str]:
         isa = llvm_features(_TRIPLE, cpu) & _CPUINFO_FLAG.keys()
-        return sorted(isa - set(self._disabled_on_host(cpu)))
+        return sorted((isa - set(self._disabled_on_host(cpu))) | set(self._extra_on_host(cpu)))
 
     def check_host(self, manifest: dict[str, Any]) -> None:
         super().check_host(manifest)

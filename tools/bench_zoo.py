@@ -1,13 +1,15 @@
 """Benchmark every zoo model: effarch (x86) against onnxruntime and PyTorch eager, one markdown table.
 
-    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt] [--tuning-db DIR | --winograd]
+    python tools/bench_zoo.py [--opt 2] [--warmup 30] [--repeat 60] [--models mlp,gpt]
+                              [--tuning-db DIR | --winograd | --bf16]
 
 Each runtime is timed in its own worker process (compiler.benchmark.runner); rounds alternate between
 them and the table shows medians after warm-up, with ratios from the same run. With ``--tuning-db``
 (made by ``effarch tune``) each model is also compiled with it and timed in the same rounds (column
 "effarch tuned"); with ``--winograd`` the second build takes Winograd F(2x2,3x3) for 3x3 stride-1
-convolutions instead (column "effarch winograd"). Prints the table with the date, the machine and
-the command, ready for docs/.
+convolutions instead (column "effarch winograd"); with ``--bf16`` it computes its matmuls and
+convolutions in bf16 (``--precision bf16``, AVX512-BF16; column "effarch bf16"). Prints the table
+with the date, the machine and the command, ready for docs/.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ def _ms(v: float | None) -> str:
 
 
 def bench_one(name: str, opt: int, warmup: int, repeat: int, folder: Path, tuning_db: Path | None,
-              winograd: bool = False) -> str:
+              winograd: bool = False, bf16: bool = False) -> str:
     source = load_model(f"zoo:{name}")
     artifact = folder / f"{name}.effarch"
     compile_model(source, artifact, target="x86", opt_level=opt)
-    tuned = folder / f"{name}.tuned.effarch" if tuning_db or winograd else None
-    if tuned is not None and winograd:  # the second artifact is timed in the tuned build's slot
-        compile_model(source, tuned, target="x86", opt_level=opt, winograd=True)
+    tuned = folder / f"{name}.tuned.effarch" if tuning_db or winograd or bf16 else None
+    if tuned is not None and (winograd or bf16):  # the second artifact is timed in the tuned build's slot
+        compile_model(source, tuned, target="x86", opt_level=opt, winograd=winograd,
+                      precision="bf16" if bf16 else "fp32")
     elif tuned is not None:
         compile_model(source, tuned, target="x86", opt_level=opt, tuning_db=tuning_db)
     result = bench(reference_onnx_path(source, folder), artifact, zoo.get(name).sample_inputs(0),
@@ -67,19 +70,23 @@ def main() -> int:
     extra.add_argument("--tuning-db", type=Path, help="also time each model compiled with this tuning database")
     extra.add_argument("--winograd", action="store_true",
                        help="also time each model compiled with Winograd 3x3 convolutions (effarch compile --winograd)")
+    extra.add_argument("--bf16", action="store_true",
+                       help="also time each model compiled with --precision bf16 (needs AVX512-BF16)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             print(f"benchmarking {name}", file=sys.stderr, flush=True)
-            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp), args.tuning_db, args.winograd))
+            rows.append(bench_one(name, args.opt, args.warmup, args.repeat, Path(tmp), args.tuning_db, args.winograd,
+                                  args.bf16))
     today = datetime.date.today().isoformat()
     print(f"Measured {today} on {machine_description()}, 2 threads per runtime, "
           f"with\n`python tools/bench_zoo.py {' '.join(sys.argv[1:])}`. Median latency in ms after warm-up; "
           f"the ratio columns are effarch's time divided by the peer's (above 1: the peer is faster); "
           f"GFLOP/s is the model's FLOPs over effarch's time.\n")
-    second = bool(args.tuning_db or args.winograd)
+    second = bool(args.tuning_db or args.winograd or args.bf16)
     tuned_head = (" effarch winograd | winograd / ORT |" if args.winograd
+                  else " effarch bf16 | bf16 / ORT fp32 |" if args.bf16
                   else " effarch tuned | tuned / ORT |" if args.tuning_db else "")
     print(f"| model | effarch -O{args.opt} |{tuned_head} onnxruntime | PyTorch eager | effarch / ORT "
           f"| effarch / eager | effarch GFLOP/s |")

@@ -74,14 +74,18 @@ def _delta(x: int | None, y: int | None) -> str:
 # ---- numeric checks -------------------------------------------------------------------------------
 def verify_artifact(source: SourceModel, artifact: Path, *, seed: int = 0,
                     inputs: dict[str, np.ndarray] | None = None) -> list[OutputCheck]:
-    """Run the artifact and onnxruntime (the original model) on the same seeded inputs and compare."""
+    """Run the artifact and onnxruntime (the original model) on the same seeded inputs and compare.
+    An artifact that computes in a lower precision (``--precision bf16``) is judged with that type's
+    tolerance: its error against the fp32 model is what the table then reports."""
+    from compiler.numerics.compare import precision_rtol
     from compiler.numerics.reference import random_inputs, run_onnxruntime
     from targets.runtime import load_artifact
 
     inputs = inputs if inputs is not None else random_inputs(source.graph, seed)
     reference = run_onnxruntime(source.reference_onnx, inputs)
-    got = load_artifact(artifact).run(inputs)
-    return compare_outputs(got, reference)
+    loaded = load_artifact(artifact)
+    got = loaded.run(inputs)
+    return compare_outputs(got, reference, precision_rtol(loaded.manifest.get("precision", "fp32")))
 
 
 def verify_compressed(compressed: Graph, fp32: SourceModel, artifact: Path,

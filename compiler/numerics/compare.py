@@ -46,6 +46,13 @@ class OutputCheck:
 QUANTIZED_RTOL = 5e-2
 
 
+def precision_rtol(precision: str) -> float | None:
+    """The relative tolerance for an artifact that computes in ``precision`` (fp16, bf16) against an
+    fp32 reference; None for fp32 (the per-dtype default)."""
+    low = {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
+    return TOLERANCES[low][0] if low is not None else None
+
+
 def compare_output(name: str, got: np.ndarray, ref: np.ndarray, rtol: float | None = None) -> OutputCheck:
     if got.shape != ref.shape:
         return OutputCheck(name, str(ref.dtype), float("inf"), float("inf"), 0.0, 0.0, 0.0, False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
@@ -25,9 +26,11 @@ from compiler.ir.core import Node
 from targets.lowering import winograd
 from targets.lowering.depthwise_int8 import depthwise_integer_nhwc
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
+from targets.lowering.packed_bf16 import conv2d_nhwc_bf16, pack_conv_bf16
 from targets.lowering.quantized import conv_integer_nhwc
 from targets.lowering.registry import CONVERTERS, Call, dims
 from targets.lowering.spatial import window
+from targets.schedules.dot import KERNELS
 
 TO_NHWC = [0, 2, 3, 1]
 TO_NCHW = [0, 3, 1, 2]
@@ -79,7 +82,13 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
     win = window(c, _spatial(x), list(weight.shape[2:]))
     groups = int(c.attr("group", 1))
     nr = panel_width(weight.shape[0], c.pack) if c.pack else 0
-    if (lowering.winograd and _static_batch(x) and len(win.pads) == 4
+    if c.bf16 and groups == 1 and weight.shape[0] % KERNELS[c.bf16].lanes == 0 and len(win.pads) == 4 \
+            and weight.dtype == np.float32:
+        kernel = KERNELS[c.bf16]
+        packed = c.relaid_weight(1, pack_conv_bf16(kernel, weight), "bf16")  # rounded and packed once, here
+        y = c.bb.emit_te(conv2d_nhwc_bf16, lowering.nhwc(x), packed, strides=win.strides, pads=win.pads,
+                         dilations=win.dilations, kernel=kernel.name, primfunc_name_hint="bf16_conv2d")
+    elif (lowering.winograd and _static_batch(x) and len(win.pads) == 4
             and winograd.applies(weight.shape, win.strides, win.dilations, groups, nr)):
         u = c.relaid_weight(1, winograd.transform_weights(weight, nr), f"winograd{nr}")  # G g G^T, once
         y = c.bb.emit_te(winograd.conv2d_nhwc_winograd, lowering.nhwc(x), u, pads=win.pads,

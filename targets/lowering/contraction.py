@@ -8,13 +8,17 @@ from tvm.relax import op as R
 
 from targets.lowering.elementwise import scalar
 from targets.lowering.packed import dense_packed, pack_dense, panel_width
+from targets.lowering.packed_bf16 import dense_bf16, pack_dense_bf16
 from targets.lowering.registry import Call, converter
 from targets.lowering.spatial import transpose_pads, window
+from targets.schedules.dot import KERNELS
 
 
 @converter("MatMul")
 def _matmul(c: Call) -> relax.Expr:
     weight = c.weight(1)
+    if weight is not None and _bf16(c, weight):
+        return _dense_bf16(c, c.arg(0), weight)
     nr = _panel(c, weight)
     if weight is not None and nr:
         return _dense_packed(c, c.arg(0), weight, nr)
@@ -28,6 +32,19 @@ def _panel(c: Call, w: np.ndarray | None) -> int:
     if not np.issubdtype(w.dtype, np.floating) or str(w.dtype) != c.dtype(0):
         return 0
     return panel_width(w.shape[1], c.pack)
+
+
+def _bf16(c: Call, w: np.ndarray) -> bool:
+    """Whether a [K, N] weight computes on the CPU's bf16 kernel (``--precision bf16``)."""
+    if not c.bf16 or w.ndim != 2 or c.rank(0) < 2 or c.dtype(0) != "float32" or w.dtype != np.float32:
+        return False
+    return w.shape[1] % KERNELS[c.bf16].lanes == 0
+
+
+def _dense_bf16(c: Call, a: relax.Expr, weight: np.ndarray) -> relax.Expr:
+    kernel = KERNELS[c.bf16]
+    packed = c.relaid_weight(1, pack_dense_bf16(kernel, weight), "bf16")  # rounded and packed once, here
+    return c.bb.emit_te(dense_bf16, a, packed, kernel=kernel.name, primfunc_name_hint="bf16_dense")
 
 
 def _dense_packed(c: Call, a: relax.Expr, weight: np.ndarray, nr: int) -> relax.Expr:
@@ -45,7 +62,9 @@ def _gemm(c: Call) -> relax.Expr:
     if weight is not None and c.attr("transB", 0):
         weight = weight.T  # transposed once here, not on every call
     nr = _panel(c, weight)
-    if weight is not None and nr:
+    if weight is not None and _bf16(c, weight):
+        y = _dense_bf16(c, a, weight)
+    elif weight is not None and nr:
         y = _dense_packed(c, a, weight, nr)
     else:
         if weight is not None and c.attr("transB", 0):

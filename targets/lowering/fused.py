@@ -117,7 +117,7 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
     ``outer`` is the lowering in progress (``targets.lowering.to_relax._Lowerer``): its block builder, the
     Relax expression of every IR value, and the values known at compile time."""
     inner = type(outer)(node.body, channels_last=outer.channels_last, pack=outer.pack, int8=outer.int8,
-                        split_multi_stage=outer.split_multi_stage, winograd=outer.winograd)
+                        split_multi_stage=outer.split_multi_stage, winograd=outer.winograd, bf16=outer.bf16)
     inner.in_group = True
     params, args = _signature(outer, inner, node)
     name = kernel_name(node)

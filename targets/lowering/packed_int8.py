@@ -19,12 +19,13 @@ the kernel's name in ``INT8_ATTR`` for the schedule rule (``schedules.int8``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from tvm import te, tirx
 
-from targets.schedules.dot import DotKernel
+from targets.schedules.dot import KERNELS, DotKernel, widen
 from targets.schedules.int8 import INT8_ATTR
 
 
@@ -52,14 +53,19 @@ def reduction_last_conv(w: np.ndarray, depth: int) -> np.ndarray:
     return _pad_last(np.ascontiguousarray(w.transpose(0, 2, 3, 1)), depth)
 
 
-def pack(k: DotKernel, w_last: np.ndarray) -> PackedInt8:
-    """``w_last`` ([N, ..., Kp], int32, zero point taken off) packed as [N/L, ..., Kp/G, L, G]."""
+def pack_blocks(k: DotKernel, w_last: np.ndarray) -> np.ndarray:
+    """``w_last`` ([N, ..., Kp]) as [N/L, ..., Kp/G, L, G] in the kernel's weight type: one
+    instruction's ``L x G`` block contiguous."""
     n, *mid, kp = w_last.shape
     blocks = w_last.reshape(n // k.lanes, k.lanes, *mid, kp // k.depth, k.depth)
     order = [0, *range(2, 2 + len(mid)), 2 + len(mid), 1, 3 + len(mid)]
-    packed = np.ascontiguousarray(blocks.transpose(order)).astype(k.weight_dtype)
-    colsum = w_last.reshape(n, -1).sum(axis=1, dtype=np.int64).astype(np.int32)
-    return PackedInt8(k, packed, colsum)
+    return np.ascontiguousarray(blocks.transpose(order)).astype(k.weight_dtype)
+
+
+def pack(k: DotKernel, w_last: np.ndarray) -> PackedInt8:
+    """``w_last`` ([N, ..., Kp], int32, zero point taken off) packed as [N/L, ..., Kp/G, L, G]."""
+    colsum = w_last.reshape(w_last.shape[0], -1).sum(axis=1, dtype=np.int64).astype(np.int32)
+    return PackedInt8(k, pack_blocks(k, w_last), colsum)
 
 
 def _zero_point(za: te.Tensor | None, shift: int) -> tirx.PrimExpr:
@@ -75,23 +81,11 @@ def _operand(value: tirx.PrimExpr, shift: int, dtype: str) -> tirx.PrimExpr:
 def dense_int8(a: te.Tensor, wp: te.Tensor, colsum: te.Tensor, za: te.Tensor | None, *, shift: int,
                act_dtype: str, kernel: str) -> te.Tensor:
     """A[..., M, K] (u8/s8) @ W' as int32, W' packed [N/L, Kp/G, L, G]."""
-    panels, kp_blocks, lanes, depth = (int(d) for d in wp.shape)
+    _, kp_blocks, _, depth = (int(d) for d in wp.shape)
     k_ext, kp = int(a.shape[-1]), kp_blocks * depth
     if shift or kp != k_ext or str(a.dtype) != act_dtype:
-        def operand(*idx: tirx.Var) -> tirx.PrimExpr:
-            *lead, k = idx
-            inside = _operand(a[(*lead, tirx.min(k, k_ext - 1))], shift, act_dtype)
-            return tirx.if_then_else(k < k_ext, inside, tirx.const(0, act_dtype))
-        a = te.compute((*a.shape[:-1], kp), operand, name="int8_operand")
-    ko = te.reduce_axis((0, kp_blocks), "ko")
-    ki = te.reduce_axis((0, depth), "ki")
-
-    def body(*idx: tirx.Var) -> tirx.PrimExpr:
-        *lead, n = idx
-        x = a[(*lead, ko * depth + ki)].astype("int32")
-        return te.sum(x * wp[n // lanes, ko, n % lanes, ki].astype("int32"), axis=[ko, ki])
-
-    acc = te.compute((*a.shape[:-1], panels * lanes), body, name="int8_dense", attrs={INT8_ATTR: kernel})
+        a = row_operand(a, kp, lambda v: _operand(v, shift, act_dtype), tirx.const(0, act_dtype), "int8_operand")
+    acc = dot_dense(a, wp, KERNELS[kernel], "int8_dense")
     zero = _zero_point(za, shift)
     return te.compute(acc.shape, lambda *i: acc[i] - zero * colsum[i[-1]], name="int8_correct")
 
@@ -100,29 +94,74 @@ def conv2d_nhwc_int8(x: te.Tensor, wp: te.Tensor, colsum: te.Tensor, za: te.Tens
                      pads: list[int], dilations: list[int], shift: int, act_dtype: str, kernel: str) -> te.Tensor:
     """NHWC convolution of u8/s8 ``x`` with W' packed [OC/L, KH, KW, ICp/G, L, G]; ``pads`` is
     [top, left, bottom, right]. Padding holds ``za + shift`` so that it contributes nothing."""
-    n_, h, w_, ic = (int(d) for d in x.shape)
-    panels, kh_ext, kw_ext, icb, lanes, depth = (int(d) for d in wp.shape)
-    top, left, bottom, right = pads
+    ic = int(x.shape[3])
+    icp = int(wp.shape[3]) * int(wp.shape[5])
     zero = _zero_point(za, shift)
+    direct = not any(pads) and not shift and icp == ic and str(x.dtype) == act_dtype
+    padded = x if direct else nhwc_operand(x, pads, icp, lambda v: _operand(v, shift, act_dtype),
+                                           zero.astype(act_dtype), "int8_operand")
+    acc = dot_conv2d_nhwc(padded, wp, KERNELS[kernel], strides, dilations, "int8_conv2d")
+    return te.compute(acc.shape, lambda b, y, xx, c: acc[b, y, xx, c] - zero * colsum[c], name="int8_correct")
+
+
+def dot_dense(a: te.Tensor, wp: te.Tensor, k: DotKernel, name: str) -> te.Tensor:
+    """``a[..., Kp]`` (the kernel's operand type) @ ``wp`` packed [N/L, Kp/G, L, G], summed in the
+    kernel's accumulator type; the block is marked for the kernel's schedule (``schedules.int8``)."""
+    panels, kp_blocks, lanes, depth = (int(d) for d in wp.shape)
+    ko = te.reduce_axis((0, kp_blocks), "ko")
+    ki = te.reduce_axis((0, depth), "ki")
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *lead, n = idx
+        x = widen(k, a[(*lead, ko * depth + ki)])
+        return te.sum(x * widen(k, wp[n // lanes, ko, n % lanes, ki]), axis=[ko, ki])
+
+    return te.compute((*a.shape[:-1], panels * lanes), body, name=name, attrs={INT8_ATTR: k.name})
+
+
+def row_operand(a: te.Tensor, kp: int, convert: Callable[[tirx.PrimExpr], tirx.PrimExpr], fill: tirx.PrimExpr,
+                name: str) -> te.Tensor:
+    """``a[..., K]`` converted elementwise to a kernel's operand, its last axis padded with ``fill`` to ``kp``."""
+    k_ext = int(a.shape[-1])
+
+    def operand(*idx: tirx.Var) -> tirx.PrimExpr:
+        *lead, k = idx
+        inside = convert(a[(*lead, tirx.min(k, k_ext - 1))])
+        return tirx.if_then_else(k < k_ext, inside, fill)
+
+    return te.compute((*a.shape[:-1], kp), operand, name=name)
+
+
+def nhwc_operand(x: te.Tensor, pads: list[int], channels: int, convert: Callable[[tirx.PrimExpr], tirx.PrimExpr],
+                 fill: tirx.PrimExpr, name: str) -> te.Tensor:
+    """NHWC ``x`` converted elementwise to a kernel's operand, padded (``pads`` [top, left, bottom,
+    right]) with ``fill`` and its channels with ``fill`` up to ``channels``."""
+    n_, h, w_, ic = (int(d) for d in x.shape)
+    top, left, bottom, right = pads
 
     def operand(b: tirx.Var, y: tirx.Var, xx: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
         inside = tirx.all(y >= top, y < h + top, xx >= left, xx < w_ + left, c < ic)
         value = x[b, tirx.min(tirx.max(y - top, 0), h - 1), tirx.min(tirx.max(xx - left, 0), w_ - 1),
                   tirx.min(c, ic - 1)]
-        return tirx.if_then_else(inside, _operand(value, shift, act_dtype), zero.astype(act_dtype))
+        return tirx.if_then_else(inside, convert(value), fill)
 
-    direct = not any(pads) and not shift and icb * depth == ic and str(x.dtype) == act_dtype
-    padded = x if direct else te.compute((n_, h + top + bottom, w_ + left + right, icb * depth), operand,
-                                         name="int8_operand")
-    oh = (h + top + bottom - dilations[0] * (kh_ext - 1) - 1) // strides[0] + 1
-    ow = (w_ + left + right - dilations[1] * (kw_ext - 1) - 1) // strides[1] + 1
+    return te.compute((n_, h + top + bottom, w_ + left + right, channels), operand, name=name)
+
+
+def dot_conv2d_nhwc(padded: te.Tensor, wp: te.Tensor, k: DotKernel, strides: list[int], dilations: list[int],
+                    name: str) -> te.Tensor:
+    """The convolution of an already padded NHWC operand with ``wp`` packed [OC/L, KH, KW, ICp/G, L, G],
+    summed in the kernel's accumulator type and marked for its schedule."""
+    n_, hp, wpad, _ = (int(d) for d in padded.shape)
+    panels, kh_ext, kw_ext, icb, lanes, depth = (int(d) for d in wp.shape)
+    oh = (hp - dilations[0] * (kh_ext - 1) - 1) // strides[0] + 1
+    ow = (wpad - dilations[1] * (kw_ext - 1) - 1) // strides[1] + 1
     kh, kw = te.reduce_axis((0, kh_ext), "kh"), te.reduce_axis((0, kw_ext), "kw")
     ko, ki = te.reduce_axis((0, icb), "ko"), te.reduce_axis((0, depth), "ki")
 
     def body(b: tirx.Var, y: tirx.Var, xx: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
         pixel = padded[b, y * strides[0] + kh * dilations[0], xx * strides[1] + kw * dilations[1], ko * depth + ki]
         weight = wp[c // lanes, kh, kw, ko, c % lanes, ki]
-        return te.sum(pixel.astype("int32") * weight.astype("int32"), axis=[kh, kw, ko, ki])
+        return te.sum(widen(k, pixel) * widen(k, weight), axis=[kh, kw, ko, ki])
 
-    acc = te.compute((n_, oh, ow, panels * lanes), body, name="int8_conv2d", attrs={INT8_ATTR: kernel})
-    return te.compute(acc.shape, lambda b, y, xx, c: acc[b, y, xx, c] - zero * colsum[c], name="int8_correct")
+    return te.compute((n_, oh, ow, panels * lanes), body, name=name, attrs={INT8_ATTR: k.name})

@@ -57,6 +57,7 @@ class Call:
     add_weight: Callable[[np.ndarray, str], relax.Expr] = _no_weights
     pack: int = 0  # output columns per packed weight panel (lowering.packed); 0: weights unpacked
     int8: str = ""  # the CPU's integer dot-product family (schedules.dot.int8_isa); "": none used
+    bf16: str = ""  # the CPU's bf16 dot-product kernel (--precision bf16; lowering.packed_bf16); "": fp32
 
     def weight(self, i: int) -> np.ndarray | None:
         """Input ``i``'s value if it is a weight known at compile time, else None."""

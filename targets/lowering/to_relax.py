@@ -45,7 +45,7 @@ class Lowered:
 
 
 def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
-          split_multi_stage: bool = False, winograd: bool = False) -> Lowered:
+          split_multi_stage: bool = False, winograd: bool = False, bf16: str = "") -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
 
     ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
@@ -55,12 +55,14 @@ def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "
     packed (``lowering.packed_int8``); ``split_multi_stage`` lowers a group holding more than one
     contraction or reduction (attention) op by op, not as one kernel (the GPU's; ``lowering.fused``);
     ``winograd`` computes channels-last 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
-    (``lowering.winograd``)."""
+    (``lowering.winograd``); ``bf16`` names the CPU's bf16 dot-product kernel, with which MatMul/Gemm
+    with constant weights and channels-last convolutions compute on bf16 operands (``--precision bf16``;
+    ``lowering.packed_bf16``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
     return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8, split_multi_stage=split_multi_stage,
-                    winograd=winograd).run()
+                    winograd=winograd, bf16=bf16).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -73,7 +75,7 @@ class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
     def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
-                 split_multi_stage: bool = False, winograd: bool = False) -> None:
+                 split_multi_stage: bool = False, winograd: bool = False, bf16: str = "") -> None:
         self.g = g
         self.split_multi_stage = split_multi_stage
         self.winograd = winograd
@@ -82,6 +84,7 @@ class _Lowerer:
         self.channels_last = channels_last
         self.pack = pack
         self.int8 = int8
+        self.bf16 = bf16
         self.nhwc_exprs: dict[int, relax.Expr] = {}  # values held channels-last (4-D, NHWC)
         self.known: dict[int, np.ndarray] = {}
         self.symbols: dict[str, tirx.Var] = {}  # symbolic input dims by name
@@ -221,7 +224,7 @@ class _Lowerer:
                 for v in node.inputs]
         consts = [None if v is None else self.known.get(id(v)) for v in node.inputs]
         weights = [None if v is None else self.weight_value(v) for v in node.inputs]
-        return Call(node, args, consts, self.bb, weights, self._new_weight, self.pack, self.int8)
+        return Call(node, args, consts, self.bb, weights, self._new_weight, self.pack, self.int8, self.bf16)
 
     def expr(self, v: Value) -> relax.Expr:
         return self._expr(v)

@@ -7,6 +7,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | kind             | kernels                                   | module          |
 |------------------|-------------------------------------------|-----------------|
 | int8-contraction | MatMulInteger / ConvInteger on packed weights (+ epilogue): dot-product instructions | int8 |
+| bf16-contraction | ``--precision bf16`` matmuls and convs on packed bf16 weights: vdpbf16ps, fp32 sums | int8 |
 | weight-only      | MatMul/Gemm on 8-bit or 4-bit packed weights, expanded in the kernel | weight_only |
 | contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
 | window-reduction | pools, sums over outer axes               | contraction     |
@@ -40,7 +41,12 @@ from targets.schedules import mathfun as _mathfun  # noqa: F401  (registers vect
 from targets.schedules.contraction import schedule_contraction, schedule_window_reduction
 from targets.schedules.elementwise import schedule_elementwise
 from targets.schedules.fallback import schedule_generic
-from targets.schedules.int8 import schedule_int8_contraction, schedule_quantize, schedule_row_peak
+from targets.schedules.int8 import (
+    schedule_bf16_contraction,
+    schedule_int8_contraction,
+    schedule_quantize,
+    schedule_row_peak,
+)
 from targets.schedules.machine import Machine, machine_of
 from targets.schedules.reduction import schedule_row_reduction
 from targets.schedules.stages import schedule_stages
@@ -55,6 +61,7 @@ Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
 
 RULES: list[tuple[str, Rule]] = [
     ("int8-contraction", lambda sch, m, t: schedule_int8_contraction(sch, m)),
+    ("bf16-contraction", lambda sch, m, t: schedule_bf16_contraction(sch, m)),
     ("weight-only", lambda sch, m, t: schedule_weight_only(sch, m)),
     ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),
     ("window-reduction", lambda sch, m, t: schedule_window_reduction(sch, m)),

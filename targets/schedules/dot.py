@@ -1,4 +1,4 @@
-"""Integer dot-product instructions as TVM tensor intrinsics, one per kind of CPU.
+"""Dot-product instructions (integer, and bf16 with fp32 sums) as TVM tensor intrinsics, one per kind of CPU.
 
 Each ``DotKernel`` computes ``C[i] += sum_k A[k] * W[i, k]`` for ``lanes`` output columns ``i`` and
 ``depth`` consecutive reduction elements ``k``: one broadcast of ``depth`` activations, one vector
@@ -11,6 +11,13 @@ Weights are packed at compile time so that every block is contiguous (``lowering
 | avx2-maddubs | x86 AVX2                 | vpmaddubsw + vpmaddwd | u8 x s8   | no weight pair can saturate int16 |
 | avx2-maddwd  | x86 AVX2 (and VNNI CPUs) | vpmaddwd on int16     | i16 x i16 | always |
 | neon-sdot    | aarch64 +dotprod         | sdot                  | s8 x s8   | always |
+| avx512-bf16  | x86 AVX512-BF16          | vdpbf16ps zmm         | bf16 x bf16 | sums in fp32 |
+
+bf16 values travel as their 16 bits in ``uint16`` buffers (``bf16_bits``; ``bf16_value`` widens one
+to float32 exactly): TVM 0.27 rewrites every ``bfloat16`` value to float32 arithmetic before LLVM and
+has no way to name LLVM 22's ``<32 x bfloat>`` operand of ``vdpbf16ps``. So the instruction is
+reached through a three-line LLVM function imported into the kernel (``pragma_import_llvm``), which
+takes the pairs as ``<16 x i32>``, bitcasts them and is inlined.
 
 vpmaddubsw adds two u8 x s8 products in saturating int16: 255 * (b0 + b1) must stay within
 [-32768, 32767], so b0 + b1 <= 128 over the positive weights of a pair and >= -128 over the negative
@@ -27,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -41,11 +49,13 @@ class DotKernel:
     act_dtype: str  # the activation operand
     weight_dtype: str  # the packed weight
     temporaries: int  # vector registers the sequence needs beside accumulators, weights and the broadcast
+    acc_dtype: str = "int32"  # the accumulator (and the instruction's result lanes)
+    llvm_import: str = ""  # LLVM IR the kernel's function must import for the instruction (``pragma_import_llvm``)
 
     def act_shift(self, act_dtype: str) -> int:
         """What to add to an activation of ``act_dtype`` to make it this kernel's operand: u8 and s8
         trade places by +-128 (the product's error is a per-column constant, corrected after)."""
-        if act_dtype == self.act_dtype or self.act_dtype == "int16":
+        if act_dtype == self.act_dtype or self.act_dtype in ("int16", "uint16"):
             return 0
         return 128 if self.act_dtype == "uint8" else -128
 
@@ -78,34 +88,65 @@ def _sdot(a: object, b: object, c: object) -> object:
         _broadcast(a, "int8", 4, 4, "int8x16"), b.vload([0, 0], "int8x16"), dtype="int32x4")  # type: ignore[attr-defined]
 
 
+# vdpbf16ps through an imported LLVM function: TVM cannot name ``<32 x bfloat>`` (module docstring).
+DPBF16PS_SYMBOL = "effarch_dpbf16ps_512"
+_DPBF16PS_IR = f"""
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+define <16 x float> @{DPBF16PS_SYMBOL}(<16 x float> %c, <16 x i32> %a, <16 x i32> %b) {{
+  %x = bitcast <16 x i32> %a to <32 x bfloat>
+  %y = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %c, <32 x bfloat> %x, <32 x bfloat> %y)
+  ret <16 x float> %r
+}}
+"""
+
+
+def _dpbf16ps(a: object, b: object, c: object) -> object:
+    weights = T.reinterpret(b.vload([0, 0], "uint16x32"), dtype="int32x16")  # type: ignore[attr-defined]
+    return T.call_extern("float32x16", DPBF16PS_SYMBOL, c.vload([0], "float32x16"),  # type: ignore[attr-defined]
+                         _broadcast(a, "uint16", 2, 16, "int32x16"), weights)
+
+
 def _broadcast(a: object, dtype: str, depth: int, lanes: int, as_type: str) -> object:
     """The ``depth`` activations as one 32-bit word, repeated in every lane."""
     word = T.reinterpret(a.vload([0], f"{dtype}x{depth}"), dtype="int32")  # type: ignore[attr-defined]
     return T.reinterpret(T.broadcast(word, lanes), dtype=as_type)
 
 
+def widen(k: DotKernel, value: tirx.PrimExpr) -> tirx.PrimExpr:
+    """An operand element as the accumulator's type, exactly: the product the instruction sums. The
+    lowering (``lowering.packed_int8``, ``lowering.packed_bf16``) writes its reduction with this, so
+    that the block matches the intrinsic's description."""
+    return bf16_value(value) if k.acc_dtype == "float32" else value.astype(k.acc_dtype)
+
+
+def bf16_value(bits: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The float32 a bf16's 16 bits (``uint16``) stand for: the bits are the float's high half."""
+    return tirx.reinterpret("float32", tirx.shift_left(bits.astype("uint32"), tirx.const(16, "uint32")))
+
+
 def _register(k: DotKernel, body: Body) -> DotKernel:
-    lanes, depth, adt, wdt = k.lanes, k.depth, k.act_dtype, k.weight_dtype
+    lanes, depth, adt, wdt, acc = k.lanes, k.depth, k.act_dtype, k.weight_dtype, k.acc_dtype
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (depth,), adt, offset_factor=1)
         B = T.match_buffer(b, (lanes, depth), wdt, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (lanes,), acc, offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
             T.writes(C[0:lanes])
             for i in T.serial(0, lanes):
-                for k in T.serial(0, depth):
+                for kk in T.serial(0, depth):
                     with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        vi, vk = T.axis.remap("SR", [i, kk])
+                        C[vi] = C[vi] + widen(k, A[vk]) * widen(k, B[vi, vk])
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (depth,), adt, offset_factor=1)
         B = T.match_buffer(b, (lanes, depth), wdt, offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (lanes,), acc, offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
             T.writes(C[0:lanes])
@@ -119,8 +160,23 @@ VNNI = _register(DotKernel("effarch_vnni_16x4", 16, 4, "uint8", "int8", 0), _vnn
 AVX2_MADDUBS = _register(DotKernel("effarch_avx2_maddubs_8x4", 8, 4, "uint8", "int8", 2), _maddubs)
 AVX2_MADDWD = _register(DotKernel("effarch_avx2_maddwd_8x2", 8, 2, "int16", "int16", 1), _maddwd)
 NEON_SDOT = _register(DotKernel("effarch_neon_sdot_4x4", 4, 4, "int8", "int8", 0), _sdot)
+AVX512_BF16 = _register(DotKernel("effarch_avx512_bf16_16x2", 16, 2, "uint16", "uint16", 0, "float32",
+                                  _DPBF16PS_IR), _dpbf16ps)
 
-KERNELS = {k.name: k for k in (VNNI, AVX2_MADDUBS, AVX2_MADDWD, NEON_SDOT)}
+KERNELS = {k.name: k for k in (VNNI, AVX2_MADDUBS, AVX2_MADDWD, NEON_SDOT, AVX512_BF16)}
+
+
+def bf16_kernel(features: frozenset[str]) -> DotKernel | None:
+    """The bf16 dot-product kernel a CPU with these LLVM features has, or None."""
+    return AVX512_BF16 if {"avx512bf16", "avx512f"} <= features else None
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bf16 (to nearest, ties to even, as ``vcvtneps2bf16``), as their 16
+    bits (``uint16``); NaN stays a (quiet) NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded).astype(np.uint16)
 
 
 def int8_isa(features: frozenset[str]) -> str:

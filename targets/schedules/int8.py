@@ -1,7 +1,8 @@
-"""Integer contractions on a dot-product instruction: the register tile of ``contraction``, the
-instruction tensorized at its innermost level.
+"""Contractions on a dot-product instruction (integer, or bf16 summed in fp32): the register tile of
+``contraction``, the instruction tensorized at its innermost level.
 
-The lowering (``lowering.packed_int8``) marks the reduction block with ``INT8_ATTR`` = the kernel's
+The lowering (``lowering.packed_int8``, ``lowering.packed_bf16``) marks the reduction block with
+``INT8_ATTR`` = the kernel's
 name (``schedules.dot``) and makes its last reduction axis the instruction's depth ``G`` and its
 output's last axis a multiple of the instruction's ``L`` lanes. The loops become
 
@@ -84,11 +85,21 @@ def schedule_quantize(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
 
 def schedule_int8_contraction(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
     """A function whose one reduction is a block marked for an integer dot-product kernel."""
+    return _schedule_dot_contraction(sch, m, "int32")
+
+
+def schedule_bf16_contraction(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
+    """A function whose one reduction is a block marked for a bf16 dot-product kernel (fp32 sums)."""
+    return _schedule_dot_contraction(sch, m, "float32")
+
+
+def _schedule_dot_contraction(sch: s_tir.Schedule, m: Machine, acc_dtype: str) -> s_tir.Schedule | bool:
     infos = normalize_prim_func(sch)
     main_i = find_main(infos) if infos is not None else None
     if infos is None or main_i is None:
         return False
-    if int8_kernel(sch, infos[main_i].block_rv) is None:
+    marked = int8_kernel(sch, infos[main_i].block_rv)
+    if marked is None or marked.acc_dtype != acc_dtype:
         return False
     sch = s_tir.Schedule(vector_math(sch.mod["main"]))
     infos = normalize_prim_func(sch)
@@ -119,11 +130,13 @@ def _tile(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SBlo
     inner: list[LoopRV] = ([r_i] if r_i else []) + [v_u, v_l, depth]
     sch.reorder(*outer, *([r_o] if r_o else []), *reductions, *inner)
     fused = parallel_outer(sch, outer, m, _work(info))
+    if k.llvm_import and fused is not None:  # once per function, around the loop nest the instruction runs in
+        sch.annotate(fused, "pragma_import_llvm", k.llvm_import)
     if r_i is not None:
         sch.unroll(r_i)
     sch.unroll(v_u)
     # The write-back runs once per task after all its row tiles: the accumulator is one
-    # [rows, nv * lanes] int32 region per task, allocated once per task (TVM 0.27 takes every
+    # [rows, nv * lanes] accumulator region per task, allocated once per task (TVM 0.27 takes every
     # local buffer from the workspace pool, a call pair per allocation).
     sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
     _vectorize_last(sch, writeback, k.lanes)

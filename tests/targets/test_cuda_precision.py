@@ -254,8 +254,7 @@ def test_x86_refuses_fp16_and_bf16_without_avx512bf16() -> None:
     with pytest.raises(EffarchError, match="bf16 on x86 needs AVX512-BF16, which CPU 'haswell' lacks; build with "
                                            "--cpu sapphirerapids"):
         check_build_options(x86, "haswell", "bf16", True)
-    with pytest.raises(EffarchError, match="bf16 on x86 is not built yet.*use --precision fp32, or --target cuda"):
-        check_build_options(x86, "sapphirerapids", "bf16", True)  # this CPU has it; the kernels are to come
+    check_build_options(x86, "sapphirerapids", "bf16", True)  # this CPU has it: built (test_bf16_kernels.py)
     with pytest.raises(EffarchError, match="--precision bf16 is not supported on --target arm"):
         check_build_options(get_target("arm"), None, "bf16", True)
     with pytest.raises(EffarchError, match="--no-cuda-graphs applies to --target cuda, not x86"):

@@ -106,7 +106,9 @@ def _verify(args: argparse.Namespace, source: Any, result: Any, data: Any, out: 
     from compiler.numerics.reference import random_inputs
 
     if not _compressed(result):
-        progress("verifying against onnxruntime on seeded random inputs")
+        lower = f" ({args.precision}: its error against the fp32 model, within {args.precision}'s tolerance)" \
+            if args.precision != "fp32" else ""
+        progress(f"verifying against onnxruntime on seeded random inputs{lower}")
         checks = report.verify_artifact(source, out, seed=args.seed)
         print(report.checks_table(checks))
         return checks

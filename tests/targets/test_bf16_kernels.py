@@ -1,0 +1,126 @@
+"""``--precision bf16`` on x86: matmuls and convolutions on AVX512-BF16's ``vdpbf16ps``, operands rounded
+to bf16 (nearest, ties to even), products summed in fp32.
+
+The machine code is checked on any x86 host (built for ``sapphirerapids``); the numbers where this
+machine has AVX512-BF16: against numpy on the same bf16-rounded operands, where only the order of
+the fp32 sums may differ."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax, te
+
+from compiler.ir import Graph, parse_graph
+from targets.base import get_target
+from targets.build import lowering_options
+from targets.lowering.packed_bf16 import to_bf16
+from targets.lowering.to_relax import Lowered, lower
+from targets.schedules import ScheduleReport
+from targets.schedules.dot import bf16_bits
+from targets.schedules.pipeline import cpu_pipeline
+from targets.x86 import host_cpuinfo_flags
+
+X86 = get_target("x86")
+HOST_BF16 = "avx512_bf16" in (host_cpuinfo_flags() or set())
+
+MATMUL = """graph main(%a: f32[2,24,41]) -> (%y) {
+  %w = const f32[41,64] @?
+  %y = MatMul(%a, %w) : f32[2,24,64]
+}"""
+
+CONV = """graph main(%x: f32[1,11,9,9]) -> (%y) {{
+  %w = const f32[32,11,3,3] @?
+  %b = const f32[32] @?
+  %c = Conv(%x, %w, %b) {{pads=[1,0,1,2], strides=[{s},{s}]}} : f32[1,32,{o},{o2}]
+  %y = Relu(%c) : f32[1,32,{o},{o2}]
+}}"""
+
+
+def _graph(text: str, **consts: np.ndarray) -> Graph:
+    g = parse_graph(text)
+    for name, value in consts.items():
+        g.constants[name].const = value
+    return g
+
+
+def _build(g: Graph, cpu: str | None) -> tuple[tvm.runtime.Executable, Lowered, ScheduleReport]:
+    target = X86.tvm_target(cpu)
+    lowered = lower(g, **lowering_options(X86, cpu, 2, precision="bf16"))
+    report = ScheduleReport()
+    return tvm.compile(lowered.mod, target=target, relax_pipeline=cpu_pipeline(target, report=report)), lowered, report
+
+
+def _run(g: Graph, x: np.ndarray) -> tuple[np.ndarray, ScheduleReport]:
+    ex, lowered, report = _build(g, None)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    result = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in lowered.params])
+    return result[0].numpy(), report
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to bf16, as float64 (exact)."""
+    return (bf16_bits(x).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def test_rounding_to_bf16_is_nearest_even() -> None:
+    # Ties (low half exactly 0x8000) go to the even high half; just above or below go to nearest.
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0x00000000, 0x80000000, 0x7F7FFFFF,
+                     0x7F800000, 0xFF800000, 0x00008000, 0x3FFFFFFF], np.uint32)
+    values = np.concatenate([bits.view(np.float32), np.random.default_rng(0).standard_normal(1000, np.float32)])
+    x = te.placeholder((values.size,), "float32", "x")
+    y = te.compute(x.shape, lambda i: to_bf16(x[i]), name="y")
+    f = tvm.compile(te.create_prim_func([x, y]), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(values.size, np.uint16))
+    f(tvm.runtime.tensor(values), out)
+    np.testing.assert_array_equal(out.numpy(), bf16_bits(values))
+    assert list(bf16_bits(bits[:4].view(np.float32))) == [0x3F80, 0x3F82, 0x3F81, 0x3F80]
+
+
+def _disassembly(ex: tvm.runtime.Executable, tmp_path: Path) -> str:
+    so = tmp_path / "lib.so"
+    ex.export_library(str(so))
+    return subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True).stdout
+
+
+def test_sapphire_rapids_gets_vdpbf16ps(tmp_path: Path) -> None:
+    w = np.random.default_rng(1).standard_normal((41, 64)).astype(np.float32)
+    ex, lowered, report = _build(_graph(MATMUL, w=w), "sapphirerapids")
+    assert list(report.rules.values()) == ["bf16-contraction"]
+    assert "vdpbf16ps" in _disassembly(ex, tmp_path)
+    (packed,) = lowered.params
+    assert packed.dtype == np.uint16 and packed.shape == (4, 21, 16, 2)  # [N/16, Kp/2, 16, 2] bf16 bits
+
+
+@pytest.mark.skipif(not HOST_BF16, reason="this machine lacks AVX512-BF16 (the code is checked above)")
+def test_matmul_sums_bf16_products_in_fp32() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 24, 41)).astype(np.float32)
+    w = rng.standard_normal((41, 64)).astype(np.float32)
+    got, report = _run(_graph(MATMUL, w=w), a)
+    assert set(report.rules.values()) == {"bf16-contraction"}
+    want = _bf16(a) @ _bf16(w)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.abs(got - a @ w).max() > 1e-4 * np.abs(want).max()  # it did round: not an fp32 product
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.skipif(not HOST_BF16, reason="this machine lacks AVX512-BF16 (the code is checked above)")
+def test_conv_pads_and_fuses_its_epilogue(stride: int) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 11, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((32, 11, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    o, o2 = (9 + 2 - 3) // stride + 1, (9 + 2 - 3) // stride + 1
+    got, report = _run(_graph(CONV.format(s=stride, o=o, o2=o2), w=w, b=b), x)
+    assert "bf16-contraction" in report.rules.values()
+    xp = torch.nn.functional.pad(torch.from_numpy(_bf16(x)), (0, 2, 1, 1))  # left 0, right 2, top 1, bottom 1
+    conv = torch.nn.functional.conv2d(xp, torch.from_numpy(_bf16(w)), torch.from_numpy(b.astype(np.float64)),
+                                      stride=stride)
+    want = torch.relu(conv).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
