@@ -8,6 +8,7 @@ own work (allocation, calls) and caches that a real run shares between kernels.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,9 @@ def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_l
 
 
 def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int) -> float:
+    from targets.schedules.amx import enable_amx
+
+    enable_amx()  # AMX kernels (--precision bf16) need the tile state; harmless elsewhere
     lib = tvm.tirx.build(func.with_attr("global_symbol", "kernel"), target=tvm_target)
     rng = np.random.default_rng(0)
     dev = tvm.cpu()
@@ -72,5 +76,7 @@ def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int
         dtype = str(param.dtype)
         data = rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype)
         args.append(tvm.runtime.tensor(data, dev))
-    timer = lib.time_evaluator("kernel", dev, number=5, repeat=repeat)
+    flush = int(os.environ.get("EFFARCH_PROFILE_FLUSH", "0"))
+    timer = lib.time_evaluator("kernel", dev, number=1 if flush else 5, repeat=repeat, cache_flush_bytes=flush,
+                               f_preproc="cache_flush_cpu_non_first_arg" if flush else "")
     return float(np.median(timer(*args).results)) * 1e3

@@ -104,6 +104,13 @@ class X86Target(LLVMTarget):
             cpu = manifest["target"].get("cpu", "?")
             raise EffarchError(f"this CPU lacks {', '.join(missing)}, which the artifact (built for {cpu}) "
                                f"uses; rebuild it with --cpu for this machine (default: the host CPU)")
+        if "amx-tile" in required:
+            from targets.schedules.amx import enable_amx
+
+            if not enable_amx():
+                raise EffarchError("Linux refused this process AMX's tile state (kernels before 5.16 lack the "
+                                   "request); rebuild the artifact with --cpu of a CPU without AMX, e.g. "
+                                   "icelake-server")
 
 
 def _num_cores() -> int:

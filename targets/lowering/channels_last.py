@@ -26,7 +26,7 @@ from compiler.ir.core import Node
 from targets.lowering import winograd
 from targets.lowering.depthwise_int8 import depthwise_integer_nhwc
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
-from targets.lowering.packed_bf16 import conv2d_nhwc_bf16, pack_conv_bf16
+from targets.lowering.packed_bf16 import computes_in_bf16, conv2d_nhwc_bf16, pack_conv_bf16
 from targets.lowering.quantized import conv_integer_nhwc
 from targets.lowering.registry import CONVERTERS, Call, dims
 from targets.lowering.spatial import window
@@ -82,8 +82,8 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
     win = window(c, _spatial(x), list(weight.shape[2:]))
     groups = int(c.attr("group", 1))
     nr = panel_width(weight.shape[0], c.pack) if c.pack else 0
-    if c.bf16 and groups == 1 and weight.shape[0] % KERNELS[c.bf16].lanes == 0 and len(win.pads) == 4 \
-            and weight.dtype == np.float32:
+    if c.bf16 and groups == 1 and len(win.pads) == 4 and weight.dtype == np.float32 \
+            and computes_in_bf16(KERNELS[c.bf16], _out_width(x, win), weight.shape[0], weight.shape[1]):
         kernel = KERNELS[c.bf16]
         packed = c.relaid_weight(1, pack_conv_bf16(kernel, weight), "bf16")  # rounded and packed once, here
         y = c.bb.emit_te(conv2d_nhwc_bf16, lowering.nhwc(x), packed, strides=win.strides, pads=win.pads,
@@ -105,6 +105,13 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         return y
     y = c.emit(y)
     return R.add(y, c.emit(R.reshape(c.arg(2), [1, 1, 1, -1])))
+
+
+def _out_width(x: Any, win: Any) -> int:
+    """The output width of a 2-D convolution of ``x`` with window ``win`` (pads [top, left, bottom, right])."""
+    w = _spatial(x)[1]
+    k = win.kernel[1]
+    return (w + win.pads[1] + win.pads[3] - win.dilations[1] * (k - 1) - 1) // win.strides[1] + 1
 
 
 def _static_batch(v: Any) -> bool:

@@ -8,7 +8,7 @@ from tvm.relax import op as R
 
 from targets.lowering.elementwise import scalar
 from targets.lowering.packed import dense_packed, pack_dense, panel_width
-from targets.lowering.packed_bf16 import dense_bf16, pack_dense_bf16
+from targets.lowering.packed_bf16 import computes_in_bf16, dense_bf16, pack_dense_bf16
 from targets.lowering.registry import Call, converter
 from targets.lowering.spatial import transpose_pads, window
 from targets.schedules.dot import KERNELS
@@ -38,7 +38,8 @@ def _bf16(c: Call, w: np.ndarray) -> bool:
     """Whether a [K, N] weight computes on the CPU's bf16 kernel (``--precision bf16``)."""
     if not c.bf16 or w.ndim != 2 or c.rank(0) < 2 or c.dtype(0) != "float32" or w.dtype != np.float32:
         return False
-    return w.shape[1] % KERNELS[c.bf16].lanes == 0
+    rows = c.shape(0)[-2]
+    return isinstance(rows, int) and computes_in_bf16(KERNELS[c.bf16], rows, w.shape[1], w.shape[0])
 
 
 def _dense_bf16(c: Call, a: relax.Expr, weight: np.ndarray) -> relax.Expr:

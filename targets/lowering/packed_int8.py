@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
+from targets.schedules.amx import STRIDE_ATTR
 from targets.schedules.dot import KERNELS, DotKernel, widen
 from targets.schedules.int8 import INT8_ATTR
 
@@ -149,11 +150,15 @@ def nhwc_operand(x: te.Tensor, pads: list[int], channels: int, convert: Callable
 
 
 def dot_conv2d_nhwc(padded: te.Tensor, wp: te.Tensor, k: DotKernel, strides: list[int], dilations: list[int],
-                    name: str) -> te.Tensor:
-    """The convolution of an already padded NHWC operand with ``wp`` packed [OC/L, KH, KW, ICp/G, L, G],
-    summed in the kernel's accumulator type and marked for its schedule."""
+                    name: str, taps_outer: bool = False) -> te.Tensor:
+    """The convolution of an already padded NHWC operand with ``wp`` packed [OC/L, KH, KW, ICp/G, L, G]
+    (``taps_outer``: [KH, KW, OC/L, ICp/G, L, G]), summed in the kernel's accumulator type and marked
+    for its schedule."""
     n_, hp, wpad, _ = (int(d) for d in padded.shape)
-    panels, kh_ext, kw_ext, icb, lanes, depth = (int(d) for d in wp.shape)
+    if taps_outer:
+        kh_ext, kw_ext, panels, icb, lanes, depth = (int(d) for d in wp.shape)
+    else:
+        panels, kh_ext, kw_ext, icb, lanes, depth = (int(d) for d in wp.shape)
     oh = (hp - dilations[0] * (kh_ext - 1) - 1) // strides[0] + 1
     ow = (wpad - dilations[1] * (kw_ext - 1) - 1) // strides[1] + 1
     kh, kw = te.reduce_axis((0, kh_ext), "kh"), te.reduce_axis((0, kw_ext), "kw")
@@ -161,7 +166,7 @@ def dot_conv2d_nhwc(padded: te.Tensor, wp: te.Tensor, k: DotKernel, strides: lis
 
     def body(b: tirx.Var, y: tirx.Var, xx: tirx.Var, c: tirx.Var) -> tirx.PrimExpr:
         pixel = padded[b, y * strides[0] + kh * dilations[0], xx * strides[1] + kw * dilations[1], ko * depth + ki]
-        weight = wp[c // lanes, kh, kw, ko, c % lanes, ki]
+        weight = wp[kh, kw, c // lanes, ko, c % lanes, ki] if taps_outer else wp[c // lanes, kh, kw, ko, c % lanes, ki]
         return te.sum(widen(k, pixel) * widen(k, weight), axis=[kh, kw, ko, ki])
 
-    return te.compute((n_, oh, ow, panels * lanes), body, name=name, attrs={INT8_ATTR: k.name})
+    return te.compute((n_, oh, ow, panels * lanes), body, name=name, attrs={INT8_ATTR: k.name, STRIDE_ATTR: strides[1]})

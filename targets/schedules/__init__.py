@@ -7,7 +7,8 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | kind             | kernels                                   | module          |
 |------------------|-------------------------------------------|-----------------|
 | int8-contraction | MatMulInteger / ConvInteger on packed weights (+ epilogue): dot-product instructions | int8 |
-| bf16-contraction | ``--precision bf16`` matmuls and convs on packed bf16 weights: vdpbf16ps, fp32 sums | int8 |
+| bf16-amx         | ``--precision bf16`` matmuls and convs on packed bf16 weights: AMX tiles, fp32 sums | amx |
+| bf16-contraction | the same on vdpbf16ps (no AMX, or a shape that does not fill its tiles) | int8 |
 | weight-only      | MatMul/Gemm on 8-bit or 4-bit packed weights, expanded in the kernel | weight_only |
 | contraction      | matmul, batched matmul, dense, conv (+ epilogue) | contraction |
 | window-reduction | pools, sums over outer axes               | contraction     |
@@ -42,6 +43,7 @@ from targets.schedules.contraction import schedule_contraction, schedule_window_
 from targets.schedules.elementwise import schedule_elementwise
 from targets.schedules.fallback import schedule_generic
 from targets.schedules.int8 import (
+    schedule_bf16_amx,
     schedule_bf16_contraction,
     schedule_int8_contraction,
     schedule_quantize,
@@ -61,6 +63,7 @@ Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
 
 RULES: list[tuple[str, Rule]] = [
     ("int8-contraction", lambda sch, m, t: schedule_int8_contraction(sch, m)),
+    ("bf16-amx", lambda sch, m, t: schedule_bf16_amx(sch, m)),
     ("bf16-contraction", lambda sch, m, t: schedule_bf16_contraction(sch, m)),
     ("weight-only", lambda sch, m, t: schedule_weight_only(sch, m)),
     ("contraction", lambda sch, m, t: schedule_contraction(sch, m)),

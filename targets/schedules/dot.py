@@ -51,6 +51,11 @@ class DotKernel:
     temporaries: int  # vector registers the sequence needs beside accumulators, weights and the broadcast
     acc_dtype: str = "int32"  # the accumulator (and the instruction's result lanes)
     llvm_import: str = ""  # LLVM IR the kernel's function must import for the instruction (``pragma_import_llvm``)
+    k_multiple: int = 0  # the reduction is padded to a multiple of this (0: of ``depth``)
+
+    @property
+    def k_pad(self) -> int:
+        return self.k_multiple or self.depth
 
     def act_shift(self, act_dtype: str) -> int:
         """What to add to an activation of ``act_dtype`` to make it this kernel's operand: u8 and s8
@@ -163,11 +168,18 @@ NEON_SDOT = _register(DotKernel("effarch_neon_sdot_4x4", 4, 4, "int8", "int8", 0
 AVX512_BF16 = _register(DotKernel("effarch_avx512_bf16_16x2", 16, 2, "uint16", "uint16", 0, "float32",
                                   _DPBF16PS_IR), _dpbf16ps)
 
-KERNELS = {k.name: k for k in (VNNI, AVX2_MADDUBS, AVX2_MADDWD, NEON_SDOT, AVX512_BF16)}
+# AMX CPUs: the same packed operands, the reduction padded to whole 32-element tile rows; the rule
+# puts the contraction on AMX tiles where its shape fits (``schedules.amx``), else on vdpbf16ps.
+AMX_BF16 = _register(DotKernel("effarch_amx_bf16_16x2", 16, 2, "uint16", "uint16", 0, "float32", _DPBF16PS_IR,
+                               k_multiple=32), _dpbf16ps)
+
+KERNELS = {k.name: k for k in (VNNI, AVX2_MADDUBS, AVX2_MADDWD, NEON_SDOT, AVX512_BF16, AMX_BF16)}
 
 
 def bf16_kernel(features: frozenset[str]) -> DotKernel | None:
     """The bf16 dot-product kernel a CPU with these LLVM features has, or None."""
+    if {"amx-tile", "amx-bf16", "avx512bf16"} <= features:
+        return AMX_BF16
     return AVX512_BF16 if {"avx512bf16", "avx512f"} <= features else None
 
 

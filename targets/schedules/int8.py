@@ -23,6 +23,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
+from targets.schedules.amx import has_amx, stride_of, tile_amx
 from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective
 from targets.schedules.contraction import _best_tile, find_main, inline_epilogue, inline_side_inputs
 from targets.schedules.dot import KERNELS, DotKernel
@@ -93,13 +94,21 @@ def schedule_bf16_contraction(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule
     return _schedule_dot_contraction(sch, m, "float32")
 
 
-def _schedule_dot_contraction(sch: s_tir.Schedule, m: Machine, acc_dtype: str) -> s_tir.Schedule | bool:
+def schedule_bf16_amx(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
+    """The same on AMX tiles, where the CPU has them and the shape fills them (``schedules.amx``)."""
+    if not has_amx(m.features):
+        return False
+    return _schedule_dot_contraction(sch, m, "float32", amx=True)
+
+
+def _schedule_dot_contraction(sch: s_tir.Schedule, m: Machine, acc_dtype: str,
+                              amx: bool = False) -> s_tir.Schedule | bool:
     infos = normalize_prim_func(sch)
     main_i = find_main(infos) if infos is not None else None
     if infos is None or main_i is None:
         return False
     marked = int8_kernel(sch, infos[main_i].block_rv)
-    if marked is None or marked.acc_dtype != acc_dtype:
+    if marked is None or marked.acc_dtype != acc_dtype or (amx and not marked.k_multiple):
         return False
     sch = s_tir.Schedule(vector_math(sch.mod["main"]))
     infos = normalize_prim_func(sch)
@@ -110,7 +119,11 @@ def _schedule_dot_contraction(sch: s_tir.Schedule, m: Machine, acc_dtype: str) -
     producers = inline_side_inputs(sch, main, [b.block_rv for b in infos[:main_i]])
     writeback = sch.cache_write(main, 0, "local")
     leftover = inline_epilogue(sch, writeback, [b.block_rv for b in infos[main_i + 1:]])
-    _tile(sch, infos[main_i], main, writeback, kernel, m)
+    if amx:
+        if not tile_amx(sch, infos[main_i], main, writeback, m, stride_of(sch.get(main))):
+            return False
+    else:
+        _tile(sch, infos[main_i], main, writeback, kernel, m)
     for block in producers + leftover:
         schedule_injective(sch, block, m, dtype_bits(sch, block))
     return sch
