@@ -8,7 +8,6 @@ own work (allocation, calls) and caches that a real run shares between kernels.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,21 +48,25 @@ def scheduled_module(g: Graph, target: str = "x86", cpu: str | None = None, opt_
 
 
 def kernel_times(g: Graph, *, target: str = "x86", cpu: str | None = None, opt_level: int = 2,
-                 repeat: int = 20, precision: str = "fp32") -> list[KernelTime]:
-    """Every kernel's median time, slowest in total first."""
+                 repeat: int = 20, precision: str = "fp32", cold: bool = False) -> list[KernelTime]:
+    """Every kernel's median time, slowest in total first; ``cold``: with the caches flushed before
+    each call (weights come from memory, as in a whole model whose weights outgrow the caches)."""
     mod, tvm_target, report = scheduled_module(g, target, cpu, opt_level, precision)
     calls = call_counts(mod)
     out = []
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
-            ms = _time_kernel(func, tvm_target, repeat)
+            ms = _time_kernel(func, tvm_target, repeat, cold)
             shape = tuple(int(d) for d in func.params[-1].shape)
             out.append(KernelTime(gv.name_hint, report.rules.get(gv.name_hint, "none"), calls.get(gv.name_hint, 1),
                                   ms, shape))
     return sorted(out, key=lambda k: -k.total_ms)
 
 
-def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int) -> float:
+COLD_FLUSH_BYTES = 64 << 20  # more than this machine kind's L2 and its share of L3
+
+
+def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int, cold: bool = False) -> float:
     from targets.schedules.amx import enable_amx
 
     enable_amx()  # AMX kernels (--precision bf16) need the tile state; harmless elsewhere
@@ -76,7 +79,7 @@ def _time_kernel(func: tirx.PrimFunc, tvm_target: tvm.target.Target, repeat: int
         dtype = str(param.dtype)
         data = rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype)
         args.append(tvm.runtime.tensor(data, dev))
-    flush = int(os.environ.get("EFFARCH_PROFILE_FLUSH", "0"))
+    flush = COLD_FLUSH_BYTES if cold else 0
     timer = lib.time_evaluator("kernel", dev, number=1 if flush else 5, repeat=repeat, cache_flush_bytes=flush,
                                f_preproc="cache_flush_cpu_non_first_arg" if flush else "")
     return float(np.median(timer(*args).results)) * 1e3

@@ -4,6 +4,7 @@
     python tools/profile_kernels.py light:squeezenet      # an unseen model (tools/bench_unseen.py)
     python tools/profile_kernels.py minilm --quantize int8-dynamic   # a scheme that needs no calibration
     python tools/profile_kernels.py resnet18 --precision bf16        # AVX512-BF16 CPUs
+    python tools/profile_kernels.py minilm --cold                    # caches flushed before each call
 
 Prints a markdown table (kernel, schedule rule, calls, ms per call, ms in total, share) with the
 date, the machine and the command, ready for docs/performance.md.
@@ -32,6 +33,8 @@ def main() -> int:
     parser.add_argument("--quantize", choices=("int8-dynamic", "int8-weights", "int4-weights"),
                         help="profile the model compressed so (passes inserted before fusion, as compile does)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--cold", action="store_true",
+                        help="flush the caches before each call (weights from memory, as in the whole model)")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     from targets.profile import kernel_times  # after the thread count is set
@@ -43,7 +46,7 @@ def main() -> int:
     if args.quantize:
         pipeline = insert_before_fusion(pipeline, QUANTIZE[args.quantize].format(group=32))
     graph, _ = optimize(load_model(spec).graph, pipeline)
-    kernels = kernel_times(graph, opt_level=args.opt, precision=args.precision)
+    kernels = kernel_times(graph, opt_level=args.opt, precision=args.precision, cold=args.cold)
     total = sum(k.total_ms for k in kernels)
     print(f"Measured {datetime.date.today()} on {machine_description()} ({os.environ['TVM_NUM_THREADS']} threads) with "
           f"`python tools/profile_kernels.py {' '.join(sys.argv[1:])}`: {len(kernels)} kernels, "
