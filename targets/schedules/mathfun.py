@@ -19,6 +19,7 @@ from tvm.ir import Expr
 _LEVEL = 99  # above TVM's own LLVM rules (level 10), so ours are chosen
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
 _LOG2E = 1.44269504088896341
+_EXP_MIN = -87.3365447504  # ln(2^-126): below it exp is a denormal or 0
 # exp(r) on [-ln2/2, ln2/2], Cephes' expf minimax coefficients (r^2 .. r^7 terms).
 _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 # erf(x) = x * P(x^2) / Q(x^2) on [-4, 4]: odd numerator, even denominator (a rational minimax fit).
@@ -40,14 +41,22 @@ def _horner(x: Expr, coeffs: tuple[float, ...]) -> Expr:
 
 
 def exp_f32(x: Expr) -> Expr:
-    """2^n * exp(r), with n = round(x / ln2) and r = x - n ln2 (two-part ln2 keeps r exact)."""
-    x = tirx.max(tirx.min(x, _f(88.3762626647949)), _f(-87.3365447504))
+    """2^n * exp(r), with n = round(x / ln2) and r = x - n ln2 (two-part ln2 keeps r exact).
+
+    Below the smallest normal's logarithm the result is 0, not the clamped 1.2e-38: a masked
+    softmax position (-1e9, -inf) must contribute nothing, and a tiny normal divided by the row's
+    sum becomes a denormal, which costs each FMA that reads it a microcode assist (~100 cycles on
+    Intel): GPT's causal attention ran 2.3x slower for it."""
+    tiny = x < _f(_EXP_MIN)
+    x = tirx.max(tirx.min(x, _f(88.3762626647949)), _f(_EXP_MIN))
     n = tirx.floor(x * _f(_LOG2E) + _f(0.5))
     r = x - n * _f(_LN2_HI) - n * _f(_LN2_LO)
     p = (_horner(r, _EXP_P) * r * r) + r + _f(1.0)
     suffix = _lanes_suffix(x)
     bits = (tirx.Cast(f"int32{suffix}", n) + tirx.const(127, "int32")) << tirx.const(23, "int32")
-    return p * tirx.reinterpret(f"float32{suffix}", bits)
+    lanes = int(x.ty.dtype.lanes)
+    zero = tirx.Broadcast(_f(0.0), lanes) if lanes > 1 else _f(0.0)
+    return tirx.Select(tiny, zero, p * tirx.reinterpret(f"float32{suffix}", bits))
 
 
 def erf_f32(x: Expr) -> Expr:
