@@ -34,16 +34,18 @@ def reference_onnx_path(source: SourceModel, folder: Path) -> Path:
 
 def bench_model(source: SourceModel, folder: Path, *, target: str = "x86", cpu: str | None = None,
                 opt_level: int = 2, warmup: int = 10, repeat: int = 50, seed: int = 0,
-                artifact: Path | None = None, tuning_db: Path | None = None) -> str:
+                artifact: Path | None = None, tuning_db: Path | None = None, bf16: bool = False) -> str:
     """The benchmark table of ``source`` as text (see ``bench_model_result`` for the rows too)."""
     return bench_model_result(source, folder, target=target, cpu=cpu, opt_level=opt_level, warmup=warmup,
-                              repeat=repeat, seed=seed, artifact=artifact, tuning_db=tuning_db)[0]
+                              repeat=repeat, seed=seed, artifact=artifact, tuning_db=tuning_db, bf16=bf16)[0]
 
 
 def bench_model_result(source: SourceModel, folder: Path, *, target: str = "x86", cpu: str | None = None,
                        opt_level: int = 2, warmup: int = 10, repeat: int = 50, seed: int = 0,
-                       artifact: Path | None = None, tuning_db: Path | None = None) -> tuple[str, Any]:
-    """(the table as text, the BenchResult): callers that judge the run read its rows."""
+                       artifact: Path | None = None, tuning_db: Path | None = None,
+                       bf16: bool = False) -> tuple[str, Any]:
+    """(the table as text, the BenchResult): callers that judge the run read its rows. ``bf16`` also
+    times the model compiled with ``--precision bf16`` (row ``effarch-bf16``)."""
     from compiler.benchmark.runner import bench, format_bench
     from compiler.driver import compile_model
 
@@ -54,11 +56,15 @@ def bench_model_result(source: SourceModel, folder: Path, *, target: str = "x86"
     if tuning_db is not None:
         tuned = folder / "model.tuned.effarch"
         compile_model(source, tuned, target=target, cpu=cpu, opt_level=opt_level, tuning_db=tuning_db)
+    low = None
+    if bf16:
+        low = folder / "model.bf16.effarch"
+        compile_model(source, low, target=target, cpu=cpu, opt_level=opt_level, precision="bf16")
     inputs = bench_inputs(source, seed)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         onnx_path = reference_onnx_path(source, Path(tmp))
         result = bench(onnx_path, artifact, inputs, torch_spec=source.torch_spec, warmup=warmup, repeat=repeat,
-                       tuned_artifact=tuned)
+                       tuned_artifact=tuned, bf16_artifact=low)
     return format_bench(result) + _throughput(source, result), result
 
 

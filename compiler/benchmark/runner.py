@@ -24,8 +24,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("effarch", "effarch-tuned", "onnxruntime", "pytorch-eager")
-OPTIONAL = frozenset({"effarch-tuned"})  # a row only when asked for (a tuned artifact given)
+RUNTIMES = ("effarch", "effarch-tuned", "effarch-bf16", "onnxruntime", "pytorch-eager")
+# Rows only when asked for: a tuned artifact, a --precision bf16 one.
+OPTIONAL = frozenset({"effarch-tuned", "effarch-bf16"})
 WORKER_TIMEOUT_S = 600
 
 
@@ -101,24 +102,28 @@ def _project_root() -> Path:
 
 
 def _jobs(onnx_path: Path | None, artifact_path: Path | None, torch_spec: str | None,
-          tuned_path: Path | None = None) -> dict[str, str | None]:
+          tuned_path: Path | None = None, bf16_path: Path | None = None) -> dict[str, str | None]:
     # Absolute: the workers run in the project root, not in the caller's folder.
     return {"effarch": str(artifact_path.absolute()) if artifact_path else None,
             "effarch-tuned": str(tuned_path.absolute()) if tuned_path else None,
+            "effarch-bf16": str(bf16_path.absolute()) if bf16_path else None,
             "onnxruntime": str(onnx_path.absolute()) if onnx_path else None,
             "pytorch-eager": torch_spec}
 
 
 def bench(onnx_path: str | Path | None, artifact_path: str | Path | None, inputs: dict[str, np.ndarray], *,
           torch_spec: str | None, warmup: int = 10, repeat: int = 50, rounds: int = 3,
-          threads: int | None = None, tuned_artifact: str | Path | None = None) -> BenchResult:
+          threads: int | None = None, tuned_artifact: str | Path | None = None,
+          bf16_artifact: str | Path | None = None) -> BenchResult:
     """Time each runtime on ``inputs`` in separate processes; ``repeat`` runs in all, split over rounds.
 
-    A runtime whose source is None gets an "n/a" row (``effarch-tuned`` none); one that fails gets a
-    row with the error. ``tuned_artifact``: the same model compiled with ``--tuning-db``.
+    A runtime whose source is None gets an "n/a" row (``effarch-tuned`` and ``effarch-bf16`` none); one
+    that fails gets a row with the error. ``tuned_artifact``: the same model compiled with
+    ``--tuning-db``; ``bf16_artifact``: compiled with ``--precision bf16``.
     """
     jobs = _jobs(Path(onnx_path) if onnx_path else None, Path(artifact_path) if artifact_path else None,
-                 torch_spec, Path(tuned_artifact) if tuned_artifact else None)
+                 torch_spec, Path(tuned_artifact) if tuned_artifact else None,
+                 Path(bf16_artifact) if bf16_artifact else None)
     active = [(rt, rt, str(jobs[rt])) for rt in RUNTIMES if jobs[rt] is not None]
     measured, meta = time_jobs(active, inputs, warmup=warmup, repeat=repeat, rounds=rounds, threads=threads)
     rows = [measured[rt] if jobs[rt] else BenchRow(rt, None, None, None, 0, "n/a")

@@ -94,6 +94,7 @@ def time_pytorch(model: str, inputs: Inputs, warmup: int, repeat: int, threads: 
 TIMERS: dict[str, Callable[[str, Inputs, int, int, int], list[float]]] = {
     "effarch": time_effarch,
     "effarch-tuned": time_effarch,  # an artifact compiled with --tuning-db
+    "effarch-bf16": time_effarch,  # an artifact compiled with --precision bf16
     "onnxruntime": time_onnxruntime,
     "pytorch-eager": time_pytorch,
 }
