@@ -82,7 +82,7 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
     win = window(c, _spatial(x), list(weight.shape[2:]))
     groups = int(c.attr("group", 1))
     nr = panel_width(weight.shape[0], c.pack) if c.pack else 0
-    if c.bf16 and groups == 1 and len(win.pads) == 4 and weight.dtype == np.float32 \
+    if c.bf16 and groups == 1 and len(win.pads) == 4 and weight.dtype == np.float32 and _static_batch(x) \
             and computes_in_bf16(KERNELS[c.bf16], _out_width(x, win), weight.shape[0], weight.shape[1]):
         kernel = KERNELS[c.bf16]
         packed = c.relaid_weight(1, pack_conv_bf16(kernel, weight), "bf16")  # rounded and packed once, here

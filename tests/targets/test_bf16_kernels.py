@@ -155,3 +155,30 @@ def test_conv_pads_and_fuses_its_epilogue(stride: int, cpu: str | None, channels
                                       stride=stride)
     want = torch.relu(conv).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_symbolic_batch_keeps_its_convolutions_fp32(tmp_path: Path) -> None:
+    """A model without --shape still builds with --precision bf16: the kernels with a symbolic extent
+    (the batch) take the symbolic rules in fp32, as without bf16."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler.frontends.onnx import import_onnx
+    from targets.build import build
+    from targets.runtime import load_artifact
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64, 14, 14])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cpu = "sapphirerapids" if HOST_AMX else VDPBF16PS_CPU if HOST_BF16 else None
+    if cpu is None:
+        pytest.skip("this machine lacks AVX512-BF16")
+    result = build(import_onnx(model), tmp_path / "m.effarch", cpu=cpu, precision="bf16")
+    assert not any(rule.startswith("bf16") for rule in result.schedules.values()), result.schedules
+    x = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
+    got = load_artifact(result.path, cache_dir=tmp_path / "cache").run({"x": x})["y"]
+    want = ort.InferenceSession(model.SerializeToString())
+    np.testing.assert_allclose(got, want.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
