@@ -20,6 +20,8 @@ from targets.llvm import cpuinfo_field, llvm_features
 
 logger = logging.getLogger(__name__)
 
+SVE_BITS_OPTION = "-aarch64-sve-vector-bits-min"  # the LLVM option; schedules.machine reads it back
+
 TRIPLE = "aarch64-linux-gnu"
 CROSS_CC = "aarch64-linux-gnu-gcc"
 
@@ -30,9 +32,15 @@ NOTABLE_CPUS = {
     "cortex-a55": "ARMv8.2-A, NEON + dot product, fp16",
     "cortex-a76": "ARMv8.2-A, NEON + dot product, fp16",
     "neoverse-n1": "ARMv8.2-A server core, NEON + dot product (AWS Graviton2, Ampere Altra)",
-    "neoverse-v1": "ARMv8.4-A server core, SVE, i8mm, bf16 (AWS Graviton3)",
+    "neoverse-v1": "ARMv8.4-A server core, 256-bit SVE (used for fp32), i8mm, bf16 (AWS Graviton3)",
 }
 DEFAULT_CPU = "cortex-a72"
+
+# SVE vector length, in bits, of cores whose implementation fixes it above NEON's 128: LLVM is told
+# the minimum (``-aarch64-sve-vector-bits-min``), so it lowers the schedules' fixed-length vectors,
+# sized for that width (``schedules.machine``), to SVE instructions on z registers. The code stays
+# correct on longer vectors. SVE cores with 128-bit vectors (Neoverse N2, V2) keep NEON: same width.
+SVE_BITS = {"neoverse-v1": 256, "a64fx": 512}
 
 # LLVM feature -> Linux hwcap name (AT_HWCAP/AT_HWCAP2, as in /proc/cpuinfo's "Features"), for the
 # instruction-set extensions generated code can use. Tuning features (fuse-aes ...) are not listed.
@@ -63,6 +71,23 @@ def missing_features(required: list[str], device_hwcaps: set[str]) -> list[str]:
     return [f for f in required if f in HWCAP_NAME and HWCAP_NAME[f] not in device_hwcaps]
 
 
+def sve_bits_of(prctl_vl: int) -> int:
+    """The vector length in bits from ``prctl(PR_SVE_GET_VL)``'s result (bytes in the low 16 bits,
+    flags above; negative where the kernel or the core has no SVE)."""
+    return (prctl_vl & 0xFFFF) * 8 if prctl_vl > 0 else 0
+
+
+def check_sve_length(manifest: dict[str, Any], sve_bits: int, where: str) -> None:
+    """Refuse a machine whose SVE vectors are shorter than the artifact's code assumes (``SVE_BITS``):
+    such code would compute wrong numbers there, not fault."""
+    target = manifest["target"]
+    need = SVE_BITS.get(str(target.get("cpu", ""))) if "sve" in target.get("features", []) else None
+    if need and sve_bits < need:
+        have = f"{sve_bits}-bit SVE vectors" if sve_bits else "no SVE"
+        raise EffarchError(f"{where} has {have}, but the artifact (built for {target.get('cpu')}) assumes at least "
+                           f"{need}-bit ones; rebuild it with --cpu for that machine's core")
+
+
 def cross_compiler() -> Any:
     """TVM's ``fcompile`` that links with the aarch64 cross gcc; a clear error when it is missing."""
     if shutil.which(CROSS_CC) is None:
@@ -91,8 +116,12 @@ class ArmTarget(LLVMTarget):
     def target_dict(self, cpu: str) -> dict[str, Any]:
         # mcpu already implies the features; mattr spells out the ones TVM's Arm schedules look for.
         wanted = ("neon", "dotprod", "i8mm", "sve")
-        return {"kind": "llvm", "mtriple": TRIPLE, "mcpu": cpu,
-                "mattr": [f"+{f}" for f in wanted if f in llvm_features(TRIPLE, cpu)]}
+        features = llvm_features(TRIPLE, cpu)
+        target: dict[str, Any] = {"kind": "llvm", "mtriple": TRIPLE, "mcpu": cpu,
+                                  "mattr": [f"+{f}" for f in wanted if f in features]}
+        if cpu in SVE_BITS and "sve" in features:
+            target["cl-opt"] = [f"{SVE_BITS_OPTION}:uint={SVE_BITS[cpu]}"]
+        return target
 
     def tvm_target(self, cpu: str | None = None) -> Any:
         cross_compiler()  # a missing toolchain fails here, before minutes of compiling
@@ -110,6 +139,17 @@ class ArmTarget(LLVMTarget):
             raise EffarchError(f"this CPU lacks {', '.join(missing)}, which the artifact (built for "
                                f"{manifest['target'].get('cpu', '?')}) uses; rebuild it with --cpu for "
                                f"this machine")
+        check_sve_length(manifest, _host_sve_bits(), "this machine")
+
+
+def _host_sve_bits() -> int:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    return sve_bits_of(int(libc.prctl(51, 0, 0, 0, 0)))  # PR_SVE_GET_VL
 
 
 TARGET = ArmTarget()

@@ -132,26 +132,32 @@ def _check_key_known(addr: DeviceAddress, summary: dict[str, Any]) -> None:
                            f"--tracker {addr.host}:{addr.port} --key {addr.key}")
 
 
+_PR_SVE_GET_VL = 51  # linux/prctl.h
+
 # ---- asking the device what it is -------------------------------------------------------------
 @dataclass(frozen=True)
 class DeviceCpu:
     arch: str
     hwcaps: frozenset[str]
+    sve_bits: int = 0  # the SVE vector length the kernel gives a process (0: no SVE)
 
 
 def _probe_library(arch: str) -> Path:
-    """A library exporting ``effarch_probe(out: i64[2])`` = the kernel's AT_HWCAP, AT_HWCAP2; cached."""
-    path = default_cache_dir() / "probe" / f"hwcap-{arch}.so"
+    """A library exporting ``effarch_probe(out: i64[3])`` = the kernel's AT_HWCAP, AT_HWCAP2 and
+    ``prctl(PR_SVE_GET_VL)`` (aarch64; negative where there is no SVE); cached."""
+    path = default_cache_dir() / "probe" / f"hwcap-sve-{arch}.so"
     if path.is_file():
         return path
     import tvm
     from tvm.script import tirx as S
 
     @S.prim_func
-    def probe(out: S.Buffer((2,), "int64")) -> None:  # type: ignore[valid-type]  # TVMScript, not typing
+    def probe(out: S.Buffer((3,), "int64")) -> None:  # type: ignore[valid-type]  # TVMScript, not typing
         S.func_attr({"global_symbol": "effarch_probe"})
         out[0] = S.call_extern("int64", "getauxval", S.int64(16))  # AT_HWCAP
         out[1] = S.call_extern("int64", "getauxval", S.int64(26))  # AT_HWCAP2
+        out[2] = S.Cast("int64", S.call_extern("int32", "prctl", S.int32(_PR_SVE_GET_VL), S.int64(0), S.int64(0),
+                                               S.int64(0), S.int64(0)))
 
     from targets.arm import TRIPLE, cross_compiler
 
@@ -178,25 +184,28 @@ def device_cpu(session: Any, arch: str, addr: DeviceAddress) -> DeviceCpu:
         logger.debug("probe load failed: %s", exc)
         raise EffarchError(f"the device at {addr} cannot load {arch} code, so it is not an {arch} machine; "
                            f"build the artifact for that device's target (--target/--cpu)") from None
-    words = tvm.runtime.tensor(np.zeros(2, "int64"), session.cpu())
+    words = tvm.runtime.tensor(np.zeros(3, "int64"), session.cpu())
     module["effarch_probe"](words)
-    hwcap, hwcap2 = (int(w) for w in words.numpy())
-    from targets.arm import hwcap_names
+    hwcap, hwcap2, vl = (int(w) for w in words.numpy())
+    from targets.arm import hwcap_names, sve_bits_of
 
-    return DeviceCpu(arch, frozenset(hwcap_names(hwcap, hwcap2)) if arch == "aarch64" else frozenset())
+    if arch != "aarch64":
+        return DeviceCpu(arch, frozenset())
+    return DeviceCpu(arch, frozenset(hwcap_names(hwcap, hwcap2)), sve_bits_of(vl))
 
 
 def check_device(manifest: dict[str, Any], cpu: DeviceCpu, addr: DeviceAddress) -> None:
     """Refuse a device that lacks an instruction-set feature the artifact was built to use."""
     if cpu.arch != "aarch64":
         return  # only aarch64 kernels report ISA features in AT_HWCAP
-    from targets.arm import missing_features
+    from targets.arm import check_sve_length, missing_features
 
     target = manifest["target"]
     missing = missing_features(target.get("features", []), set(cpu.hwcaps))
     if missing:
         raise EffarchError(f"the device at {addr} lacks {', '.join(missing)}, which the artifact (built for "
                            f"{target.get('cpu', '?')}) uses; rebuild it with --cpu for that device's core")
+    check_sve_length(manifest, cpu.sve_bits, f"the device at {addr}")
 
 
 # ---- running ----------------------------------------------------------------------------------
