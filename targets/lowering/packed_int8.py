@@ -26,8 +26,12 @@ import numpy as np
 from tvm import te, tirx
 
 from targets.schedules.amx import STRIDE_ATTR
-from targets.schedules.dot import KERNELS, DotKernel, widen
+from targets.schedules.dot import KERNELS, NEON_SDOT, DotKernel, widen
 from targets.schedules.int8 import INT8_ATTR
+from targets.schedules.mmla import MMLA_ATTR
+
+# The kernel a smmla-blocked weight reports: its activations are s8, like sdot's (the shift is the same).
+MMLA_KERNEL = NEON_SDOT
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,48 @@ def conv2d_nhwc_int8(x: te.Tensor, wp: te.Tensor, colsum: te.Tensor, za: te.Tens
                                            zero.astype(act_dtype), "int8_operand")
     acc = dot_conv2d_nhwc(padded, wp, KERNELS[kernel], strides, dilations, "int8_conv2d")
     return te.compute(acc.shape, lambda b, y, xx, c: acc[b, y, xx, c] - zero * colsum[c], name="int8_correct")
+
+
+def pack_mmla(w_last: np.ndarray) -> PackedInt8:
+    """``w_last`` ([N, Kp], int32, zero point taken off; N even, Kp a multiple of 8) blocked for
+    ``smmla`` as [N/2, Kp/8, 2, 8] int8, with its column sums."""
+    n, kp = w_last.shape
+    blocks = np.ascontiguousarray(w_last.reshape(n // 2, 2, kp // 8, 8).transpose(0, 2, 1, 3)).astype(np.int8)
+    colsum = w_last.sum(axis=1, dtype=np.int64).astype(np.int32)
+    return PackedInt8(MMLA_KERNEL, blocks, colsum)
+
+
+def dense_int8_mmla(a: te.Tensor, wp: te.Tensor, colsum: te.Tensor, za: te.Tensor | None, *,
+                    shift: int) -> te.Tensor:
+    """A[..., M, K] (u8/s8) @ W' as int32 on ``smmla``: A shifted to s8 and blocked in row pairs
+    [..., M/2, Kp/8, 2, 8] (an odd M gets a zero row), W' blocked [N/2, Kp/8, 2, 8] (``pack_mmla``);
+    the [..., M/2, N/2, 2, 2] sums are corrected and unblocked to [..., M, N] after."""
+    *lead, m_ext, k_ext = (int(d) for d in a.shape)
+    n_pairs, k_blocks = (int(d) for d in wp.shape[:2])
+    m_pairs = (m_ext + 1) // 2
+
+    def operand(*idx: tirx.Var) -> tirx.PrimExpr:
+        *outer, mb, kb, i, k = idx
+        row, col = mb * 2 + i, kb * 8 + k
+        value = _operand(a[(*outer, tirx.min(row, m_ext - 1), tirx.min(col, k_ext - 1))], shift, "int8")
+        return tirx.if_then_else(tirx.all(row < m_ext, col < k_ext), value, tirx.const(0, "int8"))
+
+    blocked = te.compute((*lead, m_pairs, k_blocks, 2, 8), operand, name="int8_operand")
+    ko, ki = te.reduce_axis((0, k_blocks), "ko"), te.reduce_axis((0, 8), "ki")
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *outer, mb, nb, i, j = idx
+        x = blocked[(*outer, mb, ko, i, ki)].astype("int32")
+        return te.sum(x * wp[nb, ko, j, ki].astype("int32"), axis=[ko, ki])
+
+    acc = te.compute((*lead, m_pairs, n_pairs, 2, 2), body, name="int8_mmla", attrs={MMLA_ATTR: 1})
+    zero = _zero_point(za, shift)
+
+    def correct(*idx: tirx.Var) -> tirx.PrimExpr:
+        *outer, row, col = idx
+        return acc[(*outer, row // 2, col // 2, row % 2, col % 2)] - zero * colsum[col]
+
+    return te.compute((*lead, m_ext, n_pairs * 2), correct, name="int8_correct")
 
 
 def dot_dense(a: te.Tensor, wp: te.Tensor, k: DotKernel, name: str) -> te.Tensor:

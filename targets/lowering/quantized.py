@@ -29,7 +29,9 @@ from targets.lowering.packed_int8 import (
     PackedInt8,
     conv2d_nhwc_int8,
     dense_int8,
+    dense_int8_mmla,
     pack,
+    pack_mmla,
     reduction_last_conv,
     reduction_last_dense,
 )
@@ -181,6 +183,11 @@ def _matmul_packed(c: Call) -> relax.Expr | None:
     w = _weight_minus_zero(c, 1, 3)
     if w is None or w.ndim != 2 or c.rank(0) < 2 or not _packable(c, w, w.shape[1]):
         return None
+    if c.int8 == "i8mm" and _mmla_fits(c, w):
+        blocked = pack_mmla(reduction_last_dense(w, 8))
+        wp, colsum, za = _packed_args(c, blocked, "smmla_2x8")
+        return c.bb.emit_te(dense_int8_mmla, c.arg(0), wp, colsum, za, shift=blocked.kernel.act_shift(c.dtype(0)),
+                            primfunc_name_hint="int8_mmla")
     p = _packed(c, lambda depth: reduction_last_dense(w, depth), w.shape[1])
     if p is None:
         return None
@@ -189,8 +196,14 @@ def _matmul_packed(c: Call) -> relax.Expr | None:
                         act_dtype=p.kernel.act_dtype, kernel=p.kernel.name, primfunc_name_hint="int8_dense")
 
 
-def _packed_args(c: Call, p: PackedInt8) -> tuple[relax.Expr, relax.Expr, relax.Expr | None]:
-    wp = c.relaid_weight(1, p.packed, p.kernel.name.removeprefix("effarch_"))
+def _mmla_fits(c: Call, w: np.ndarray) -> bool:
+    """smmla takes s8 weights (after the zero point), an even column count and static row counts."""
+    static = all(isinstance(d, int) for d in c.shape(0))
+    return static and w.shape[1] % 2 == 0 and int(w.min(initial=0)) >= -128 and int(w.max(initial=0)) <= 127
+
+
+def _packed_args(c: Call, p: PackedInt8, layout: str = "") -> tuple[relax.Expr, relax.Expr, relax.Expr | None]:
+    wp = c.relaid_weight(1, p.packed, layout or p.kernel.name.removeprefix("effarch_"))
     colsum = c.relaid_weight(1, p.colsum, "colsum")
     return wp, colsum, _scalar(c, 2)
 

@@ -7,6 +7,7 @@ the machine (vector width, registers, cores), so they serve x86 (AVX2, AVX-512) 
 | kind             | kernels                                   | module          |
 |------------------|-------------------------------------------|-----------------|
 | int8-contraction | MatMulInteger / ConvInteger on packed weights (+ epilogue): dot-product instructions | int8 |
+| int8-mmla        | MatMulInteger on Arm i8mm: 2 x 2 x 8 ``smmla`` blocks in a register tile | mmla |
 | bf16-amx         | ``--precision bf16`` matmuls and convs on packed bf16 weights: AMX tiles, fp32 sums | amx |
 | bf16-contraction | the same on vdpbf16ps (no AMX, or a shape that does not fill its tiles) | int8 |
 | weight-only      | MatMul/Gemm on 8-bit or 4-bit packed weights, expanded in the kernel | weight_only |
@@ -50,6 +51,7 @@ from targets.schedules.int8 import (
     schedule_row_peak,
 )
 from targets.schedules.machine import Machine, machine_of
+from targets.schedules.mmla import schedule_mmla
 from targets.schedules.reduction import schedule_row_reduction
 from targets.schedules.stages import schedule_stages
 from targets.schedules.symbolic import is_symbolic, schedule_symbolic, schedule_symbolic_contraction
@@ -63,6 +65,7 @@ Rule = Callable[[s_tir.Schedule, Machine, Target], "s_tir.Schedule | bool"]
 
 RULES: list[tuple[str, Rule]] = [
     ("int8-contraction", lambda sch, m, t: schedule_int8_contraction(sch, m)),
+    ("int8-mmla", lambda sch, m, t: schedule_mmla(sch, m)),
     ("bf16-amx", lambda sch, m, t: schedule_bf16_amx(sch, m)),
     ("bf16-contraction", lambda sch, m, t: schedule_bf16_contraction(sch, m)),
     ("weight-only", lambda sch, m, t: schedule_weight_only(sch, m)),

@@ -197,6 +197,8 @@ def int8_isa(features: frozenset[str]) -> str:
         return "avx512vnni"
     if "avx2" in features:
         return "avx2"
+    if {"i8mm", "dotprod"} <= features:
+        return "i8mm"  # smmla for matmuls (schedules.mmla), sdot for the rest
     if "dotprod" in features:
         return "dotprod"
     return ""
@@ -210,7 +212,7 @@ def choose_kernel(isa: str, weight: np.ndarray) -> DotKernel | None:
         return VNNI if fits_i8 else AVX2_MADDWD
     if isa == "avx2":
         return AVX2_MADDUBS if fits_i8 and maddubs_exact(weight) else AVX2_MADDWD
-    if isa == "dotprod" and fits_i8:
+    if isa in ("dotprod", "i8mm") and fits_i8:
         return NEON_SDOT
     return None
 
