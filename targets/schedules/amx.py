@@ -71,51 +71,48 @@ def _tiles_ir() -> str:
         f"declare void {store}(i16, i16, ptr, i64, x86_amx)",
     ]
     for two in (False, True):
-        name = f"{SYMBOL}_{'2x2' if two else '1x2'}"
         rows = [0, 1] if two else [0]
-        body.append(f"define i32 @{name}(ptr %c, i64 %ldc, ptr %a, i64 %lda, ptr %b, i64 %ldb, i64 %steps, i16 %r) {{")
-        body.append("entry:")
-        body.append("  %r64 = zext i16 %r to i64")
-        body.append("  %a1off = mul i64 %r64, %lda")
-        body.append("  %a1 = getelementptr i8, ptr %a, i64 %a1off")
-        body.append("  %c1off = mul i64 %r64, %ldc")
-        body.append("  %c_10 = getelementptr i8, ptr %c, i64 %c1off")
-        body.append("  %c_00 = getelementptr i8, ptr %c, i64 0")
-        body.append("  %c_01 = getelementptr i8, ptr %c, i64 64")
-        body.append("  %c_11 = getelementptr i8, ptr %c_10, i64 64")
-        body.append("  %b1 = getelementptr i8, ptr %b, i64 %ldb")
-        for i in rows:
-            for j in (0, 1):
-                body.append(f"  %acc{i}{j} = call x86_amx {load}(i16 %r, i16 64, ptr %c_{i}{j}, i64 %ldc)")
-        body.append("  br label %loop")
-        body.append("loop:")
-        body.append("  %k = phi i64 [0, %entry], [%knext, %loop]")
-        for i in rows:
-            for j in (0, 1):
-                body.append(f"  %x{i}{j} = phi x86_amx [%acc{i}{j}, %entry], [%y{i}{j}, %loop]")
-        body.append("  %aoff = mul i64 %k, 64")
-        body.append("  %boff = mul i64 %k, 1024")
-        body.append("  %pa0 = getelementptr i8, ptr %a, i64 %aoff")
-        body.append("  %pa1 = getelementptr i8, ptr %a1, i64 %aoff")
-        body.append("  %pb0 = getelementptr i8, ptr %b, i64 %boff")
-        body.append("  %pb1 = getelementptr i8, ptr %b1, i64 %boff")
-        for i in rows:
-            body.append(f"  %ta{i} = call x86_amx {load}(i16 %r, i16 64, ptr %pa{i}, i64 %lda)")
-        for j in (0, 1):
-            body.append(f"  %tb{j} = call x86_amx {load}(i16 16, i16 64, ptr %pb{j}, i64 64)")
-        for i in rows:
-            for j in (0, 1):
-                body.append(f"  %y{i}{j} = call x86_amx {dp}(i16 %r, i16 64, i16 64, x86_amx %x{i}{j}, "
-                            f"x86_amx %ta{i}, x86_amx %tb{j})")
-        body.append("  %knext = add i64 %k, 1")
-        body.append("  %done = icmp eq i64 %knext, %steps")
-        body.append("  br i1 %done, label %exit, label %loop")
-        body.append("exit:")
-        for i in rows:
-            for j in (0, 1):
-                body.append(f"  call void {store}(i16 %r, i16 64, ptr %c_{i}{j}, i64 %ldc, x86_amx %y{i}{j})")
-        body.append("  ret i32 0")
-        body.append("}")
+
+        def each_tile(line: str, rows: list[int] = rows) -> list[str]:
+            """``line`` for every accumulator tile, ``{i}{j}`` its row and column tile."""
+            return [line.format(i=i, j=j) for i in rows for j in (0, 1)]
+
+        body += [
+            f"define i32 @{SYMBOL}_{'2x2' if two else '1x2'}(ptr %c, i64 %ldc, ptr %a, i64 %lda, ptr %b, i64 %ldb, "
+            "i64 %steps, i16 %r) {",
+            "entry:",
+            "  %r64 = zext i16 %r to i64",
+            "  %a1off = mul i64 %r64, %lda",
+            "  %a1 = getelementptr i8, ptr %a, i64 %a1off",
+            "  %c1off = mul i64 %r64, %ldc",
+            "  %c_10 = getelementptr i8, ptr %c, i64 %c1off",
+            "  %c_00 = getelementptr i8, ptr %c, i64 0",
+            "  %c_01 = getelementptr i8, ptr %c, i64 64",
+            "  %c_11 = getelementptr i8, ptr %c_10, i64 64",
+            "  %b1 = getelementptr i8, ptr %b, i64 %ldb",
+            *each_tile(f"  %acc{{i}}{{j}} = call x86_amx {load}(i16 %r, i16 64, ptr %c_{{i}}{{j}}, i64 %ldc)"),
+            "  br label %loop",
+            "loop:",
+            "  %k = phi i64 [0, %entry], [%knext, %loop]",
+            *each_tile("  %x{i}{j} = phi x86_amx [%acc{i}{j}, %entry], [%y{i}{j}, %loop]"),
+            "  %aoff = mul i64 %k, 64",
+            "  %boff = mul i64 %k, 1024",
+            "  %pa0 = getelementptr i8, ptr %a, i64 %aoff",
+            "  %pa1 = getelementptr i8, ptr %a1, i64 %aoff",
+            "  %pb0 = getelementptr i8, ptr %b, i64 %boff",
+            "  %pb1 = getelementptr i8, ptr %b1, i64 %boff",
+            *[f"  %ta{i} = call x86_amx {load}(i16 %r, i16 64, ptr %pa{i}, i64 %lda)" for i in rows],
+            *[f"  %tb{j} = call x86_amx {load}(i16 16, i16 64, ptr %pb{j}, i64 64)" for j in (0, 1)],
+            *each_tile(f"  %y{{i}}{{j}} = call x86_amx {dp}(i16 %r, i16 64, i16 64, x86_amx %x{{i}}{{j}}, "
+                       "x86_amx %ta{i}, x86_amx %tb{j})"),
+            "  %knext = add i64 %k, 1",
+            "  %done = icmp eq i64 %knext, %steps",
+            "  br i1 %done, label %exit, label %loop",
+            "exit:",
+            *each_tile(f"  call void {store}(i16 %r, i16 64, ptr %c_{{i}}{{j}}, i64 %ldc, x86_amx %y{{i}}{{j}})"),
+            "  ret i32 0",
+            "}",
+        ]
     return "\n".join(body) + "\n"
 
 

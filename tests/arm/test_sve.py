@@ -5,9 +5,6 @@ would compute wrong numbers there, not fault)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +16,11 @@ from compiler.errors import EffarchError
 from compiler.numerics.reference import run_onnxruntime
 from targets.arm import TARGET as ARM
 from targets.arm import check_sve_length, sve_bits_of
-from targets.artifact import read_manifest
 from targets.remote import run_remote
 from targets.schedules.machine import machine_of
 from tests.arm.conftest import compile_arm, free_port
+from tests.arm.test_int8_dotprod import _disassembly
 from tools import arm_device
-
-
-def _disassembly(path: Path, tmp_path: Path) -> str:
-    member = read_manifest(path)["members"]["library"]["name"]
-    with zipfile.ZipFile(path) as z:
-        (tmp_path / "lib.so").write_bytes(z.read(member))
-    tool = shutil.which("aarch64-linux-gnu-objdump") or "objdump"
-    return subprocess.run([tool, "-d", str(tmp_path / "lib.so")], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")
