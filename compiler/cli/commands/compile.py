@@ -39,8 +39,9 @@ def register(sub: Any) -> None:
                         "error measured in docs/performance.md; recorded in the manifest)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="arithmetic of the kernels: fp16/bf16 put matmuls and convolutions on tensor cores "
-                        "(cuda; softmax, normalizations and reductions stay fp32); bf16 on x86 needs "
-                        "AVX512-BF16; inputs and outputs stay as the model declares them (default: fp32)")
+                        "(cuda; softmax, normalizations and reductions stay fp32); bf16 on x86 puts them on "
+                        "AMX tiles or AVX512-BF16's vdpbf16ps with fp32 sums; inputs and outputs stay as the "
+                        "model declares them (default: fp32)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="cuda: launch kernels one by one instead of replaying a CUDA graph (on by default for "
                         "static-shape models)")
