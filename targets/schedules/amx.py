@@ -33,7 +33,7 @@ from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import SBlockRV
 from tvm.script import tirx as T
 
-from targets.schedules.common import parallel_outer
+from targets.schedules.common import iterations, parallel_outer, vectorize_last
 from targets.schedules.dot import widen
 from targets.schedules.machine import Machine
 
@@ -192,24 +192,17 @@ def tile_amx(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: S
     outer = [loops[i] for i in spatial[:-2]] + [v_o]
     others = [loops[i] for i in reds[:-2]]
     sch.reorder(*outer, r_o, *others, r_i, v_i, loops[ko], loops[ki])
-    work = 1
-    for it in info.iters:
-        work *= int(it.dom)
+    work = iterations(info)
     fused = parallel_outer(sch, outer, m, work)
     if fused is None:
         return False
     sch.annotate(fused, "pragma_import_llvm", TILES_IR)
     sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
-    _vectorize_last(sch, writeback, 16)
+    vectorize_last(sch, writeback, 16)
     init = sch.decompose_reduction(main, others[0] if others else r_i)
-    _vectorize_last(sch, init, 16)
+    vectorize_last(sch, init, 16)
     sch.tensorize(r_i, intrinsic(rows, kc, stride))
     return True
-
-
-def _vectorize_last(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
-    _, inner = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
-    sch.vectorize(inner)
 
 
 _ARCH_REQ_XCOMP_PERM = 0x1023

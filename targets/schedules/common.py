@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.ir import Expr as PrimExpr
+from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from targets.schedules.machine import Machine
 
 # Below this many loop iterations a parallel launch (waking TVM's pool, ~5 us) costs more than it saves.
 PARALLEL_MIN_WORK = 32768
+
+
+def iterations(info: SBlockInfo) -> int:
+    """How many times a block's body runs: the product of its iteration domains (static)."""
+    work = 1
+    for it in info.iters:
+        work *= int(it.dom)
+    return work
 
 
 def extent(sch: s_tir.Schedule, loop: LoopRV) -> int | None:
@@ -23,6 +32,12 @@ def vector_lanes(total: int, lanes: int) -> int:
     while v > 1 and total % v:
         v //= 2
     return v if v >= 4 or v == lanes else 1
+
+
+def vectorize_last(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
+    """Split ``block``'s innermost loop by ``lanes`` (a multiple of it) and vectorize the inside."""
+    _, inner = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
+    sch.vectorize(inner)
 
 
 def vectorize_inner(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:

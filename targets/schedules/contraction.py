@@ -26,7 +26,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import SBlockRV
 
-from targets.schedules.common import dtype_bits, parallel_outer, schedule_injective, vector_lanes, walk
+from targets.schedules.common import dtype_bits, iterations, parallel_outer, schedule_injective, vector_lanes, walk
 from targets.schedules.machine import Machine
 
 PACK_ATTR = "effarch.packed"  # set by targets.lowering.packed on blocks that read packed weights
@@ -253,9 +253,7 @@ def tile_contraction(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writ
     reductions = [loop for i, loop in enumerate(loops) if kinds[i] == "R"]
     inner = ([r_i] if r_i is not None else []) + [v_u, v_l]
     sch.reorder(*outer, *reductions, *inner)
-    work = 1
-    for it in info.iters:
-        work *= int(it.dom)
+    work = iterations(info)
     fused = parallel_outer(sch, outer, m, work)
     if r_i is not None:
         sch.unroll(r_i)

@@ -24,7 +24,7 @@ from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from targets.schedules.amx import has_amx, stride_of, tile_amx
-from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective
+from targets.schedules.common import dtype_bits, extent, iterations, parallel_outer, schedule_injective, vectorize_last
 from targets.schedules.contraction import _best_tile, find_main, inline_epilogue, inline_side_inputs
 from targets.schedules.dot import KERNELS, DotKernel
 from targets.schedules.elementwise import schedule_elementwise
@@ -142,7 +142,7 @@ def _tile(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SBlo
     *reductions, depth = [loops[i] for i, kind in enumerate(kinds) if kind == "R"]
     inner: list[LoopRV] = ([r_i] if r_i else []) + [v_u, v_l, depth]
     sch.reorder(*outer, *([r_o] if r_o else []), *reductions, *inner)
-    fused = parallel_outer(sch, outer, m, _work(info))
+    fused = parallel_outer(sch, outer, m, iterations(info))
     if k.llvm_import and fused is not None:  # once per function, around the loop nest the instruction runs in
         sch.annotate(fused, "pragma_import_llvm", k.llvm_import)
     if r_i is not None:
@@ -152,22 +152,10 @@ def _tile(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SBlo
     # [rows, nv * lanes] accumulator region per task, allocated once per task (TVM 0.27 takes every
     # local buffer from the workspace pool, a call pair per allocation).
     sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
-    _vectorize_last(sch, writeback, k.lanes)
+    vectorize_last(sch, writeback, k.lanes)
     if reductions:
-        _vectorize_last(sch, sch.decompose_reduction(main, reductions[0]), k.lanes)
+        vectorize_last(sch, sch.decompose_reduction(main, reductions[0]), k.lanes)
     sch.tensorize(sch.get_loops(main)[-2], k.name)
-
-
-def _work(info: SBlockInfo) -> int:
-    work = 1
-    for it in info.iters:
-        work *= int(it.dom)
-    return work
-
-
-def _vectorize_last(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
-    _, inner = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
-    sch.vectorize(inner)
 
 
 # Independent vector accumulators of a row peak: max takes 3 cycles and two issue per cycle.

@@ -18,7 +18,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.schedule import LoopRV
 from tvm.script import tirx as T
 
-from targets.schedules.common import dtype_bits, parallel_outer, schedule_injective
+from targets.schedules.common import dtype_bits, iterations, parallel_outer, schedule_injective
 from targets.schedules.contraction import find_main
 from targets.schedules.machine import Machine
 
@@ -73,9 +73,7 @@ def schedule_mmla(sch: s_tir.Schedule, m: Machine) -> s_tir.Schedule | bool:
     mb_o, mb_i = sch.split(mb, factors=[None, _divisor(sch, mb)])
     nb_o, nb_i = sch.split(nb, factors=[None, _divisor(sch, nb)])
     sch.reorder(*lead, nb_o, mb_o, ko, mb_i, nb_i, i, j, ki)
-    work = 1
-    for it in infos[main_i].iters:
-        work *= int(it.dom)
+    work = iterations(infos[main_i])
     fused = parallel_outer(sch, [*lead, nb_o, mb_o], m, work)
     sch.unroll(mb_i)
     sch.unroll(nb_i)

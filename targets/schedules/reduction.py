@@ -21,7 +21,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo, get_sblock_info
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective, vectorize_inner
+from targets.schedules.common import dtype_bits, extent, iterations, parallel_outer, schedule_injective, vectorize_inner
 from targets.schedules.machine import Machine
 
 # Independent vector accumulators of a row reduction: two hide most of an add's latency (3-4
@@ -51,9 +51,7 @@ def schedule_row_reduction(sch: s_tir.Schedule, m: Machine) -> bool:
             _alone(sch, b, m)
         return True
     last = infos[-1]
-    work = 1
-    for it in last.iters:
-        work *= int(it.dom)
+    work = iterations(last)
     partials = [rf for b in reductions if (rf := rfactor_row(sch, b.block_rv, m)) is not None]
     loop = parallel_outer(sch, sch.get_loops(last.block_rv)[: len(rows)], m, work)
     for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):

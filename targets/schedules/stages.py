@@ -29,7 +29,15 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo, get_sblock_info
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
-from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective, vectorize_inner, walk
+from targets.schedules.common import (
+    dtype_bits,
+    extent,
+    iterations,
+    parallel_outer,
+    schedule_injective,
+    vectorize_inner,
+    walk,
+)
 from targets.schedules.contraction import Tile, _best_tile, choose_tile, is_mac, tile_contraction
 from targets.schedules.machine import Machine
 from targets.schedules.reduction import rfactor_row, vector_partials, vectorize_partials
@@ -188,9 +196,7 @@ def _schedule_row(sch: s_tir.Schedule, info: SBlockInfo, m: Machine) -> None:
     splits evenly into them (``reduction.rfactor_row``), else a serial loop."""
     kinds = info.dom_kind()
     leading = len(kinds) - len(kinds.lstrip("S"))
-    work = 1
-    for it in info.iters:
-        work *= int(it.dom)
+    work = iterations(info)
     rf = rfactor_row(sch, info.block_rv, m)
     parallel_outer(sch, sch.get_loops(info.block_rv)[:leading], m, work)
     if rf is not None:

@@ -23,7 +23,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import SBlockRV
 
-from targets.schedules.common import dtype_bits, extent, parallel_outer, schedule_injective
+from targets.schedules.common import dtype_bits, extent, iterations, parallel_outer, schedule_injective
 from targets.schedules.contraction import (
     Tile,
     choose_tile,
@@ -98,9 +98,7 @@ def _staged(sch: s_tir.Schedule, info: SBlockInfo, main: SBlockRV, writeback: SB
     reductions = [loop for i, loop in enumerate(loops) if kinds[i] == "R"]
     inner = ([r_i] if r_i is not None else []) + [v_u, v_l]
     sch.reorder(v_o, *rows_outer, *reductions, *inner)
-    work = 1
-    for it in info.iters:
-        work *= int(it.dom)
+    work = iterations(info)
     parallel_outer(sch, [v_o], m, work)
     sch.compute_at(dequant, v_o, preserve_unit_loops=True)
     _vectorize_dequant(sch, dequant, t.lanes)
