@@ -226,3 +226,39 @@ def stride_of(block: tirx.stmt.SBlock) -> int:
 
 
 STRIDE_ATTR = "effarch.stride"
+
+
+def micro_kernel_throughput(m: int = 32, n: int = 32, k: int = 512, calls: int = 20000) -> tuple[float, float]:
+    """(GMAC/s of the micro-kernel on one core over an ``m x n x k`` block, called ``calls`` times in
+    a loop; its max abs error against numpy on the same bf16 operands). ``tools/bf16_throughput.py``."""
+    import time
+
+    import numpy as np
+    import tvm
+
+    from targets.schedules.dot import bf16_bits
+
+    if not enable_amx():
+        raise RuntimeError("Linux refused AMX's tile state to this process")
+
+    @T.prim_func(s_tir=True)
+    def kernel(A: T.Buffer((m, k), "uint16"), B: T.Buffer((2, k // 2, 16, 2), "uint16"),  # type: ignore[valid-type]
+               C: T.Buffer((m, n), "float32"), reps: T.int32) -> None:  # type: ignore[valid-type]
+        with T.attr(0, "pragma_import_llvm", TILES_IR):
+            for _ in range(reps):
+                T.evaluate(T.call_extern("int32", f"{SYMBOL}_2x2", C.access_ptr("rw"), T.int64(n * 4),
+                                         A.access_ptr("r"), T.int64(k * 2), B.access_ptr("r"), T.int64(k * 32),
+                                         T.int64(k // K_STEP), T.int16(m // 2)))
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})
+    lib = tvm.compile(tvm.IRModule({"main": kernel}), target=target)
+    rng = np.random.default_rng(0)
+    a, w = bf16_bits(rng.standard_normal((m, k), np.float32)), bf16_bits(rng.standard_normal((k, n), np.float32))
+    packed = np.ascontiguousarray(w.reshape(k // 2, 2, 2, 16).transpose(2, 0, 3, 1))  # [N/16, K/2, 16, 2]
+    args = [tvm.runtime.tensor(x) for x in (a, packed, np.zeros((m, n), np.float32))]
+    lib(*args, 1)
+    widened = [(x.astype(np.uint32) << 16).view(np.float32).astype(np.float64) for x in (a, w)]
+    error = float(np.abs(args[2].numpy() - widened[0] @ widened[1]).max())
+    t0 = time.perf_counter()
+    lib(*args, calls)
+    return m * n * k * calls / (time.perf_counter() - t0) / 1e9, error
