@@ -173,7 +173,7 @@ def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: s
                   opt_level: int = 2, pipeline: str | None = None,
                   instruments: list[Any] | None = None, tuning_db: Path | None = None,
                   data: Any = None, precision: str = "fp32", cuda_graphs: bool = True,
-                  winograd: bool = False) -> CompileResult:
+                  winograd: bool = False, bundled_tuning: bool = True) -> CompileResult:
     from compiler.ir.consteval import check_sizes
     from targets.build import build_artifact
 
@@ -186,6 +186,7 @@ def compile_model(source: SourceModel, out: Path, *, target: str = "x86", cpu: s
     extra = {"pipeline": text, "opt_level": opt_level, "source": {"kind": source.kind, "spec": source.spec,
                                                                   "sha256": source.sha256}}
     build_artifact(graph, out, target=target, cpu=cpu, manifest_extra=extra, opt_level=opt_level,
-                   tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs, winograd=winograd)
+                   tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs, winograd=winograd,
+                   bundled_tuning=bundled_tuning)
     t2 = time.perf_counter()
     return CompileResult(out, source.graph, graph, text, records, {"passes": t1 - t0, "build": t2 - t1})

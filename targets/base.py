@@ -100,6 +100,15 @@ class TargetSpec:
         return Target(self.target_dict(self.resolve_cpu(cpu)))
 
     tunable = False  # ``effarch tune`` and ``--tuning-db`` serve this target
+
+    def kernels_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+        """The build's -O2 pipeline up to its schedules (legalized, fused, nothing scheduled): the
+        kernels ``effarch tune`` tunes, where the target is ``tunable``."""
+        raise EffarchError(f"effarch tune does not serve --target {self.name}")
+
+    def bundled_tuning(self, cpu: str) -> Path | None:
+        """The tuning database shipped with effarch that every -O2 build for ``cpu`` applies, if any."""
+        return None
     precisions: tuple[str, ...] = ("fp32",)  # ``--precision`` values this target builds
     graph_capture = False  # static-shape models can run as captured device graphs (CUDA graphs)
 
@@ -201,6 +210,11 @@ class LLVMTarget(TargetSpec):
         from targets.schedules.pipeline import cpu_pipeline
 
         return cpu_pipeline(tvm_target, schedule=opt_level >= 2, report=report, tuned=tuned)
+
+    def kernels_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+        from targets.schedules.pipeline import cpu_pipeline
+
+        return cpu_pipeline(tvm_target, schedule=False, stop_after_schedules=True)
 
 
 def _candidate_modules() -> list[str]:

@@ -74,16 +74,17 @@ class BuildResult:
 def build_artifact(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
                    manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
                    tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True,
-                   winograd: bool = False) -> Path:
+                   winograd: bool = False, bundled_tuning: bool = True) -> Path:
     """Compile ``g`` for ``target`` (host CPU unless ``cpu``) into the artifact at ``out_path``."""
     return build(g, out_path, target=target, cpu=cpu, manifest_extra=manifest_extra, opt_level=opt_level,
-                 tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs, winograd=winograd).path
+                 tuning_db=tuning_db, precision=precision, cuda_graphs=cuda_graphs, winograd=winograd,
+                 bundled_tuning=bundled_tuning).path
 
 
 def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = None,
           manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
           tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True,
-          winograd: bool = False) -> BuildResult:
+          winograd: bool = False, bundled_tuning: bool = True) -> BuildResult:
     """``build_artifact`` returning the manifest and per-step timings too.
 
     ``precision`` fp16/bf16 computes contractions in that type where the target builds it (CUDA: on
@@ -104,7 +105,7 @@ def build(g: Graph, out_path: Path, *, target: str = "x86", cpu: str | None = No
     lower_s = time.perf_counter() - t0
     result = build_lowered(lowered, model_info(g, lowered), out_path, target=spec, cpu=cpu,
                            manifest_extra=manifest_extra, opt_level=opt_level, tuning_db=tuning_db,
-                           precision=precision, cuda_graphs=cuda_graphs)
+                           precision=precision, cuda_graphs=cuda_graphs, bundled_tuning=bundled_tuning)
     result.timings = {"lower": lower_s, **result.timings}
     return result
 
@@ -161,11 +162,13 @@ def graph_sha256(g: Graph) -> str:
 def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
                   target: str | TargetSpec = "x86", cpu: str | None = None,
                   manifest_extra: dict[str, Any] | None = None, opt_level: int = 2,
-                  tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True) -> BuildResult:
+                  tuning_db: Path | None = None, precision: str = "fp32", cuda_graphs: bool = True,
+                  bundled_tuning: bool = True) -> BuildResult:
     """Compile an already-lowered module and pack it with its weights into ``out_path``.
 
     From ``opt_level`` 2 the CPU targets schedule every kernel with effarch's schedule library, or
-    with its record in ``tuning_db`` where that measured faster (``targets.tuning``). The target's
+    with its record in ``tuning_db`` where that measured faster (``targets.tuning``); without ``tuning_db``
+    the database shipped for the target and CPU, if any, unless ``bundled_tuning`` is False. The target's
     ``prepare`` may rewrite the module and its weights first (precision, weights transformed once)."""
     from targets.schedules import ScheduleReport
 
@@ -176,7 +179,7 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
     tvm_target = spec.tvm_target(cpu)
     timings: dict[str, float] = {}
     report = ScheduleReport()
-    tuned = _tuned_schedules(tuning_db, spec, tvm_target, opt_level)
+    tuned = _tuned_schedules(tuning_db, spec, cpu, tvm_target, opt_level, bundled_tuning)
     pipeline = spec.relax_pipeline(tvm_target, opt_level=opt_level, report=report, tuned=tuned)
     t0 = time.perf_counter()
     with captured_native_logs():
@@ -201,7 +204,7 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
             for kernel, rule in sorted(report.rules.items()):
                 logger.info("kernel %-48s scheduled by %s", kernel, rule)
         if tuned is not None:
-            manifest["tuning"] = {"db": str(tuning_db), **tuned.result.to_json()}
+            manifest["tuning"] = {"db": "bundled" if tuned.bundled else str(tuning_db), **tuned.result.to_json()}
             _log_tuning(tuned, tuning_db)
         write_artifact(out_path, manifest, lib, dict(zip(param_names, params, strict=True)))
         timings["pack"] = time.perf_counter() - t0
@@ -209,11 +212,19 @@ def build_lowered(lowered: LoweredModule, info: ModelInfo, out_path: Path, *,
     return BuildResult(out_path, manifest, timings, dict(report.rules))
 
 
-def _tuned_schedules(tuning_db: Path | None, spec: TargetSpec, tvm_target: Any, opt_level: int) -> Any:
+def _tuned_schedules(tuning_db: Path | None, spec: TargetSpec, cpu: str, tvm_target: Any, opt_level: int,
+                     bundled_tuning: bool) -> Any:
+    """The tuning database the build consults: ``tuning_db``, else the one shipped for this target and
+    CPU/arch (``TargetSpec.bundled_tuning``) unless ``bundled_tuning`` is off; None for neither."""
     if tuning_db is None:
-        return None
+        bundled = spec.bundled_tuning(cpu) if bundled_tuning and opt_level >= 2 else None
+        if bundled is None:
+            return None
+        from targets.tuning import TunedSchedules
+
+        return TunedSchedules(bundled, tvm_target, spec.name, bundled=True)
     if not spec.tunable:
-        raise EffarchError(f"--tuning-db serves the CPU targets (x86, arm), not {spec.name}; drop the option")
+        raise EffarchError(f"--tuning-db serves --target x86, arm and cuda, not {spec.name}; drop the option")
     if opt_level < 2:
         raise EffarchError(f"--tuning-db needs -O2 or -O3 (tuned kernels replace -O2's schedules); "
                            f"got -O{opt_level}")
@@ -226,8 +237,8 @@ def _log_tuning(tuned: Any, db: Path | None) -> None:
     """Say what the database gave: TVM's own database application stays silent when nothing matches."""
     r = tuned.result
     logger.info("tuning database %s: %d kernels tuned, %d kept our faster schedule, %d without a record",
-                db, len(r.applied), len(r.ours_faster), len(r.missing))
-    if not r.applied and not r.ours_faster:
+                db or tuned.db.root, len(r.applied), len(r.ours_faster), len(r.missing))
+    if not r.applied and not r.ours_faster and not tuned.bundled:
         held = ", ".join(tuned.db.targets_held()) or "none"
         logger.warning("tuning database %s holds no record for this model's kernels on this target (%s; it has "
                        "records for: %s); nothing was applied (tune it with 'effarch tune MODEL --db %s' for the "

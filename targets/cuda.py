@@ -22,6 +22,7 @@ repeats it. Static-shape models run as CUDA graphs (``relax.backend.use_cuda_gra
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import re
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 # Architectures nvcc 12/13 and TVM's CUDA codegen both handle; sm_90 is the H200/H100.
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_120")
 DEFAULT_ARCH = "sm_90"
+# MetaSchedule records measured on real GPUs (``effarch tune --target cuda``), applied by every -O2 CUDA build
+# whose kernels they match (``effarch compile --no-bundled-tuning`` leaves them out).
+BUNDLED_TUNING = Path(__file__).parent / "tuning" / "bundled"
 CHANNELS_LAST_MIN_BATCH = 8  # fp16/bf16 convolutions NHWC from this batch (``CudaTarget.channels_last_for``)
 
 DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # where the CUDA toolkit installs by default
@@ -363,6 +367,7 @@ class CudaTarget(TargetSpec):
 
     precisions = ("fp32", "fp16", "bf16")
     graph_capture = True
+    tunable = True  # ``effarch tune --target cuda`` on a machine with the GPU; records ship in BUNDLED_TUNING
 
     def prepare(self, mod: tvm.IRModule, param_names: list[str], params: list[np.ndarray], *,
                 precision: str = "fp32") -> tuple[tvm.IRModule, list[str], list[np.ndarray]]:
@@ -394,7 +399,15 @@ class CudaTarget(TargetSpec):
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
         # ``export`` is not given the target, and the build calls this just before it: remember the arch.
         _build_state.arch = str(tvm_target.attrs["arch"])
-        return cuda_pipeline(tvm_target, report)
+        return cuda_pipeline(tvm_target, report, tuned=tuned)
+
+    def kernels_pipeline(self, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+        """The build's pipeline up to its schedules: the kernels ``effarch tune`` tunes."""
+        return cuda_pipeline(tvm_target, schedule=False)
+
+    def bundled_tuning(self, cpu: str) -> Path | None:
+        """The tuning database shipped with effarch, where it holds records for ``cpu`` (an arch)."""
+        return BUNDLED_TUNING if (BUNDLED_TUNING / f"{self.name}-{cpu}").is_dir() else None
 
     def export(self, executable: Any, path: Path) -> Path:
         find_nvcc()  # fail before the export starts, with the install hint
@@ -528,11 +541,25 @@ def gpu_rules() -> list[tuple[str, Any]]:
             ("dlight-fallback", dl.gpu.Fallback())]
 
 
-def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None) -> tvm.transform.Pass:
+def tuning_target(tvm_target: tvm.target.Target) -> tvm.target.Target:
+    """``tvm_target`` with the per-block limits MetaSchedule's GPU rules and its ``VerifyGPUCode`` read
+    (TVM fills them in only from a device it sees at target creation): 48 KiB of static shared memory,
+    1024 threads and 64 Ki registers per block hold from sm_50 to sm_120."""
+    from tvm.target import Target
+
+    cfg = {**json.loads(str(tvm_target)), "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+           "registers_per_block": 65536}
+    return Target(cfg)
+
+
+def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None, *, tuned: Any = None,
+                  schedule: bool = True) -> tvm.transform.Pass:
     """TVM's CUDA pipeline, spelled out: legalize, fuse, then schedules: effarch's dp4a rule for the int8
     GEMMs of ``lowering.quantized_cuda``, dlight's rules for every other TIR function, one kernel at a
     time (``schedules.gpu_rules``: a rule that raises on a kernel hands it to the next). Between fusion
-    and ``FuseTIR``, ``cast_fusion`` moves each cast left as a kernel of its own into its producer or readers."""
+    and ``FuseTIR``, ``cast_fusion`` moves each cast left as a kernel of its own into its producer or readers.
+    ``tuned`` (``targets.tuning.TunedSchedules``) schedules a kernel by its tuned record where that measured
+    faster than the rules; ``schedule=False`` stops after fusion, with every kernel unscheduled."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
@@ -540,16 +567,17 @@ def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None) -> tvm.tran
     from targets.cast_fusion import fuse_casts
     from targets.schedules.gpu_rules import apply_rules
 
-    schedules = apply_rules(gpu_rules(), report)
+    schedules = [apply_rules(gpu_rules(), report, tuned)] if schedule else []
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), fuse_casts(), relax.transform.FuseTIR(),
-                schedules]
+                *schedules]
 
     @tvm.transform.module_pass(opt_level=0, name="effarch.cuda_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with tvm_target:
-            passes = (cuda.library_dispatch_passes(tvm_target) + legalize
-                      + cuda.dataflow_lower_passes(tvm_target) + cuda.finalize_passes(tvm_target))
+            passes = cuda.library_dispatch_passes(tvm_target) + legalize
+            if schedule:
+                passes += cuda.dataflow_lower_passes(tvm_target) + cuda.finalize_passes(tvm_target)
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline

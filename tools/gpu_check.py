@@ -164,6 +164,9 @@ def _recipe(name: str, precision: str, param_names: list[str],
     return recipe, extra
 
 
+COMPILE_FLAGS: list[str] = []  # extra ``effarch compile`` options for every bundle (pack --no-bundled-tuning)
+
+
 def _compile(source: str, path: Path, arch: str, precision: str) -> int:
     """``effarch compile`` in this process at -O2, else -O1 (a graph pass failing must not hide the CUDA
     target's own results); its console output goes to the log only when it fails."""
@@ -171,7 +174,7 @@ def _compile(source: str, path: Path, arch: str, precision: str) -> int:
 
     for level in (2, 1):
         argv = ["compile", source, "--target", "cuda", "--arch", arch, f"-O{level}", "-o", str(path)]
-        argv += [] if precision == "fp32" else ["--precision", precision]
+        argv += ([] if precision == "fp32" else ["--precision", precision]) + COMPILE_FLAGS
         chatter = io.StringIO()
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             try:
@@ -654,6 +657,8 @@ def main() -> int:
                    help=f"zoo models, or from tools/gpu_models.py: {', '.join(EXTRA)}")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"])
+    p.add_argument("--no-bundled-tuning", action="store_true",
+                   help="compile without effarch's shipped tuning records (to time what they give)")
     p.add_argument("--cuobjdump", help="cuobjdump for the tensor-core counts (else PATH, CUDA, .cache/cuda-bin)")
     m = sub.add_parser("split-minilm")
     m.add_argument("--dir", type=Path, default=Path("out/minilm"))
@@ -668,6 +673,7 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging()
     if args.cmd == "pack":
+        COMPILE_FLAGS.extend(["--no-bundled-tuning"] if args.no_bundled_tuning else [])
         return pack(args.arch, args.dir, args.models, args.batches, args.precisions, args.cuobjdump)
     if args.cmd == "split-minilm":
         split_minilm(args.dir, args.parts)

@@ -1,11 +1,13 @@
 """The tuning database: MetaSchedule's records plus what effarch measured of its own schedules.
 
 Layout of ``DIR``: one folder per target (``x86-znver3-2c-<hash>``: target name, CPU, cores and a
-hash of the whole TVM target), holding MetaSchedule's ``database_workload.json`` and
-``database_tuning_record.json`` (its best schedules, appended as they are measured) and effarch's
-``kernels.json``: per workload key, the kernel's name, trials spent, and the median time of our
-own schedule and of the best tuned one, both measured by the same runner. The build uses a tuned
-schedule only where it measured faster than ours.
+hash of the whole TVM target; ``cuda-sm_90``: a GPU architecture), holding MetaSchedule's
+``database_workload.json`` and ``database_tuning_record.json`` (its best schedules, appended as they
+are measured) and effarch's ``kernels.json``: per workload key, the kernel's name, trials spent, and
+the median time of our own schedule and of the best tuned one, both measured by the same runner. The
+build uses a tuned schedule only where it measured faster than ours. ``tasks.json`` keeps the
+kernels themselves (TVM's JSON of each function), so a machine that cannot lower the model, or has no
+GPU, can hand them to one that measures (``effarch tune --db DIR`` without a model).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 INDEX = "kernels.json"
 INDEX_FORMAT = 1
+TASKS = "tasks.json"
 
 
 @dataclass
@@ -46,7 +49,11 @@ class KernelEntry:
 
 
 def target_folder(tvm_target: tvm.target.Target, name: str) -> str:
-    """``x86-znver3-2c-1a2b3c4d``: readable, and exact through the hash of the whole target."""
+    """``x86-znver3-2c-1a2b3c4d``: readable, and exact through the hash of the whole target. A GPU's
+    folder is named by its architecture alone (``cuda-sm_90``): TVM may fill in a GPU target's
+    attributes from the device it runs beside, and the records match kernels by structure anyway."""
+    if tvm_target.kind.name == "cuda":
+        return f"{name}-{tvm_target.attrs['arch']}"
     cfg = json.loads(str(tvm_target)) if str(tvm_target).startswith("{") else {}
     cpu = cfg.get("mcpu") or str(tvm_target.attrs.get("mcpu", "")) or "generic"
     cores = cfg.get("num-cores") or tvm_target.attrs.get("num-cores", 0)
@@ -72,13 +79,29 @@ class TuningDatabase:
         if self.create:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.entries = self._read_index()
-        self.records: ms.database.Database | None = None  # None: no records for this target here
-        if self.folder.is_dir():
+        self._records: ms.database.Database | None = None
+
+    @property
+    def records(self) -> ms.database.Database | None:
+        """MetaSchedule's records (None: none for this target here), read on first use: a build that
+        finds no winning entry in the index never parses them."""
+        if self._records is None and self.folder.is_dir():
             load_cpu_intrinsics()
-            self.records = ms.database.JSONDatabase(
+            self._records = ms.database.JSONDatabase(
                 path_workload=str(self.folder / "database_workload.json"),
                 path_tuning_record=str(self.folder / "database_tuning_record.json"),
                 allow_missing=True, module_equality="structural")
+        return self._records
+
+    @property
+    def measure_target(self) -> tvm.target.Target:
+        """The target candidates are generated and built for: the build's, plus the limits
+        MetaSchedule's GPU rules read (``targets.cuda.tuning_target``)."""
+        if self.tvm_target.kind.name == "cuda":
+            from targets.cuda import tuning_target
+
+            return tuning_target(self.tvm_target)
+        return self.tvm_target
 
     @property
     def folder(self) -> Path:
@@ -110,10 +133,71 @@ class TuningDatabase:
     def entry(self, kernel: Kernel) -> KernelEntry:
         return self.entries.setdefault(kernel.key, KernelEntry(kernel.name))
 
+    # ---- the kernels themselves ---------------------------------------------------------------
+    def save_tasks(self, kernels: list[Kernel]) -> None:
+        """Add ``kernels`` to ``tasks.json`` (a kernel met again keeps the larger call count)."""
+        from compiler.fileio import atomic_write
+
+        tasks = self._read_tasks()
+        for k in kernels:
+            old = tasks.get(k.key)
+            tasks[k.key] = {"name": k.name, "calls": max(k.calls, old["calls"] if old else 0),
+                            "func": tvm.ir.save_json(k.func), "form": tvm.ir.save_json(k.form)}
+        with atomic_write(self.folder / TASKS) as f:
+            f.write(json.dumps({"format": INDEX_FORMAT, "kernels": tasks}).encode())
+
+    def load_tasks(self) -> list[Kernel]:
+        """The kernels ``save_tasks`` kept, in the order they were first saved."""
+        kernels = []
+        for key, t in self._read_tasks().items():
+            form = tvm.ir.load_json(t["form"])
+            if workload_key(form) != key:
+                raise EffarchError(f"{self.folder / TASKS} holds kernel {t['name']} under another TVM's key; "
+                                   f"save the tasks again with this TVM ({tvm.__version__})")
+            kernels.append(Kernel(t["name"], int(t["calls"]), tvm.ir.load_json(t["func"]), form, key))
+        return kernels
+
+    def _read_tasks(self) -> dict[str, Any]:
+        path = self.folder / TASKS
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != INDEX_FORMAT:
+                raise ValueError(f"format {data.get('format')}, expected {INDEX_FORMAT}")
+            return dict(data["kernels"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise EffarchError(f"tuning tasks {path} are unreadable ({e}); save them again with "
+                               f"'effarch tune MODEL --db {self.root}'") from None
+
     # ---- MetaSchedule's records ---------------------------------------------------------------
     def targets_held(self) -> list[str]:
         """The target folders this database has records for."""
         return sorted(p.name for p in self.root.iterdir() if (p / INDEX).exists()) if self.root.is_dir() else []
+
+    def export_winners(self, dest: Path) -> int:
+        """Write, into ``dest``'s folder for this target, the index and only the records the build
+        would use (the best record of each kernel tuning won): the small database to ship. Returns
+        how many records it holds."""
+        out = TuningDatabase(dest, self.tvm_target, self.target_name, create=True)
+        out.entries = dict(self.entries)
+        best: dict[str, Any] = {}
+        for record in self.records.get_all_tuning_records() if self.records is not None else []:
+            if not record.run_secs:
+                continue
+            key = workload_key(record.workload.mod[ENTRY])
+            if key not in best or median_ms(record.run_secs) < median_ms(best[key].run_secs):
+                best[key] = record
+        kept = 0
+        for key, entry in sorted(self.entries.items()):
+            record = best.get(key)
+            if entry.tuned_wins and record is not None and out.records is not None:
+                workload = out.records.commit_workload(record.workload.mod)
+                out.records.commit_tuning_record(ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info))
+                kept += 1
+        out.save()
+        return kept
 
     def best_tuned_ms(self, kernel: Kernel) -> float | None:
         if self.records is None:
@@ -145,8 +229,10 @@ class AppliedTuning:
 class TunedSchedules:
     """The build's view of a database: a kernel's tuned function where tuning beat our schedule."""
 
-    def __init__(self, root: Path, tvm_target: tvm.target.Target, target_name: str) -> None:
+    def __init__(self, root: Path, tvm_target: tvm.target.Target, target_name: str, *,
+                 bundled: bool = False) -> None:
         self.db = TuningDatabase(Path(root), tvm_target, target_name)
+        self.bundled = bundled  # the database shipped with effarch, not one the user named
         self.result = AppliedTuning()
 
     def schedule(self, name: str, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:

@@ -14,6 +14,7 @@ Two TVM behaviours are worked around here:
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from tvm.s_tir import meta_schedule as ms
 
 from compiler.errors import EffarchError
 from targets.remote import DeviceAddress, connect, parse_device
+
+logger = logging.getLogger(__name__)
 
 BUILD_FUNC = "effarch.tuning.build"
 _NOT_CPU_INTRINSICS = ("cuda", "rocm", "hexagon", "riscv_cpu")
@@ -74,8 +77,28 @@ def _evaluator() -> ms.runner.EvaluatorConfig:
     return ms.runner.EvaluatorConfig(number=1, repeat=5, min_repeat_ms=20, enable_cpu_cache_flush=False)
 
 
-def make_builder() -> ms.builder.Builder:
-    return ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=worker_init, timeout_sec=60)
+def make_builder(target: tvm.target.Target) -> ms.builder.Builder:
+    # A CUDA candidate is compiled to device code in the builder (TVM's NVRTC/nvcc callback): give it time.
+    return ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=worker_init,
+                                   timeout_sec=120 if target.kind.name == "cuda" else 60)
+
+
+def measuring_device(target: tvm.target.Target) -> str:
+    """Why candidates for ``target`` cannot be measured here ("" when they can): a CUDA target needs a
+    GPU of exactly its architecture (a tuning record is only as good as the chip it was timed on)."""
+    if target.kind.name != "cuda":
+        return ""
+    from targets.cuda import TARGET as CUDA
+
+    try:
+        device = CUDA.device()
+        if not device.exist:
+            return "no NVIDIA GPU is visible here"
+        major, minor = device.compute_version.split(".")
+    except (EffarchError, RuntimeError, OSError) as e:
+        return f"no CUDA runtime here ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    arch, here = str(target.attrs["arch"]), f"sm_{major}{minor}"
+    return "" if here == arch else f"the GPU here is {here}, not {arch}"
 
 
 def make_runner(tracker: DeviceAddress | None) -> ms.runner.Runner:
@@ -97,15 +120,25 @@ def time_functions(funcs: list[tvm.tirx.PrimFunc], target: tvm.target.Target, bu
 
     mods = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")}) for f in funcs]
     built = builder.build([ms.builder.BuilderInput(m, target) for m in mods])
-    inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", ArgInfo.from_prim_func(m["main"]))
+    device = "cuda" if target.kind.name == "cuda" else "cpu"
+    inputs = [ms.runner.RunnerInput(b.artifact_path, device, ArgInfo.from_prim_func(m["main"]))
               for b, m in zip(built, mods, strict=True) if b.error_msg is None]
     results: Iterator[Any] = iter([f.result() for f in runner.run(inputs)] if inputs else [])
     out: list[float | None] = []
-    for b in built:
+    for b, f in zip(built, funcs, strict=True):
         r = next(results) if b.error_msg is None else None
         ok = r is not None and r.error_msg is None and r.run_secs
         out.append(median_ms(r.run_secs) if ok and r is not None else None)
+        if not ok:
+            why = b.error_msg or (r.error_msg if r is not None else "") or "no time measured"
+            logger.warning("could not time %s: %s", f.attrs.get("global_symbol", "a kernel") if f.attrs else "a kernel",
+                           _last_line(why))
     return out
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "?"
 
 
 def median_ms(run_secs: Any) -> float:

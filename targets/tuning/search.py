@@ -26,10 +26,11 @@ from pathlib import Path
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
+from compiler.errors import EffarchError
 from targets.native_log import captured_native_logs
 from targets.remote import DeviceAddress
 from targets.tuning.database import KernelEntry, TuningDatabase
-from targets.tuning.kernels import Kernel, model_kernels
+from targets.tuning.kernels import Kernel
 from targets.tuning.measure import make_builder, make_runner, time_functions
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ class TuneResult:
     kernels: list[tuple[Kernel, KernelEntry]] = field(default_factory=list)
     trials_run: int = 0  # by this call (earlier runs' trials are in the entries)
     stopped: str = ""  # "" when the budget was spent, else why it stopped early
+    saved_only: str = ""  # the kernels were saved, not measured (no GPU here): what to run where
 
 
-def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_budget_s: float | None = None,
+def tune_kernels(kernels: list[Kernel], db: TuningDatabase, *, trials: int, time_budget_s: float | None = None,
                  tracker: DeviceAddress | None = None, chunk: int = CHUNK, seed: int = 0,
                  progress: Callable[[Progress], None] | None = None) -> TuneResult:
-    """Tune the unscheduled kernels of ``mod`` (after fusion) into ``db``, ``trials`` in all."""
+    """Tune ``kernels`` (``kernels.model_kernels`` of a fused module) into ``db``, ``trials`` in all."""
     t0 = time.monotonic()  # the time budget counts from here: timing our schedules is part of it
-    kernels = model_kernels(mod)
     with _sigint_seen() as interrupted:
         try:
             return _tune(kernels, db, trials, time_budget_s, tracker, chunk, seed, progress, t0, interrupted)
@@ -75,9 +76,13 @@ def tune_kernels(mod: tvm.IRModule, db: TuningDatabase, *, trials: int, time_bud
 def _tune(kernels: list[Kernel], db: TuningDatabase, trials: int, time_budget_s: float | None,
           tracker: DeviceAddress | None, chunk: int, seed: int, progress: Callable[[Progress], None] | None,
           t0: float, interrupted: threading.Event) -> TuneResult:
-    builder, runner = make_builder(), make_runner(tracker)
+    builder, runner = make_builder(db.tvm_target), make_runner(tracker)
     with captured_native_logs():
         _measure_own(kernels, db, builder, runner)
+    if kernels and all(db.entry(k).own_ms is None for k in kernels):
+        raise EffarchError(f"none of the {len(kernels)} kernels could be built and timed here with our own "
+                           f"schedules, so no candidate would be either; 'effarch -v tune ...' shows the "
+                           f"builder's and runner's errors")
     for k in kernels:  # records of a round cut short by Ctrl-C are in the files, not yet in the index
         if db.entry(k).trials:
             db.entry(k).tuned_ms = db.best_tuned_ms(k)
@@ -137,17 +142,13 @@ def _head_to_head(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder
     """Time our schedule and the best tuned one of each kernel again, side by side in one batch:
     the rounds ran minutes apart, on a machine whose load changes, so the choice the build makes
     rests on these two numbers."""
-    from targets.schedules import machine_of, schedule_kernel
-
     pairs = []
-    m = machine_of(db.tvm_target)
-    with db.tvm_target:
-        for k in kernels:
-            tuned = db.tuned_function(k)
-            if tuned is not None:
-                pairs.append((k, schedule_kernel(k.func, db.tvm_target, m)[0], tuned))
+    for k in kernels:
+        tuned = db.tuned_function(k)
+        if tuned is not None:
+            pairs.append((k, own_schedule(k, db.tvm_target), tuned))
     funcs = [f for _, ours, tuned in pairs for f in (ours, tuned)]
-    times = time_functions(funcs, db.tvm_target, builder, runner) if funcs else []
+    times = time_functions(funcs, db.measure_target, builder, runner) if funcs else []
     for i, (k, _, _) in enumerate(pairs):
         ours_ms, tuned_ms = times[2 * i], times[2 * i + 1]
         if ours_ms is not None and tuned_ms is not None:
@@ -165,23 +166,33 @@ def _quiet_metaschedule() -> None:
 def _measure_own(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.Builder,
                  runner: ms.runner.Runner) -> None:
     """Time our own schedule of every kernel (one build batch, one run batch)."""
-    from targets.schedules import machine_of, schedule_kernel
-
     todo = kernels  # again on every run: the load of the machine may have changed since the last
     if not todo:
         return
-    m = machine_of(db.tvm_target)
-    with db.tvm_target:
-        funcs = [schedule_kernel(k.func, db.tvm_target, m)[0] for k in todo]
-    for kernel, secs in zip(todo, time_functions(funcs, db.tvm_target, builder, runner), strict=True):
+    funcs = [own_schedule(k, db.tvm_target) for k in todo]
+    for kernel, secs in zip(todo, time_functions(funcs, db.measure_target, builder, runner), strict=True):
         db.entry(kernel).own_ms = secs
     db.save()
 
 
+def own_schedule(kernel: Kernel, tvm_target: tvm.target.Target) -> tvm.tirx.PrimFunc:
+    """``kernel`` as the build schedules it without a database: our CPU schedule library, or the GPU
+    rules in the CUDA build's order."""
+    with tvm_target:
+        if tvm_target.kind.name == "cuda":
+            from targets.cuda import gpu_rules
+            from targets.schedules.gpu_rules import schedule_kernel as schedule_gpu_kernel
+
+            return schedule_gpu_kernel(kernel.name, kernel.func, tvm_target, gpu_rules())[0]
+        from targets.schedules import machine_of, schedule_kernel
+
+        return schedule_kernel(kernel.func, tvm_target, machine_of(tvm_target))[0]
+
+
 def _plan(kernels: list[Kernel], db: TuningDatabase, trials: int, chunk: int) -> list[tuple[Kernel, int]]:
-    """Each kernel's trials in this run: shares of ``trials`` by its time under our schedule, at
-    least one chunk, rounded up to whole chunks; slowest kernels first."""
-    cost = {k.key: (db.entry(k).own_ms or 0.0) * k.calls for k in kernels}
+    """Each kernel's trials in this run: shares of ``trials`` by its time per model run now (ours, or its
+    best tuned one), at least one chunk, rounded up to whole chunks; costliest kernels first."""
+    cost = {k.key: _best_ms(db.entry(k)) * k.calls for k in kernels}
     total = sum(cost.values()) or 1.0
     ranked = sorted(kernels, key=lambda k: -cost[k.key])
     plan = []
@@ -189,6 +200,11 @@ def _plan(kernels: list[Kernel], db: TuningDatabase, trials: int, chunk: int) ->
         share = max(chunk, math.ceil(trials * cost[k.key] / total / chunk) * chunk)
         plan.append((k, share))
     return _cap(plan, trials, chunk)
+
+
+def _best_ms(entry: KernelEntry) -> float:
+    times = [t for t in (entry.own_ms, entry.tuned_ms) if t is not None]
+    return min(times) if times else 0.0
 
 
 def _cap(plan: list[tuple[Kernel, int]], trials: int, chunk: int) -> list[tuple[Kernel, int]]:
@@ -208,9 +224,10 @@ def _tune_chunk(kernel: Kernel, entry: KernelEntry, db: TuningDatabase, n: int, 
     logs = db.folder / "logs"
     _quiet_metaschedule()
     try:
-        ms.tune_tir(kernel.task_module(), db.tvm_target, work_dir=str(logs), max_trials_global=n,
+        ms.tune_tir(kernel.task_module(), db.measure_target, work_dir=str(logs), max_trials_global=n,
                     num_trials_per_iter=n, builder=builder, runner=runner, database=db.records,
-                    task_scheduler="round-robin", seed=seed & 0x7FFFFFFF)
+                    space=_space(db.tvm_target), cost_model=_cost_model(), task_scheduler="round-robin",
+                    seed=seed & 0x7FFFFFFF)
     except (RuntimeError, ValueError) as e:  # TVM raises RuntimeError subclasses
         if interrupted.is_set() or "KeyboardInterrupt" in str(e):
             raise KeyboardInterrupt from None  # Ctrl-C inside TVM (or in its workers) comes out as a RuntimeError
@@ -221,6 +238,24 @@ def _tune_chunk(kernel: Kernel, entry: KernelEntry, db: TuningDatabase, n: int, 
         raise KeyboardInterrupt
     entry.trials += n
     entry.tuned_ms = db.best_tuned_ms(kernel)
+
+
+def _cost_model() -> str:
+    """MetaSchedule's XGBoost model where xgboost is installed; else its random model (the GPU machine has
+    no xgboost: the search then mutates the best measured candidates without a learned ranking)."""
+    import importlib.util
+
+    return "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
+
+
+def _space(target: tvm.target.Target) -> str | ms.space_generator.SpaceGenerator:
+    """MetaSchedule's search space: its default for the CPUs; for CUDA its plain GPU rules. Its tensor-core
+    rules (its default from sm_70) build no candidate with fp32 accumulation in TVM 0.27 (``tvm_access_ptr
+    element type must match``), which every fp16/bf16 contraction here has, and our rules already put
+    those on tensor cores; what tuning can add is the fp32 kernels, on CUDA cores."""
+    if target.kind.name != "cuda":
+        return "post-order-apply"
+    return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
 
 
 def tuned_summary(result: TuneResult) -> list[tuple[str, int, float | None, float | None, str]]:

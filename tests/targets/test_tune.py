@@ -154,7 +154,9 @@ def test_database_of_another_cpu_applies_nothing_and_names_what_it_holds(tuned_d
     (["compile", MODEL, "--tuning-db", "/nonexistent/db", "-o", "{out}"], "tuning database '/nonexistent/db' "
                                                                           "does not exist"),
     (["compile", MODEL, "-O1", "--tuning-db", "{tmp}", "-o", "{out}"], "--tuning-db needs -O2"),
-    (["tune", MODEL, "--db", "{tmp}/db", "--target", "cuda"], "supports the CPU targets"),
+    (["tune", MODEL, "--db", "{tmp}/db", "--target", "riscv"], "unknown target 'riscv'"),
+    (["tune", "--db", "{tmp}/db", "--target", "cuda"], "holds no saved kernels; give a model"),
+    (["tune", "--db", "{tmp}/db"], "effarch tune --target x86 needs a model"),
     (["tune", MODEL, "--db", "{tmp}/db", "--rpc", "rpc://127.0.0.1:9"], "tuning measures through a tracker"),
     (["tune", MODEL, "--db", "{tmp}/db", "--trials", "0"], "--trials and --chunk must be at least 1"),
 ])

@@ -33,7 +33,10 @@ def register(sub: Any) -> None:
                    help="build and time the model after each pass that changed it (per-pass latency impact)")
     p.add_argument("--reproduce", metavar="FILE", help="replay a reproducer written by 'effarch verify --bisect'")
     p.add_argument("--tuning-db", metavar="DIR", help="use the kernels 'effarch tune --db DIR' found faster than "
-                                                      "effarch's own schedules (CPU targets, -O2 and above)")
+                                                      "effarch's own schedules (-O2 and above)")
+    p.add_argument("--no-bundled-tuning", dest="bundled_tuning", action="store_false",
+                   help="leave out the tuning records shipped with effarch (CUDA sm_90: applied by default "
+                        "where a kernel matches one and it measured faster)")
     p.add_argument("--winograd", action="store_true",
                    help="3x3 stride-1 convolutions by Winograd F(2x2,3x3) (x86/Arm, -O2; fewer multiplies, "
                         "error measured in docs/performance.md; recorded in the manifest)")
@@ -74,7 +77,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = compile_model(source, out, target=args.target, cpu=args.cpu, opt_level=args.opt_level,
                            pipeline=pipeline, instruments=instruments,
                            tuning_db=Path(args.tuning_db) if args.tuning_db else None, data=data,
-                           precision=args.precision, cuda_graphs=args.cuda_graphs, winograd=args.winograd)
+                           precision=args.precision, cuda_graphs=args.cuda_graphs, winograd=args.winograd,
+                           bundled_tuning=args.bundled_tuning)
     sys.stdout.write(compression_report(result.pass_records))
     print("Per-pass impact\n" + impact_table(instruments[0].rows))
     print(report.stats_comparison(result.graph_before, result.graph_after))

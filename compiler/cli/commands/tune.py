@@ -5,6 +5,10 @@ and ``--pipeline``), so the records match the kernels that build meets. Our own 
 kernel is timed first; ``effarch compile --tuning-db DIR`` then uses a tuned kernel only where it
 measured faster. Interrupt with Ctrl-C at any time: what was measured stays in DIR, and the same
 command continues from there.
+
+``--target cuda --arch sm_90`` tunes on that GPU. The kernels are saved in the database first, so a
+machine without the GPU (or without the model's importers) lowers them and stops there, and the GPU
+machine tunes them with ``effarch tune --db DIR --target cuda --arch sm_90`` (no model needed).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ def register(sub: Any) -> None:
     from compiler.cli.common import add_model_args
 
     p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database for compile")
-    add_model_args(p)
+    add_model_args(p, optional=True)
     p.add_argument("--db", required=True, metavar="DIR", help="tuning database folder (created; reused to resume)")
-    p.add_argument("--target", default="x86", help="CPU target to tune for: x86 or arm (default x86)")
-    p.add_argument("--cpu", default=None, help="CPU to tune for (default: this machine's)")
+    p.add_argument("--target", default="x86", help="target to tune for: x86, arm or cuda (default x86)")
+    p.add_argument("--cpu", "--arch", dest="cpu", default=None,
+                   help="CPU, or GPU arch for cuda (sm_90), to tune for (default: this machine's; sm_90)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="tune the kernels of the build at this precision, as given to compile (default fp32)")
     p.add_argument("--trials", type=int, default=256, metavar="N",
                    help="candidates to measure in all, earlier runs included (default 256)")
     p.add_argument("--time-budget", metavar="T", type=parse_duration,
@@ -55,19 +62,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.trials < 1 or args.chunk < 1:
         raise EffarchError("--trials and --chunk must be at least 1")
-    source = load_source(args)
-    graph, _ = optimize(source.graph, pipeline_for(args.opt_level, args.pipeline), opt_level=args.opt_level,
-                        target=args.target)
+    graph = None
+    if args.model is not None:
+        source = load_source(args)
+        graph, _ = optimize(source.graph, pipeline_for(args.opt_level, args.pipeline), opt_level=args.opt_level,
+                            target=args.target)
     progress(f"tuning for {args.target}: {args.trials} trials into {args.db}")
     bar = ProgressBar(sys.stderr)
     try:
         result = tune_model(graph, Path(args.db), target=args.target, cpu=args.cpu, trials=args.trials,
-                            time_budget_s=args.time_budget, rpc=args.rpc, chunk=args.chunk, progress=bar.update)
+                            time_budget_s=args.time_budget, rpc=args.rpc, chunk=args.chunk,
+                            precision=args.precision, progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
         progress(f"interrupted; what was measured is kept in {args.db}: run the same command again to continue")
         return 130
     bar.close()
+    if result.saved_only:
+        progress(result.saved_only)
+        return 0
     print(summary_table(result))
     if result.stopped:
         progress(f"stopped early ({result.stopped}); run the same command again to continue")

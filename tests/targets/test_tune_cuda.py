@@ -1,0 +1,119 @@
+"""CUDA tuning without a GPU here: ``effarch tune --target cuda`` saves the kernels for the GPU machine,
+and the tuning database shipped in ``targets/tuning/bundled`` (measured on an H200) is applied by
+every sm_90 build exactly where its records beat our rules, and not where they lost or are left out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tvm import tirx
+
+from compiler.driver import load_model, optimize, pipeline_for
+from targets.base import get_target
+from targets.build import build
+from targets.cuda import BUNDLED_TUNING
+from targets.tuning import TuningDatabase, fused_module
+from targets.tuning.kernels import model_kernels, tuning_form, workload_key
+from targets.tuning.measure import measuring_device
+
+ARCH = "sm_90"
+FOLDER = BUNDLED_TUNING / f"cuda-{ARCH}"
+NO_GPU_HERE = measuring_device(get_target("cuda").tvm_target(ARCH)) != ""
+
+
+def _effarch(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compiler.cli", *argv], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def _graph(name: str) -> Any:
+    graph, _ = optimize(load_model(f"zoo:{name}").graph, pipeline_for(2, None), opt_level=2, target="cuda")
+    return graph
+
+
+def _winners(folder: Path) -> set[str]:
+    kernels = json.loads((folder / "kernels.json").read_text())["kernels"]
+    return {key for key, e in kernels.items()
+            if e["tuned_ms"] is not None and (e["own_ms"] is None or e["tuned_ms"] < e["own_ms"])}
+
+
+@pytest.mark.skipif(not NO_GPU_HERE, reason="a GPU is here: effarch tune would measure instead of saving")
+def test_tune_without_the_gpu_saves_the_kernels_for_the_gpu_machine(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    first = _effarch("tune", "mlp", "--target", "cuda", "--arch", ARCH, "--db", str(db))
+    assert first.returncode == 0, first.stderr
+    assert "kernels saved" in first.stderr and f"effarch tune --db {db} --target cuda --arch {ARCH}" in first.stderr
+    mod, target = fused_module(_graph("mlp"), "cuda", ARCH)
+    expected = {k.key: k.calls for k in model_kernels(mod)}
+    saved = TuningDatabase(db, target, "cuda").load_tasks()
+    assert {k.key: k.calls for k in saved} == expected
+    again = _effarch("tune", "--db", str(db), "--target", "cuda", "--arch", ARCH)  # no model: the saved kernels
+    assert again.returncode == 0, again.stderr
+    assert f"{len(expected)} kernels saved" in again.stderr
+    empty = _effarch("tune", "--db", str(tmp_path / "none"), "--target", "cuda", "--arch", ARCH)
+    assert empty.returncode != 0 and "holds no saved kernels; give a model" in empty.stderr
+    assert "Traceback" not in empty.stderr
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> tuple[Any, dict[str, str]]:
+    """ResNet-18's graph and every kernel of its sm_90 fp32 build -> workload key, computed here."""
+    graph = _graph("resnet18")
+    mod, _ = fused_module(graph, "cuda", ARCH)
+    keys = {gv.name_hint: workload_key(tuning_form(f)) for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc)}
+    return graph, keys
+
+
+@pytest.mark.slow
+def test_bundled_records_are_applied_where_they_won_and_not_where_ours_did(resnet18: tuple[Any, dict[str, str]],
+                                                                           tmp_path: Path) -> None:
+    graph, keys = resnet18
+    winners = _winners(FOLDER)
+    tuned = {name for name, key in keys.items() if key in winners}
+    assert tuned, "the bundled sm_90 database holds no winning record for ResNet-18's kernels"
+    result = build(graph, tmp_path / "r.effarch", target="cuda", cpu=ARCH)
+    assert {k for k, rule in result.schedules.items() if rule == "tuned"} == tuned
+    assert result.manifest["tuning"]["db"] == "bundled"
+    assert result.manifest["tuning"]["applied"] == len(tuned)
+
+    # The same records, but one kernel's own schedule now measured faster: that kernel keeps our rules.
+    db = tmp_path / "db"
+    shutil.copytree(FOLDER, db / FOLDER.name)
+    index = json.loads((db / FOLDER.name / "kernels.json").read_text())
+    lost = sorted(keys[name] for name in tuned)[0]
+    entry = index["kernels"][lost]
+    entry["own_ms"] = entry["tuned_ms"] / 2
+    (db / FOLDER.name / "kernels.json").write_text(json.dumps(index))
+    flipped = build(graph, tmp_path / "f.effarch", target="cuda", cpu=ARCH, tuning_db=db)
+    now = {k for k, rule in flipped.schedules.items() if rule == "tuned"}
+    assert now == {name for name in tuned if keys[name] != lost}
+    assert flipped.manifest["tuning"]["ours_faster"] >= 1
+
+    plain = build(graph, tmp_path / "p.effarch", target="cuda", cpu=ARCH, bundled_tuning=False)
+    assert "tuned" not in plain.schedules.values() and "tuning" not in plain.manifest
+
+
+def test_shipped_database_holds_only_winning_records(tmp_path: Path) -> None:
+    target = get_target("cuda").tvm_target(ARCH)
+    shipped = TuningDatabase(BUNDLED_TUNING, target, "cuda")
+    assert shipped.folder == FOLDER and shipped.records is not None
+    records = shipped.records.get_all_tuning_records()
+    keys = {workload_key(r.workload.mod["main"]) for r in records}
+    assert keys == _winners(FOLDER) and len(records) == len(keys)
+    assert shipped.export_winners(tmp_path) == len(keys)  # exporting again keeps them all, and only them
+
+
+def test_no_bundled_tuning_option_and_an_arch_without_records() -> None:
+    spec = get_target("cuda")
+    assert spec.bundled_tuning(ARCH) == BUNDLED_TUNING
+    assert spec.bundled_tuning("sm_80") is None  # nothing was measured there: nothing applies
+    assert get_target("x86").bundled_tuning("znver4") is None
+    help_text = _effarch("compile", "--help").stdout
+    assert "--no-bundled-tuning" in help_text
