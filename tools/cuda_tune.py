@@ -127,11 +127,12 @@ def cmd_ship(args: argparse.Namespace) -> int:
         tar.extractall(work, filter="data")
     spec = get_target("cuda")
     db = TuningDatabase(work / "db", spec.tvm_target(ARCH), "cuda")
-    shutil.rmtree(BUNDLED_TUNING / db.folder.name, ignore_errors=True)
+    if args.replace:
+        shutil.rmtree(BUNDLED_TUNING / db.folder.name, ignore_errors=True)
     kept = db.export_winners(BUNDLED_TUNING)
     wins = sum(e.tuned_wins for e in db.entries.values())
     print(f"{BUNDLED_TUNING / db.folder.name}: {len(db.entries)} kernels measured, tuning won {wins}, "
-          f"{kept} records kept")
+          f"{kept} records added")
     return 0
 
 
@@ -152,6 +153,8 @@ def main() -> int:
     s = sub.add_parser("ship", help="keep the winners of a remote tune in targets/tuning/bundled")
     s.add_argument("--from", dest="source", required=True, help="the folder holding cudadb.tar.xz")
     s.add_argument("--work", default=str(ROOT / "out" / "cudadb-back"))
+    s.add_argument("--replace", action="store_true", help="drop the shipped records first (else merge: "
+                   "another tune's kernels stay)")
     s.set_defaults(func=cmd_ship)
     args = p.parse_args()
     return int(args.func(args))

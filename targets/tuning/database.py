@@ -176,11 +176,11 @@ class TuningDatabase:
         return sorted(p.name for p in self.root.iterdir() if (p / INDEX).exists()) if self.root.is_dir() else []
 
     def export_winners(self, dest: Path) -> int:
-        """Write, into ``dest``'s folder for this target, the index and only the records the build
-        would use (the best record of each kernel tuning won): the small database to ship. Returns
-        how many records it holds."""
+        """Add to ``dest``'s folder for this target the index and only the records the build would
+        use (the best record of each kernel tuning won): the small database to ship. Returns how many
+        records it added."""
         out = TuningDatabase(dest, self.tvm_target, self.target_name, create=True)
-        out.entries = dict(self.entries)
+        out.entries.update(self.entries)  # kernels ``dest`` already holds stay, unless measured again here
         best: dict[str, Any] = {}
         for record in self.records.get_all_tuning_records() if self.records is not None else []:
             if not record.run_secs:
