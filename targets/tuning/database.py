@@ -109,17 +109,25 @@ class TuningDatabase:
 
     # ---- effarch's index ----------------------------------------------------------------------
     def _read_index(self) -> dict[str, KernelEntry]:
-        path = self.folder / INDEX
+        kernels = self._read_kernels(INDEX, f"delete {self.folder} and tune again")
+        try:
+            return {k: KernelEntry(**v) for k, v in kernels.items()}
+        except TypeError as e:
+            raise EffarchError(f"tuning database index {self.folder / INDEX} is unreadable ({e}); delete "
+                               f"{self.folder} and tune again") from None
+
+    def _read_kernels(self, name: str, fix: str) -> dict[str, Any]:
+        """The ``kernels`` map of the JSON file ``name`` in the target folder ({} when absent)."""
+        path = self.folder / name
         if not path.exists():
             return {}
         try:
             data = json.loads(path.read_text())
             if data.get("format") != INDEX_FORMAT:
                 raise ValueError(f"format {data.get('format')}, expected {INDEX_FORMAT}")
-            return {k: KernelEntry(**v) for k, v in data["kernels"].items()}
-        except (ValueError, KeyError, TypeError) as e:
-            raise EffarchError(f"tuning database index {path} is unreadable ({e}); delete {self.folder} "
-                               f"and tune again") from None
+            return dict(data["kernels"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise EffarchError(f"tuning database file {path} is unreadable ({e}); {fix}") from None
 
     def save(self) -> None:
         """Write the index atomically: an interrupted tune leaves the previous one whole."""
@@ -158,17 +166,7 @@ class TuningDatabase:
         return kernels
 
     def _read_tasks(self) -> dict[str, Any]:
-        path = self.folder / TASKS
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != INDEX_FORMAT:
-                raise ValueError(f"format {data.get('format')}, expected {INDEX_FORMAT}")
-            return dict(data["kernels"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise EffarchError(f"tuning tasks {path} are unreadable ({e}); save them again with "
-                               f"'effarch tune MODEL --db {self.root}'") from None
+        return self._read_kernels(TASKS, f"save them again with 'effarch tune MODEL --db {self.root}'")
 
     # ---- MetaSchedule's records ---------------------------------------------------------------
     def targets_held(self) -> list[str]:

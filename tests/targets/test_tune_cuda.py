@@ -59,6 +59,10 @@ def test_tune_without_the_gpu_saves_the_kernels_for_the_gpu_machine(tmp_path: Pa
     empty = _effarch("tune", "--db", str(tmp_path / "none"), "--target", "cuda", "--arch", ARCH)
     assert empty.returncode != 0 and "holds no saved kernels; give a model" in empty.stderr
     assert "Traceback" not in empty.stderr
+    (db / f"cuda-{ARCH}" / "tasks.json").write_text('{"format": 1, "kernels": [')  # cut short
+    broken = _effarch("tune", "--db", str(db), "--target", "cuda", "--arch", ARCH)
+    assert broken.returncode == 1 and "tasks.json is unreadable" in broken.stderr and "save them again" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 @pytest.fixture(scope="module")
