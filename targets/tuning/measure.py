@@ -56,6 +56,14 @@ def worker_init() -> None:
     tvm.register_global_func(BUILD_FUNC, _build, override=True)
 
 
+def runner_init() -> None:
+    """Runs in every runner process: the AMX tile state that the artifact's loader asks Linux for
+    (``X86Target.check_host``); without it a bf16 kernel's first tile instruction kills the process."""
+    from targets.schedules.amx import enable_amx
+
+    enable_amx()
+
+
 def parse_rpc(url: str | None) -> DeviceAddress | None:
     """``tracker://HOST:PORT/KEY`` -> its DeviceAddress; None for local measuring."""
     if url is None:
@@ -106,7 +114,7 @@ def make_runner(tracker: DeviceAddress | None) -> ms.runner.Runner:
 
     if tracker is None:
         use_every_core()  # runner processes inherit TVM_NUM_THREADS, as a run of the artifact does
-        return ms.runner.LocalRunner(evaluator_config=_evaluator(), timeout_sec=60)
+        return ms.runner.LocalRunner(evaluator_config=_evaluator(), timeout_sec=60, initializer=runner_init)
     config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
                                  session_timeout_sec=120)
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator(), max_workers=1)

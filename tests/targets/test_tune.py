@@ -20,6 +20,7 @@ import tvm
 import tvm_ffi
 
 from compiler.driver import load_model, optimize, pipeline_for
+from targets.base import get_target
 from targets.schedules import ScheduleReport
 from targets.schedules.pipeline import cpu_pipeline
 from targets.tuning import TunedSchedules, TuningDatabase, fused_module
@@ -228,3 +229,17 @@ def test_time_budget_stops_the_tune(tuned_db: Path, tmp_path: Path) -> None:
     assert "(0 trials this run)" in proc.stdout
     _, index = _index(db)
     assert sum(k["trials"] for k in index["kernels"].values()) == 16  # nothing spent past the budget
+
+
+@pytest.mark.skipif(not get_target("x86").bf16_kernel(None),
+                    reason="this CPU has no AVX512-BF16: x86 --precision bf16 is refused here")
+def test_bf16_tune_times_our_bf16_kernels(tmp_path: Path) -> None:
+    """Our bf16 kernels (AMX tiles on an AMX CPU) are timed in the runner's processes too: they need
+    the tile state the artifact's loader asks Linux for, or the first tile instruction kills them."""
+    db = tmp_path / "db"
+    proc = subprocess.run(_tune_argv(db, 8, "--precision", "bf16", "--time-budget", "1s"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "could not time" not in proc.stderr, proc.stderr
+    _, index = _index(db)
+    assert index["kernels"] and all(k["own_ms"] is not None for k in index["kernels"].values()), index
