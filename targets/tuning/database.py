@@ -86,7 +86,8 @@ class TuningDatabase:
         """MetaSchedule's records (None: none for this target here), read on first use: a build that
         finds no winning entry in the index never parses them."""
         if self._records is None and self.folder.is_dir():
-            load_cpu_intrinsics()
+            if self.tvm_target.kind.name != "cuda":  # CUDA records use no tensor intrinsic (``search._space``)
+                load_cpu_intrinsics()
             self._records = ms.database.JSONDatabase(
                 path_workload=str(self.folder / "database_workload.json"),
                 path_tuning_record=str(self.folder / "database_tuning_record.json"),
