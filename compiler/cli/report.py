@@ -154,4 +154,12 @@ def manifest_summary(m: dict[str, Any]) -> str:
         lines += [f"    {name}: {', '.join(where)}" for name, where in symbolic.items()]
     params = m.get("params", [])
     lines.append(f"  weights: {len(params)} tensors")
+    rules = m.get("schedules", {})
+    if rules:
+        lines.append("  kernels by schedule rule: " + ", ".join(f"{r} {n}" for r, n in sorted(rules.items())))
+    tuning = m.get("tuning")
+    if tuning:
+        lines.append(f"  tuning:   {tuning.get('db')} database: {tuning.get('applied', 0)} kernels tuned, "
+                     f"{tuning.get('ours_faster', 0)} kept our faster schedule, "
+                     f"{tuning.get('missing', 0)} without a record")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from tvm import tirx
 
+from compiler.cli.report import manifest_summary
 from compiler.driver import load_model, optimize, pipeline_for
 from targets.base import get_target
 from targets.build import build
@@ -86,6 +87,7 @@ def test_bundled_records_are_applied_where_they_won_and_not_where_ours_did(resne
     assert {k for k, rule in result.schedules.items() if rule == "tuned"} == tuned
     assert result.manifest["tuning"]["db"] == "bundled"
     assert result.manifest["tuning"]["applied"] == len(tuned)
+    assert f"bundled database: {len(tuned)} kernels tuned" in manifest_summary(result.manifest)  # effarch inspect
 
     # The same records, but one kernel's own schedule now measured faster: that kernel keeps our rules.
     db = tmp_path / "db"
