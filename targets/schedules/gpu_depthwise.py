@@ -68,14 +68,14 @@ class DepthwisePlan:
     shape: tuple[int, int, int, int]  # output N, C, H, W
 
 
-def _ints(shape: object) -> list[int] | None:
+def static_dims(shape: object) -> list[int] | None:
     dims = [int(d) if isinstance(d, (tirx.IntImm, int)) else None for d in shape]  # type: ignore[attr-defined]
     return None if None in dims else dims  # type: ignore[return-value]
 
 
 def match_depthwise(sch: s_tir.Schedule) -> DepthwisePlan | str:
     """The plan, or why this kernel is not a depthwise convolution."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root") if _has_root(sch) else None)
+    blocks = sch.get_child_blocks(sch.get_sblock("root") if has_root(sch) else None)
     stmts = [sch.get(b) for b in blocks]
     reductions = [i for i, s in enumerate(stmts) if any(v.iter_type == tirx.IterVar.CommReduce for v in s.iter_vars)]
     if len(reductions) != 1:
@@ -86,7 +86,7 @@ def match_depthwise(sch: s_tir.Schedule) -> DepthwisePlan | str:
     if kinds != "SSSSRRR" or len(conv.writes) != 1 or len(conv.reads) != 2:
         return f"iterators {kinds} and {len(conv.reads)} reads, not the NCHW conv's SSSSRRR and 2"
     data, weight = conv.reads[0].source, conv.reads[1].source
-    out, wshape, dshape = (_ints(b.shape) if len(b.shape) == 4 else None
+    out, wshape, dshape = (static_dims(b.shape) if len(b.shape) == 4 else None
                            for b in (conv.writes[0].source, weight, data))
     if out is None or wshape is None or dshape is None:
         return "shapes not static NCHW"
@@ -105,7 +105,7 @@ def match_depthwise(sch: s_tir.Schedule) -> DepthwisePlan | str:
     return DepthwisePlan(blocks[at], pad[0] if pad else None, list(blocks[at + 1:]), (out[0], c, out[2], out[3]))
 
 
-def _has_root(sch: s_tir.Schedule) -> bool:
+def has_root(sch: s_tir.Schedule) -> bool:
     try:
         sch.get_sblock("root")
     except s_tir.ScheduleError:
@@ -168,18 +168,23 @@ def _cooperative(sch: s_tir.Schedule, block: SBlockRV, threads: int) -> None:
     sch.bind(tx, "threadIdx.x")
 
 
-def depthwise_kernel(channels: int, size: int, stride: int, dtype: str, kernel: int = 3) -> tirx.PrimFunc:
+def depthwise_kernel(channels: int, size: int, stride: int, dtype: str, kernel: int = 3, batch: int = 1,
+                     acc: str | None = None) -> tirx.PrimFunc:
     """The fused PrimFunc of ``clip(conv2d(x, w, groups=channels) + b, 0, 6)`` (MobileNet's depthwise layer) on a
-    ``size x size`` map, as effarch's CUDA build sees it: for the tests and ``tools/gpu_depthwise_check.py``."""
+    ``size x size`` map, summed in ``acc`` (None: ``dtype``) and cast back, as effarch's CUDA build sees it: for
+    the tests and ``tools/gpu_depthwise_check.py``."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, channels, size, size), dtype))
+    x = relax.Var("x", relax.TensorType((batch, channels, size, size), dtype))
     w = relax.Var("w", relax.TensorType((channels, 1, kernel, kernel), dtype))
     b = relax.Var("b", relax.TensorType((1, channels, 1, 1), dtype))
     with bb.function("main", [x, w, b]):
         with bb.dataflow():
-            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=channels))
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=channels,
+                                           out_dtype=acc or dtype))
+            if acc and acc != dtype:
+                y = bb.emit(relax.op.astype(y, dtype))
             y = bb.emit(relax.op.clip(relax.op.add(y, b), 0, 6))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
