@@ -378,15 +378,18 @@ class CudaTarget(TargetSpec):
         return lift_weight_transforms(mod, param_names, params)
 
     def channels_last_for(self, g: Graph, precision: str) -> bool:
-        """fp16/bf16 convolutional networks at batch >= ``CHANNELS_LAST_MIN_BATCH`` with no grouped
-        convolution: NHWC with HWIO weights lets the tensor-core kernels load both operands in 16-byte
-        vectors along the reduction (NCHW's implicit im2col gathers the input one element at a time).
-        On the H200 (2026-12-02) ResNet-18 fp16 at batch 32 took 0.944 ms NHWC against 5.18 ms NCHW,
-        but at batch 1 0.285 against 0.252 ms; the depthwise rule (``gpu_depthwise``) reads NCHW only."""
+        """fp16/bf16 convolutional networks at batch >= ``CHANNELS_LAST_MIN_BATCH`` whose grouped convolutions,
+        if any, are all depthwise: NHWC with HWIO weights lets the tensor-core kernels load both operands in
+        16-byte vectors along the reduction (NCHW's implicit im2col gathers the input one element at a time).
+        On the H200 (2026-12-02) ResNet-18 fp16 at batch 32 took 0.944 ms NHWC against 5.18 ms NCHW, but at
+        batch 1 0.285 against 0.252 ms. Depthwise convolutions have an NHWC rule of their own
+        (``gpu_depthwise_nhwc``); other grouped ones would fall to dlight's generic schedules, so such a
+        graph stays NCHW. MobileNetV2 NHWC (its depthwise layers on that rule) is built and compiled here
+        but not yet measured on a GPU."""
         if precision == "fp32":
             return False
         convs = [n for n in _nodes(g) if n.op == "Conv"]
-        if not convs or any(int(n.attr("group", 1)) != 1 for n in convs):
+        if not convs or not all(_dense_or_depthwise(n) for n in convs):
             return False
         types = [n.inputs[0].type for n in convs if n.inputs[0] is not None]
         batches = [t.shape[0] for t in types if t is not None and t.shape is not None and len(t.shape) == 4]
@@ -429,6 +432,18 @@ class CudaTarget(TargetSpec):
             raise EffarchError("the NVIDIA driver is installed but it sees no GPU; run this artifact on a "
                                "machine with an NVIDIA GPU (check nvidia-smi)")
         check_gpu_runs(manifest["target"].get("cpu", DEFAULT_ARCH), _compute_capability(device))
+
+
+def _dense_or_depthwise(conv: Any) -> bool:
+    """A convolution with one group, or one group per channel, as many out channels as in (MobileNet's)."""
+    group = int(conv.attr("group", 1))
+    if group == 1:
+        return True
+    x, w = conv.inputs[0], conv.inputs[1]
+    shapes = [v.type.shape if v is not None and v.type is not None else None for v in (x, w)]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return False
+    return shapes[0][1] == shapes[1][0] == group and shapes[1][1] == 1  # type: ignore[index]
 
 
 def _nodes(g: Graph) -> list[Any]:
@@ -527,13 +542,14 @@ def gpu_rules() -> list[tuple[str, Any]]:
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_depthwise import GpuDepthwise
+    from targets.schedules.gpu_depthwise_nhwc import GpuDepthwiseNhwc
     from targets.schedules.gpu_int8 import GpuInt8
     from targets.schedules.gpu_rows import GpuRows
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to dlight.
     return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=8)), ("depthwise", GpuDepthwise()),
-            ("int8-dp4a", GpuInt8()),
+            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("int8-dp4a", GpuInt8()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
             ("dlight-reduction", dl.gpu.Reduction()),
