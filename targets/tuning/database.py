@@ -47,6 +47,15 @@ class KernelEntry:
     def tuned_wins(self) -> bool:
         return self.tuned_ms is not None and (self.own_ms is None or self.tuned_ms < self.own_ms)
 
+    def merged(self, newer: KernelEntry) -> KernelEntry:
+        """This kernel measured again by another tune (both tunes' records kept): our schedule's newer time,
+        the better tuned time of the two (the record a build would take), the larger trial count (a resumed
+        tune counts the earlier trials too)."""
+        tuned = [t for t in (self.tuned_ms, newer.tuned_ms) if t is not None]
+        return KernelEntry(newer.kernel, max(self.trials, newer.trials),
+                           newer.own_ms if newer.own_ms is not None else self.own_ms,
+                           min(tuned) if tuned else None, newer.untunable or self.untunable)
+
 
 def target_folder(tvm_target: tvm.target.Target, name: str) -> str:
     """``x86-znver3-2c-1a2b3c4d``: readable, and exact through the hash of the whole target. A GPU's
@@ -175,20 +184,26 @@ class TuningDatabase:
         return sorted(p.name for p in self.root.iterdir() if (p / INDEX).exists()) if self.root.is_dir() else []
 
     def export_winners(self, dest: Path) -> int:
-        """Add to ``dest``'s folder for this target the index and only the records the build would
-        use (the best record of each kernel tuning won): the small database to ship. Returns how many
-        records it added."""
+        """Merge this database into ``dest``'s folder for this target, keeping the index and only the records
+        a build would use: the best record of each kernel tuning won, from ``dest``'s records and these
+        together (its record files are rewritten). The small database to ship. Returns how many records
+        ``dest`` holds now."""
         out = TuningDatabase(dest, self.tvm_target, self.target_name, create=True)
-        out.entries.update(self.entries)  # kernels ``dest`` already holds stay, unless measured again here
+        for key, entry in self.entries.items():  # kernels ``dest`` already holds stay, merged if measured here
+            out.entries[key] = out.entries[key].merged(entry) if key in out.entries else entry
         best: dict[str, Any] = {}
-        for record in self.records.get_all_tuning_records() if self.records is not None else []:
-            if not record.run_secs:
-                continue
-            key = workload_key(record.workload.mod[ENTRY])
-            if key not in best or median_ms(record.run_secs) < median_ms(best[key].run_secs):
-                best[key] = record
+        for db in (out, self):
+            for record in db.records.get_all_tuning_records() if db.records is not None else []:
+                if not record.run_secs:
+                    continue
+                key = workload_key(record.workload.mod[ENTRY])
+                if key not in best or median_ms(record.run_secs) < median_ms(best[key].run_secs):
+                    best[key] = record
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            (out.folder / name).unlink(missing_ok=True)
+        out._records = None
         kept = 0
-        for key, entry in sorted(self.entries.items()):
+        for key, entry in sorted(out.entries.items()):
             record = best.get(key)
             if entry.tuned_wins and record is not None and out.records is not None:
                 workload = out.records.commit_workload(record.workload.mod)

@@ -116,6 +116,29 @@ def test_shipped_database_holds_only_winning_records(tmp_path: Path) -> None:
     assert shipped.export_winners(tmp_path) == len(keys)  # exporting again keeps them all, and only them
 
 
+def test_shipping_a_second_tune_merges_by_the_better_time_and_keeps_one_record_per_kernel(tmp_path: Path) -> None:
+    target = get_target("cuda").tvm_target(ARCH)
+    first = tmp_path / "shipped"
+    assert TuningDatabase(BUNDLED_TUNING, target, "cuda").export_winners(first) == len(_winners(FOLDER))
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    index = second / FOLDER.name / "kernels.json"
+    data = json.loads(index.read_text())
+    worse, unreached, now_ours = sorted(_winners(FOLDER))[:3]
+    kernels = data["kernels"]
+    kernels[worse]["tuned_ms"] = kernels[worse]["own_ms"] * 2  # this tune found only a slower schedule
+    kernels[unreached].update(trials=0, tuned_ms=None)  # this tune never reached it
+    kernels[now_ours]["own_ms"] = kernels[now_ours]["tuned_ms"] / 2  # our rule got faster since
+    index.write_text(json.dumps(data))
+    kept = TuningDatabase(second, target, "cuda").export_winners(first)
+    merged = TuningDatabase(first, target, "cuda")
+    assert merged.records is not None
+    keys = [workload_key(r.workload.mod["main"]) for r in merged.records.get_all_tuning_records()]
+    assert sorted(keys) == sorted(_winners(FOLDER) - {now_ours}) and kept == len(keys)  # one record each
+    assert merged.entries[worse].tuned_wins and merged.entries[unreached].tuned_wins
+    assert not merged.entries[now_ours].tuned_wins
+
+
 def test_no_bundled_tuning_option_and_an_arch_without_records() -> None:
     spec = get_target("cuda")
     assert spec.bundled_tuning(ARCH) == BUNDLED_TUNING
