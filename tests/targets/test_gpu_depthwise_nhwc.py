@@ -17,10 +17,12 @@ from targets.cuda import compile_fatbin
 from targets.schedules.gpu_depthwise import GpuDepthwise, depthwise_kernel
 from targets.schedules.gpu_depthwise_nhwc import (
     MAX_THREADS,
+    VARIANTS,
     GpuDepthwiseNhwc,
     choose_nhwc_tiles,
     depthwise_nhwc_kernel,
     match_depthwise_nhwc,
+    schedule_nhwc_with,
 )
 from targets.schedules.gpu_rules import fused_kernel
 
@@ -130,4 +132,24 @@ def test_mobilenet_depthwise_layers_build_for_sm90(precision: str, tmp_path: Pat
     assert f"*({vector}*)(compute_intermediate" in source  # and the output, through the epilogue
     assert "__shared__" not in source and "__syncthreads" not in source  # windows and sums in registers
     assert "6.0" in source or "0x1.8p+2" in source  # the clip's bound: the epilogue inlined into the write-back
+    assert max(_local_arrays(source)) <= 27  # the thread's window (3 rows x 9 columns at most) and sums, no more
     assert compile_fatbin(source, "sm_90", tmp_path)
+
+
+def _local_arrays(source: str) -> list[int]:
+    """The lengths of the per-thread arrays a CUDA source declares (``alignas(64) half4 pad_temp_local_ptr[12];``)."""
+    return [int(n) for n in re.findall(r"^\s+(?:alignas\(\d+\) )?\w+ \w+_local\w*\[(\d+)\];", source, re.MULTILINE)]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_tile_keeps_the_window_and_sums_in_registers(variant: str) -> None:
+    # Pixels and channels fused into one grid axis once left MobileNetV2's 576-channel 14x14 layer with
+    # full-size "local" arrays (1536 vectors a thread, 400 us instead of 8 on the H200).
+    funcs = {}
+    for c, h, s in MOBILENET:
+        func, _ = schedule_nhwc_with(depthwise_nhwc_kernel(32, c, h, s, "float16"), variant, TARGET)
+        funcs[f"dw_{c}_{h}_s{s}"] = func.with_attr("global_symbol", f"dw_{c}_{h}_s{s}")
+    with TARGET:
+        lib = tvm.compile(tvm.IRModule(funcs), target=TARGET)
+    arrays = _local_arrays(lib.mod.imports[0].inspect_source())
+    assert len(arrays) >= 2 * len(MOBILENET) and max(arrays) <= 27
