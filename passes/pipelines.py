@@ -26,7 +26,10 @@ FIXPOINT_ROUNDS = 8
 O1_PASSES = ("simplify", "fold-constants", "eliminate-dead-code")
 O2_FOLDING = ("canonicalize-patterns", "fold-constants", "fold-batchnorm", "fold-constants")
 O3_EXTRA = ("eliminate-common-subexpressions", "propagate-shapes")
-FUSION = ("fuse-operators",)
+# merge-sibling-matmuls compares the epilogues fusion decided (Q, K, V: three FusedMatMul of one input
+# become one), so it follows fuse-operators; the compression passes, inserted just before
+# fuse-operators, still see one layer per product.
+FUSION = ("fuse-operators", "merge-sibling-matmuls")
 FINAL = ("eliminate-dead-code",)
 
 

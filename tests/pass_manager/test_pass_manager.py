@@ -325,7 +325,7 @@ def test_a_placed_pass_joins_its_stage_from_its_level(temporary_passes) -> None:
     temporary_passes(Late, Early)
     assert default_pipeline(1) == "simplify,fold-constants,test-early,eliminate-dead-code"
     assert "test-late" not in default_pipeline(2)
-    assert default_pipeline(3).endswith("fuse-operators,test-late,eliminate-dead-code")
+    assert default_pipeline(3).endswith("fuse-operators,merge-sibling-matmuls,test-late,eliminate-dead-code")
     assert "fold-constants,test-early,eliminate-dead-code)" in default_pipeline(3)
     with pytest.raises(ValueError, match="-O1 has no 'late' stage"):
         Placement("late", min_level=1)

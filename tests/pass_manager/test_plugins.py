@@ -105,7 +105,8 @@ def test_plugin_passes_are_listed_with_their_package_and_join_o2(site: Path) -> 
     assert "effarch-negations" in row and "Neg(Neg(x)) -> x" in row
     levels = {line.split(":")[0]: line for line in run.stdout.splitlines() if line.startswith("-O")}
     assert "cancel-negations" not in levels["-O1"]
-    assert levels["-O2"].endswith("fold-batchnorm,fold-constants,cancel-negations,fuse-operators,eliminate-dead-code")
+    assert levels["-O2"].endswith("fold-batchnorm,fold-constants,cancel-negations,fuse-operators,"
+                                  "merge-sibling-matmuls,eliminate-dead-code")
     _warned_once(run.stderr)
 
 

@@ -279,6 +279,12 @@ def test_the_bound_keeps_the_first_siblings_that_fit(monkeypatch: Any) -> None:
 
 
 # ---- in the pipeline ------------------------------------------------------------------------------
+def test_it_runs_right_after_fusion_at_O2_and_O3() -> None:
+    for level in (2, 3):
+        assert "fuse-operators,merge-sibling-matmuls," in default_pipeline(level)
+    assert "merge-sibling-matmuls" not in default_pipeline(1)
+
+
 def test_minilm_q_k_v_merge_in_every_layer_and_attention_reads_the_slices() -> None:
     pipeline = default_pipeline(2).replace("merge-sibling-matmuls,", "")
     fused = PassManager(pipeline).run(load_model("zoo:minilm").graph).graph
