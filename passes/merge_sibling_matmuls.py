@@ -9,7 +9,7 @@ docs/cuda.md); one GEMM over the concatenated weights does the same work in one 
 times the columns to spread over the GPU, and on the CPU one wider packed GEMM. A Slice along the
 last axis is injective, so TVM fuses it into the reshape/transpose into heads that already follows
 it and the slices add no launch; a Split would be a kernel of its own (MiniLM fp16 on CUDA: 90
-launches with slices, 96 with splits, 102 unmerged).
+kernel calls per run with slices, 96 with splits, 102 unmerged).
 
 Where: right after fuse-operators. Each product's epilogue is then decided (a FusedMatMul's body is
 exactly what its kernel computes), so "the same epilogue" is a comparison of bodies rather than a
@@ -26,8 +26,9 @@ dtype and quantization, the same product attributes (Gemm's transA, transB, alph
 same epilogue: the same ops and attributes, wired the same way, whose constants are either per
 column (shape [1, .., N], concatenated) or one value for all columns (one element or [.., 1], equal
 in all). Left alone, each with its reason: a weight that is not constant, an epilogue that reads
-another tensor (a residual) or per-axis parameters, a different epilogue, a weight quantized per
-tensor with another scale, or a merged weight over ``MAX_MERGED_ELEMENTS``.
+another tensor (a residual) or per-axis parameters, a plain product whose epilogue fuse-operators has
+not grouped yet (merged, it would lose it), a different epilogue, a weight quantized per tensor with
+another scale, or a merged weight over ``MAX_MERGED_ELEMENTS``.
 
 The rule is anchored on the first sibling in graph order: the shared input, the only input that is
 not a constant, is defined before it, and every reader of a sibling's output comes after that
