@@ -252,7 +252,7 @@ def schedule_depthwise_nhwc(sch: s_tir.Schedule, plan: NhwcPlan, t: NhwcTiles) -
 
 def _unroll_vectorize(sch: s_tir.Schedule, block: SBlockRV, vectorize: bool) -> None:
     """The block's loops under the thread loop unrolled, the innermost (the channel vector) vectorized."""
-    loops = sch.get_loops(block)[2:]
+    loops = sch.get_loops(block)[4:]  # under the grid and block axes (pixels, channels)
     for loop in loops[:-1]:
         sch.unroll(loop)
     if vectorize:
