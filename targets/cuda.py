@@ -384,8 +384,8 @@ class CudaTarget(TargetSpec):
         On the H200 (2026-12-02) ResNet-18 fp16 at batch 32 took 0.944 ms NHWC against 5.18 ms NCHW, but at
         batch 1 0.285 against 0.252 ms. Depthwise convolutions have an NHWC rule of their own
         (``gpu_depthwise_nhwc``); other grouped ones would fall to dlight's generic schedules, so such a
-        graph stays NCHW. MobileNetV2 NHWC (its depthwise layers on that rule) is built and compiled here
-        but not yet measured on a GPU."""
+        graph stays NCHW. MobileNetV2 at batch 32 (2026-12-02, H200): fp16 2.754 ms NCHW -> 0.674 ms NHWC,
+        bf16 2.318 -> 1.280 ms."""
         if precision == "fp32":
             return False
         convs = [n for n in _nodes(g) if n.op == "Conv"]
