@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -73,23 +74,46 @@ def static_dims(shape: object) -> list[int] | None:
     return None if None in dims else dims  # type: ignore[return-value]
 
 
-def match_depthwise(sch: s_tir.Schedule) -> DepthwisePlan | str:
-    """The plan, or why this kernel is not a depthwise convolution."""
+@dataclass(frozen=True)
+class ConvBlocks:
+    """A kernel with one 2-d convolution block (4 spatial and 3 reduction iterators, two reads) and static 4-d
+    output, weight and input: its blocks and their statements, the conv's index among them, and the shapes."""
+
+    blocks: list[SBlockRV]
+    stmts: list[Any]
+    at: int
+    out: list[int]
+    weight: list[int]
+    data: list[int]
+
+
+def conv_blocks(sch: s_tir.Schedule, layout: str) -> ConvBlocks | str:
+    """The kernel's one convolution block and its shapes, or why it has none (``layout`` names it in the reason)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root") if has_root(sch) else None)
     stmts = [sch.get(b) for b in blocks]
     reductions = [i for i, s in enumerate(stmts) if any(v.iter_type == tirx.IterVar.CommReduce for v in s.iter_vars)]
     if len(reductions) != 1:
         return f"{len(reductions)} reduction blocks, not one"
-    at = reductions[0]
-    conv = stmts[at]
+    conv = stmts[reductions[0]]
     kinds = "".join("R" if v.iter_type == tirx.IterVar.CommReduce else "S" for v in conv.iter_vars)
     if kinds != "SSSSRRR" or len(conv.writes) != 1 or len(conv.reads) != 2:
-        return f"iterators {kinds} and {len(conv.reads)} reads, not the NCHW conv's SSSSRRR and 2"
-    data, weight = conv.reads[0].source, conv.reads[1].source
+        return f"iterators {kinds} and {len(conv.reads)} reads, not the {layout} conv's SSSSRRR and 2"
     out, wshape, dshape = (static_dims(b.shape) if len(b.shape) == 4 else None
-                           for b in (conv.writes[0].source, weight, data))
+                           for b in (conv.writes[0].source, conv.reads[1].source, conv.reads[0].source))
     if out is None or wshape is None or dshape is None:
-        return "shapes not static NCHW"
+        return f"shapes not static and 4-d ({layout})"
+    return ConvBlocks(blocks, stmts, reductions[0], out, wshape, dshape)
+
+
+def match_depthwise(sch: s_tir.Schedule) -> DepthwisePlan | str:
+    """The plan, or why this kernel is not a depthwise convolution."""
+    found = conv_blocks(sch, "NCHW")
+    if isinstance(found, str):
+        return found
+    blocks, stmts, at, out, wshape, dshape = (found.blocks, found.stmts, found.at, found.out, found.weight,
+                                              found.data)
+    conv = stmts[at]
+    data = conv.reads[0].source
     c = out[1]
     if wshape[0] != c or wshape[1] != 1 or dshape[1] != c:
         return f"weight {wshape}, input channels {dshape[1]}: not groups == in == out channels ({c})"

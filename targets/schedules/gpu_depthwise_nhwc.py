@@ -34,7 +34,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
-from targets.schedules.gpu_depthwise import has_root, static_dims
+from targets.schedules.gpu_depthwise import conv_blocks, static_dims
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +75,13 @@ class NhwcPlan:
 
 def match_depthwise_nhwc(sch: s_tir.Schedule) -> NhwcPlan | str:
     """The plan, or why this kernel is not an NHWC depthwise convolution."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root") if has_root(sch) else None)
-    stmts = [sch.get(b) for b in blocks]
-    reductions = [i for i, s in enumerate(stmts) if any(v.iter_type == tirx.IterVar.CommReduce for v in s.iter_vars)]
-    if len(reductions) != 1:
-        return f"{len(reductions)} reduction blocks, not one"
-    at = reductions[0]
+    found = conv_blocks(sch, "NHWC")
+    if isinstance(found, str):
+        return found
+    blocks, stmts, at, out, wshape, dshape = (found.blocks, found.stmts, found.at, found.out, found.weight,
+                                              found.data)
     conv = stmts[at]
-    kinds = "".join("R" if v.iter_type == tirx.IterVar.CommReduce else "S" for v in conv.iter_vars)
-    if kinds != "SSSSRRR" or len(conv.writes) != 1 or len(conv.reads) != 2:
-        return f"iterators {kinds} and {len(conv.reads)} reads, not the NHWC conv's SSSSRRR and 2"
     data, weight = conv.reads
-    out, wshape, dshape = (static_dims(b.shape) if len(b.shape) == 4 else None
-                           for b in (conv.writes[0].source, weight.source, data.source))
-    if out is None or wshape is None or dshape is None:
-        return "shapes not static and 4-d"
     n, y, x, c, ry, rx, rc = (v.var for v in conv.iter_vars)
     if not all(r.min.same_as(v) for r, v in zip(weight.region, (ry, rx, rc, c), strict=True)):
         return "weight not read as HWIO at [ry, rx, rc, c]"
