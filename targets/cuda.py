@@ -545,11 +545,13 @@ def gpu_rules() -> list[tuple[str, Any]]:
     from targets.schedules.gpu_depthwise_nhwc import GpuDepthwiseNhwc
     from targets.schedules.gpu_int8 import GpuInt8
     from targets.schedules.gpu_rows import GpuRows
+    from targets.schedules.gpu_simt import SimtMatmul
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
-    # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to dlight.
+    # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to CUDA cores,
+    # tiled by shape (``simt-matmul``); what neither takes (a GEMV, a symbolic shape) to dlight.
     return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=8)), ("depthwise", GpuDepthwise()),
-            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("int8-dp4a", GpuInt8()),
+            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("int8-dp4a", GpuInt8()), ("simt-matmul", SimtMatmul()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
             ("dlight-reduction", dl.gpu.Reduction()),

@@ -4,9 +4,10 @@
                                           [--cases NAME ..] [--precisions P ..]
       here (no GPU): for each GEMM kind (default the batch-1 ones: 49x512x4608, 128x384x1536, 12 x
       128x128x32 attention, 1x1 and 3x3 NCHW conv; batch-32 GEMMs on request) and precision (fp16, fp16
-      -> fp32 accumulate, bf16, bf16 -> fp32), the kernel scheduled by effarch's TensorCoreMatmul (as is;
-      with split reductions; software-pipelined; split with at most 8 warps per block, and that
-      pipelined) and by dlight's Matmul (its tensor-core path where it takes the shape, else SIMT), built
+      -> fp32 accumulate, bf16, bf16 -> fp32; fp32 on request), the kernel scheduled by effarch's
+      TensorCoreMatmul (as is; with split reductions; software-pipelined; split with at most 8 warps per
+      block, and that pipelined), for fp32 by effarch's SimtMatmul (``effarch-simt``), and by dlight's
+      Matmul (its tensor-core path where it takes the shape, else SIMT), built
       into one library per (precision, schedule) with SASS only (nvcc); plan.json: what was packed and
       each kernel's tiles. No data travels: inputs come from a seed where they run.
   python3 tools/gpu_tensorcore_check.py run --dir out/tensorcore --out DIR
@@ -44,8 +45,11 @@ CASES = [
 BATCH1 = [name for name, _, _ in CASES if not name.startswith("b32")]
 # name -> (operand dtype, the op's out_dtype: None = the operands' dtype, so bf16 accumulates in bf16)
 PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "bf16": ("bfloat16", None),
-              "bf16-acc32": ("bfloat16", "float32")}
-SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined", "dlight")
+              "bf16-acc32": ("bfloat16", "float32"), "fp32": ("float32", None)}
+SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined",
+             "effarch-simt", "dlight")
+TENSOR_CORE_PRECISIONS = [p for p in PRECISIONS if p != "fp32"]
+FP32_SCHEDULES = ("effarch-simt", "dlight")  # the tensor-core schedules take no float32 GEMM
 
 
 def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
@@ -67,8 +71,8 @@ def _inputs(case: int, kind: str, dims: tuple[int, ...], dtype: str) -> tuple[np
     fan_in = int(np.prod(ws[1:])) if kind == "conv" else ws[-2]
     x32 = rng.uniform(-1, 1, xs).astype(np.float32)
     w32 = (rng.uniform(-1, 1, ws) / np.sqrt(fan_in)).astype(np.float32)
-    if dtype == "float16":
-        x, w = x32.astype(np.float16), w32.astype(np.float16)
+    if dtype in ("float16", "float32"):
+        x, w = x32.astype(dtype), w32.astype(dtype)
         return x, w, x.astype(np.float64), w.astype(np.float64)
     x, w = _to_bf16_bits(x32), _to_bf16_bits(w32)
     return x, w, _from_bf16_bits(x).astype(np.float64), _from_bf16_bits(w).astype(np.float64)
@@ -93,6 +97,8 @@ def pack(out_dir: Path, arch: str, schedules: tuple[str, ...] = SCHEDULES, cases
     for precision in precisions:
         dtype, acc = PRECISIONS[precision]
         for schedule in schedules:
+            if (dtype == "float32") != (schedule in FP32_SCHEDULES) and schedule != "dlight":
+                continue
             funcs = {}
             for name, kind, dims in CASES:
                 if name in cases:
@@ -134,11 +140,15 @@ def run(in_dir: Path, out_dir: Path) -> None:
                 row[schedule] = {"cosine": cosine, "rel_max_err": rel, "us": us, "tflops": flops / us / 1e6}
             rows.append(row)
     (out_dir / "tensorcore.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| precision | kernel | " + " | ".join(f"{s}: tiles; cosine, us, TFLOP/s" for s in libs) + " |",
-             "|---|---|" + "---|" * len(libs)]
+    columns = [s for s in schedules if any(s in r for r in rows)]
+    lines = ["| precision | kernel | " + " | ".join(f"{s}: tiles; cosine, us, TFLOP/s" for s in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for r in rows:
         cells = []
-        for s in libs:
+        for s in columns:
+            if s not in r:
+                cells.append("-")
+                continue
             how, m = r["plan"].get(s, "?"), r[s]
             tiles = how.split(": ")[-1].replace("block ", "") if s.startswith("effarch") else how
             cells.append(f"{tiles}; {m['cosine']:.6f}, {m['us']:.1f}, {m['tflops']:.1f}")
@@ -157,7 +167,7 @@ def main() -> None:
                    help="pack only these schedules (run takes whichever were packed)")
     p.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], default=BATCH1,
                    help="pack only these kernels (default: the batch-1 ones)")
-    p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
+    p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=TENSOR_CORE_PRECISIONS)
     args = p.parse_args()
     if args.step == "pack":
         pack(Path(args.dir), args.arch, tuple(args.schedules), tuple(args.cases), tuple(args.precisions))

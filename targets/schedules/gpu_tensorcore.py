@@ -47,9 +47,9 @@ PAD = 8  # shared-memory row padding in elements: keeps 16-byte alignment and sp
 # (block_m, block_n) from largest to smallest; every edge a multiple of 32 so two warps split it.
 BLOCK_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 # (operand dtype, accumulator dtype) pairs that WMMA on sm_80+ computes.
-SUPPORTED = {("float16", "float16"), ("float16", "float32"), ("bfloat16", "float32")}
+SUPPORTED = frozenset({("float16", "float16"), ("float16", "float32"), ("bfloat16", "float32")})
 # Accumulators WMMA lacks, widened to float32 (rounded once when stored, as PyTorch's bf16 GEMMs do).
-WIDENED = {("bfloat16", "bfloat16")}
+WIDENED = frozenset({("bfloat16", "bfloat16")})
 
 
 @dataclass(frozen=True)
@@ -77,19 +77,19 @@ class Tiles:
         return self.warps_m * self.warps_n * WARP
 
 
-def _ceil(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _round_up(a: int, b: int) -> int:
-    return _ceil(a, b) * b
+def round_up(a: int, b: int) -> int:
+    return ceil_div(a, b) * b
 
 
 def _block_k(k: int) -> int:
     """The longest reduction step (64, 32 or 16) that pads ``k`` by at most 1/8 beyond 16's multiple."""
-    k16 = _round_up(k, FRAG)
+    k16 = round_up(k, FRAG)
     for step in (64, 32):
-        if step <= k16 and _round_up(k, step) * 8 <= k16 * 9:
+        if step <= k16 and round_up(k, step) * 8 <= k16 * 9:
             return step
     return FRAG
 
@@ -109,13 +109,13 @@ def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) ->
     """
     if min(m, n, k, batch) < 1:
         raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
-    fits = [(bm, bn) for bm, bn in BLOCK_TILES if bm <= _round_up(m, 32) and bn <= _round_up(n, 32)]
+    fits = [(bm, bn) for bm, bn in BLOCK_TILES if bm <= round_up(m, 32) and bn <= round_up(n, 32)]
 
     def blocks(tile: tuple[int, int]) -> int:
-        return batch * _ceil(m, tile[0]) * _ceil(n, tile[1])
+        return batch * ceil_div(m, tile[0]) * ceil_div(n, tile[1])
 
     def padded(tile: tuple[int, int]) -> int:
-        return _round_up(m, tile[0]) * _round_up(n, tile[1])
+        return round_up(m, tile[0]) * round_up(n, tile[1])
 
     filling = [t for t in fits if blocks(t) >= SM_COUNT]
     if filling:
@@ -124,7 +124,7 @@ def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) ->
         bm, bn = max(fits, key=lambda t: (blocks(t), -padded(t)))
     bk = _block_k(k)
     split = 1
-    while blocks((bm, bn)) * split < SM_COUNT and _round_up(k, bk) // (bk * split * 2) >= 4:
+    while blocks((bm, bn)) * split < SM_COUNT and round_up(k, bk) // (bk * split * 2) >= 4:
         split *= 2
     wm, wn = _warps(bm), _warps(bn)
     while wm * wn > max_warps and max(wm, wn) > 1:
@@ -148,8 +148,9 @@ def _sm(target: Target) -> int:
     return int(digits) if digits.isdigit() else 0
 
 
-def find_gemm(sch: s_tir.Schedule) -> Gemm | None:
-    """The kernel's single reduction block if it is a GEMM on tensor-core dtypes, else None."""
+def find_gemm(sch: s_tir.Schedule, dtypes: frozenset[tuple[str, str]] = SUPPORTED | WIDENED) -> Gemm | None:
+    """The kernel's single reduction block if it is a GEMM whose (operand, accumulator) dtypes are in
+    ``dtypes`` (default: the tensor-core ones), else None."""
     from tvm.s_tir.dlight.gpu.matmul import get_index_map
 
     blocks = sch.get_child_blocks(get_root_block(sch))
@@ -161,7 +162,7 @@ def find_gemm(sch: s_tir.Schedule) -> Gemm | None:
         return None
     in_a, in_b = (str(r.source.dtype) for r in stmt.reads)
     acc = str(stmt.writes[0].source.dtype)
-    if in_a != in_b or (in_a, acc) not in SUPPORTED | WIDENED:
+    if in_a != in_b or (in_a, acc) not in dtypes:
         return None
     return Gemm(reductions[0], in_a, acc)
 
@@ -369,7 +370,7 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, tiles.block_k * tiles.split_k])
     main, partial_sum = gemm.block, None
     if tiles.split_k > 1:
-        main, partial_sum = _split_reduction(sch, gemm.block, tiles.split_k), gemm.block
+        main, partial_sum = split_reduction(sch, gemm.block, tiles.split_k), gemm.block
     s_loop, i, j, kk = sch.get_loops(main)
     i, i16 = sch.split(i, [None, FRAG])
     j, j16 = sch.split(j, [None, FRAG])
@@ -401,10 +402,10 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
         sch.annotate(ko, "software_pipeline_async_stages", [0])
 
     kept = [main, outer, init, a_sh, b_sh, a_fr, b_fr, c_fr, c_sh] + ([partial_sum] if partial_sum else [])
-    _inline_rest(sch, {sch.get(x).name_hint for x in kept})
+    inline_rest(sch, {sch.get(x).name_hint for x in kept})
     _write_back(sch, c_sh, tiles)
     if partial_sum is not None:
-        _schedule_partial_sum(sch, partial_sum)
+        schedule_partial_sum(sch, partial_sum)
 
     sch.tensorize(sch.get_loops(a_fr)[-2], names["load_a"])
     sch.tensorize(sch.get_loops(b_fr)[-2], names["load_b"])
@@ -416,7 +417,7 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     return True
 
 
-def _split_reduction(sch: s_tir.Schedule, block: SBlockRV, parts: int) -> SBlockRV:
+def split_reduction(sch: s_tir.Schedule, block: SBlockRV, parts: int) -> SBlockRV:
     """``C[s, i, j] += A * B`` as ``P[p, s, i, j] += A * B`` over each part ``p`` of K (returned, its
     loops ``[p * s, i, j, k]``) and ``block`` left summing P over ``p``."""
     *_, k = sch.get_loops(block)
@@ -428,9 +429,9 @@ def _split_reduction(sch: s_tir.Schedule, block: SBlockRV, parts: int) -> SBlock
     return partials
 
 
-def _schedule_partial_sum(sch: s_tir.Schedule, block: SBlockRV) -> None:
+def schedule_partial_sum(sch: s_tir.Schedule, block: SBlockRV) -> None:
     """The sum over the K parts, one output element per thread (the parts a serial loop), with the
-    epilogue (left by ``_inline_rest`` as one block after it) computed right there.
+    epilogue (left by ``inline_rest`` as one block after it) computed right there.
 
     The threads run over the epilogue's (the model's) output and the sum is computed at each
     element: placing the epilogue under the sum's loops instead (``reverse_compute_at``) makes TVM
@@ -511,7 +512,7 @@ def _write_back(sch: s_tir.Schedule, c_sh: SBlockRV, tiles: Tiles) -> None:
     sch.bind(tx, "threadIdx.x")
 
 
-def _inline_rest(sch: s_tir.Schedule, keep: set[str]) -> None:
+def inline_rest(sch: s_tir.Schedule, keep: set[str]) -> None:
     """Inline every other block: operand producers into the shared loads, the epilogue into the write-back."""
     progress = True
     while progress:

@@ -45,13 +45,22 @@ def cuda_target(arch: str) -> tvm.target.Target:
 def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.PrimFunc, str]:
     """``func`` scheduled by effarch's tensor-core rule ('effarch'; 'effarch-splitk' with split
     reductions, 'effarch-pipelined' with the next K step's loads overlapped, 'effarch-8warps' split with
-    at most 8 warps per block, 'effarch-8warps-pipelined' that pipelined; raises if it declines)
+    at most 8 warps per block, 'effarch-8warps-pipelined' that pipelined; 'effarch-simt' float32 on
+    CUDA cores; raises if it declines)
     or by dlight's Matmul ('dlight', its Fallback if Matmul declines); and what scheduled it."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
 
     target = cuda_target(arch)
+    if schedule == "effarch-simt":
+        from targets.schedules.gpu_simt import SimtMatmul, plan_simt
+
+        sch = SimtMatmul().apply(func, target, False)
+        if sch is None:
+            raise ValueError("schedule 'effarch-simt' declined this kernel")
+        shape, tiles = plan_simt(func) or ((), None)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True), f"simt {shape}: {tiles}"
     split = schedule in ("effarch-splitk", "effarch-8warps")
     ours = schedule.startswith("effarch")
     pipeline = schedule in ("effarch-pipelined", "effarch-8warps-pipelined")

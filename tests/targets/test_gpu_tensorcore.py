@@ -6,18 +6,16 @@ and read back with ``cuobjdump -sass``; their numbers are checked on a GPU by
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tvm
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 
-from targets.cuda import compile_fatbin, find_cuobjdump
+from targets.cuda import compile_fatbin
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
+from tests.targets.gpu_kernel_checks import sass_by_function, store_counts
 
 TARGET = {"kind": "cuda", "arch": "sm_90"}
 
@@ -126,16 +124,6 @@ def test_declines_float32_and_non_gemm_and_old_gpus() -> None:
     assert rule.apply(add, sm90, False) is None
 
 
-def _sass_by_function(fatbin: bytes, tmp: Path) -> dict[str, str]:
-    path = tmp / "kernels.fatbin"
-    path.write_bytes(fatbin)
-    tool = find_cuobjdump()
-    env = {"PATH": f"{tool.parent}:/usr/bin:/bin"}
-    text = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True, check=True, env=env).stdout
-    parts = re.split(r"\n\s*Function : (\S+)\n", text)
-    return dict(zip(parts[1::2], parts[2::2], strict=True))
-
-
 @pytest.mark.parametrize(("dtype", "acc", "gpu_acc"), PRECISIONS)
 def test_every_gemm_kind_builds_to_hmma(dtype: str, acc: str | None, gpu_acc: str, tmp_path: Path) -> None:
     target = tvm.target.Target(TARGET, host={"kind": "llvm"})
@@ -151,7 +139,7 @@ def test_every_gemm_kind_builds_to_hmma(dtype: str, acc: str | None, gpu_acc: st
     frag = {"float16": "half", "bfloat16": "nv_bfloat16"}[dtype]
     assert f"fragment<nvcuda::wmma::matrix_a, 16, 16, 16, {frag}" in source
     assert f"fragment<nvcuda::wmma::accumulator, 16, 16, 16, {'half' if gpu_acc == 'float16' else 'float'}>" in source
-    sass = _sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
+    sass = sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
     opcode = {("float16", "float16"): "HMMA.16816.F16", ("float16", "float32"): "HMMA.16816.F32",
               ("bfloat16", "float32"): "HMMA.16816.F32.BF16"}[(dtype, gpu_acc)]
     for name in funcs:
@@ -172,7 +160,7 @@ def test_split_reduction_builds_two_kernels_on_hmma(tmp_path: Path) -> None:
         lib = tvm.compile(tvm.IRModule({"splitk": sch.mod["main"].with_attr("global_symbol", "splitk")}), target=target)
     source = lib.mod.imports[0].inspect_source()
     assert source.count("__global__ void") == 4  # two kernels, each declared then defined
-    sass = _sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
+    sass = sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
     assert sorted(sass) == ["splitk_kernel", "splitk_kernel_1"]
     assert "HMMA.16816.F32 " in sass["splitk_kernel"] and "HMMA" not in sass["splitk_kernel_1"]
 
@@ -190,29 +178,8 @@ def test_pipelined_schedule_double_buffers_and_builds_to_hmma(tmp_path: Path) ->
             lib = tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)
         sources.append(lib.mod.imports[0].inspect_source())
     assert "& 1) * 2304)" in sources[1] and "& 1) * 2304)" not in sources[0]  # the doubled A/B tiles
-    sass = _sass_by_function(compile_fatbin(sources[1], "sm_90", tmp_path), tmp_path)
+    sass = sass_by_function(compile_fatbin(sources[1], "sm_90", tmp_path), tmp_path)
     assert "HMMA.16816.F32.BF16 " in sass["piped_kernel"]
-
-
-def _realizes(stmt: object) -> list[s_tir.SBlockRealize]:
-    """Every block realization nested in ``stmt``."""
-    found = [stmt] if isinstance(stmt, s_tir.SBlockRealize) else []
-    children = list(stmt.seq) if isinstance(stmt, tirx.SeqStmt) else \
-        [getattr(stmt, a) for a in ("block", "body", "then_case", "else_case") if getattr(stmt, a, None) is not None]
-    return found + [r for child in children for r in _realizes(child)]
-
-
-def _eval_index(expr: tirx.PrimExpr, env: dict[str, np.ndarray]) -> np.ndarray:
-    """An integer TIR index expression evaluated over numpy arrays of its variables' values."""
-    binary = {tirx.Add: np.add, tirx.Sub: np.subtract, tirx.Mul: np.multiply, tirx.FloorDiv: np.floor_divide,
-              tirx.FloorMod: np.mod, tirx.LT: np.less, tirx.LE: np.less_equal, tirx.And: np.logical_and}
-    if isinstance(expr, tirx.IntImm):
-        return np.asarray(int(expr.value))
-    if isinstance(expr, tirx.Var):
-        return env[expr.name]
-    if isinstance(expr, tirx.Cast):
-        return _eval_index(expr.value, env)
-    return binary[type(expr)](_eval_index(expr.a, env), _eval_index(expr.b, env))
 
 
 @pytest.mark.parametrize(("kind", "dims"), [("conv", (512, 7, 512, 3)), ("matmul", (49, 512, 4608))])
@@ -223,22 +190,7 @@ def test_split_reduction_sum_kernel_writes_every_output_once(kind: str, dims: tu
     func = _kernel(kind, "float16", None, dims)
     sch = TensorCoreMatmul(split_k=True).apply(func, tvm.target.Target(TARGET, host={"kind": "llvm"}), False)
     assert sch is not None and plan_gemm(func, split_k=True).tiles.split_k > 1
-    out = sch.mod["main"].params[-1].name
-    stores = [r for r in _realizes(sch.mod["main"].body) if any(w.source.name == out for w in r.block.writes)]
-    assert len(stores) == 1
-    realize = stores[0]
-    loops = [s for s in sch.get_loops(sch.get_sblock(realize.block.name_hint))]
-    extents = [int(sch.get(lp).extent) for lp in loops]
-    grids = np.meshgrid(*[np.arange(e) for e in extents], indexing="ij")
-    env = {sch.get(lp).loop_var.name: g.ravel() for lp, g in zip(loops, grids, strict=True)}
-    for var, value in zip(realize.block.iter_vars, realize.iter_values, strict=True):
-        env[var.var.name] = _eval_index(value, env)
-    active = _eval_index(realize.predicate, env) if not isinstance(realize.predicate, tirx.IntImm) else \
-        np.full(grids[0].size, bool(realize.predicate.value))
-    (write,) = [w for w in realize.block.writes if w.source.name == out]
-    index = [np.broadcast_to(_eval_index(r.min, env), active.shape)[active] for r in write.region]
-    shape = [int(d) for d in write.source.shape]
-    counts = np.bincount(np.ravel_multi_index(index, shape), minlength=int(np.prod(shape)))
+    counts = store_counts(sch, sch.mod["main"].params[-1].name)
     assert counts.min() == 1 and counts.max() == 1, f"{(counts == 0).sum()} outputs never written"
 
 
