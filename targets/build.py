@@ -238,7 +238,11 @@ def _log_tuning(tuned: Any, db: Path | None) -> None:
     r = tuned.result
     logger.info("tuning database %s: %d kernels tuned, %d kept our faster schedule, %d without a record",
                 db or tuned.db.root, len(r.applied), len(r.ours_faster), len(r.missing))
-    if not r.applied and not r.ours_faster and not tuned.bundled:
+    if r.stale:
+        logger.info("tuning database %s: %d records were timed against a rule that no longer schedules their "
+                    "kernel, ours used (%s); 'effarch tune' times them again", db or tuned.db.root, len(r.stale),
+                    ", ".join(r.stale[:5]) + (" ..." if len(r.stale) > 5 else ""))
+    if not r.applied and not r.ours_faster and not r.stale and not tuned.bundled:
         held = ", ".join(tuned.db.targets_held()) or "none"
         logger.warning("tuning database %s holds no record for this model's kernels on this target (%s; it has "
                        "records for: %s); nothing was applied (tune it with 'effarch tune MODEL --db %s' for the "

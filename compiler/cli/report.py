@@ -161,5 +161,6 @@ def manifest_summary(m: dict[str, Any]) -> str:
     if tuning:
         lines.append(f"  tuning:   {tuning.get('db')} database: {tuning.get('applied', 0)} kernels tuned, "
                      f"{tuning.get('ours_faster', 0)} kept our faster schedule, "
+                     f"{tuning.get('stale', 0)} tuned against an older rule of ours, "
                      f"{tuning.get('missing', 0)} without a record")
     return "\n".join(lines)

@@ -119,7 +119,7 @@ def schedule_kernel(func: tirx.PrimFunc, target: Target, m: Machine) -> tuple[ti
 class TunedLookup(Protocol):
     """A tuning database as the schedule pass sees it (``targets.tuning.TunedSchedules``)."""
 
-    def schedule(self, name: str, func: tirx.PrimFunc) -> tirx.PrimFunc | None: ...
+    def schedule(self, name: str, func: tirx.PrimFunc, rule: str) -> tirx.PrimFunc | None: ...
 
 
 def schedule_pass(target: Target, report: ScheduleReport | None = None,
@@ -133,8 +133,10 @@ def schedule_pass(target: Target, report: ScheduleReport | None = None,
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
                 continue
-            best = tuned.schedule(gv.name_hint, func) if tuned is not None else None
-            scheduled, rule = (best, "tuned") if best is not None else schedule_kernel(func, target, m)
+            scheduled, rule = schedule_kernel(func, target, m)
+            best = tuned.schedule(gv.name_hint, func, rule) if tuned is not None else None
+            if best is not None:
+                scheduled, rule = best, "tuned"
             mod[gv] = scheduled
             if report is not None:
                 report.rules[gv.name_hint] = rule

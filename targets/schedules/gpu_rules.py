@@ -46,8 +46,8 @@ def schedule_kernel(kernel: str, func: tirx.PrimFunc, target: tvm.target.Target,
 def apply_rules(rules: Sequence[NamedRule], report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
     """The module pass: every unscheduled PrimFunc through ``schedule_kernel``, rules recorded in
     ``report.rules`` (kernel -> rule name) when a report is given. ``tuned`` (a
-    ``targets.tuning.TunedSchedules``) goes first: a kernel its database tuned faster than the rules
-    takes the tuned schedule (rule ``tuned``)."""
+    ``targets.tuning.TunedSchedules``) is asked next: a kernel its database tuned faster than the rule
+    that took it takes the tuned schedule (rule ``tuned``)."""
 
     @tvm.transform.module_pass(opt_level=0, name="effarch.GpuScheduleRules")
     def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -55,11 +55,10 @@ def apply_rules(rules: Sequence[NamedRule], report: Any = None, tuned: Any = Non
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
                 continue
-            scheduled = tuned.schedule(gv.name_hint, func) if tuned is not None else None
+            mod[gv], rule = schedule_kernel(gv.name_hint, func, func.attrs.get("target", target), rules)
+            scheduled = tuned.schedule(gv.name_hint, func, rule) if tuned is not None else None
             if scheduled is not None:
                 mod[gv], rule = scheduled, "tuned"
-            else:
-                mod[gv], rule = schedule_kernel(gv.name_hint, func, func.attrs.get("target", target), rules)
             if report is not None:
                 report.rules[gv.name_hint] = rule
         return mod

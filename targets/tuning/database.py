@@ -42,19 +42,24 @@ class KernelEntry:
     own_ms: float | None = None
     tuned_ms: float | None = None
     untunable: str = ""  # why MetaSchedule could not tune it, if it could not
+    own_rule: str = ""  # the rule that made the schedule own_ms timed ("" in databases older than the field)
 
     @property
     def tuned_wins(self) -> bool:
         return self.tuned_ms is not None and (self.own_ms is None or self.tuned_ms < self.own_ms)
+
+    def measured_against(self, rule: str) -> bool:
+        """Whether own_ms timed the schedule ``rule`` makes (an entry older than the field: assumed so)."""
+        return not self.own_rule or self.own_rule == rule
 
     def merged(self, newer: KernelEntry) -> KernelEntry:
         """This kernel measured again by another tune (both tunes' records kept): our schedule's newer time,
         the better tuned time of the two (the record a build would take), the larger trial count (a resumed
         tune counts the earlier trials too)."""
         tuned = [t for t in (self.tuned_ms, newer.tuned_ms) if t is not None]
-        return KernelEntry(newer.kernel, max(self.trials, newer.trials),
-                           newer.own_ms if newer.own_ms is not None else self.own_ms,
-                           min(tuned) if tuned else None, newer.untunable or self.untunable)
+        own = newer if newer.own_ms is not None else self
+        return KernelEntry(newer.kernel, max(self.trials, newer.trials), own.own_ms,
+                           min(tuned) if tuned else None, newer.untunable or self.untunable, own.own_rule)
 
 
 def target_folder(tvm_target: tvm.target.Target, name: str) -> str:
@@ -235,9 +240,11 @@ class AppliedTuning:
     applied: list[str] = field(default_factory=list)  # kernels scheduled by their tuned record
     ours_faster: list[str] = field(default_factory=list)  # tuned, but our schedule measured faster
     missing: list[str] = field(default_factory=list)  # no record for this kernel on this target
+    stale: list[str] = field(default_factory=list)  # tuned against a rule that no longer schedules the kernel
 
     def to_json(self) -> dict[str, Any]:
-        return {"applied": len(self.applied), "ours_faster": len(self.ours_faster), "missing": len(self.missing)}
+        return {"applied": len(self.applied), "ours_faster": len(self.ours_faster), "missing": len(self.missing),
+                "stale": len(self.stale)}
 
 
 class TunedSchedules:
@@ -249,12 +256,18 @@ class TunedSchedules:
         self.bundled = bundled  # the database shipped with effarch, not one the user named
         self.result = AppliedTuning()
 
-    def schedule(self, name: str, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+    def schedule(self, name: str, func: tvm.tirx.PrimFunc, rule: str) -> tvm.tirx.PrimFunc | None:
+        """``func``'s tuned schedule where its record beat ours; ``rule``: the rule that schedules it
+        now. A record timed against another rule's schedule is not used: the comparison no longer
+        holds (``effarch tune`` times ours again)."""
         form = tuning_form(func)
         key = workload_key(form)
         entry = self.db.entries.get(key)
         if entry is None or entry.tuned_ms is None:
             self.result.missing.append(name)
+            return None
+        if not entry.measured_against(rule):
+            self.result.stale.append(name)
             return None
         if not entry.tuned_wins:
             self.result.ours_faster.append(name)

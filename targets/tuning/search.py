@@ -147,12 +147,13 @@ def _head_to_head(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder
         tuned = db.tuned_function(k)
         if tuned is not None:
             pairs.append((k, own_schedule(k, db.tvm_target), tuned))
-    funcs = [f for _, ours, tuned in pairs for f in (ours, tuned)]
+    funcs = [f for _, (ours, _), tuned in pairs for f in (ours, tuned)]
     times = time_functions(funcs, db.measure_target, builder, runner) if funcs else []
-    for i, (k, _, _) in enumerate(pairs):
+    for i, (k, (_, rule), _) in enumerate(pairs):
         ours_ms, tuned_ms = times[2 * i], times[2 * i + 1]
         if ours_ms is not None and tuned_ms is not None:
-            db.entry(k).own_ms, db.entry(k).tuned_ms = ours_ms, tuned_ms
+            entry = db.entry(k)
+            entry.own_ms, entry.tuned_ms, entry.own_rule = ours_ms, tuned_ms, rule
 
 
 def _quiet_metaschedule() -> None:
@@ -170,27 +171,29 @@ def _measure_own(kernels: list[Kernel], db: TuningDatabase, builder: ms.builder.
     91 batch-1 zoo kernels took about a minute of a 330 s call on the H200). The choice the build
     makes rests on ``_head_to_head`` either way."""
     gpu = db.tvm_target.kind.name == "cuda"
-    todo = [k for k in kernels if db.entry(k).own_ms is None] if gpu else kernels
+    ours = {k.key: own_schedule(k, db.tvm_target) for k in kernels}
+    todo = [k for k in kernels if db.entry(k).own_ms is None or not db.entry(k).measured_against(ours[k.key][1])
+            ] if gpu else kernels
     if not todo:
         return
-    funcs = [own_schedule(k, db.tvm_target) for k in todo]
+    funcs = [ours[k.key][0] for k in todo]
     for kernel, secs in zip(todo, time_functions(funcs, db.measure_target, builder, runner), strict=True):
-        db.entry(kernel).own_ms = secs
+        db.entry(kernel).own_ms, db.entry(kernel).own_rule = secs, ours[kernel.key][1]
     db.save()
 
 
-def own_schedule(kernel: Kernel, tvm_target: tvm.target.Target) -> tvm.tirx.PrimFunc:
-    """``kernel`` as the build schedules it without a database: our CPU schedule library, or the GPU
-    rules in the CUDA build's order."""
+def own_schedule(kernel: Kernel, tvm_target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
+    """``kernel`` as the build schedules it without a database (our CPU schedule library, or the GPU
+    rules in the CUDA build's order), and the rule that took it."""
     with tvm_target:
         if tvm_target.kind.name == "cuda":
             from targets.cuda import gpu_rules
             from targets.schedules.gpu_rules import schedule_kernel as schedule_gpu_kernel
 
-            return schedule_gpu_kernel(kernel.name, kernel.func, tvm_target, gpu_rules())[0]
+            return schedule_gpu_kernel(kernel.name, kernel.func, tvm_target, gpu_rules())
         from targets.schedules import machine_of, schedule_kernel
 
-        return schedule_kernel(kernel.func, tvm_target, machine_of(tvm_target))[0]
+        return schedule_kernel(kernel.func, tvm_target, machine_of(tvm_target))
 
 
 def _plan(kernels: list[Kernel], db: TuningDatabase, trials: int, chunk: int) -> list[tuple[Kernel, int]]:

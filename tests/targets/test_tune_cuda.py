@@ -76,34 +76,48 @@ def resnet18() -> tuple[Any, dict[str, str]]:
     return graph, keys
 
 
-@pytest.mark.slow
-def test_bundled_records_are_applied_where_they_won_and_not_where_ours_did(resnet18: tuple[Any, dict[str, str]],
-                                                                           tmp_path: Path) -> None:
-    graph, keys = resnet18
-    winners = _winners(FOLDER)
-    tuned = {name for name, key in keys.items() if key in winners}
-    assert tuned, "the bundled sm_90 database holds no winning record for ResNet-18's kernels"
-    result = build(graph, tmp_path / "r.effarch", target="cuda", cpu=ARCH)
-    assert {k for k, rule in result.schedules.items() if rule == "tuned"} == tuned
-    assert result.manifest["tuning"]["db"] == "bundled"
-    assert result.manifest["tuning"]["applied"] == len(tuned)
-    assert f"bundled database: {len(tuned)} kernels tuned" in manifest_summary(result.manifest)  # effarch inspect
-
-    # The same records, but one kernel's own schedule now measured faster: that kernel keeps our rules.
-    db = tmp_path / "db"
+def _copy_bundled(tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """A copy of the bundled database under ``tmp`` and its index, to edit and write back."""
+    db = tmp / "db"
     shutil.copytree(FOLDER, db / FOLDER.name)
-    index = json.loads((db / FOLDER.name / "kernels.json").read_text())
-    lost = sorted(keys[name] for name in tuned)[0]
-    entry = index["kernels"][lost]
-    entry["own_ms"] = entry["tuned_ms"] / 2
-    (db / FOLDER.name / "kernels.json").write_text(json.dumps(index))
-    flipped = build(graph, tmp_path / "f.effarch", target="cuda", cpu=ARCH, tuning_db=db)
-    now = {k for k, rule in flipped.schedules.items() if rule == "tuned"}
-    assert now == {name for name in tuned if keys[name] != lost}
-    assert flipped.manifest["tuning"]["ours_faster"] >= 1
+    return db, json.loads((db / FOLDER.name / "kernels.json").read_text())
 
+
+@pytest.mark.slow
+def test_bundled_records_are_applied_where_they_won_against_the_rule_that_schedules_the_kernel_now(
+        resnet18: tuple[Any, dict[str, str]], tmp_path: Path) -> None:
+    graph, keys = resnet18
     plain = build(graph, tmp_path / "p.effarch", target="cuda", cpu=ARCH, bundled_tuning=False)
     assert "tuned" not in plain.schedules.values() and "tuning" not in plain.manifest
+    rule_now = plain.schedules  # kernel -> the rule that takes it without a database
+    index = json.loads((FOLDER / "kernels.json").read_text())["kernels"]
+    winners = {name for name, key in keys.items() if key in _winners(FOLDER)}
+    assert winners, "the bundled sm_90 database holds no winning record for ResNet-18's kernels"
+    fresh = {name for name in winners if index[keys[name]]["own_rule"] in ("", rule_now[name])}
+    result = build(graph, tmp_path / "r.effarch", target="cuda", cpu=ARCH)
+    assert {k for k, rule in result.schedules.items() if rule == "tuned"} == fresh
+    assert result.manifest["tuning"]["db"] == "bundled"
+    assert result.manifest["tuning"]["applied"] == len(fresh)
+    assert result.manifest["tuning"]["stale"] == len(winners - fresh)
+    assert f"bundled database: {len(fresh)} kernels tuned" in manifest_summary(result.manifest)  # effarch inspect
+
+    # The same records, every one timed against the rule that takes its kernel now: all apply ...
+    db, edited = _copy_bundled(tmp_path)
+    for name in winners:
+        edited["kernels"][keys[name]]["own_rule"] = rule_now[name]
+    (db / FOLDER.name / "kernels.json").write_text(json.dumps(edited))
+    current = build(graph, tmp_path / "c.effarch", target="cuda", cpu=ARCH, tuning_db=db)
+    assert {k for k, rule in current.schedules.items() if rule == "tuned"} == winners
+    # ... but one timed against another rule's schedule (ours changed since) and one whose own schedule
+    # now measured faster keep our rules.
+    stale, lost = sorted(keys[name] for name in winners)[:2]
+    edited["kernels"][stale]["own_rule"] = "an-older-rule"
+    edited["kernels"][lost]["own_ms"] = edited["kernels"][lost]["tuned_ms"] / 2
+    (db / FOLDER.name / "kernels.json").write_text(json.dumps(edited))
+    flipped = build(graph, tmp_path / "f.effarch", target="cuda", cpu=ARCH, tuning_db=db)
+    now = {k for k, rule in flipped.schedules.items() if rule == "tuned"}
+    assert now == {name for name in winners if keys[name] not in (stale, lost)}
+    assert flipped.manifest["tuning"]["ours_faster"] >= 1 and flipped.manifest["tuning"]["stale"] >= 1
 
 
 def test_shipped_database_holds_only_winning_records(tmp_path: Path) -> None:
@@ -146,3 +160,16 @@ def test_no_bundled_tuning_option_and_an_arch_without_records() -> None:
     assert get_target("x86").bundled_tuning("znver4") is None
     help_text = _effarch("compile", "--help").stdout
     assert "--no-bundled-tuning" in help_text
+
+
+def test_an_entry_knows_the_rule_its_own_time_measured() -> None:
+    from targets.tuning.database import KernelEntry
+
+    old = KernelEntry("k", trials=32, own_ms=0.4, tuned_ms=0.1, own_rule="dlight-matmul")
+    assert old.measured_against("dlight-matmul") and not old.measured_against("simt-matmul")
+    assert KernelEntry("k", own_ms=0.4).measured_against("simt-matmul")  # older than the field: as before
+    retimed = old.merged(KernelEntry("k", own_ms=0.03, tuned_ms=0.2, own_rule="simt-matmul"))
+    assert (retimed.own_ms, retimed.own_rule, retimed.tuned_ms, retimed.trials) == (0.03, "simt-matmul", 0.1, 32)
+    assert not retimed.tuned_wins
+    untimed = old.merged(KernelEntry("k"))  # a tune that did not time ours keeps the earlier time and its rule
+    assert (untimed.own_ms, untimed.own_rule) == (0.4, "dlight-matmul")
