@@ -175,8 +175,9 @@ def schedule_simt(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     init = sch.decompose_reduction(main, ko)
     kept = [main, init, acc, a_sh, b_sh, a_reg, b_reg] + ([partial_sum] if partial_sum else [])
     inline_rest(sch, {sch.get(x).name_hint for x in kept})
-    for loop in sch.get_loops(acc)[-2:]:
-        sch.unroll(loop)
+    rows, cols = sch.get_loops(acc)[-2:]
+    sch.unroll(rows)
+    sch.vectorize(cols)  # 16-byte stores where the output's layout allows; TVM scalarizes them elsewhere
     if partial_sum is not None:
         schedule_partial_sum(sch, partial_sum)
     return True

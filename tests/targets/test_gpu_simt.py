@@ -114,12 +114,14 @@ def test_every_gemm_kind_builds_to_ffma_with_wide_shared_loads_and_no_spills(tmp
         lib = tvm.compile(tvm.IRModule(funcs), target=TARGET)
     source = lib.mod.imports[0].inspect_source()
     sass = sass_by_function(compile_fatbin(source, "sm_90", tmp_path), tmp_path)
-    for name in funcs:
+    for name, kind, _, _ in CASES:
         (main,) = [body for fn, body in sass.items() if fn == f"{name}_kernel"]
         ffma = len(re.findall(r"\bFFMA\b", main))
         assert ffma >= 16 * 16, f"{name}: {ffma} FFMA (a K step of 16 on a 4x4 register tile is 256)"
         assert "LDS.128" in main, f"{name}: B's 4 values per k are not one 16-byte shared load"
         assert not re.search(r"\b(LDL|STL)\b", main), f"{name}: registers spilled to local memory"
+        if kind == "matmul":  # row-major output: each thread's 4 outputs of a row are one 16-byte store
+            assert "STG.E.128" in main, f"{name}: the write-back is not vectorized"
         assert "HMMA" not in main
 
 
