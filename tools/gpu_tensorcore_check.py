@@ -6,7 +6,8 @@
       128x128x32 attention, 1x1 and 3x3 NCHW conv; batch-32 GEMMs on request) and precision (fp16, fp16
       -> fp32 accumulate, bf16, bf16 -> fp32; fp32 on request), the kernel scheduled by effarch's
       TensorCoreMatmul (as is; with split reductions; software-pipelined; split with at most 8 warps per
-      block, and that pipelined), for fp32 by effarch's SimtMatmul (``effarch-simt``), and by dlight's
+      block, and that pipelined), for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it,
+      ``-4x4`` with 4x4 outputs per thread, ``-pipe`` software-pipelined), and by dlight's
       Matmul (its tensor-core path where it takes the shape, else SIMT), built
       into one library per (precision, schedule) with SASS only (nvcc); plan.json: what was packed and
       each kernel's tiles. No data travels: inputs come from a seed where they run.
@@ -36,6 +37,7 @@ CASES = [
     ("attention_12x128x128x32", "bmm", (12, 128, 128, 32)),
     ("conv1x1_256to512_14", "conv", (256, 14, 512, 1)),
     ("conv3x3_512_7", "conv", (512, 7, 512, 3)),
+    ("conv3x3_64_56", "conv", (64, 56, 64, 3)),
     # batch 32 as GEMMs (a convolution's im2col as a plain matrix): ResNet-18 layer 1 and 4 3x3, encoder FFN
     ("b32_gemm_100352x64x576", "matmul", (100352, 64, 576)),
     ("b32_gemm_1568x512x4608", "matmul", (1568, 512, 4608)),
@@ -47,9 +49,10 @@ BATCH1 = [name for name, _, _ in CASES if not name.startswith("b32")]
 PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "bf16": ("bfloat16", None),
               "bf16-acc32": ("bfloat16", "float32"), "fp32": ("float32", None)}
 SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined",
-             "effarch-simt", "dlight")
+             "effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "dlight")
 TENSOR_CORE_PRECISIONS = [p for p in PRECISIONS if p != "fp32"]
-FP32_SCHEDULES = ("effarch-simt", "dlight")  # the tensor-core schedules take no float32 GEMM
+# the tensor-core schedules take no float32 GEMM
+FP32_SCHEDULES = ("effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "dlight")
 
 
 def _to_bf16_bits(a: np.ndarray) -> np.ndarray:

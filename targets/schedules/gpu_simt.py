@@ -9,16 +9,21 @@ the operand loads, the epilogue into the write-back) and chooses the tile the sa
 whose grid fills every SM, else the smallest and the reduction cut into parts that a second kernel adds
 (with the epilogue).
 
-A thread computes ``micro x micro`` contiguous outputs in registers. Per k it loads its ``micro`` values
-of A (scalar loads, broadcast across the warp) and of B (one 16-byte load; the 8 threads of a
-quarter-warp read 128 contiguous bytes, so no bank conflict) and issues ``micro^2`` FMAs. Per ``BLOCK_K``
-step both operand tiles go to shared memory: A as it lies (vector loads, K-inner rows padded by 4
-words), a K-inner B transposed to ``[K, cols]`` so that a thread's values for one k are contiguous.
-float16/bfloat16 GEMMs go to the tensor-core rule; this one takes only float32.
+A thread computes ``MICRO`` outputs along the edge its warp runs across (threadIdx.x) and ``TALL`` (8,
+in tiles of 64 or more; else 4) along the other. The warp runs along the output's contiguous edge: N
+for a matmul or an NHWC convolution, M (the pixels) for an NCHW convolution, whose output is [channels,
+pixels]; its stores are then 16-byte vectors side by side. Per k a thread loads its values of the
+operand along the warp with one 16-byte shared-memory load (8 threads of a quarter-warp read 128
+contiguous bytes: no bank conflict) and those of the other operand as scalars, broadcast across the
+warp, and issues ``MICRO x TALL`` FMAs. Per ``BLOCK_K`` step both operand tiles go to shared memory,
+the operand along the warp stored ``[K, rows]`` (transposed when it lies K-inner), the other as it
+lies (vector loads, rows padded by 4 words). float16/bfloat16 GEMMs go to the tensor-core rule; this
+one takes only float32.
 
 Measured on the H200 (2026-12-02, ``tools/gpu_tensorcore_check.py --precisions fp32``, cosine 1.000000
-against numpy on every case): the layer-4 conv 381 -> 27 us against dlight, 49x512x4608 193 -> 22 us,
-the encoder's 128x384x1536 66 -> 16 us; at batch 32 1.2-1.6x faster than dlight (20-28 TFLOP/s).
+against numpy on every case): the layer-4 conv 380 -> 27 us against dlight, 49x512x4608 193 -> 22 us,
+the encoder's 128x384x1536 66 -> 16 us; at batch 32 1.2-1.9x dlight, 21-35 TFLOP/s with 8x4 outputs a
+thread (4x4: 10-18% slower; a software pipeline over K, ``cp.async``: 1-4% slower, so it stays off).
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 FP32 = frozenset({("float32", "float32")})
 BLOCK_K = 16  # reduction elements per shared-memory step (64 bytes of a float32 row)
-MICRO = 4  # a thread's outputs along each edge
+MICRO = 4  # a thread's outputs along the edge its warp runs across: 16 bytes of float32
+TALL = 8  # and along the other edge, in tiles of 64 or more (H200, GEMMs at batch 32: 10-18% faster than 4)
 # (block_m, block_n) from largest to smallest; with 4x4 per thread: 512 .. 64 threads.
 BLOCK_TILES = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 PAD = 4  # words after each shared row read down a column: spreads banks, keeps 16-byte vectors aligned
@@ -60,31 +66,34 @@ MIN_PART_STEPS = 8  # BLOCK_K steps each part of a split reduction keeps at leas
 
 @dataclass(frozen=True)
 class SimtTiles:
-    """A thread block's ``block_m x block_n`` outputs, ``micro x micro`` per thread, the reduction in
+    """A thread block's ``block_m x block_n`` outputs, ``micro_m x micro_n`` per thread, the reduction in
     ``split_k`` parts."""
 
     block_m: int
     block_n: int
     split_k: int = 1
-    micro: int = MICRO
+    micro_m: int = MICRO
+    micro_n: int = MICRO
 
     @property
     def threads_m(self) -> int:
-        return self.block_m // self.micro
+        return self.block_m // self.micro_m
 
     @property
     def threads_n(self) -> int:
-        return self.block_n // self.micro
+        return self.block_n // self.micro_n
 
     @property
     def threads(self) -> int:
         return self.threads_m * self.threads_n
 
 
-def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1) -> SimtTiles:
+def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1, tall: int = TALL, across_m: bool = False) -> SimtTiles:
     """The largest tile whose grid has ``SM_COUNT`` blocks, among tiles no larger than the matrix
     rounded up to 32 (less padding on a tie); else the one with the most blocks and the reduction split
-    in two until the parts fill the SMs, each part keeping ``MIN_PART_STEPS`` steps."""
+    in two until the parts fill the SMs, each part keeping ``MIN_PART_STEPS`` steps. A thread's outputs:
+    ``MICRO`` along the edge its warp runs across (one 16-byte load per k; N, or M when ``across_m``),
+    ``tall`` along the other where that edge of the tile is 64 or more."""
     if min(m, n, k, batch) < 1:
         raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
     fits = [(bm, bn) for bm, bn in BLOCK_TILES if bm <= round_up(m, 32) and bn <= round_up(n, 32)]
@@ -103,13 +112,19 @@ def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1) -> SimtTiles:
     split = 1
     while blocks((bm, bn)) * split < SM_COUNT and round_up(k, BLOCK_K) // (BLOCK_K * split * 2) >= MIN_PART_STEPS:
         split *= 2
-    return SimtTiles(bm, bn, split)
+    if across_m:
+        return SimtTiles(bm, bn, split, MICRO, tall if bn >= 64 else MICRO)
+    return SimtTiles(bm, bn, split, tall if bm >= 64 else MICRO, MICRO)
 
 
 class SimtMatmul(ScheduleRule):
     """float32 GEMM-shaped kernels (matmul, batched matmul, NCHW and NHWC convolution) on CUDA cores.
     ``apply`` returns None for a kernel it does not take: not CUDA, no float32 GEMM, a dimension
     under 16 (matrix-vector: dlight's GEMV rules), a symbolic shape."""
+
+    def __init__(self, tall: int = TALL, pipeline: bool = False) -> None:
+        self.tall = tall
+        self.pipeline = pipeline
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
@@ -119,63 +134,100 @@ class SimtMatmul(ScheduleRule):
         if gemm is None:
             return None
         try:
-            return sch if schedule_simt(sch, gemm) else None
+            return sch if schedule_simt(sch, gemm, self.tall, self.pipeline) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("simt matmul declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
 
 
-def plan_simt(func: tirx.PrimFunc) -> tuple[tuple[int, int, int, int], SimtTiles] | None:
+def plan_simt(func: tirx.PrimFunc, tall: int = TALL) -> tuple[tuple[int, int, int, int], SimtTiles] | None:
     """``func``'s GEMM shape ``(batch, m, n, k)`` and tiles (None when the rule would not take it)."""
     sch = s_tir.Schedule(func)
     gemm = find_gemm(sch, FP32)
     if gemm is None:
         return None
     stmt = sch.get(gemm.block)
+    across_m = output_runs_along_a(stmt)
     shape = normalize(sch, gemm.block, analyze_operand(stmt, 0), analyze_operand(stmt, 1))
     if shape is None or min(shape[1], shape[2]) < MIN_EDGE:
         return None
     batch, m, n, k = shape
-    return (batch, m, n, k), choose_simt_tiles(m, n, k, batch)
+    return (batch, m, n, k), _tiles(m, n, k, batch, tall, across_m)[0]
 
 
-def schedule_simt(sch: s_tir.Schedule, gemm: Gemm) -> bool:
-    """Schedule ``gemm`` (float32) in place; False when it is not a GEMM this rule takes."""
+def _tiles(m: int, n: int, k: int, batch: int, tall: int, across_m: bool) -> tuple[SimtTiles, bool]:
+    """The tiles and whether the warp runs along M: only without a split, since the partial sums are
+    laid out ``[part, M, N]``."""
+    tiles = choose_simt_tiles(m, n, k, batch, tall, across_m)
+    if across_m and tiles.split_k > 1:
+        return choose_simt_tiles(m, n, k, batch, tall), False
+    return tiles, across_m
+
+
+def output_runs_along_a(stmt: tirx.stmt.SBlock) -> bool:
+    """Whether the GEMM's output is contiguous along A's rows (M) rather than B's (N): an NCHW
+    convolution, whose output runs along pixels, the rows of its im2col operand."""
+    from tvm.tirx.analysis import undefined_vars
+
+    def variables(region: tirx.BufferRegion | None, last: bool = False) -> list[tirx.Var]:
+        mins = [r.min for r in region.region] if region is not None else []
+        return [v for m in (mins[-1:] if last else mins) for v in undefined_vars(m)]
+
+    def among(v: tirx.Var, vs: list[tirx.Var]) -> bool:
+        return any(v.same_as(u) for u in vs)
+
+    a_vars, b_vars = variables(stmt.reads[0]), variables(stmt.reads[1])
+    inner = variables(stmt.writes[0], last=True)
+    return any(among(v, a_vars) and not among(v, b_vars) for v in inner)
+
+
+def schedule_simt(sch: s_tir.Schedule, gemm: Gemm, tall: int = TALL, pipeline: bool = False) -> bool:
+    """Schedule ``gemm`` (float32) in place; False when it is not a GEMM this rule takes. ``pipeline``:
+    the next K step's tiles copied to shared memory (``cp.async``) while this one computes."""
     stmt = sch.get(gemm.block)
+    across_m = output_runs_along_a(stmt)
     a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
     shape = normalize(sch, gemm.block, a, b)
     if shape is None or min(shape[1], shape[2]) < MIN_EDGE:
         return False
     batch, m, n, k = shape
-    tiles = choose_simt_tiles(m, n, k, batch)
-    logger.info("simt: %dx%dx%dx%d: block %dx%d, %d threads, split-k %d", batch, m, n, k, tiles.block_m,
-                tiles.block_n, tiles.threads, tiles.split_k)
+    tiles, across_m = _tiles(m, n, k, batch, tall, across_m)
+    logger.info("simt: %dx%dx%dx%d: %s", batch, m, n, k, tiles)
     sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, BLOCK_K * tiles.split_k])
     main, partial_sum = gemm.block, None
     if tiles.split_k > 1:
         main, partial_sum = split_reduction(sch, gemm.block, tiles.split_k), gemm.block
     s_loop, i, j, kk = sch.get_loops(main)
-    ib, it, im = sch.split(i, [None, tiles.threads_m, tiles.micro])
-    jb, jt, jm = sch.split(j, [None, tiles.threads_n, tiles.micro])
+    ib, it, im = sch.split(i, [None, tiles.threads_m, tiles.micro_m])
+    jb, jt, jm = sch.split(j, [None, tiles.threads_n, tiles.micro_n])
     ko, ki = sch.split(kk, [None, BLOCK_K])
     sch.reorder(ib, jb, it, jt, ko, ki, im, jm)
     sch.bind(sch.fuse(ib, jb), "blockIdx.x")
     sch.bind(s_loop, "blockIdx.y")
-    sch.bind(it, "threadIdx.y")
-    sch.bind(jt, "threadIdx.x")
+    # threadIdx.x runs along the output's contiguous edge: the warp's stores are then coalesced
+    threads = (tiles.threads_n, tiles.threads_m) if across_m else (tiles.threads_m, tiles.threads_n)  # (y, x)
+    sch.bind(it, "threadIdx.x" if across_m else "threadIdx.y")
+    sch.bind(jt, "threadIdx.y" if across_m else "threadIdx.x")
     acc = sch.cache_write(main, 0, "local")
     sch.reverse_compute_at(acc, jt)
-    a_sh = _stage(sch, main, 0, ko, tiles, a, transpose=False)
-    b_sh = _stage(sch, main, 1, ko, tiles, b, transpose=b.k_inner)
-    a_reg = _registers(sch, main, 0, ki, vector=False)
-    b_reg = _registers(sch, main, 1, ki, vector=True)
+    a_sh = _stage(sch, main, 0, ko, threads, a, transpose=across_m and a.k_inner)
+    b_sh = _stage(sch, main, 1, ko, threads, b, transpose=not across_m and b.k_inner)
+    a_reg = _registers(sch, main, 0, ki, vector=across_m)
+    b_reg = _registers(sch, main, 1, ki, vector=not across_m)
     sch.unroll(ki)
     sch.unroll(im)
     sch.unroll(jm)
     init = sch.decompose_reduction(main, ko)
+    if pipeline:  # ko's body: the A copy, the B copy, the k loop
+        sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
+        sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
+        sch.annotate(ko, "software_pipeline_async_stages", [0])
     kept = [main, init, acc, a_sh, b_sh, a_reg, b_reg] + ([partial_sum] if partial_sum else [])
     inline_rest(sch, {sch.get(x).name_hint for x in kept})
     rows, cols = sch.get_loops(acc)[-2:]
+    if across_m:
+        sch.reorder(cols, rows)
+        rows, cols = cols, rows
     sch.unroll(rows)
     sch.vectorize(cols)  # 16-byte stores where the output's layout allows; TVM scalarizes them elsewhere
     if partial_sum is not None:
@@ -183,10 +235,10 @@ def schedule_simt(sch: s_tir.Schedule, gemm: Gemm) -> bool:
     return True
 
 
-def _stage(sch: s_tir.Schedule, main: SBlockRV, index: int, ko: LoopRV, tiles: SimtTiles, op: Operand,
+def _stage(sch: s_tir.Schedule, main: SBlockRV, index: int, ko: LoopRV, threads: tuple[int, int], op: Operand,
            transpose: bool) -> SBlockRV:
-    """Operand ``index``'s tile for one K step in shared memory, copied by all the block's threads:
-    in vectors along its rows where the global layout allows and it stays as it lies; scalar, with
+    """Operand ``index``'s tile for one K step in shared memory, copied by all the block's ``threads`` (y,
+    x): in vectors along its rows where the global layout allows and it stays as it lies; scalar, with
     the tile stored ``[K, rows]``, when ``transpose``."""
     cached = sch.cache_read(main, index, "shared.dyn")
     sch.compute_at(cached, ko)
@@ -196,12 +248,12 @@ def _stage(sch: s_tir.Schedule, main: SBlockRV, index: int, ko: LoopRV, tiles: S
     lanes = 1
     if not transpose:
         lanes = math.gcd(4, width, op.lanes)
-        while lanes > 1 and elements % (tiles.threads * lanes):
+        while lanes > 1 and elements % (threads[0] * threads[1] * lanes):
             lanes //= 2
     if transpose:
         sch.transform_layout(cached, ("write", 0), lambda *idx: (*idx[:-2], idx[-1], idx[-2]))
     fused = sch.fuse(rows, cols)
-    _, ty, tx, vec = sch.split(fused, [None, tiles.threads_m, tiles.threads_n, lanes])
+    _, ty, tx, vec = sch.split(fused, [None, *threads, lanes])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     sch.vectorize(vec)
@@ -212,8 +264,8 @@ def _stage(sch: s_tir.Schedule, main: SBlockRV, index: int, ko: LoopRV, tiles: S
 
 
 def _registers(sch: s_tir.Schedule, main: SBlockRV, index: int, ki: LoopRV, vector: bool) -> SBlockRV:
-    """The thread's ``micro`` values of operand ``index`` for one k, loaded into registers once
-    (one 16-byte shared-memory load when ``vector``: B's are contiguous)."""
+    """The thread's values of operand ``index`` for one k, loaded into registers once (one 16-byte
+    shared-memory load when ``vector``: the operand along the warp, stored ``[K, rows]``)."""
     reg = sch.cache_read(main, index, "local")
     sch.compute_at(reg, ki)
     *_, last = sch.get_loops(reg)

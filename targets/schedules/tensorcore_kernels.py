@@ -53,13 +53,14 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
 
     target = cuda_target(arch)
-    if schedule == "effarch-simt":
-        from targets.schedules.gpu_simt import SimtMatmul, plan_simt
+    if schedule.startswith("effarch-simt"):
+        from targets.schedules.gpu_simt import MICRO, TALL, SimtMatmul, plan_simt
 
-        sch = SimtMatmul().apply(func, target, False)
+        tall = MICRO if "4x4" in schedule else TALL
+        sch = SimtMatmul(tall, pipeline="pipe" in schedule).apply(func, target, False)
         if sch is None:
-            raise ValueError("schedule 'effarch-simt' declined this kernel")
-        shape, tiles = plan_simt(func) or ((), None)
+            raise ValueError(f"schedule {schedule!r} declined this kernel")
+        shape, tiles = plan_simt(func, tall) or ((), None)
         return sch.mod["main"].with_attr("tirx.is_scheduled", True), f"simt {shape}: {tiles}"
     split = schedule in ("effarch-splitk", "effarch-8warps")
     ours = schedule.startswith("effarch")

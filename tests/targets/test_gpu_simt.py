@@ -31,6 +31,7 @@ CASES = [
     ("conv1x1_256to512_14", "conv", (256, 14, 512, 1), (1, 196, 512, 256)),
     ("conv3x3_512_7", "conv", (512, 7, 512, 3), (1, 49, 512, 4608)),
     ("conv3x3_3to16_9", "conv", (3, 9, 16, 3), (1, 81, 16, 27)),  # K = 27, 81 pixels: both padded
+    ("conv3x3_64_56", "conv", (64, 56, 64, 3), (1, 3136, 64, 576)),  # the warp along pixels, no split
 ]
 
 
@@ -39,11 +40,18 @@ CASES = [
     ((49, 512, 4608, 1), SimtTiles(32, 32, 8)),       # ResNet-18 layer 4 at batch 1: 32 blocks, K cut in 8
     ((128, 384, 1536, 1), SimtTiles(32, 32, 4)),      # encoder FFN down-projection at batch 1
     ((128, 128, 32, 12), SimtTiles(32, 32, 1)),       # attention scores: K of 2 steps, never split
-    ((100352, 64, 576, 1), SimtTiles(128, 64, 1)),    # layer 1 at batch 32
-    ((4096, 1536, 384, 1), SimtTiles(128, 64, 1)),
+    ((100352, 64, 576, 1), SimtTiles(128, 64, 1, 8, 4)),  # layer 1 at batch 32: 8 rows x 4 columns a thread
+    ((4096, 1536, 384, 1), SimtTiles(128, 64, 1, 8, 4)),
 ])
 def test_tiles_follow_the_shape(shape: tuple[int, int, int, int], tiles: SimtTiles) -> None:
     assert choose_simt_tiles(*shape) == tiles
+
+
+def test_a_thread_takes_four_outputs_along_the_warp_and_more_across_it() -> None:
+    assert choose_simt_tiles(100352, 64, 576, across_m=True) == SimtTiles(128, 64, 1, 4, 8)
+    assert choose_simt_tiles(100352, 64, 576, tall=4) == SimtTiles(128, 64, 1, 4, 4)
+    small = choose_simt_tiles(3136, 32, 576, across_m=True)  # N = 32: no 8 columns a thread across it
+    assert small.micro_n == 4
 
 
 @pytest.mark.parametrize("shape", [(49, 512, 4608, 1), (7, 10, 3, 1), (4096, 384, 384, 32), (1, 1000, 512, 1),
@@ -51,7 +59,7 @@ def test_tiles_follow_the_shape(shape: tuple[int, int, int, int], tiles: SimtTil
 def test_tiles_fill_the_gpu_when_they_can(shape: tuple[int, int, int, int]) -> None:
     m, n, k, batch = shape
     t = choose_simt_tiles(m, n, k, batch)
-    assert (t.block_m, t.block_n) in BLOCK_TILES and 64 <= t.threads <= 512
+    assert (t.block_m, t.block_n) in BLOCK_TILES and 64 <= t.threads <= 512 and t.threads % 32 == 0
     blocks = batch * -(-m // t.block_m) * -(-n // t.block_n)
     parts_short = -(-k // 16) // (t.split_k * 2) < 8  # one more split would leave a part under 8 steps
     assert blocks * t.split_k >= SM_COUNT or (t.block_m, t.block_n) == (32, 32) and parts_short
@@ -108,6 +116,18 @@ def test_every_output_and_partial_sum_is_stored_once(name: str, kind: str, dims:
         assert parts.min() == 1 and parts.max() == 1
 
 
+@pytest.mark.parametrize(("kind", "dims", "along_m"), [("matmul", (128, 384, 1536), False),
+                                                      ("conv", (64, 56, 64, 3), True)])
+def test_output_edge_the_warp_runs_along(kind: str, dims: tuple[int, ...], along_m: bool) -> None:
+    """N for a matmul (row-major output), M (pixels) for an NCHW convolution ([channels, pixels])."""
+    from targets.schedules.gpu_simt import output_runs_along_a
+    from targets.schedules.gpu_tensorcore import find_gemm
+
+    sch = s_tir.Schedule(gemm_kernel(kind, dims, "float32"))
+    gemm = find_gemm(sch, frozenset({("float32", "float32")}))
+    assert gemm is not None and output_runs_along_a(sch.get(gemm.block)) == along_m
+
+
 def test_every_gemm_kind_builds_to_ffma_with_wide_shared_loads_and_no_spills(tmp_path: Path) -> None:
     funcs = {name: _scheduled(kind, dims).mod["main"].with_attr("global_symbol", name) for name, kind, dims, _ in CASES}
     with TARGET:
@@ -120,7 +140,7 @@ def test_every_gemm_kind_builds_to_ffma_with_wide_shared_loads_and_no_spills(tmp
         assert ffma >= 16 * 16, f"{name}: {ffma} FFMA (a K step of 16 on a 4x4 register tile is 256)"
         assert "LDS.128" in main, f"{name}: B's 4 values per k are not one 16-byte shared load"
         assert not re.search(r"\b(LDL|STL)\b", main), f"{name}: registers spilled to local memory"
-        if kind == "matmul":  # row-major output: each thread's 4 outputs of a row are one 16-byte store
+        if kind == "matmul" or name == "conv3x3_64_56":  # a thread's 4 outputs along the warp: one store
             assert "STG.E.128" in main, f"{name}: the write-back is not vectorized"
         assert "HMMA" not in main
 
