@@ -39,14 +39,15 @@ from tvm.target import Target
 
 from targets.schedules.gpu_tensorcore import (
     MIN_EDGE,
-    SM_COUNT,
     Gemm,
     Operand,
     analyze_operand,
+    block_tile,
     ceil_div,
     find_gemm,
     inline_rest,
     normalize,
+    reduction_parts,
     round_up,
     schedule_partial_sum,
     split_reduction,
@@ -94,24 +95,9 @@ def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1, tall: int = TALL, 
     in two until the parts fill the SMs, each part keeping ``MIN_PART_STEPS`` steps. A thread's outputs:
     ``MICRO`` along the edge its warp runs across (one 16-byte load per k; N, or M when ``across_m``),
     ``tall`` along the other where that edge of the tile is 64 or more."""
-    if min(m, n, k, batch) < 1:
-        raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
-    fits = [(bm, bn) for bm, bn in BLOCK_TILES if bm <= round_up(m, 32) and bn <= round_up(n, 32)]
-
-    def blocks(tile: tuple[int, int]) -> int:
-        return batch * ceil_div(m, tile[0]) * ceil_div(n, tile[1])
-
-    def padded(tile: tuple[int, int]) -> int:
-        return round_up(m, tile[0]) * round_up(n, tile[1])
-
-    filling = [t for t in fits if blocks(t) >= SM_COUNT]
-    if filling:
-        bm, bn = max(filling, key=lambda t: (t[0] * t[1], -padded(t)))
-    else:
-        bm, bn = max(fits, key=lambda t: (blocks(t), -padded(t)))
-    split = 1
-    while blocks((bm, bn)) * split < SM_COUNT and round_up(k, BLOCK_K) // (BLOCK_K * split * 2) >= MIN_PART_STEPS:
-        split *= 2
+    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES)
+    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, BLOCK_K) // BLOCK_K,
+                            MIN_PART_STEPS)
     if across_m:
         return SimtTiles(bm, bn, split, MICRO, tall if bn >= 64 else MICRO)
     return SimtTiles(bm, bn, split, tall if bm >= 64 else MICRO, MICRO)

@@ -98,18 +98,13 @@ def _warps(edge: int) -> int:
     return 4 if edge >= 128 else 2
 
 
-def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) -> Tiles:
-    """The tiles for a ``batch x (m x k) @ (k x n)`` GEMM.
-
-    The largest block tile whose grid has at least ``SM_COUNT`` blocks (more reuse per loaded
-    element), among tiles no larger than the matrix rounded up to 32; the one with less padding on a
-    tie. When no tile fills the GPU, the smallest (most blocks), and the reduction split so that
-    the partial products fill it, each part keeping at least four ``block_k`` steps. At most
-    ``max_warps`` warps per block (fewer warps: each computes more fragments per operand load).
-    """
+def block_tile(m: int, n: int, k: int, batch: int, tiles: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The largest of ``tiles`` (largest first, each no larger than the matrix rounded up to 32) whose grid
+    has at least ``SM_COUNT`` blocks, less padding on a tie; when none fills the GPU, the one with the most
+    blocks."""
     if min(m, n, k, batch) < 1:
         raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
-    fits = [(bm, bn) for bm, bn in BLOCK_TILES if bm <= round_up(m, 32) and bn <= round_up(n, 32)]
+    fits = [(bm, bn) for bm, bn in tiles if bm <= round_up(m, 32) and bn <= round_up(n, 32)]
 
     def blocks(tile: tuple[int, int]) -> int:
         return batch * ceil_div(m, tile[0]) * ceil_div(n, tile[1])
@@ -119,13 +114,31 @@ def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) ->
 
     filling = [t for t in fits if blocks(t) >= SM_COUNT]
     if filling:
-        bm, bn = max(filling, key=lambda t: (t[0] * t[1], -padded(t)))
-    else:
-        bm, bn = max(fits, key=lambda t: (blocks(t), -padded(t)))
-    bk = _block_k(k)
+        return max(filling, key=lambda t: (t[0] * t[1], -padded(t)))
+    return max(fits, key=lambda t: (blocks(t), -padded(t)))
+
+
+def reduction_parts(blocks: int, steps: int, min_steps: int) -> int:
+    """How many parts to cut a reduction of ``steps`` K steps into: doubled while ``blocks`` thread blocks
+    times the parts leave SMs idle and each part keeps at least ``min_steps`` steps."""
     split = 1
-    while blocks((bm, bn)) * split < SM_COUNT and round_up(k, bk) // (bk * split * 2) >= 4:
+    while blocks * split < SM_COUNT and steps // (split * 2) >= min_steps:
         split *= 2
+    return split
+
+
+def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) -> Tiles:
+    """The tiles for a ``batch x (m x k) @ (k x n)`` GEMM.
+
+    The largest block tile whose grid has at least ``SM_COUNT`` blocks (more reuse per loaded
+    element), among tiles no larger than the matrix rounded up to 32; the one with less padding on a
+    tie. When no tile fills the GPU, the smallest (most blocks), and the reduction split so that
+    the partial products fill it, each part keeping at least four ``block_k`` steps. At most
+    ``max_warps`` warps per block (fewer warps: each computes more fragments per operand load).
+    """
+    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES)
+    bk = _block_k(k)
+    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, bk) // bk, 4)
     wm, wn = _warps(bm), _warps(bn)
     while wm * wn > max_warps and max(wm, wn) > 1:
         wm, wn = (wm // 2, wn) if wm >= wn else (wm, wn // 2)
