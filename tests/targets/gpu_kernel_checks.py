@@ -12,6 +12,16 @@ from tvm import s_tir, tirx
 
 from targets.cuda import find_cuobjdump
 
+# The GEMM kinds both GEMM rules' tests build: (name, kind, dims, GEMM as batch x m x n x k); kinds and
+# dims as ``targets.schedules.tensorcore_kernels.gemm_kernel`` takes them.
+GEMM_CASES = [
+    ("gemm_49x512x4608", "matmul", (49, 512, 4608), (1, 49, 512, 4608)),
+    ("gemm_128x384x1536", "matmul", (128, 384, 1536), (1, 128, 384, 1536)),
+    ("attention_12x128x128x32", "bmm", (12, 128, 128, 32), (12, 128, 128, 32)),
+    ("conv1x1_256to512_14", "conv", (256, 14, 512, 1), (1, 196, 512, 256)),
+    ("conv3x3_512_7", "conv", (512, 7, 512, 3), (1, 49, 512, 4608)),
+]
+
 
 def sass_by_function(fatbin: bytes, tmp: Path) -> dict[str, str]:
     """``cuobjdump -sass`` of ``fatbin``, one entry per kernel."""

@@ -19,17 +19,11 @@ from targets.schedules.gpu_rules import schedule_kernel
 from targets.schedules.gpu_simt import BLOCK_TILES, SimtMatmul, SimtTiles, choose_simt_tiles, plan_simt
 from targets.schedules.gpu_tensorcore import SM_COUNT
 from targets.schedules.tensorcore_kernels import gemm_kernel
-from tests.targets.gpu_kernel_checks import allocated_buffers, sass_by_function, store_counts
+from tests.targets.gpu_kernel_checks import GEMM_CASES, allocated_buffers, sass_by_function, store_counts
 
 TARGET = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
 
-# (name, kind, dims, GEMM as batch x m x n x k)
-CASES = [
-    ("gemm_49x512x4608", "matmul", (49, 512, 4608), (1, 49, 512, 4608)),
-    ("gemm_128x384x1536", "matmul", (128, 384, 1536), (1, 128, 384, 1536)),
-    ("attention_12x128x128x32", "bmm", (12, 128, 128, 32), (12, 128, 128, 32)),
-    ("conv1x1_256to512_14", "conv", (256, 14, 512, 1), (1, 196, 512, 256)),
-    ("conv3x3_512_7", "conv", (512, 7, 512, 3), (1, 49, 512, 4608)),
+CASES = GEMM_CASES + [
     ("conv3x3_3to16_9", "conv", (3, 9, 16, 3), (1, 81, 16, 27)),  # K = 27, 81 pixels: both padded
     ("conv3x3_64_56", "conv", (64, 56, 64, 3), (1, 3136, 64, 576)),  # the warp along pixels, no split
 ]

@@ -15,7 +15,7 @@ from tvm import relax, tirx
 from targets.cuda import compile_fatbin
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
-from tests.targets.gpu_kernel_checks import sass_by_function, store_counts
+from tests.targets.gpu_kernel_checks import GEMM_CASES, sass_by_function, store_counts
 
 TARGET = {"kind": "cuda", "arch": "sm_90"}
 
@@ -78,14 +78,7 @@ def _kernel(kind: str, dtype: str, acc: str | None, dims: tuple[int, ...]) -> ti
     return gemm_kernel(kind, dims, dtype, acc)
 
 
-# (name, kind, dims, GEMM as batch x m x n x k)
-CASES = [
-    ("gemm_49x512x4608", "matmul", (49, 512, 4608), (1, 49, 512, 4608)),
-    ("gemm_128x384x1536", "matmul", (128, 384, 1536), (1, 128, 384, 1536)),
-    ("attention_12x128x128x32", "bmm", (12, 128, 128, 32), (12, 128, 128, 32)),
-    ("conv1x1_256to512_14", "conv", (256, 14, 512, 1), (1, 196, 512, 256)),
-    ("conv3x3_512_7", "conv", (512, 7, 512, 3), (1, 49, 512, 4608)),
-]
+CASES = GEMM_CASES
 # (operand dtype, the PrimFunc's accumulator: None = same as operands, accumulator used on the GPU)
 PRECISIONS = [("float16", None, "float16"), ("float16", "float32", "float32"),
               ("bfloat16", None, "float32"), ("bfloat16", "float32", "float32")]
