@@ -39,6 +39,7 @@ from tvm.target import Target
 
 from targets.schedules.gpu_tensorcore import (
     MIN_EDGE,
+    SM_COUNT,
     Gemm,
     Operand,
     analyze_operand,
@@ -62,6 +63,10 @@ TALL = 8  # and along the other edge, in tiles of 64 or more (H200, GEMMs at bat
 # (block_m, block_n) from largest to smallest; with 4x4 per thread: 512 .. 64 threads.
 BLOCK_TILES = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 PAD = 4  # words after each shared row read down a column: spreads banks, keeps 16-byte vectors aligned
+# A tile is large enough to take when its grid gives every SM two blocks: at one, a grid of 1-2 waves leaves
+# SMs idle (H200, 2026-12-02 23:02 UTC: 4096x384x1536 184 -> 140 us with 64x64 tiles instead of 128x64,
+# 1568x512x4608 356 -> 305 us with 32x64 instead of 64x64; 128x128 tiles were 6% slower where they applied).
+BLOCKS_PER_SM = 2
 MIN_PART_STEPS = 8  # BLOCK_K steps each part of a split reduction keeps at least
 
 
@@ -90,12 +95,12 @@ class SimtTiles:
 
 
 def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1, tall: int = TALL, across_m: bool = False) -> SimtTiles:
-    """The largest tile whose grid has ``SM_COUNT`` blocks, among tiles no larger than the matrix
+    """The largest tile whose grid has ``BLOCKS_PER_SM`` blocks per SM, among tiles no larger than the matrix
     rounded up to 32 (less padding on a tie); else the one with the most blocks and the reduction split
     in two until the parts fill the SMs, each part keeping ``MIN_PART_STEPS`` steps. A thread's outputs:
     ``MICRO`` along the edge its warp runs across (one 16-byte load per k; N, or M when ``across_m``),
     ``tall`` along the other where that edge of the tile is 64 or more."""
-    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES)
+    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES, BLOCKS_PER_SM * SM_COUNT)
     split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, BLOCK_K) // BLOCK_K,
                             MIN_PART_STEPS)
     if across_m:

@@ -98,9 +98,10 @@ def _warps(edge: int) -> int:
     return 4 if edge >= 128 else 2
 
 
-def block_tile(m: int, n: int, k: int, batch: int, tiles: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+def block_tile(m: int, n: int, k: int, batch: int, tiles: tuple[tuple[int, int], ...],
+               min_blocks: int = SM_COUNT) -> tuple[int, int]:
     """The largest of ``tiles`` (largest first, each no larger than the matrix rounded up to 32) whose grid
-    has at least ``SM_COUNT`` blocks, less padding on a tie; when none fills the GPU, the one with the most
+    has at least ``min_blocks`` blocks, less padding on a tie; when none has, the one with the most
     blocks."""
     if min(m, n, k, batch) < 1:
         raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
@@ -112,7 +113,7 @@ def block_tile(m: int, n: int, k: int, batch: int, tiles: tuple[tuple[int, int],
     def padded(tile: tuple[int, int]) -> int:
         return round_up(m, tile[0]) * round_up(n, tile[1])
 
-    filling = [t for t in fits if blocks(t) >= SM_COUNT]
+    filling = [t for t in fits if blocks(t) >= min_blocks]
     if filling:
         return max(filling, key=lambda t: (t[0] * t[1], -padded(t)))
     return max(fits, key=lambda t: (blocks(t), -padded(t)))

@@ -36,6 +36,8 @@ CASES = GEMM_CASES + [
     ((128, 128, 32, 12), SimtTiles(32, 32, 1)),       # attention scores: K of 2 steps, never split
     ((100352, 64, 576, 1), SimtTiles(128, 64, 1, 8, 4)),  # layer 1 at batch 32: 8 rows x 4 columns a thread
     ((4096, 1536, 384, 1), SimtTiles(128, 64, 1, 8, 4)),
+    ((4096, 384, 1536, 1), SimtTiles(64, 64, 1, 8, 4)),    # 128x64 would give 192 blocks: under 2 per SM
+    ((1568, 512, 4608, 1), SimtTiles(32, 64, 1)),          # layer 4 at batch 32: 400 blocks, not 64x64's 200
 ])
 def test_tiles_follow_the_shape(shape: tuple[int, int, int, int], tiles: SimtTiles) -> None:
     assert choose_simt_tiles(*shape) == tiles
