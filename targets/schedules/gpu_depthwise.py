@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -74,8 +74,7 @@ def static_dims(shape: object) -> list[int] | None:
     return None if None in dims else dims  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class ConvBlocks:
+class ConvBlocks(NamedTuple):
     """A kernel with one 2-d convolution block (4 spatial and 3 reduction iterators, two reads) and static 4-d
     output, weight and input: its blocks and their statements, the conv's index among them, and the shapes."""
 
@@ -110,8 +109,7 @@ def match_depthwise(sch: s_tir.Schedule) -> DepthwisePlan | str:
     found = conv_blocks(sch, "NCHW")
     if isinstance(found, str):
         return found
-    blocks, stmts, at, out, wshape, dshape = (found.blocks, found.stmts, found.at, found.out, found.weight,
-                                              found.data)
+    blocks, stmts, at, out, wshape, dshape = found
     conv = stmts[at]
     data = conv.reads[0].source
     c = out[1]

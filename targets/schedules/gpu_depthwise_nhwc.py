@@ -78,8 +78,7 @@ def match_depthwise_nhwc(sch: s_tir.Schedule) -> NhwcPlan | str:
     found = conv_blocks(sch, "NHWC")
     if isinstance(found, str):
         return found
-    blocks, stmts, at, out, wshape, dshape = (found.blocks, found.stmts, found.at, found.out, found.weight,
-                                              found.data)
+    blocks, stmts, at, out, wshape, dshape = found
     conv = stmts[at]
     data, weight = conv.reads
     n, y, x, c, ry, rx, rc = (v.var for v in conv.iter_vars)

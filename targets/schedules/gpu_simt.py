@@ -131,19 +131,38 @@ class SimtMatmul(ScheduleRule):
             return None
 
 
+@dataclass(frozen=True)
+class SimtPlan:
+    """What the rule does with one kernel: its operands, GEMM shape ``(batch, m, n, k)``, tiles, and whether
+    the warp runs along M."""
+
+    a: Operand
+    b: Operand
+    shape: tuple[int, int, int, int]
+    tiles: SimtTiles
+    across_m: bool
+
+
 def plan_simt(func: tirx.PrimFunc, tall: int = TALL) -> tuple[tuple[int, int, int, int], SimtTiles] | None:
     """``func``'s GEMM shape ``(batch, m, n, k)`` and tiles (None when the rule would not take it)."""
     sch = s_tir.Schedule(func)
     gemm = find_gemm(sch, FP32)
-    if gemm is None:
-        return None
+    plan = None if gemm is None else _prepare(sch, gemm, tall)
+    return None if plan is None else (plan.shape, plan.tiles)
+
+
+def _prepare(sch: s_tir.Schedule, gemm: Gemm, tall: int) -> SimtPlan | None:
+    """Normalize ``gemm``'s block in ``sch`` and choose its tiles (None: a matrix-vector product or a
+    symbolic shape)."""
     stmt = sch.get(gemm.block)
     across_m = output_runs_along_a(stmt)
-    shape = normalize(sch, gemm.block, analyze_operand(stmt, 0), analyze_operand(stmt, 1))
+    a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
+    shape = normalize(sch, gemm.block, a, b)
     if shape is None or min(shape[1], shape[2]) < MIN_EDGE:
         return None
     batch, m, n, k = shape
-    return (batch, m, n, k), _tiles(m, n, k, batch, tall, across_m)[0]
+    tiles, across_m = _tiles(m, n, k, batch, tall, across_m)
+    return SimtPlan(a, b, (batch, m, n, k), tiles, across_m)
 
 
 def _tiles(m: int, n: int, k: int, batch: int, tall: int, across_m: bool) -> tuple[SimtTiles, bool]:
@@ -175,15 +194,11 @@ def output_runs_along_a(stmt: tirx.stmt.SBlock) -> bool:
 def schedule_simt(sch: s_tir.Schedule, gemm: Gemm, tall: int = TALL, pipeline: bool = False) -> bool:
     """Schedule ``gemm`` (float32) in place; False when it is not a GEMM this rule takes. ``pipeline``:
     the next K step's tiles copied to shared memory (``cp.async``) while this one computes."""
-    stmt = sch.get(gemm.block)
-    across_m = output_runs_along_a(stmt)
-    a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
-    shape = normalize(sch, gemm.block, a, b)
-    if shape is None or min(shape[1], shape[2]) < MIN_EDGE:
+    plan = _prepare(sch, gemm, tall)
+    if plan is None:
         return False
-    batch, m, n, k = shape
-    tiles, across_m = _tiles(m, n, k, batch, tall, across_m)
-    logger.info("simt: %dx%dx%dx%d: %s", batch, m, n, k, tiles)
+    a, b, tiles, across_m = plan.a, plan.b, plan.tiles, plan.across_m
+    logger.info("simt: %s: %s", "x".join(map(str, plan.shape)), tiles)
     sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, BLOCK_K * tiles.split_k])
     main, partial_sum = gemm.block, None
     if tiles.split_k > 1:

@@ -93,3 +93,16 @@ def store_counts(sch: s_tir.Schedule, buffer: str) -> np.ndarray:
 def allocated_buffers(sch: s_tir.Schedule) -> list[tirx.Buffer]:
     """Every buffer a block of the scheduled kernel allocates."""
     return [buf for r in _realizes(sch.mod["main"].body) for buf in r.block.alloc_buffers]
+
+
+def add_kernel(dtype: str, shape: tuple[int, int] = (64, 64)) -> tirx.PrimFunc:
+    """The TIR kernel of ``x + x``: an element-wise kernel that no GEMM or convolution rule may take."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, dtype))
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
+    mod = relax.transform.LegalizeOps()(bb.get())
+    (add,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    return add

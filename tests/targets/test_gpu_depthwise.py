@@ -13,6 +13,7 @@ from tvm import relax, tirx
 
 from targets.cuda import compile_fatbin
 from targets.schedules.gpu_depthwise import GpuDepthwise, choose_tiles, depthwise_kernel
+from tests.targets.gpu_kernel_checks import add_kernel
 
 TARGET = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
 # MobileNetV2's depthwise layers at 224x224: (channels, input size, stride)
@@ -53,11 +54,7 @@ def test_declines_dense_and_grouped_and_non_conv() -> None:
     assert rule.apply(_conv(4, 16, 16), TARGET, False) is None  # grouped, 4 channels a group
     assert rule.apply(_conv(16, 16, 32), TARGET, False) is None  # depth multiplier 2
     assert rule.apply(_conv(16, 16, 16), TARGET, False) is not None
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((4, 4), "float32"))
-    with bb.function("main", [x]):
-        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
-    (add,) = [f for _, f in relax.transform.LegalizeOps()(bb.get()).functions_items() if isinstance(f, tirx.PrimFunc)]
+    add = add_kernel("float32", (4, 4))
     assert rule.apply(add, TARGET, False) is None
     llvm = tvm.target.Target({"kind": "llvm"})
     assert rule.apply(_conv(16, 16, 16), llvm, False) is None

@@ -25,6 +25,7 @@ from targets.schedules.gpu_depthwise_nhwc import (
     schedule_nhwc_with,
 )
 from targets.schedules.gpu_rules import fused_kernel
+from tests.targets.gpu_kernel_checks import add_kernel
 
 TARGET = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
 # MobileNetV2's depthwise layers at 224x224: (channels, input size, stride)
@@ -87,11 +88,7 @@ def test_declines_dense_grouped_nchw_layout_changes_and_non_convs() -> None:
     transposed = te.create_prim_func([x, w, to_nchw])
     assert rule.apply(transposed, TARGET, False) is None
     assert "another element" in str(match_depthwise_nhwc(s_tir.Schedule(transposed)))
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((4, 4), "float32"))
-    with bb.function("main", [x]):
-        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
-    (add,) = [f for _, f in relax.transform.LegalizeOps()(bb.get()).functions_items() if isinstance(f, tirx.PrimFunc)]
+    add = add_kernel("float32", (4, 4))
     assert rule.apply(add, TARGET, False) is None
     assert rule.apply(_conv(16, 16, 16), tvm.target.Target({"kind": "llvm"}), False) is None
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import tvm
-from tvm import relax, s_tir, tirx
+from tvm import s_tir
 
 from targets.cuda import compile_fatbin
 from targets.schedules.gpu_rules import schedule_kernel
 from targets.schedules.gpu_simt import BLOCK_TILES, SimtMatmul, SimtTiles, choose_simt_tiles, plan_simt
 from targets.schedules.gpu_tensorcore import SM_COUNT
 from targets.schedules.tensorcore_kernels import gemm_kernel
-from tests.targets.gpu_kernel_checks import GEMM_CASES, allocated_buffers, sass_by_function, store_counts
+from tests.targets.gpu_kernel_checks import GEMM_CASES, add_kernel, allocated_buffers, sass_by_function, store_counts
 
 TARGET = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
 
@@ -81,11 +81,7 @@ def test_declines_what_is_not_a_float32_gemm() -> None:
                       False) is None
     for rows in (1, 8):  # matrix-vector products stay with dlight's GEMV rules
         assert rule.apply(gemm_kernel("matmul", (rows, 256, 256), "float32"), TARGET, False) is None
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((64, 64), "float32"))
-    with bb.function("main", [x]):
-        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
-    (add,) = [f for _, f in relax.transform.LegalizeOps()(bb.get()).functions_items() if isinstance(f, tirx.PrimFunc)]
+    add = add_kernel("float32", (64, 64))
     assert rule.apply(add, TARGET, False) is None
 
 

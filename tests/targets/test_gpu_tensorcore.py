@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import tvm
-from tvm import relax, tirx
+from tvm import tirx
 
 from targets.cuda import compile_fatbin
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
-from tests.targets.gpu_kernel_checks import GEMM_CASES, sass_by_function, store_counts
+from tests.targets.gpu_kernel_checks import GEMM_CASES, add_kernel, sass_by_function, store_counts
 
 TARGET = {"kind": "cuda", "arch": "sm_90"}
 
@@ -109,11 +109,7 @@ def test_declines_float32_and_non_gemm_and_old_gpus() -> None:
     for rows in (1, 8):  # matrix-vector products stay with dlight's GEMV rules
         assert rule.apply(_kernel("matmul", "float16", None, (rows, 256, 256)), sm90, False) is None
     assert plan_gemm(_kernel("matmul", "float16", None, (16, 256, 256))) is not None
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((64, 64), "float16"))
-    with bb.function("main", [x]):
-        bb.emit_func_output(bb.emit(relax.op.add(x, x)))
-    (add,) = [f for _, f in relax.transform.LegalizeOps()(bb.get()).functions_items() if isinstance(f, tirx.PrimFunc)]
+    add = add_kernel("float16", (64, 64))
     assert rule.apply(add, sm90, False) is None
 
 
