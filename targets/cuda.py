@@ -396,7 +396,7 @@ class CudaTarget(TargetSpec):
         return bool(batches) and all(isinstance(b, int) and b >= CHANNELS_LAST_MIN_BATCH for b in batches)
 
     def pass_config(self, *, cuda_graphs: bool) -> dict[str, Any]:
-        return {"relax.backend.use_cuda_graph": cuda_graphs}
+        return pass_config(cuda_graphs)
 
     def relax_pipeline(self, tvm_target: tvm.target.Target, *, opt_level: int = 2,
                        report: Any = None, tuned: Any = None) -> tvm.transform.Pass:
@@ -537,6 +537,13 @@ def _transformed_names(transform: Any, names: list[str], count: int) -> list[str
     return out
 
 
+def pass_config(cuda_graphs: bool) -> dict[str, Any]:
+    """The PassContext of a CUDA build. ``tirx.use_async_copy``: the shared-memory copies a schedule puts in a
+    software pipeline's async stage become ``cp.async`` (without it TVM 0.27 emits the pipeline's
+    commit/wait but plain loads, so the copies never overlap the products)."""
+    return {"relax.backend.use_cuda_graph": cuda_graphs, "tirx.use_async_copy": True}
+
+
 def gpu_rules() -> list[tuple[str, Any]]:
     """The GPU schedule rules in the order they are offered each kernel."""
     from tvm.s_tir import dlight as dl
@@ -550,7 +557,7 @@ def gpu_rules() -> list[tuple[str, Any]]:
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to CUDA cores,
     # tiled by shape (``simt-matmul``); what neither takes (a GEMV, a symbolic shape) to dlight.
-    return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=8)), ("depthwise", GpuDepthwise()),
+    return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True)), ("depthwise", GpuDepthwise()),
             ("depthwise-nhwc", GpuDepthwiseNhwc()), ("int8-dp4a", GpuInt8()), ("simt-matmul", SimtMatmul()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),

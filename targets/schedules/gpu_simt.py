@@ -48,6 +48,8 @@ from targets.schedules.gpu_tensorcore import (
     find_gemm,
     inline_rest,
     normalize,
+    output_runs_along_a,
+    pipeline_k_steps,
     reduction_parts,
     round_up,
     schedule_partial_sum,
@@ -113,7 +115,7 @@ class SimtMatmul(ScheduleRule):
     ``apply`` returns None for a kernel it does not take: not CUDA, no float32 GEMM, a dimension
     under 16 (matrix-vector: dlight's GEMV rules), a symbolic shape."""
 
-    def __init__(self, tall: int = TALL, pipeline: bool = False) -> None:
+    def __init__(self, tall: int = TALL, pipeline: int = 1) -> None:
         self.tall = tall
         self.pipeline = pipeline
 
@@ -174,24 +176,7 @@ def _tiles(m: int, n: int, k: int, batch: int, tall: int, across_m: bool) -> tup
     return tiles, across_m
 
 
-def output_runs_along_a(stmt: tirx.stmt.SBlock) -> bool:
-    """Whether the GEMM's output is contiguous along A's rows (M) rather than B's (N): an NCHW
-    convolution, whose output runs along pixels, the rows of its im2col operand."""
-    from tvm.tirx.analysis import undefined_vars
-
-    def variables(region: tirx.BufferRegion | None, last: bool = False) -> list[tirx.Var]:
-        mins = [r.min for r in region.region] if region is not None else []
-        return [v for m in (mins[-1:] if last else mins) for v in undefined_vars(m)]
-
-    def among(v: tirx.Var, vs: list[tirx.Var]) -> bool:
-        return any(v.same_as(u) for u in vs)
-
-    a_vars, b_vars = variables(stmt.reads[0]), variables(stmt.reads[1])
-    inner = variables(stmt.writes[0], last=True)
-    return any(among(v, a_vars) and not among(v, b_vars) for v in inner)
-
-
-def schedule_simt(sch: s_tir.Schedule, gemm: Gemm, tall: int = TALL, pipeline: bool = False) -> bool:
+def schedule_simt(sch: s_tir.Schedule, gemm: Gemm, tall: int = TALL, pipeline: int = 1) -> bool:
     """Schedule ``gemm`` (float32) in place; False when it is not a GEMM this rule takes. ``pipeline``:
     the next K step's tiles copied to shared memory (``cp.async``) while this one computes."""
     plan = _prepare(sch, gemm, tall)
@@ -224,10 +209,8 @@ def schedule_simt(sch: s_tir.Schedule, gemm: Gemm, tall: int = TALL, pipeline: b
     sch.unroll(im)
     sch.unroll(jm)
     init = sch.decompose_reduction(main, ko)
-    if pipeline:  # ko's body: the A copy, the B copy, the k loop
-        sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
-        sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
-        sch.annotate(ko, "software_pipeline_async_stages", [0])
+    if pipeline > 1:  # ko's body: the A copy, the B copy, the k loop
+        pipeline_k_steps(sch, ko, pipeline, async_copy=False)  # TVM 0.27's cp.async injection fails on these copies
     kept = [main, init, acc, a_sh, b_sh, a_reg, b_reg] + ([partial_sum] if partial_sum else [])
     inline_rest(sch, {sch.get(x).name_hint for x in kept})
     rows, cols = sch.get_loops(acc)[-2:]

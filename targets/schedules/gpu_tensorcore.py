@@ -11,13 +11,17 @@ block tile comes from ``choose_tiles``: the largest tile whose grid still fills 
 32x32, and a split of the reduction (split-K) when even 32x32 tiles leave SMs idle (a second kernel
 adds the parts and runs the epilogue). Both the split and a software pipeline over the K steps are
 options of ``TensorCoreMatmul``; the CUDA build turns the split on (H200, ``tools/gpu_tensorcore_check.py``:
-the 49x512x4608 GEMM 30 -> 9 us, ResNet-18's layer-4 3x3 conv 74 -> 15 us), the pipeline stays off
-(it measured slower on the same kernels). GEMMs with
+the 49x512x4608 GEMM 30 -> 9 us, ResNet-18's layer-4 3x3 conv 74 -> 15 us) and pipelines long reductions
+whose operands load as 16-byte vectors (``pipeline_stages``: the next K step's tiles arrive by ``cp.async``
+while this one computes; the build's ``tirx.use_async_copy`` makes TVM emit them). GEMMs with
 fewer than 16 rows or columns (matrix-vector) are left to dlight's GEMV rules. A thread block
 holds ``warps_m x warps_n`` warps, each computing a ``(block_m / warps_m) x (block_n / warps_n)``
 part of the tile as 16x16 fragments. Per ``block_k`` step both operand tiles go to shared memory
 (rows padded by 8 elements against bank conflicts), each warp loads its fragments from there and
-issues one ``mma_sync`` per 16x16x16 product; the accumulator goes back through shared memory.
+issues one ``mma_sync`` per 16x16x16 product; the accumulator goes back through shared memory, and from
+there to the output along its contiguous edge (N, or M for an NCHW convolution, whose output runs along
+pixels), in 4-element vectors (``vector_store``). The build allows 4 warps a block (64x64 outputs a warp
+in a 128x128 tile: 10-15% faster than 8 warps on the bf16 batch-32 GEMMs, 2026-12-03).
 
 The WMMA intrinsics are effarch's own (``targets.schedules.wmma_intrin``): TVM's set in
 ``tvm.s_tir.tensor_intrin.cuda`` has no bfloat16 variant and costs ~90 s to import.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -192,10 +196,12 @@ class TensorCoreMatmul(ScheduleRule):
     operand dtypes other than float16/bfloat16 (float32 inputs stay on dlight), a symbolic shape.
     """
 
-    def __init__(self, split_k: bool = False, pipeline: bool = False, max_warps: int = 16) -> None:
+    def __init__(self, split_k: bool = False, pipeline: int | None = None, max_warps: int = 16,
+                 vector_store: bool = False) -> None:
         self.split_k = split_k
         self.pipeline = pipeline
         self.max_warps = max_warps
+        self.vector_store = vector_store
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
@@ -207,7 +213,8 @@ class TensorCoreMatmul(ScheduleRule):
         if gemm is None:
             return None
         try:
-            return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline, self.max_warps) else None
+            return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline, self.max_warps,
+                                        self.vector_store) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
@@ -276,6 +283,23 @@ def _lanes(stmt: tirx.stmt.SBlock, index: int, group: list[tirx.Var]) -> int:
     return math.prod(extent.get(v, 1) for v in group) if whole else extent.get(last, 1)
 
 
+def output_runs_along_a(stmt: tirx.stmt.SBlock) -> bool:
+    """Whether the GEMM's output is contiguous along A's rows (M) rather than B's (N): an NCHW
+    convolution, whose output runs along pixels, the rows of its im2col operand."""
+    from tvm.tirx.analysis import undefined_vars
+
+    def variables(region: tirx.BufferRegion | None, last: bool = False) -> list[tirx.Var]:
+        mins = [r.min for r in region.region] if region is not None else []
+        return [v for m in (mins[-1:] if last else mins) for v in undefined_vars(m)]
+
+    def among(v: tirx.Var, vs: list[tirx.Var]) -> bool:
+        return any(v.same_as(u) for u in vs)
+
+    a_vars, b_vars = variables(stmt.reads[0]), variables(stmt.reads[1])
+    inner = variables(stmt.writes[0], last=True)
+    return any(among(v, a_vars) and not among(v, b_vars) for v in inner)
+
+
 def normalize(sch: s_tir.Schedule, block: SBlockRV, a: Operand, b: Operand) -> list[int] | None:
     """Rewrite ``block`` to ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (an operand that is not
     ``k_inner`` as ``[S, K, I]``); its static extents [S, I, J, K]."""
@@ -333,11 +357,14 @@ class Plan:
     n: int
     k: int
     tiles: Tiles
+    along_m: bool = False  # the output is contiguous along M (an NCHW convolution's pixels), no split
+    stages: int = 1  # ``pipeline_stages``: 2 when the operand copies run a K step ahead
 
     def __str__(self) -> str:
         t = self.tiles
         return (f"{self.in_dtype}->{self.acc_dtype} {self.batch}x{self.m}x{self.n}x{self.k}: block "
-                f"{t.block_m}x{t.block_n}x{t.block_k}, warps {t.warps_m}x{t.warps_n}, split-k {t.split_k}")
+                f"{t.block_m}x{t.block_n}x{t.block_k}, warps {t.warps_m}x{t.warps_n}, split-k {t.split_k}"
+                + (", stores along M" if self.along_m else "") + (", pipelined" if self.stages > 1 else ""))
 
 
 def plan_gemm(func: tirx.PrimFunc, split_k: bool = False, max_warps: int = 16) -> Plan | None:
@@ -352,6 +379,7 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
     """Normalize ``gemm``'s block in ``sch`` (widening a bf16 accumulator) and choose its tiles
     (``split_k`` False: never a split reduction)."""
     stmt = sch.get(gemm.block)
+    along_m = output_runs_along_a(stmt)
     a, b = analyze_operand(stmt, 0), analyze_operand(stmt, 1)
     shape = normalize(sch, gemm.block, a, b)
     if shape is None:
@@ -366,17 +394,22 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
     tiles = choose_tiles(m, n, k, batch, max_warps)
     if not split_k and tiles.split_k > 1:
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
-    return Plan(gemm.in_dtype, acc, batch, m, n, k, tiles), a, b
+    # the partial sums of a split reduction are laid out [part, M, N]: written along N
+    plan = Plan(gemm.in_dtype, acc, batch, m, n, k, tiles, along_m and tiles.split_k == 1)
+    return replace(plan, stages=pipeline_stages(plan, a, b)), a, b
 
 
-def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: bool = False,
-                  max_warps: int = 16) -> bool:
+def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: int | None = None,
+                  max_warps: int = 16, vector_store: bool = False) -> bool:
     """Schedule ``gemm`` in place; ``split_k``: cut the reduction as ``choose_tiles`` says (partial sums in
     a global buffer, added by a second kernel that also runs the epilogue), else never; ``pipeline``:
-    load the next K step's operand tiles (``cp.async`` where the copy allows) while this one computes."""
+    how many K steps the operand copies (``cp.async``) run ahead, plus one (None: ``pipeline_stages``
+    decides; 1: none); ``vector_store``: the write-back in 4-element vectors."""
     plan, a, b = _prepare(sch, gemm, split_k, max_warps)
     if plan is None:
         return False
+    if pipeline is None:
+        pipeline = plan.stages
     gemm = Gemm(gemm.block, gemm.in_dtype, plan.acc_dtype)
     m, n, k, tiles = plan.m, plan.n, plan.k, plan.tiles
     logger.info("tensor cores: %s", plan)
@@ -410,14 +443,12 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     sch.reverse_compute_at(c_sh, warp)
     _tile16(sch, c_fr)
     init = sch.decompose_reduction(outer, ko)
-    if pipeline:  # ko's body: the A copy, the B copy, the fragment loads and products (ki)
-        sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
-        sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
-        sch.annotate(ko, "software_pipeline_async_stages", [0])
+    if pipeline > 1:  # ko's body: the A copy, the B copy, the fragment loads and products (ki)
+        pipeline_k_steps(sch, ko, pipeline)
 
     kept = [main, outer, init, a_sh, b_sh, a_fr, b_fr, c_fr, c_sh] + ([partial_sum] if partial_sum else [])
     inline_rest(sch, {sch.get(x).name_hint for x in kept})
-    _write_back(sch, c_sh, tiles)
+    _write_back(sch, c_sh, plan.along_m, 4 if vector_store else 1)
     if partial_sum is not None:
         schedule_partial_sum(sch, partial_sum)
 
@@ -425,10 +456,39 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     sch.tensorize(sch.get_loops(b_fr)[-2], names["load_b"])
     sch.tensorize(sch.get_loops(sch.get_child_blocks(init)[0])[-2], names["fill"])
     store = sch.blockize(sch.get_loops(c_fr)[-2])
-    sch.storage_align(store, 0, axis=-2, factor=32, offset=PAD)  # here: tensorize drops c_fr's annotations
+    # here: tensorize drops c_fr's annotations. Read down its columns (``along_m``), a row stride of 4 words
+    # modulo 32 puts a warp's 32 reads in 8 banks instead of 4 (WMMA stores float rows 16-byte aligned)
+    pad = 4 if plan.along_m and gemm.acc_dtype == "float32" else PAD
+    sch.storage_align(store, 0, axis=-2, factor=32, offset=pad)
     sch.tensorize(store, names["store"])
     sch.tensorize(sch.get_loops(main)[-3], names["mma"])
     return True
+
+
+PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
+
+
+def pipeline_stages(plan: Plan, a: Operand, b: Operand) -> int:
+    """2 (the copies one K step ahead, as ``cp.async``) when both operands load in 16-byte vectors and each
+    block runs at least ``PIPELINE_MIN_STEPS`` K steps, else 1. On the H200 (2026-12-03,
+    ``tools/gpu_tensorcore_check.py``) that took the 1568x512x4608 GEMM (72 steps) from 103 to 70 us in bf16
+    and 67 to 48 in fp16; at 9 steps (100352x64x576) it was 4% faster in bf16 and 10% slower in fp16; a
+    gathered operand (an NCHW convolution's input) cannot be copied asynchronously."""
+    tiles = plan.tiles
+    steps = round_up(plan.k, tiles.block_k * tiles.split_k) // (tiles.block_k * tiles.split_k)
+    vectors = all(op.lanes * tirx_dtype_bytes(plan.in_dtype) >= 16 for op in (a, b))
+    return 2 if vectors and steps >= PIPELINE_MIN_STEPS else 1
+
+
+def pipeline_k_steps(sch: s_tir.Schedule, ko: LoopRV, stages: int, async_copy: bool = True) -> None:
+    """``ko``'s body (the A copy, the B copy, then the products) as a software pipeline of ``stages``
+    steps: the copies run ``stages - 1`` K steps ahead of the products, each shared tile held ``stages``
+    times; with ``async_copy`` as ``cp.async`` (the build's ``tirx.use_async_copy``; TVM 0.27 fails on a
+    copy that transposes, so such a pipeline copies through registers)."""
+    sch.annotate(ko, "software_pipeline_stage", [0, 0, stages - 1])
+    sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
+    if async_copy:
+        sch.annotate(ko, "software_pipeline_async_stages", [0])
 
 
 def split_reduction(sch: s_tir.Schedule, block: SBlockRV, parts: int) -> SBlockRV:
@@ -518,11 +578,19 @@ def _tile16(sch: s_tir.Schedule, block: SBlockRV) -> None:
     sch.unroll(c0)
 
 
-def _write_back(sch: s_tir.Schedule, c_sh: SBlockRV, tiles: Tiles) -> None:
-    """Each warp's tile from shared memory to the output (epilogue inlined), 32 lanes wide."""
-    loops = sch.get_loops(c_sh)[-2:]
-    fused = sch.fuse(*loops)
-    _, tx = sch.split(fused, [None, WARP])
+def _write_back(sch: s_tir.Schedule, c_sh: SBlockRV, along_m: bool, lanes: int = 1) -> None:
+    """Each warp's tile from shared memory to the output (epilogue inlined), 32 lanes wide, ``lanes``
+    elements a lane where the tile divides: along the tile's columns (N), or its rows when the output
+    is contiguous along M (an NCHW convolution: along N each lane would store to another channel plane)."""
+    rows, cols = sch.get_loops(c_sh)[-2:]
+    if along_m:
+        sch.reorder(cols, rows)
+    fused = sch.fuse(*((cols, rows) if along_m else (rows, cols)))
+    if lanes > 1 and int(sch.get(fused).extent) % (WARP * lanes) == 0:
+        _, tx, vec = sch.split(fused, [None, WARP, lanes])
+        sch.vectorize(vec)
+    else:
+        _, tx = sch.split(fused, [None, WARP])
     sch.bind(tx, "threadIdx.x")
 
 

@@ -9,6 +9,7 @@ holding SASS only; ``targets.kernel_library`` runs it where only TVM's runtime i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,30 +44,37 @@ def cuda_target(arch: str) -> tvm.target.Target:
 
 
 def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.PrimFunc, str]:
-    """``func`` scheduled by effarch's tensor-core rule ('effarch'; 'effarch-splitk' with split
-    reductions, 'effarch-pipelined' with the next K step's loads overlapped, 'effarch-8warps' split with
-    at most 8 warps per block, 'effarch-8warps-pipelined' that pipelined; 'effarch-simt' float32 on
-    CUDA cores; raises if it declines)
-    or by dlight's Matmul ('dlight', its Fallback if Matmul declines); and what scheduled it."""
+    """``func`` scheduled by effarch's tensor-core rule or by dlight's Matmul ('dlight', its Fallback if
+    Matmul declines); and what scheduled it. Raises if the rule declines.
+
+    Tensor cores: 'effarch' (never pipelined, no split), 'effarch-splitk' (split reductions),
+    'effarch-pipelined' (the next K step's copies overlapped); 'effarch-Nwarps' split with at most N warps
+    per block, pipelined where ``pipeline_stages`` says ('effarch-8warps' is the build's rule), with
+    '-pipelined' / '-pipeS' always (S stages), '-pipe1' never, '-vec' writing back 4-element vectors.
+    'effarch-simt': float32 on CUDA cores ('-4x4' outputs a thread, '-pipe' / '-pipeS' pipelined)."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
 
     target = cuda_target(arch)
+    pipe = re.search(r"-pipe(\d?)", schedule)
+    stages = int(pipe.group(1) or 2) if pipe else None
     if schedule.startswith("effarch-simt"):
         from targets.schedules.gpu_simt import MICRO, TALL, SimtMatmul, plan_simt
 
         tall = MICRO if "4x4" in schedule else TALL
-        sch = SimtMatmul(tall, pipeline="pipe" in schedule).apply(func, target, False)
+        sch = SimtMatmul(tall, pipeline=stages or 1).apply(func, target, False)
         if sch is None:
             raise ValueError(f"schedule {schedule!r} declined this kernel")
         shape, tiles = plan_simt(func, tall) or ((), None)
         return sch.mod["main"].with_attr("tirx.is_scheduled", True), f"simt {shape}: {tiles}"
-    split = schedule in ("effarch-splitk", "effarch-8warps")
+    split = schedule in ("effarch-splitk",) or "warps" in schedule
     ours = schedule.startswith("effarch")
-    pipeline = schedule in ("effarch-pipelined", "effarch-8warps-pipelined")
-    warps = 8 if "8warps" in schedule else 16
-    rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=pipeline, max_warps=warps)] if ours
+    warps = int(m.group(1)) if (m := re.search(r"(\d+)warps", schedule)) else 16
+    if schedule in ("effarch", "effarch-splitk"):
+        stages = stages or 1  # as built before the pipeline rule: never pipelined
+    rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=stages, max_warps=warps,
+                                          vector_store="-vec" in schedule)] if ours
                         else [dl.gpu.Matmul(), dl.gpu.Fallback()])
     for rule in rules:
         sch = rule.apply(func, target, False)
@@ -78,10 +86,10 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
 
 def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path) -> None:
     """Scheduled kernels, each under its name, into one shared library holding SASS for ``arch``."""
-    from targets.cuda import make_fpack_imports
+    from targets.cuda import make_fpack_imports, pass_config
 
     target = cuda_target(arch)
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
-    with target:
+    with target, tvm.transform.PassContext(config=pass_config(cuda_graphs=False)):
         lib = tvm.compile(mod, target=target)
     lib.export_library(str(path), fpack_imports=make_fpack_imports(arch))

@@ -12,7 +12,7 @@ import pytest
 import tvm
 from tvm import tirx
 
-from targets.cuda import compile_fatbin
+from targets.cuda import compile_fatbin, pass_config
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
 from tests.targets.gpu_kernel_checks import GEMM_CASES, add_kernel, sass_by_function, store_counts
@@ -154,21 +154,55 @@ def test_split_reduction_builds_two_kernels_on_hmma(tmp_path: Path) -> None:
     assert "HMMA.16816.F32 " in sass["splitk_kernel"] and "HMMA" not in sass["splitk_kernel_1"]
 
 
-def test_pipelined_schedule_double_buffers_and_builds_to_hmma(tmp_path: Path) -> None:
-    """pipeline=True: the operand tiles for K step i+1 are loaded into the other half of a doubled
-    shared buffer while step i computes (one barrier per step instead of two)."""
+def _source(name: str, sch: tvm.s_tir.Schedule) -> str:
+    """CUDA source of a scheduled kernel, built as the CUDA build builds (its PassContext)."""
     target = tvm.target.Target(TARGET, host={"kind": "llvm"})
-    func = _kernel("conv", "bfloat16", None, (512, 7, 512, 3))
-    plain, piped = (TensorCoreMatmul(pipeline=p).apply(func, target, False) for p in (False, True))
+    with target, tvm.transform.PassContext(config=pass_config(cuda_graphs=False)):
+        lib = tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)
+    return lib.mod.imports[0].inspect_source()
+
+
+def test_long_reduction_is_pipelined_with_async_copies_and_builds_to_hmma(tmp_path: Path) -> None:
+    """A 72-step reduction with 16-byte operand loads: the next K step's tiles are copied by ``cp.async``
+    (LDGSTS in SASS) into the other half of a doubled shared buffer while this one computes; forced to one
+    stage, the same kernel copies through registers and never waits on an async group."""
+    target = tvm.target.Target(TARGET, host={"kind": "llvm"})
+    func = _kernel("matmul", "bfloat16", "float32", (1568, 512, 4608))
+    plan = plan_gemm(func, split_k=True)
+    assert plan is not None and plan.stages == 2
+    plain, piped = (TensorCoreMatmul(split_k=True, pipeline=p).apply(func, target, False) for p in (1, None))
     assert plain is not None and piped is not None
-    sources = []
-    for name, sch in (("plain", plain), ("piped", piped)):
-        with target:
-            lib = tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)
-        sources.append(lib.mod.imports[0].inspect_source())
-    assert "& 1) * 2304)" in sources[1] and "& 1) * 2304)" not in sources[0]  # the doubled A/B tiles
-    sass = sass_by_function(compile_fatbin(sources[1], "sm_90", tmp_path), tmp_path)
-    assert "HMMA.16816.F32.BF16 " in sass["piped_kernel"]
+    sources = {name: _source(name, sch) for name, sch in (("plain", plain), ("piped", piped))}
+    assert "cp.async.wait_group" in sources["piped"] and "cp.async" not in sources["plain"]
+    sass = sass_by_function(compile_fatbin(sources["piped"], "sm_90", tmp_path), tmp_path)
+    assert "LDGSTS" in sass["piped_kernel"] and "HMMA.16816.F32.BF16 " in sass["piped_kernel"]
+
+
+@pytest.mark.parametrize(("kind", "dims", "stages"), [
+    ("matmul", (1568, 512, 4608), 2),   # 72 K steps, both operands in 16-byte vectors
+    ("matmul", (4096, 1536, 384), 1),   # 6 K steps: nothing to overlap
+    ("conv", (512, 7, 512, 3), 1),      # NCHW: the input is gathered one element at a time (no cp.async)
+])
+def test_pipeline_stages_by_reduction_length_and_operand_loads(kind: str, dims: tuple[int, ...], stages: int) -> None:
+    plan = plan_gemm(_kernel(kind, "float16", "float32", dims), split_k=True)
+    assert plan is not None and plan.stages == stages
+
+
+def test_nchw_convolution_writes_back_along_pixels() -> None:
+    """An NCHW convolution's output runs along pixels (M): the write-back's lanes go along M, every output
+    stored once, in 4-element vectors (possible only along the contiguous edge; along N each lane of a
+    warp would store into another channel plane)."""
+    target = tvm.target.Target(TARGET, host={"kind": "llvm"})
+    func = _kernel("conv", "bfloat16", "float32", (64, 56, 64, 3))
+    plan = plan_gemm(func, split_k=True)
+    assert plan is not None and plan.along_m and plan.tiles.split_k == 1
+    sch = TensorCoreMatmul(split_k=True, vector_store=True).apply(func, target, False)
+    assert sch is not None
+    counts = store_counts(sch, sch.mod["main"].params[-1].name)
+    assert counts.min() == 1 and counts.max() == 1
+    assert "*(nv_bfloat164*)(compute" in _source("conv", sch)
+    matmul = _kernel("matmul", "bfloat16", "float32", (3136, 64, 576))  # the same GEMM with [M, N] output
+    assert not plan_gemm(matmul, split_k=True).along_m
 
 
 @pytest.mark.parametrize(("kind", "dims"), [("conv", (512, 7, 512, 3)), ("matmul", (49, 512, 4608))])
