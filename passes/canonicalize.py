@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.ir import Node, Value
+from compiler.ir import Node, TensorType, Value
 from compiler.pass_manager import register_pass
 from compiler.pass_manager.rules import (
     Match,
@@ -339,6 +339,44 @@ def rewrite_castlike(rw: Rewriter, m: Match) -> None:
     rw.replace(out, rw.node("Cast", [m.anchor.inputs[0]], {"to": m.bind["to"]}, types=[out.type]).outputs[0])
 
 
+def _transpose_perm(node: Node) -> list[int] | None:
+    perm = node.attr("perm")
+    if perm is not None:
+        return [int(p) for p in perm]
+    x = node.inputs[0]
+    return None if x is None or x.type is None or x.type.rank is None else list(reversed(range(x.type.rank)))
+
+
+def match_gather_transpose(node: Node) -> MatchResult:
+    """Gather(Transpose(x, p), i, axis=a) with ``i`` a scalar constant, every user of the Transpose such a
+    Gather (so it goes): select first, from x's axis p[a], then permute what is left."""
+    t = producer(node.inputs[0], "Transpose")
+    index = const(node.inputs[1]) if t is not None else None
+    if t is None or index is None or index.ndim != 0:
+        return None
+    perm = _transpose_perm(t)
+    if perm is None:
+        return "the Transpose's rank is unknown"
+    users = [u for u, _ in t.outputs[0].uses]
+    if any(u.op != "Gather" or u.inputs[0] is not t.outputs[0] or (c := const(u.inputs[1])) is None or c.ndim != 0
+           for u in users) or t.outputs[0] in t.graph.outputs:
+        return "the Transpose has users other than scalar Gathers"
+    axis = int(node.attr("axis", 0)) % len(perm)
+    x_type, out = t.inputs[0].type if t.inputs[0] is not None else None, node.outputs[0]
+    if x_type is None or x_type.shape is None or out.type is None:
+        return "a shape is unknown"
+    source = perm[axis]
+    rest = [p - (p > source) for j, p in enumerate(perm) if j != axis]
+    selected = TensorType(out.type.dtype, tuple(d for i, d in enumerate(x_type.shape) if i != source))
+    return Match(node, absorbed=(t,), bind={"x": t.inputs[0], "axis": source, "perm": rest, "type": selected})
+
+
+def rewrite_gather_transpose(rw: Rewriter, m: Match) -> None:
+    out = m.anchor.outputs[0]
+    picked = rw.node("Gather", [m.bind["x"], m.anchor.inputs[1]], {"axis": m.bind["axis"]}, types=[m.bind["type"]])
+    rw.replace(out, rw.node("Transpose", [picked.outputs[0]], {"perm": m.bind["perm"]}, types=[out.type]).outputs[0])
+
+
 CANONICAL_RULES: tuple[Rule, ...] = (
     # Exporters write scalar bounds as CastLike(c, x); as a Cast of a constant, fold-constants folds it.
     Rule("castlike", "CastLike(x, y: T) -> Cast(x, to=T)", ("CastLike",), match_castlike, rewrite_castlike),
@@ -351,11 +389,16 @@ CANONICAL_RULES: tuple[Rule, ...] = (
          ("Div",), match_layernorm, rewrite_layernorm),
     Rule("layernorm-affine", "LN(x, s, b) * g -> LN(x, s*g, b*g); LN(x, s, b) + c -> LN(x, s, b+c)",
          ("Mul", "Add"), match_layernorm_affine, rewrite_layernorm_affine),
+    # q, k, v = Transpose(Reshape(qkv))[0], [1], [2]: as selections first, each branch is one fused kernel
+    # on the GPU (the Reshape a view) instead of a Transpose kernel and three Gather kernels.
+    Rule("gather-before-transpose", "Gather(Transpose(x, p), i, axis=a) -> Transpose(Gather(x, i, axis=p[a]))",
+         ("Gather",), match_gather_transpose, rewrite_gather_transpose),
 )
 
 
 @register_pass
 class CanonicalizePatterns(RuleSet):
     name = "canonicalize-patterns"
-    description = "rewrite GELU, LayerNorm and HardSwish spelled in primitives into their ONNX ops; order SiLU"
+    description = ("rewrite GELU, LayerNorm and HardSwish spelled in primitives into their ONNX ops; order SiLU; "
+                   "select before permuting (Gather of a Transpose)")
     rules = CANONICAL_RULES

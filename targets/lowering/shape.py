@@ -100,8 +100,12 @@ def _gather(c: Call) -> relax.Expr:
         if known.size and (known.min() < -dim or known.max() >= dim):
             raise LoweringError(f"node '{c.node.name}' (Gather): constant indices fall outside [-{dim}, {dim}); "
                                 f"fix the model's indices")
-        indices = _const(np.where(known < 0, known + dim, known).astype(np.int64))
-        return R.take(c.arg(0), indices, axis)
+        indices = np.where(known < 0, known + dim, known).astype(np.int64)
+        if indices.ndim == 0:  # one constant index: a slice (fuses with its neighbours; take is opaque to fusion)
+            i = int(indices)
+            picked = R.strided_slice(c.arg(0), [axis], [i], [i + 1], assume_inbound=True)
+            return R.reshape(picked, [d for a, d in enumerate(c.shape(0)) if a != axis])
+        return R.take(c.arg(0), _const(indices), axis)
     idx = c.arg(1)
     indices = c.emit(R.where(R.less(idx, scalar(0, c.dtype(1))), R.add(idx, scalar(dim, c.dtype(1))), idx))
     # Run-time indices (token ids, ...) are clamped: TVM's default "fast" mode reads out of bounds

@@ -391,6 +391,8 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
     batch, m, n, k = shape
     if min(m, n) < MIN_EDGE:  # a matrix-vector product: dlight's GEMV rules waste no 16-row fragments
         return None, a, b
+    if any(_short_runs(op) for op in (a, b)):  # the copy is the work: more threads for it
+        max_warps = max(max_warps, GATHER_WARPS)
     tiles = choose_tiles(m, n, k, batch, max_warps)
     if not split_k and tiles.split_k > 1:
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
@@ -433,8 +435,8 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     warp = sch.fuse(iw, jw)
     sch.bind(warp, "threadIdx.y")
 
-    a_sh = _stage_operand(sch, outer, 0, ko, tiles, _inner_extent(a, m, k), a.lanes)
-    b_sh = _stage_operand(sch, outer, 1, ko, tiles, _inner_extent(b, n, k), b.lanes)
+    a_sh = _stage_operand(sch, outer, 0, ko, tiles, _inner_extent(a, m, k), a.lanes, a.k_inner)
+    b_sh = _stage_operand(sch, outer, 1, ko, tiles, _inner_extent(b, n, k), b.lanes, b.k_inner)
     a_fr = _fragments(sch, outer, 0, "wmma.matrix_a", ki)
     b_fr = _fragments(sch, outer, 1, "wmma.matrix_b", ki)
     c_sh = sch.cache_write(outer, 0, "shared.dyn")
@@ -465,6 +467,9 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     return True
 
 
+GATHER_RUN = 8  # an operand with 2..7 elements contiguous along K (an NHWC stem's 3 channels) is copied
+GATHER_WARPS = 8  # along its rows, by at least 8 warps (ResNet-18's stem, bf16 b32, H200 2026-12-03: 308 us
+# with 4 warps along K, 255 along the rows; NCHW's gathers (runs of 1) along the rows made batch 1 2.4x slower)
 PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
 
 
@@ -538,7 +543,7 @@ def _vector(elements: int, threads: int, dtype_bytes: int) -> int:
 
 
 def _stage_operand(sch: s_tir.Schedule, outer: SBlockRV, index: int, ko: LoopRV, tiles: Tiles,
-                   inner: int, contiguous: int) -> SBlockRV:
+                   inner: int, contiguous: int, k_inner: bool = False) -> SBlockRV:
     """Operand ``index``'s tile copied to shared memory by all threads per K step, in vectors of the
     widest width that divides the tile, the operand's inner extent ``inner`` and its ``contiguous`` run."""
     cached = sch.cache_read(outer, index, "shared.dyn")
@@ -548,6 +553,9 @@ def _stage_operand(sch: s_tir.Schedule, outer: SBlockRV, index: int, ko: LoopRV,
     elements = int(sch.get(rows).extent) * width
     dtype_bytes = tirx_dtype_bytes(sch.get(cached).writes[0].source.dtype)
     lanes = math.gcd(_vector(elements, tiles.threads, dtype_bytes), width, inner, contiguous)
+    if k_inner and _short_runs(Operand(k_inner, contiguous)) and lanes == 1:
+        sch.reorder(cols, rows)  # runs of 2-7 along K (an NHWC stem's channels): the lanes go along the pixels
+        rows, cols = cols, rows
     fused = sch.fuse(rows, cols)
     _, ty, tx, vec = sch.split(fused, [None, tiles.warps_m * tiles.warps_n, WARP, lanes])
     sch.bind(ty, "threadIdx.y")
@@ -555,6 +563,10 @@ def _stage_operand(sch: s_tir.Schedule, outer: SBlockRV, index: int, ko: LoopRV,
     sch.vectorize(vec)
     sch.storage_align(cached, 0, axis=-2, factor=32, offset=PAD)
     return cached
+
+
+def _short_runs(op: Operand) -> bool:
+    return op.k_inner and 1 < op.lanes < GATHER_RUN
 
 
 def tirx_dtype_bytes(dtype: str) -> int:

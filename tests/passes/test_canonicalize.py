@@ -205,3 +205,39 @@ def test_layernorm_with_a_self_product_and_eps_first() -> None:
     """)
     result = check_pass(CanonicalizePatterns(), g, expect=_ops(["LayerNormalization"]))
     assert result.graph.nodes[0].attr("axis") == 2
+
+
+class HeadSplit(torch.nn.Module):
+    """q, k, v out of one fused projection as GPT writes it: reshape, permute, select by index."""
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        b, t, _ = qkv.shape
+        heads = qkv.reshape(b, t, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q, k, v = heads[0], heads[1], heads[2]
+        return (q @ k.transpose(-2, -1)) @ v
+
+
+def test_selections_out_of_a_transpose_are_made_first() -> None:
+    """Every Gather of the shared Transpose selects from its source instead, and the Transpose goes: each
+    of q, k, v is then a Gather and a Transpose of its own (one fused kernel each on the GPU)."""
+    before = imported(HeadSplit(), shape=(2, 5, 24))
+    assert [n.op for n in before.nodes].count("Transpose") == 2  # the head split and k's transpose
+
+    def selects_first(g: Graph) -> bool:
+        gathers = [n for n in g.nodes if n.op == "Gather"]
+        return len(gathers) == 3 and all(n.inputs[0].producer.op == "Reshape" and n.attr("axis") == 2
+                                         for n in gathers)
+    selects_first.__name__ = "three Gathers on the reshaped projection's axis 2"
+    result = check_pass(CanonicalizePatterns(), before, expect=selects_first)
+    assert [n.rule for n in result.notes if n.fired].count("gather-before-transpose") == 3
+
+
+def test_gather_of_a_transpose_with_other_users_is_left() -> None:
+    g = parse_graph("""
+        graph main(%x: f32[2,3,4]) -> (%y, %t) {
+          %i = const i64[] [1]
+          %t = Transpose(%x) {perm=[2,0,1]} : f32[4,2,3]
+          %y = Gather(%t, %i) {axis=0} : f32[2,3]
+        }
+    """)
+    check_not_fired(CanonicalizePatterns(), g, "the Transpose has users other than scalar Gathers")

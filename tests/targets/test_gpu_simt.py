@@ -112,8 +112,7 @@ def test_every_output_and_partial_sum_is_stored_once(name: str, kind: str, dims:
                                                       ("conv", (64, 56, 64, 3), True)])
 def test_output_edge_the_warp_runs_along(kind: str, dims: tuple[int, ...], along_m: bool) -> None:
     """N for a matmul (row-major output), M (pixels) for an NCHW convolution ([channels, pixels])."""
-    from targets.schedules.gpu_tensorcore import output_runs_along_a
-    from targets.schedules.gpu_tensorcore import find_gemm
+    from targets.schedules.gpu_tensorcore import find_gemm, output_runs_along_a
 
     sch = s_tir.Schedule(gemm_kernel(kind, dims, "float32"))
     gemm = find_gemm(sch, frozenset({("float32", "float32")}))

@@ -151,3 +151,18 @@ def _call_ops(func: relax.Function) -> set[str]:
     relax.analysis.post_order_visit(
         func, lambda e: ops.add(e.op.name) if isinstance(e, relax.Call) and hasattr(e.op, "name") else None)
     return ops
+
+
+@pytest.mark.parametrize("index", [1, -1])
+def test_gather_of_one_constant_index_is_a_slice(index: int) -> None:
+    """A scalar constant index lowers to strided_slice + reshape, which fuse with their neighbours (TVM's
+    take with a constant index tensor is opaque to fusion); negative indices count from the end."""
+    g = Graph()
+    x = g.add_input("x", f32(2, 3, 4))
+    i = g.add_constant("i", np.array(index, np.int64))
+    g.outputs = [g.make_node("Gather", [x, i], {"axis": 1}, types=[f32(2, 4)]).outputs[0]]
+    low = lower(g)
+    assert _call_ops(low.mod["main"]) == {"relax.strided_slice", "relax.reshape"}
+    xv = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    (got,) = run_lowered(low, {"x": xv})
+    np.testing.assert_array_equal(got, xv[:, index, :])
