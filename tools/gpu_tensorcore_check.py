@@ -5,9 +5,11 @@
       here (no GPU): for each GEMM kind (default the batch-1 ones: 49x512x4608, 128x384x1536, 12 x
       128x128x32 attention, 1x1 and 3x3 NCHW conv; batch-32 GEMMs on request) and precision (fp16, fp16
       -> fp32 accumulate, bf16, bf16 -> fp32; fp32 on request), the kernel scheduled by effarch's
-      TensorCoreMatmul (as is; with split reductions; software-pipelined; split with at most 8 warps per
-      block, and that pipelined), for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it,
-      ``-4x4`` with 4x4 outputs per thread, ``-pipe`` software-pipelined), and by dlight's
+      TensorCoreMatmul (as is; with split reductions; software-pipelined; split with at most 8 or 4 warps
+      per block, pipelined where the rule decides, always (``-pipelined``, ``-pipe3``) or never
+      (``-pipe1``), ``-vec`` writing back 4-element vectors; the build's rule is ``effarch-4warps-vec``),
+      for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it, ``-4x4`` with 4x4 outputs per
+      thread, ``-pipe`` / ``-pipe3`` software-pipelined), and by dlight's
       Matmul (its tensor-core path where it takes the shape, else SIMT), built
       into one library per (precision, schedule) with SASS only (nvcc); plan.json: what was packed and
       each kernel's tiles. No data travels: inputs come from a seed where they run.
