@@ -54,6 +54,10 @@ BLOCK_TILES = ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (
 SUPPORTED = frozenset({("float16", "float16"), ("float16", "float32"), ("bfloat16", "float32")})
 # Accumulators WMMA lacks, widened to float32 (rounded once when stored, as PyTorch's bf16 GEMMs do).
 WIDENED = frozenset({("bfloat16", "bfloat16")})
+GATHER_RUN = 8  # an operand with 2..7 elements contiguous along K (an NHWC stem's 3 channels) is copied
+GATHER_WARPS = 8  # along its rows, by at least 8 warps (ResNet-18's stem, bf16 b32, H200 2026-12-03: 308 us
+# with 4 warps along K, 255 along the rows; NCHW's gathers (runs of 1) along the rows made batch 1 2.4x slower)
+PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
 
 
 @dataclass(frozen=True)
@@ -435,8 +439,8 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     warp = sch.fuse(iw, jw)
     sch.bind(warp, "threadIdx.y")
 
-    a_sh = _stage_operand(sch, outer, 0, ko, tiles, _inner_extent(a, m, k), a.lanes, a.k_inner)
-    b_sh = _stage_operand(sch, outer, 1, ko, tiles, _inner_extent(b, n, k), b.lanes, b.k_inner)
+    a_sh = _stage_operand(sch, outer, 0, ko, tiles, _inner_extent(a, m, k), a)
+    b_sh = _stage_operand(sch, outer, 1, ko, tiles, _inner_extent(b, n, k), b)
     a_fr = _fragments(sch, outer, 0, "wmma.matrix_a", ki)
     b_fr = _fragments(sch, outer, 1, "wmma.matrix_b", ki)
     c_sh = sch.cache_write(outer, 0, "shared.dyn")
@@ -465,12 +469,6 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     sch.tensorize(store, names["store"])
     sch.tensorize(sch.get_loops(main)[-3], names["mma"])
     return True
-
-
-GATHER_RUN = 8  # an operand with 2..7 elements contiguous along K (an NHWC stem's 3 channels) is copied
-GATHER_WARPS = 8  # along its rows, by at least 8 warps (ResNet-18's stem, bf16 b32, H200 2026-12-03: 308 us
-# with 4 warps along K, 255 along the rows; NCHW's gathers (runs of 1) along the rows made batch 1 2.4x slower)
-PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
 
 
 def pipeline_stages(plan: Plan, a: Operand, b: Operand) -> int:
@@ -543,17 +541,18 @@ def _vector(elements: int, threads: int, dtype_bytes: int) -> int:
 
 
 def _stage_operand(sch: s_tir.Schedule, outer: SBlockRV, index: int, ko: LoopRV, tiles: Tiles,
-                   inner: int, contiguous: int, k_inner: bool = False) -> SBlockRV:
+                   inner: int, op: Operand) -> SBlockRV:
     """Operand ``index``'s tile copied to shared memory by all threads per K step, in vectors of the
-    widest width that divides the tile, the operand's inner extent ``inner`` and its ``contiguous`` run."""
+    widest width that divides the tile, the operand's inner extent ``inner`` and its contiguous run
+    (``op.lanes``); an operand of short runs along K (``_short_runs``) lane by lane along its rows."""
     cached = sch.cache_read(outer, index, "shared.dyn")
     sch.compute_at(cached, ko)
     rows, cols = sch.get_loops(cached)[-2:]
     width = int(sch.get(cols).extent)
     elements = int(sch.get(rows).extent) * width
     dtype_bytes = tirx_dtype_bytes(sch.get(cached).writes[0].source.dtype)
-    lanes = math.gcd(_vector(elements, tiles.threads, dtype_bytes), width, inner, contiguous)
-    if k_inner and _short_runs(Operand(k_inner, contiguous)) and lanes == 1:
+    lanes = math.gcd(_vector(elements, tiles.threads, dtype_bytes), width, inner, op.lanes)
+    if _short_runs(op) and lanes == 1:
         sch.reorder(cols, rows)  # runs of 2-7 along K (an NHWC stem's channels): the lanes go along the pixels
         rows, cols = cols, rows
     fused = sch.fuse(rows, cols)

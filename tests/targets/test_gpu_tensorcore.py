@@ -224,3 +224,38 @@ def test_cuda_build_splits_reductions_and_does_not_pipeline() -> None:
 
     rule = dict(gpu_rules())["tensorcore"]
     assert rule.split_k and not rule.pipeline
+
+
+def _nhwc_stem(batch: int) -> tirx.PrimFunc:
+    """ResNet-18's stem as the channels-last bf16 build lowers it: 7x7 stride 2, 3 input channels."""
+    from tvm import relax
+
+    from targets.schedules.gpu_rules import fused_kernel
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, 56, 56, 3), "bfloat16"))
+    w = relax.Var("w", relax.TensorType((7, 7, 3, 64), "bfloat16"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=2, padding=3, data_layout="NHWC", kernel_layout="HWIO",
+                                           out_dtype="float32"))
+            out = bb.emit_output(bb.emit(relax.op.astype(y, "bfloat16")))
+        bb.emit_func_output(out)
+    return fused_kernel(bb.get())
+
+
+def test_stem_of_three_channels_is_copied_by_eight_warps(tmp_path: Path) -> None:
+    """Runs of 3 elements along K (the input's channels) cannot load as vectors: the tile gets 8 warps even
+    where the rule allows 4, the copy goes along the pixels, and every output is stored once."""
+    func = _nhwc_stem(24)  # 18816 pixels: 147 blocks of 128x64
+    plan = plan_gemm(func, split_k=True, max_warps=4)
+    assert plan is not None and plan.tiles.warps_m * plan.tiles.warps_n == 8 and plan.stages == 1
+    matmul = plan_gemm(_kernel("matmul", "bfloat16", "float32", (2048, 64, 160)), split_k=True, max_warps=4)
+    assert matmul is not None and matmul.tiles.warps_m * matmul.tiles.warps_n == 4  # vector loads: 4 warps
+    sch = TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True).apply(
+        func, tvm.target.Target(TARGET, host={"kind": "llvm"}), False)
+    assert sch is not None
+    counts = store_counts(sch, sch.mod["main"].params[-1].name)
+    assert counts.min() == 1 and counts.max() == 1
+    sass = sass_by_function(compile_fatbin(_source("stem", sch), "sm_90", tmp_path), tmp_path)
+    assert "HMMA.16816.F32.BF16 " in sass["stem_kernel"]
