@@ -201,8 +201,8 @@ def test_nchw_convolution_writes_back_along_pixels() -> None:
     counts = store_counts(sch, sch.mod["main"].params[-1].name)
     assert counts.min() == 1 and counts.max() == 1
     assert "*(nv_bfloat164*)(compute" in _source("conv", sch)
-    matmul = _kernel("matmul", "bfloat16", "float32", (3136, 64, 576))  # the same GEMM with [M, N] output
-    assert not plan_gemm(matmul, split_k=True).along_m
+    matmul = plan_gemm(_kernel("matmul", "bfloat16", "float32", (3136, 64, 576)), split_k=True)
+    assert matmul is not None and not matmul.along_m  # the same GEMM with an [M, N] output
 
 
 @pytest.mark.parametrize(("kind", "dims"), [("conv", (512, 7, 512, 3)), ("matmul", (49, 512, 4608))])
