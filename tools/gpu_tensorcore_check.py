@@ -45,6 +45,10 @@ CASES = [
     ("b32_gemm_1568x512x4608", "matmul", (1568, 512, 4608)),
     ("b32_gemm_4096x1536x384", "matmul", (4096, 1536, 384)),
     ("b32_gemm_4096x384x1536", "matmul", (4096, 384, 1536)),
+    # GPT at batch 32 (2048 tokens): the QKV projection, FFN up and down (short K: prologue and epilogue weigh)
+    ("b32_gemm_2048x768x256", "matmul", (2048, 768, 256)),
+    ("b32_gemm_2048x1024x256", "matmul", (2048, 1024, 256)),
+    ("b32_gemm_2048x256x1024", "matmul", (2048, 256, 1024)),
 ]
 BATCH1 = [name for name, _, _ in CASES if not name.startswith("b32")]
 # name -> (operand dtype, the op's out_dtype: None = the operands' dtype, so bf16 accumulates in bf16)
