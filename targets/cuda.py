@@ -92,9 +92,12 @@ def c_safe_source(source: str) -> str:
 
 
 def compile_fatbin(source: str, arch: str, workdir: Path) -> bytes:
-    """nvcc ``source`` into a fatbin with SASS for ``arch`` only (no PTX, so nothing is left to JIT)."""
+    """nvcc ``source`` into a fatbin with SASS for ``arch`` only (no PTX, so nothing is left to JIT); fragment
+    loads marked as reading shared memory load through its state space (``wmma_intrin.use_shared_loads``)."""
+    from targets.schedules.wmma_intrin import use_shared_loads
+
     cu, out = workdir / "kernels.cu", workdir / "kernels.fatbin"
-    cu.write_text(c_safe_source(source))
+    cu.write_text(use_shared_loads(c_safe_source(source)))
     number = arch.removeprefix("sm_")
     # No --use_fast_math (TVM's helper adds it): approximate exp/div would break fp32 tolerances.
     cmd = [find_nvcc(), "--fatbin", f"-gencode=arch=compute_{number},code=sm_{number}", *_NVCC_FLAGS,

@@ -7,7 +7,8 @@
       -> fp32 accumulate, bf16, bf16 -> fp32; fp32 on request), the kernel scheduled by effarch's
       TensorCoreMatmul (as is; with split reductions; software-pipelined; split with at most 8 or 4 warps
       per block, pipelined where the rule decides, always (``-pipelined``, ``-pipe3``) or never
-      (``-pipe1``), ``-vec`` writing back 4-element vectors; the build's rule is ``effarch-4warps-vec``),
+      (``-pipe1``), ``-vec`` writing back 4-element vectors, ``-ldsm`` loading fragments from the shared state
+      space; the build's rule is ``effarch-4warps-vec``),
       for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it, ``-4x4`` with 4x4 outputs per
       thread, ``-pipe`` / ``-pipe3`` software-pipelined), and by dlight's
       Matmul (its tensor-core path where it takes the shape, else SIMT), built
@@ -56,7 +57,7 @@ PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "
               "bf16-acc32": ("bfloat16", "float32"), "fp32": ("float32", None)}
 SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined",
              "effarch-8warps-pipe3", "effarch-8warps-pipe1", "effarch-8warps-vec", "effarch-4warps",
-             "effarch-4warps-vec", "effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe",
+             "effarch-4warps-vec", "effarch-4warps-vec-ldsm", "effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe",
              "effarch-simt-pipe3", "dlight")
 TENSOR_CORE_PRECISIONS = [p for p in PRECISIONS if p != "fp32"]
 # the tensor-core schedules take no float32 GEMM

@@ -201,11 +201,12 @@ class TensorCoreMatmul(ScheduleRule):
     """
 
     def __init__(self, split_k: bool = False, pipeline: int | None = None, max_warps: int = 16,
-                 vector_store: bool = False) -> None:
+                 vector_store: bool = False, shared_loads: bool = False) -> None:
         self.split_k = split_k
         self.pipeline = pipeline
         self.max_warps = max_warps
         self.vector_store = vector_store
+        self.shared_loads = shared_loads
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
@@ -218,7 +219,7 @@ class TensorCoreMatmul(ScheduleRule):
             return None
         try:
             return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline, self.max_warps,
-                                        self.vector_store) else None
+                                        self.vector_store, self.shared_loads) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
@@ -406,11 +407,12 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
 
 
 def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: int | None = None,
-                  max_warps: int = 16, vector_store: bool = False) -> bool:
+                  max_warps: int = 16, vector_store: bool = False, shared_loads: bool = False) -> bool:
     """Schedule ``gemm`` in place; ``split_k``: cut the reduction as ``choose_tiles`` says (partial sums in
     a global buffer, added by a second kernel that also runs the epilogue), else never; ``pipeline``:
     how many K steps the operand copies (``cp.async``) run ahead, plus one (None: ``pipeline_stages``
-    decides; 1: none); ``vector_store``: the write-back in 4-element vectors."""
+    decides; 1: none); ``vector_store``: the write-back in 4-element vectors; ``shared_loads``: fragments
+    loaded by ``wmma.load`` naming shared memory (ldmatrix in SASS; ``wmma_intrin.shared_load_source``)."""
     plan, a, b = _prepare(sch, gemm, split_k, max_warps)
     if plan is None:
         return False
@@ -419,7 +421,7 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
     gemm = Gemm(gemm.block, gemm.in_dtype, plan.acc_dtype)
     m, n, k, tiles = plan.m, plan.n, plan.k, plan.tiles
     logger.info("tensor cores: %s", plan)
-    names = register_wmma(gemm.in_dtype, gemm.acc_dtype, a.k_inner, b.k_inner)
+    names = register_wmma(gemm.in_dtype, gemm.acc_dtype, a.k_inner, b.k_inner, shared_loads)
     sch.pad_einsum(gemm.block, [1, tiles.block_m, tiles.block_n, tiles.block_k * tiles.split_k])
     main, partial_sum = gemm.block, None
     if tiles.split_k > 1:

@@ -50,7 +50,8 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     Tensor cores: 'effarch' (never pipelined, no split), 'effarch-splitk' (split reductions),
     'effarch-pipelined' (the next K step's copies overlapped); 'effarch-Nwarps' split with at most N warps
     per block, pipelined where ``pipeline_stages`` says ('effarch-8warps' is the build's rule), with
-    '-pipelined' / '-pipeS' always (S stages), '-pipe1' never, '-vec' writing back 4-element vectors.
+    '-pipelined' / '-pipeS' always (S stages), '-pipe1' never, '-vec' writing back 4-element vectors,
+    '-ldsm' loading fragments with ``wmma.load`` from the shared state space (ldmatrix).
     'effarch-simt': float32 on CUDA cores ('-4x4' outputs a thread, '-pipe' / '-pipeS' pipelined)."""
     from tvm.s_tir import dlight as dl
 
@@ -74,7 +75,8 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     if schedule in ("effarch", "effarch-splitk"):
         stages = stages or 1  # as built before the pipeline rule: never pipelined
     rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=stages, max_warps=warps,
-                                          vector_store="-vec" in schedule)] if ours
+                                          vector_store="-vec" in schedule, shared_loads="-ldsm" in schedule)]
+                        if ours
                         else [dl.gpu.Matmul(), dl.gpu.Fallback()])
     for rule in rules:
         sch = rule.apply(func, target, False)

@@ -16,12 +16,19 @@ def _short(dtype: str) -> str:
     return {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}[dtype]
 
 
-def intrinsic_names(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inner: bool = True) -> dict[str, str]:
+SHARED_LOAD = "effarch_wmma_load_shared"  # the device function ``shared_load_source`` defines
+SHARED_MARK = "effarch_wmma_shared_next"  # printed before a fragment load that reads shared memory
+
+
+def intrinsic_names(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inner: bool = True,
+                    shared_loads: bool = False) -> dict[str, str]:
     """Names of the five intrinsics one GEMM needs (``register_wmma`` registers them). ``*_k_inner``:
-    the operand's shared tile is ``[rows, k]`` (else ``[k, rows]``)."""
+    the operand's shared tile is ``[rows, k]`` (else ``[k, rows]``); ``shared_loads``: the fragment
+    loads name shared memory's state space (``shared_load_source``)."""
     a, c = _short(in_dtype), _short(acc_dtype)
     la, lb = "mk" if a_k_inner else "km", "nk" if b_k_inner else "kn"
-    return {"load_a": f"effarch_wmma_load_a_{la}_{a}", "load_b": f"effarch_wmma_load_b_{lb}_{a}",
+    sh = "_sh" if shared_loads else ""
+    return {"load_a": f"effarch_wmma_load_a_{la}_{a}{sh}", "load_b": f"effarch_wmma_load_b_{lb}_{a}{sh}",
             "fill": f"effarch_wmma_fill_{c}", "store": f"effarch_wmma_store_{c}",
             "mma": f"effarch_wmma_mma_{la}_{lb}_{a}{c}"}
 
@@ -32,18 +39,21 @@ def _fragment(buf: tirx.Buffer, stride: tirx.PrimExpr) -> tirx.PrimExpr:
     return buf.elem_offset // stride // FRAG * per_row + buf.elem_offset % stride // FRAG
 
 
-def register_wmma(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inner: bool = True) -> dict[str, str]:
+def register_wmma(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inner: bool = True,
+                  shared_loads: bool = False) -> dict[str, str]:
     """Register (once) WMMA load/fill/mma/store intrinsics for these dtypes and operand layouts;
     returns their names.
 
     A ``[m, k]`` shared tile is a row-major WMMA ``matrix_a``, a ``[k, m]`` one column-major; for
     ``matrix_b`` (``k x n``) a ``[n, k]`` tile is column-major and a ``[k, n]`` one row-major.
+    ``shared_loads``: see ``shared_load_source``.
     """
     from tvm.s_tir import TensorIntrin
 
-    names = intrinsic_names(in_dtype, acc_dtype, a_k_inner, b_k_inner)
-    makers = {"load_a": lambda: _load(in_dtype, "wmma.matrix_a", "row_major" if a_k_inner else "col_major"),
-              "load_b": lambda: _load(in_dtype, "wmma.matrix_b", "col_major" if b_k_inner else "row_major"),
+    names = intrinsic_names(in_dtype, acc_dtype, a_k_inner, b_k_inner, shared_loads)
+    a_layout, b_layout = "row_major" if a_k_inner else "col_major", "col_major" if b_k_inner else "row_major"
+    makers = {"load_a": lambda: _load(in_dtype, "wmma.matrix_a", a_layout, shared_loads),
+              "load_b": lambda: _load(in_dtype, "wmma.matrix_b", b_layout, shared_loads),
               "fill": lambda: _fill(acc_dtype), "store": lambda: _store(acc_dtype),
               "mma": lambda: _mma(in_dtype, acc_dtype, a_k_inner, b_k_inner)}
     for key, make in makers.items():
@@ -52,7 +62,47 @@ def register_wmma(in_dtype: str, acc_dtype: str, a_k_inner: bool = True, b_k_inn
     return names
 
 
-def _load(dtype: str, scope: str, layout: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+def shared_load_source() -> str:
+    """CUDA device functions ``effarch_wmma_load_shared(fragment, pointer, ldm)``: ``wmma.load`` with the
+    ``.shared`` state space, for every fragment the intrinsics use (matrix_a / matrix_b, row / col major,
+    float16 / bfloat16). ``nvcuda::wmma::load_matrix_sync`` takes a generic pointer, and nvcc 13 compiles it
+    to 4-byte generic loads (``LD.E``) and ``MOVM`` transposes even from shared memory: a bf16 kernel with
+    128 HMMA had 192 LD.E and 64 MOVM; naming the state space, ptxas emits 48 ``LDSM`` (ldmatrix) instead.
+    ``use_shared_loads`` puts them in a kernel file."""
+    def one(use: str, layout: str, ctype: str, ptx_type: str, regs: int) -> str:
+        outs = ",".join(f"%{i}" for i in range(regs))
+        bind = ", ".join(f'"=r"(r[{i}])' for i in range(regs))
+        frag = f"nvcuda::wmma::fragment<nvcuda::wmma::{use}, 16, 16, 16, {ctype}, nvcuda::wmma::{layout}>"
+        op = f"wmma.load.{use[-1]}.sync.aligned.{layout[:3]}.m16n16k16.shared.{ptx_type}"
+        return (f"__device__ __forceinline__ void {SHARED_LOAD}({frag}& f, const {ctype}* p, int ldm) {{\n"
+                f"  unsigned* r = reinterpret_cast<unsigned*>(&f.x[0]);\n"
+                f"  unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));\n"
+                f'  asm volatile("{op} {{{outs}}}, [%{regs}], %{regs + 1};" : {bind} : "r"(s), "r"(ldm) : "memory");\n'
+                f"}}\n")
+    # registers per fragment: 8 bfloat16 (4 x 32 bits) or 16 float16 (8 x 32 bits) per thread
+    fragments = [(use, layout, *kind) for use in ("matrix_a", "matrix_b") for layout in ("row_major", "col_major")
+                 for kind in (("nv_bfloat16", "bf16", 4), ("half", "f16", 8))]
+    return (f"#include <mma.h>\n__device__ __forceinline__ void {SHARED_MARK}() {{}}\n"
+            + "".join(one(*fragment) for fragment in fragments))
+
+
+def use_shared_loads(source: str) -> str:
+    """CUDA ``source`` with each fragment load marked by the ``shared_loads`` intrinsics (a call of
+    ``SHARED_MARK`` printed just before it) made a call of ``SHARED_LOAD``, whose definitions are added
+    before the first kernel. (The load itself stays ``tvm_load_matrix_sync`` in TIR: TVM's fragment
+    inference reads fragment shapes and layouts from it.) A source without marks is returned as it is."""
+    import re
+
+    first = source.find('extern "C" __global__')
+    if SHARED_MARK not in source or first < 0:
+        return source
+    # TVM's common-subexpression pass may declare an index between the mark and its load: kept, in order
+    marked = re.sub(SHARED_MARK + r"\(\);((?:\s*int cse_v\d+ = [^;]*;)*)\s*nvcuda::wmma::load_matrix_sync\(",
+                    lambda m: m.group(1).lstrip() + "\n" + SHARED_LOAD + "(", source)
+    return marked[:first] + shared_load_source() + marked[first:]
+
+
+def _load(dtype: str, scope: str, layout: str, shared: bool = False) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -80,7 +130,21 @@ def _load(dtype: str, scope: str, layout: str) -> tuple[tirx.PrimFunc, tirx.Prim
             T.evaluate(T.tvm_load_matrix_sync(dst.data, 16, 16, 16, _fragment(dst, fs),
                                               src.access_ptr("r"), ld, layout, dtype="void"))
 
-    return desc, impl
+    @T.prim_func(s_tir=True)
+    def impl_shared(src_: T.handle, dst_: T.handle) -> None:
+        ld = T.int32()
+        fs = T.int32()
+        src = T.match_buffer(src_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn",
+                             strides=[ld, 1])
+        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope=scope, strides=[fs, 1])
+        with T.sblock("root"):
+            T.reads(src[0:16, 0:16])
+            T.writes(dst[0:16, 0:16])
+            T.evaluate(T.call_extern("void", SHARED_MARK))
+            T.evaluate(T.tvm_load_matrix_sync(dst.data, 16, 16, 16, _fragment(dst, fs),
+                                              src.access_ptr("r"), ld, layout, dtype="void"))
+
+    return desc, (impl_shared if shared else impl)
 
 
 def _fill(dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:

@@ -6,6 +6,7 @@ and read back with ``cuobjdump -sass``; their numbers are checked on a GPU by
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tvm import tirx
 from targets.cuda import compile_fatbin, pass_config
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
+from targets.schedules.wmma_intrin import SHARED_LOAD, SHARED_MARK, use_shared_loads
 from tests.targets.gpu_kernel_checks import GEMM_CASES, add_kernel, sass_by_function, store_counts
 
 TARGET = {"kind": "cuda", "arch": "sm_90"}
@@ -259,3 +261,37 @@ def test_stem_of_three_channels_is_copied_by_eight_warps(tmp_path: Path) -> None
     assert counts.min() == 1 and counts.max() == 1
     sass = sass_by_function(compile_fatbin(_source("stem", sch), "sm_90", tmp_path), tmp_path)
     assert "HMMA.16816.F32.BF16 " in sass["stem_kernel"]
+
+
+@pytest.mark.parametrize(("kind", "dims"), [("matmul", (2048, 768, 256)), ("conv", (64, 56, 64, 3))])
+def test_shared_loads_make_bf16_fragments_ldmatrix(tmp_path: Path, kind: str, dims: tuple[int, ...]) -> None:
+    """nvcc compiles WMMA's bf16 fragment loads from a generic pointer to 4-byte generic loads (LD.E) and
+    MOVM transposes; with ``shared_loads`` every one is a ``wmma.load`` of the shared state space, which
+    ptxas makes LDSM (ldmatrix), as it already does for float16."""
+    func = _kernel(kind, "bfloat16", "float32", dims)
+    target = tvm.target.Target(TARGET, host={"kind": "llvm"})
+    counts = {}
+    for shared in (False, True):
+        sch = TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True, shared_loads=shared).apply(
+            func, target, False)
+        assert sch is not None
+        sass = sass_by_function(compile_fatbin(_source("k", sch), "sm_90", tmp_path), tmp_path)["k_kernel"]
+        ops = ("LDSM", "LD.E", "HMMA.16816.F32.BF16")
+        counts[shared] = {op: len(re.findall(rf"\b{re.escape(op)}\b", sass)) for op in ops}
+    assert counts[True]["LDSM"] > 0 and counts[True]["LD.E"] == 0
+    assert counts[False]["LD.E"] > 0  # what the option is for (nvcc 13)
+    assert counts[True]["HMMA.16816.F32.BF16"] == counts[False]["HMMA.16816.F32.BF16"] > 0
+
+
+def test_use_shared_loads_rewrites_only_marked_loads() -> None:
+    """The mark is dropped with its load rewritten, declarations TVM put between them kept in order; the
+    definitions go before the first kernel; a source without marks is left as it is."""
+    load = "nvcuda::wmma::load_matrix_sync(a[0], p + 16, 72);"
+    source = (f'#include <mma.h>\nextern "C" __global__ void k() {{\n  {SHARED_MARK}();\n  int cse_v3 = x * 4;\n'
+              f"  {load}\n  {load}\n}}\n")
+    out = use_shared_loads(source)
+    body = out[out.index('extern "C" __global__'):]
+    assert f"int cse_v3 = x * 4;\n{SHARED_LOAD}(a[0], p + 16, 72);" in body
+    assert body.count("nvcuda::wmma::load_matrix_sync(") == 1 and SHARED_MARK not in body
+    assert out.index(f"void {SHARED_LOAD}(") < out.index('extern "C" __global__')
+    assert use_shared_loads(source.replace(f"  {SHARED_MARK}();\n", "")) == source.replace(f"  {SHARED_MARK}();\n", "")
