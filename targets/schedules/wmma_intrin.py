@@ -117,6 +117,9 @@ def _load(dtype: str, scope: str, layout: str, shared: bool = False) -> tuple[ti
                     vr, vc = T.axis.remap("SS", [r, c])
                     dst[vr, vc] = src[vr, vc]
 
+    # a mark for ``use_shared_loads`` (a constant evaluation is dropped as a no-op)
+    mark = tirx.call_extern("void", SHARED_MARK) if shared else tirx.IntImm("int32", 0)
+
     @T.prim_func(s_tir=True)
     def impl(src_: T.handle, dst_: T.handle) -> None:
         ld = T.int32()
@@ -127,24 +130,11 @@ def _load(dtype: str, scope: str, layout: str, shared: bool = False) -> tuple[ti
         with T.sblock("root"):
             T.reads(src[0:16, 0:16])
             T.writes(dst[0:16, 0:16])
+            T.evaluate(mark)
             T.evaluate(T.tvm_load_matrix_sync(dst.data, 16, 16, 16, _fragment(dst, fs),
                                               src.access_ptr("r"), ld, layout, dtype="void"))
 
-    @T.prim_func(s_tir=True)
-    def impl_shared(src_: T.handle, dst_: T.handle) -> None:
-        ld = T.int32()
-        fs = T.int32()
-        src = T.match_buffer(src_, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn",
-                             strides=[ld, 1])
-        dst = T.match_buffer(dst_, (16, 16), dtype, align=64, offset_factor=16, scope=scope, strides=[fs, 1])
-        with T.sblock("root"):
-            T.reads(src[0:16, 0:16])
-            T.writes(dst[0:16, 0:16])
-            T.evaluate(T.call_extern("void", SHARED_MARK))
-            T.evaluate(T.tvm_load_matrix_sync(dst.data, 16, 16, 16, _fragment(dst, fs),
-                                              src.access_ptr("r"), ld, layout, dtype="void"))
-
-    return desc, (impl_shared if shared else impl)
+    return desc, impl
 
 
 def _fill(dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
