@@ -560,7 +560,7 @@ def gpu_rules() -> list[tuple[str, Any]]:
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to CUDA cores,
     # tiled by shape (``simt-matmul``); what neither takes (a GEMV, a symbolic shape) to dlight.
-    return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True)),
+    return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True, shared_loads=True)),
             ("depthwise", GpuDepthwise()),
             ("depthwise-nhwc", GpuDepthwiseNhwc()), ("int8-dp4a", GpuInt8()), ("simt-matmul", SimtMatmul()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),

@@ -151,6 +151,7 @@ def run(in_dir: Path, out_dir: Path) -> None:
                 us = lib.median_us(name, args)
                 row[schedule] = {"cosine": cosine, "rel_max_err": rel, "us": us, "tflops": flops / us / 1e6}
             rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tensorcore.json").write_text(json.dumps(rows, indent=1))
     columns = [s for s in schedules if any(s in r for r in rows)]
     lines = ["| precision | kernel | " + " | ".join(f"{s}: tiles; cosine, us, TFLOP/s" for s in columns) + " |",

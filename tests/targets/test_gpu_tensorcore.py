@@ -13,7 +13,7 @@ import pytest
 import tvm
 from tvm import tirx
 
-from targets.cuda import compile_fatbin, pass_config
+from targets.cuda import compile_fatbin, gpu_rules, pass_config
 from targets.schedules.gpu_tensorcore import SM_COUNT, TensorCoreMatmul, Tiles, choose_tiles, plan_gemm
 from targets.schedules.tensorcore_kernels import gemm_kernel
 from targets.schedules.wmma_intrin import SHARED_LOAD, SHARED_MARK, use_shared_loads
@@ -267,13 +267,14 @@ def test_stem_of_three_channels_is_copied_by_eight_warps(tmp_path: Path) -> None
 def test_shared_loads_make_bf16_fragments_ldmatrix(tmp_path: Path, kind: str, dims: tuple[int, ...]) -> None:
     """nvcc compiles WMMA's bf16 fragment loads from a generic pointer to 4-byte generic loads (LD.E) and
     MOVM transposes; with ``shared_loads`` every one is a ``wmma.load`` of the shared state space, which
-    ptxas makes LDSM (ldmatrix), as it already does for float16."""
+    ptxas makes LDSM (ldmatrix), as it already does for float16. The build's own rule loads that way."""
     func = _kernel(kind, "bfloat16", "float32", dims)
     target = tvm.target.Target(TARGET, host={"kind": "llvm"})
     counts = {}
-    for shared in (False, True):
-        sch = TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True, shared_loads=shared).apply(
-            func, target, False)
+    rules = {False: TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True),
+             True: dict(gpu_rules())["tensorcore"]}
+    for shared, rule in rules.items():
+        sch = rule.apply(func, target, False)
         assert sch is not None
         sass = sass_by_function(compile_fatbin(_source("k", sch), "sm_90", tmp_path), tmp_path)["k_kernel"]
         ops = ("LDSM", "LD.E", "HMMA.16816.F32.BF16")
