@@ -57,8 +57,9 @@ PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "
               "bf16-acc32": ("bfloat16", "float32"), "fp32": ("float32", None)}
 SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined",
              "effarch-8warps-pipe3", "effarch-8warps-pipe1", "effarch-8warps-vec", "effarch-4warps",
-             "effarch-4warps-vec", "effarch-4warps-vec-ldsm", "effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe",
-             "effarch-simt-pipe3", "dlight")
+             "effarch-4warps-vec", "effarch-4warps-vec-ldsm", "effarch-4warps-vec-ldsm-pipe2",
+             "effarch-4warps-vec-ldsm-pipe3", "effarch-8warps-vec-ldsm", "effarch-simt", "effarch-simt-4x4",
+             "effarch-simt-pipe", "effarch-simt-pipe3", "dlight")
 TENSOR_CORE_PRECISIONS = [p for p in PRECISIONS if p != "fp32"]
 # the tensor-core schedules take no float32 GEMM
 FP32_SCHEDULES = ("effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "dlight")

@@ -57,6 +57,8 @@ WIDENED = frozenset({("bfloat16", "bfloat16")})
 GATHER_RUN = 8  # an operand with 2..7 elements contiguous along K (an NHWC stem's 3 channels) is copied
 GATHER_WARPS = 8  # along its rows, by at least 8 warps (ResNet-18's stem, bf16 b32, H200 2026-12-03: 308 us
 # with 4 warps along K, 255 along the rows; NCHW's gathers (runs of 1) along the rows made batch 1 2.4x slower)
+GATHER_WAVES = 4  # ... and its tiles fill 4 blocks per SM (ResNet-18 fp16 b1, H200 2026-12-03: stem 29.3 -> 8.9 us,
+# the model 0.243 -> 0.216 ms; for GEMMs of vector loads more, smaller blocks measured slower: b32 0.794 -> 1.023)
 PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
 
 
@@ -127,16 +129,17 @@ def block_tile(m: int, n: int, k: int, batch: int, tiles: tuple[tuple[int, int],
     return max(fits, key=lambda t: (blocks(t), -padded(t)))
 
 
-def reduction_parts(blocks: int, steps: int, min_steps: int) -> int:
+def reduction_parts(blocks: int, steps: int, min_steps: int, min_blocks: int = SM_COUNT) -> int:
     """How many parts to cut a reduction of ``steps`` K steps into: doubled while ``blocks`` thread blocks
-    times the parts leave SMs idle and each part keeps at least ``min_steps`` steps."""
+    times the parts are fewer than ``min_blocks`` (default: one per SM) and each part keeps at least
+    ``min_steps`` steps."""
     split = 1
-    while blocks * split < SM_COUNT and steps // (split * 2) >= min_steps:
+    while blocks * split < min_blocks and steps // (split * 2) >= min_steps:
         split *= 2
     return split
 
 
-def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) -> Tiles:
+def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16, waves: int = 1) -> Tiles:
     """The tiles for a ``batch x (m x k) @ (k x n)`` GEMM.
 
     The largest block tile whose grid has at least ``SM_COUNT`` blocks (more reuse per loaded
@@ -144,10 +147,11 @@ def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16) ->
     tie. When no tile fills the GPU, the smallest (most blocks), and the reduction split so that
     the partial products fill it, each part keeping at least four ``block_k`` steps. At most
     ``max_warps`` warps per block (fewer warps: each computes more fragments per operand load).
+    ``waves``: the grid to fill is that many blocks per SM.
     """
-    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES)
+    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES, waves * SM_COUNT)
     bk = _block_k(k)
-    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, bk) // bk, 4)
+    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, bk) // bk, 4, waves * SM_COUNT)
     wm, wn = _warps(bm), _warps(bn)
     while wm * wn > max_warps and max(wm, wn) > 1:
         wm, wn = (wm // 2, wn) if wm >= wn else (wm, wn // 2)
@@ -398,7 +402,10 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
         return None, a, b
     if any(_short_runs(op) for op in (a, b)):  # the copy is the work: more threads for it
         max_warps = max(max_warps, GATHER_WARPS)
-    tiles = choose_tiles(m, n, k, batch, max_warps)
+    # an operand that cannot be copied in 16-byte vectors (a convolution's gathered input) makes the
+    # kernel wait on its loads: more blocks resident per SM hide that latency
+    waves = GATHER_WAVES if not all(_vectors(op, gemm.in_dtype) for op in (a, b)) else 1
+    tiles = choose_tiles(m, n, k, batch, max_warps, waves)
     if not split_k and tiles.split_k > 1:
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
     # the partial sums of a split reduction are laid out [part, M, N]: written along N
@@ -481,8 +488,13 @@ def pipeline_stages(plan: Plan, a: Operand, b: Operand) -> int:
     gathered operand (an NCHW convolution's input) cannot be copied asynchronously."""
     tiles = plan.tiles
     steps = round_up(plan.k, tiles.block_k * tiles.split_k) // (tiles.block_k * tiles.split_k)
-    vectors = all(op.lanes * tirx_dtype_bytes(plan.in_dtype) >= 16 for op in (a, b))
+    vectors = all(_vectors(op, plan.in_dtype) for op in (a, b))
     return 2 if vectors and steps >= PIPELINE_MIN_STEPS else 1
+
+
+def _vectors(op: Operand, dtype: str) -> bool:
+    """Whether ``op``'s tile copies in 16-byte vectors."""
+    return op.lanes * tirx_dtype_bytes(dtype) >= 16
 
 
 def pipeline_k_steps(sch: s_tir.Schedule, ko: LoopRV, stages: int, async_copy: bool = True) -> None:
