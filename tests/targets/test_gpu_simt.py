@@ -16,7 +16,7 @@ from tvm import s_tir
 
 from targets.cuda import compile_fatbin
 from targets.schedules.gpu_rules import schedule_kernel
-from targets.schedules.gpu_simt import BLOCK_TILES, SimtMatmul, SimtTiles, choose_simt_tiles, plan_simt
+from targets.schedules.gpu_simt import BLOCK_TILES, BLOCKS_PER_SM, SimtMatmul, SimtTiles, choose_simt_tiles, plan_simt
 from targets.schedules.gpu_tensorcore import SM_COUNT
 from targets.schedules.tensorcore_kernels import gemm_kernel
 from tests.targets.gpu_kernel_checks import GEMM_CASES, add_kernel, allocated_buffers, sass_by_function, store_counts
@@ -31,8 +31,9 @@ CASES = GEMM_CASES + [
 
 # ---- choose_simt_tiles (pure) -------------------------------------------------------------------
 @pytest.mark.parametrize(("shape", "tiles"), [
-    ((49, 512, 4608, 1), SimtTiles(32, 32, 8)),       # ResNet-18 layer 4 at batch 1: 32 blocks, K cut in 8
-    ((128, 384, 1536, 1), SimtTiles(32, 32, 4)),      # encoder FFN down-projection at batch 1
+    ((49, 512, 4608, 1), SimtTiles(32, 32, 16)),      # ResNet-18 layer 4 at batch 1: 32 blocks, K cut in 16
+    ((128, 384, 1536, 1), SimtTiles(32, 32, 8)),      # encoder FFN down-projection at batch 1: 48 blocks x 8
+    ((3136, 64, 576, 1), SimtTiles(32, 32, 2)),       # ResNet-18 layer 1 at batch 1: 196 blocks, under 2 per SM
     ((128, 128, 32, 12), SimtTiles(32, 32, 1)),       # attention scores: K of 2 steps, never split
     ((100352, 64, 576, 1), SimtTiles(128, 64, 1, 8, 4)),  # layer 1 at batch 32: 8 rows x 4 columns a thread
     ((4096, 1536, 384, 1), SimtTiles(128, 64, 1, 8, 4)),
@@ -58,7 +59,7 @@ def test_tiles_fill_the_gpu_when_they_can(shape: tuple[int, int, int, int]) -> N
     assert (t.block_m, t.block_n) in BLOCK_TILES and 64 <= t.threads <= 512 and t.threads % 32 == 0
     blocks = batch * -(-m // t.block_m) * -(-n // t.block_n)
     parts_short = -(-k // 16) // (t.split_k * 2) < 8  # one more split would leave a part under 8 steps
-    assert blocks * t.split_k >= SM_COUNT or (t.block_m, t.block_n) == (32, 32) and parts_short
+    assert blocks * t.split_k >= BLOCKS_PER_SM * SM_COUNT or (t.block_m, t.block_n) == (32, 32) and parts_short
 
 
 def test_bad_dimensions_raise() -> None:
