@@ -57,8 +57,9 @@ WIDENED = frozenset({("bfloat16", "bfloat16")})
 GATHER_RUN = 8  # an operand with 2..7 elements contiguous along K (an NHWC stem's 3 channels) is copied
 GATHER_WARPS = 8  # along its rows, by at least 8 warps (ResNet-18's stem, bf16 b32, H200 2026-12-03: 308 us
 # with 4 warps along K, 255 along the rows; NCHW's gathers (runs of 1) along the rows made batch 1 2.4x slower)
-GATHER_WAVES = 4  # ... and its tiles fill 4 blocks per SM (ResNet-18 fp16 b1, H200 2026-12-03: stem 29.3 -> 8.9 us,
-# the model 0.243 -> 0.216 ms; for GEMMs of vector loads more, smaller blocks measured slower: b32 0.794 -> 1.023)
+GATHER_WAVES = 4  # a kernel with an operand not copied in 16-byte vectors (a gather) gets tiles and splits for
+# 4 blocks per SM (ResNet-18 fp16 b1, H200 2026-12-03: stem 29.3 -> 8.9 us, the model 0.243 -> 0.216 ms; for
+# GEMMs of vector loads, more and smaller blocks measured slower: ResNet-18 fp16 b32 0.794 -> 1.023 ms)
 PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
 
 
@@ -142,12 +143,11 @@ def reduction_parts(blocks: int, steps: int, min_steps: int, min_blocks: int = S
 def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16, waves: int = 1) -> Tiles:
     """The tiles for a ``batch x (m x k) @ (k x n)`` GEMM.
 
-    The largest block tile whose grid has at least ``SM_COUNT`` blocks (more reuse per loaded
+    The largest block tile whose grid has at least ``waves * SM_COUNT`` blocks (more reuse per loaded
     element), among tiles no larger than the matrix rounded up to 32; the one with less padding on a
     tie. When no tile fills the GPU, the smallest (most blocks), and the reduction split so that
     the partial products fill it, each part keeping at least four ``block_k`` steps. At most
     ``max_warps`` warps per block (fewer warps: each computes more fragments per operand load).
-    ``waves``: the grid to fill is that many blocks per SM.
     """
     bm, bn = block_tile(m, n, k, batch, BLOCK_TILES, waves * SM_COUNT)
     bk = _block_k(k)
