@@ -11,15 +11,15 @@ import tvm
 
 
 def operand_shapes(kind: str, dims: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """matmul (m, n, k): [m, k] x [k, n]; bmm (b, m, n, k): [b, m, k] x [b, k, n]; conv (c, h, f, r):
-    x [1, c, h, h], w [f, c, r, r] with 'same' padding."""
+    """matmul (m, n, k): [m, k] x [k, n]; bmm (b, m, n, k): [b, m, k] x [b, k, n]; conv (c, h, f, r) or
+    (c, h, f, r, stride): x [1, c, h, h], w [f, c, r, r], padded by r // 2."""
     if kind == "matmul":
         m, n, k = dims
         return (m, k), (k, n)
     if kind == "bmm":
         b, m, n, k = dims
         return (b, m, k), (b, k, n)
-    c, h, f, r = dims
+    c, h, f, r = dims[:4]
     return (1, c, h, h), (f, c, r, r)
 
 

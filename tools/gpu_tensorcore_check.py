@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# (name, kind, dims): matmul (m, n, k) as [m,k] x [k,n]; bmm (b, m, n, k); conv (c, h, f, r), NCHW, batch 1
+# (name, kind, dims): matmul (m, n, k) as [m,k] x [k,n]; bmm (b, m, n, k); conv (c, h, f, r[, stride]), NCHW,
+# batch 1, padded by r // 2
 CASES = [
     ("gemm_49x512x4608", "matmul", (49, 512, 4608)),
     ("gemm_128x384x1536", "matmul", (128, 384, 1536)),
@@ -41,6 +42,7 @@ CASES = [
     ("conv1x1_256to512_14", "conv", (256, 14, 512, 1)),
     ("conv3x3_512_7", "conv", (512, 7, 512, 3)),
     ("conv3x3_64_56", "conv", (64, 56, 64, 3)),
+    ("stem_7x7s2_3to64_224", "conv", (3, 224, 64, 7, 2)),  # ResNet-18's stem: 3 channels gathered
     # batch 32 as GEMMs (a convolution's im2col as a plain matrix): ResNet-18 layer 1 and 4 3x3, encoder FFN
     ("b32_gemm_100352x64x576", "matmul", (100352, 64, 576)),
     ("b32_gemm_1568x512x4608", "matmul", (1568, 512, 4608)),
@@ -91,13 +93,18 @@ def _inputs(case: int, kind: str, dims: tuple[int, ...], dtype: str) -> tuple[np
     return x, w, _from_bf16_bits(x).astype(np.float64), _from_bf16_bits(w).astype(np.float64)
 
 
-def _reference(kind: str, dims: tuple[int, ...], x64: np.ndarray, w64: np.ndarray) -> np.ndarray:
+def reference(kind: str, dims: tuple[int, ...], x64: np.ndarray, w64: np.ndarray) -> np.ndarray:
+    """The case's exact result in float64, from its operands' values."""
     if kind != "conv":
         return x64 @ w64
-    c, h, f, r = dims
+    c, h, f, r = dims[:4]
+    stride = dims[4] if len(dims) > 4 else 1
     pad = r // 2
+    out = (h + 2 * pad - r) // stride + 1
     xp = np.pad(x64[0], ((0, 0), (pad, pad), (pad, pad)))
-    cols = np.stack([xp[:, dy:dy + h, dx:dx + h] for dy in range(r) for dx in range(r)], axis=1)  # c, r*r, h, h
+    span = stride * (out - 1) + 1
+    cols = np.stack([xp[:, dy:dy + span:stride, dx:dx + span:stride] for dy in range(r) for dx in range(r)],
+                    axis=1)  # c, r*r, out, out
     return np.einsum("ckyx,fck->fyx", cols, w64.reshape(f, c, r * r))[None]
 
 
@@ -142,7 +149,7 @@ def run(in_dir: Path, out_dir: Path) -> None:
             if name not in plan.get("cases", BATCH1):
                 continue
             x, w, x64, w64 = _inputs(case, kind, dims, dtype)
-            ref = _reference(kind, dims, x64, w64)
+            ref = reference(kind, dims, x64, w64)
             row: dict[str, Any] = {"precision": precision, "kernel": name, "plan": plan[f"{precision}/{name}"]}
             flops = 2 * float(np.prod(ref.shape)) * (float(np.prod(w.shape[1:])) if kind == "conv" else x.shape[-1])
             for schedule, lib in libs.items():

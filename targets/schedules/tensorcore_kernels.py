@@ -29,7 +29,8 @@ def gemm_kernel(kind: str, dims: tuple[int, ...], dtype: str, acc: str | None = 
     with bb.function("main", [x, w]):
         with bb.dataflow():
             if kind == "conv":
-                y = bb.emit(relax.op.nn.conv2d(x, w, padding=dims[3] // 2, out_dtype=acc or dtype))
+                stride = dims[4] if len(dims) > 4 else 1
+                y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=dims[3] // 2, out_dtype=acc or dtype))
             else:
                 y = bb.emit(relax.op.matmul(x, w, out_dtype=acc or dtype))
             if acc and acc != dtype:
