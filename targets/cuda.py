@@ -58,6 +58,15 @@ DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # where the CUDA toolkit instal
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)  # header of every fatbin nvcc writes
 _U64 = struct.Struct("<Q")
 _BAD_IDENTIFIER = re.compile(r"\b(\d\w*_ptr)\b")
+# TVM's CUDA codegen of ``if_then_else(cond, a, b)``: ``T condval; if (cond) { condval = a; } else ...``
+_GUARD = re.compile(r"^(?P<indent>[ \t]*)(?P<decl>[\w:]+ condval(?:_\d+)?;)\n(?P=indent)if \((?P<cond>.*)\) \{$", re.M)
+_THREAD_INDEX = re.compile(r"\(\((?:int|long long)\)(?:threadIdx|blockIdx)\.[xyz]\)")
+_CONSTANT_DIVISION = re.compile(r"[/%] ?\d+\b")
+_INDEX_ARITHMETIC = re.compile(r"[\w\s()+\-*<>=!&|]*")
+_CALL = re.compile(r"\w\s*\(")
+# Whether the CUDA build evaluates index-only guards without short-circuits (``branch_free_guards``).
+# Off until measured on a GPU (docs/cuda.md, 2026-12-03 second session).
+BRANCH_FREE_GUARDS = False
 _build_state = threading.local()  # the arch of the build in progress on this thread
 _LIB_KEY = b"_lib"  # the host DSO's own slot in the import tree; it has no payload
 
@@ -91,13 +100,39 @@ def c_safe_source(source: str) -> str:
     return _BAD_IDENTIFIER.sub(r"v\1", source)
 
 
-def compile_fatbin(source: str, arch: str, workdir: Path) -> bytes:
+def branch_free_guards(source: str) -> str:
+    """``source`` with the condition of every ``if_then_else`` guard that only compares index arithmetic
+    (thread and block indices, integer variables, literals, divisions by literals: no memory access, no
+    call) evaluated without short-circuits: ``&&`` -> ``&``, ``||`` -> ``|`` (the same value, as every
+    operand is side-effect free; TVM parenthesizes each one).
+
+    A convolution's padded input is such a guard around each gathered load. With ``&&``, nvcc 13 branches
+    around every load and each one completes before the next is issued (ResNet-18's stem: 19 branches, one
+    load in flight); with ``&`` it predicates the loads and issues them together (3 branches, 4 loads in
+    flight, SASS of the same kernel)."""
+    def rewrite(m: re.Match[str]) -> str:
+        cond = m.group("cond")
+        bare = _CONSTANT_DIVISION.sub("", _THREAD_INDEX.sub("i", cond))
+        if not _INDEX_ARITHMETIC.fullmatch(bare) or _CALL.search(bare):
+            return m.group(0)
+        cond = cond.replace("&&", "&").replace("||", "|")
+        return f"{m.group('indent')}{m.group('decl')}\n{m.group('indent')}if ({cond}) {{"
+
+    return _GUARD.sub(rewrite, source)
+
+
+def compile_fatbin(source: str, arch: str, workdir: Path, guards: bool | None = None) -> bytes:
     """nvcc ``source`` into a fatbin with SASS for ``arch`` only (no PTX, so nothing is left to JIT); fragment
-    loads marked as reading shared memory load through its state space (``wmma_intrin.use_shared_loads``)."""
+    loads marked as reading shared memory load through its state space (``wmma_intrin.use_shared_loads``);
+    ``guards`` (None: ``BRANCH_FREE_GUARDS``): index-only guards evaluated without branches
+    (``branch_free_guards``)."""
     from targets.schedules.wmma_intrin import use_shared_loads
 
+    source = use_shared_loads(c_safe_source(source))
+    if BRANCH_FREE_GUARDS if guards is None else guards:
+        source = branch_free_guards(source)
     cu, out = workdir / "kernels.cu", workdir / "kernels.fatbin"
-    cu.write_text(use_shared_loads(c_safe_source(source)))
+    cu.write_text(source)
     number = arch.removeprefix("sm_")
     # No --use_fast_math (TVM's helper adds it): approximate exp/div would break fp32 tolerances.
     cmd = [find_nvcc(), "--fatbin", f"-gencode=arch=compute_{number},code=sm_{number}", *_NVCC_FLAGS,
@@ -175,8 +210,9 @@ def split_cuda_module(payload: bytes) -> tuple[str, bytes, bytes]:
     raise EffarchError("TVM's CUDA module has an unexpected layout; effarch's CUDA export supports TVM 0.27")
 
 
-def with_machine_code(blob: bytes, arch: str, workdir: Path) -> bytes:
-    """The import blob with every CUDA-source module replaced by one holding an nvcc fatbin."""
+def with_machine_code(blob: bytes, arch: str, workdir: Path, guards: bool | None = None) -> bytes:
+    """The import blob with every CUDA-source module replaced by one holding an nvcc fatbin (``guards``: see
+    ``compile_fatbin``)."""
     header, modules = split_imports_blob(blob)
     rewritten = []
     for kind, payload in modules:
@@ -184,7 +220,7 @@ def with_machine_code(blob: bytes, arch: str, workdir: Path) -> bytes:
             fmt, fmap, code = split_cuda_module(payload)
             if fmt == "cuda":  # CUDA C source, as TVM's codegen leaves it
                 logger.info("compiling %d kB of generated CUDA source for %s with nvcc", len(code) // 1024, arch)
-                fatbin = compile_fatbin(code.decode(), arch, workdir)
+                fatbin = compile_fatbin(code.decode(), arch, workdir, guards)
                 payload = _chunk(b"fatbin") + fmap + _chunk(fatbin)
         rewritten.append((kind, payload))
     return join_imports_blob(header, rewritten)
@@ -196,8 +232,9 @@ def _blob_object_source(blob_path: Path, symbol: str, size: int) -> str:
             f'\t.incbin "{blob_path}"\n\t.size {symbol}, {size}\n\t.section .note.GNU-stack,"",@progbits\n')
 
 
-def make_fpack_imports(arch: str) -> Any:
-    """An ``export_library`` hook that packs the imports with CUDA source replaced by SASS."""
+def make_fpack_imports(arch: str, guards: bool | None = None) -> Any:
+    """An ``export_library`` hook that packs the imports with CUDA source replaced by SASS (``guards``: see
+    ``compile_fatbin``)."""
 
     def fpack_imports(mod: Any, is_system_lib: bool, prefix: str, workspace_dir: str) -> str:
         import tvm_ffi
@@ -207,7 +244,7 @@ def make_fpack_imports(arch: str) -> Any:
         blob = tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")(mod).numpy().tobytes()
         workdir = Path(workspace_dir)
         blob_path = workdir / "imports.bin"
-        blob_path.write_bytes(with_machine_code(blob, arch, workdir))
+        blob_path.write_bytes(with_machine_code(blob, arch, workdir, guards))
         symbol = str(tvm_ffi.get_global_func("runtime.ModuleImportsBlobName")())
         asm = workdir / "devc.S"
         asm.write_text(_blob_object_source(blob_path.resolve(), symbol, blob_path.stat().st_size))

@@ -60,11 +60,13 @@ PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "
 SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps", "effarch-8warps-pipelined",
              "effarch-8warps-pipe3", "effarch-8warps-pipe1", "effarch-8warps-vec", "effarch-4warps",
              "effarch-4warps-vec", "effarch-4warps-vec-ldsm", "effarch-4warps-vec-ldsm-pipe2",
-             "effarch-4warps-vec-ldsm-pipe3", "effarch-8warps-vec-ldsm", "effarch-simt", "effarch-simt-4x4",
-             "effarch-simt-pipe", "effarch-simt-pipe3", "dlight")
+             "effarch-4warps-vec-ldsm-pipe3", "effarch-8warps-vec-ldsm", "effarch-4warps-vec-ldsm-band", "effarch-simt",
+             "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "effarch-simt-band", "dlight")
+# '-band': the kernels built with ``targets.cuda.branch_free_guards`` (index-only guards without short-circuits)
 TENSOR_CORE_PRECISIONS = [p for p in PRECISIONS if p != "fp32"]
 # the tensor-core schedules take no float32 GEMM
-FP32_SCHEDULES = ("effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "dlight")
+FP32_SCHEDULES = ("effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "effarch-simt-band",
+                  "dlight")
 
 
 def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
@@ -124,7 +126,7 @@ def pack(out_dir: Path, arch: str, schedules: tuple[str, ...] = SCHEDULES, cases
                 if name in cases:
                     funcs[name], how = schedule_with(gemm_kernel(kind, dims, dtype, acc), schedule, arch)
                     plan.setdefault(f"{precision}/{name}", {})[schedule] = how
-            build_library(funcs, arch, out_dir / f"{precision}.{schedule}.so")
+            build_library(funcs, arch, out_dir / f"{precision}.{schedule}.so", guards=schedule.endswith("-band"))
             print(f"packed {precision} {schedule}", flush=True)
     (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
 

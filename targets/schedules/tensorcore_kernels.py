@@ -87,12 +87,13 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
 
 
-def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path) -> None:
-    """Scheduled kernels, each under its name, into one shared library holding SASS for ``arch``."""
+def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path, guards: bool | None = None) -> None:
+    """Scheduled kernels, each under its name, into one shared library holding SASS for ``arch``
+    (``guards``: see ``targets.cuda.compile_fatbin``)."""
     from targets.cuda import make_fpack_imports, pass_config
 
     target = cuda_target(arch)
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
     with target, tvm.transform.PassContext(config=pass_config(cuda_graphs=False)):
         lib = tvm.compile(mod, target=target)
-    lib.export_library(str(path), fpack_imports=make_fpack_imports(arch))
+    lib.export_library(str(path), fpack_imports=make_fpack_imports(arch, guards))
