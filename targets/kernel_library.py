@@ -19,8 +19,14 @@ def operand_shapes(kind: str, dims: tuple[int, ...]) -> tuple[tuple[int, ...], t
     if kind == "bmm":
         b, m, n, k = dims
         return (b, m, k), (b, k, n)
-    c, h, f, r = dims[:4]
+    c, h, f, r, _ = conv_dims(dims)
     return (1, c, h, h), (f, c, r, r)
+
+
+def conv_dims(dims: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+    """A convolution case's (c, h, f, r, stride): the stride is 1 where ``dims`` gives none."""
+    c, h, f, r, *rest = dims
+    return c, h, f, r, (rest[0] if rest else 1)
 
 
 class KernelLibrary:

@@ -99,8 +99,9 @@ def reference(kind: str, dims: tuple[int, ...], x64: np.ndarray, w64: np.ndarray
     """The case's exact result in float64, from its operands' values."""
     if kind != "conv":
         return x64 @ w64
-    c, h, f, r = dims[:4]
-    stride = dims[4] if len(dims) > 4 else 1
+    from targets.kernel_library import conv_dims
+
+    c, h, f, r, stride = conv_dims(dims)
     pad = r // 2
     out = (h + 2 * pad - r) // stride + 1
     xp = np.pad(x64[0], ((0, 0), (pad, pad), (pad, pad)))

@@ -149,9 +149,10 @@ def choose_tiles(m: int, n: int, k: int, batch: int = 1, max_warps: int = 16, wa
     the partial products fill it, each part keeping at least four ``block_k`` steps. At most
     ``max_warps`` warps per block (fewer warps: each computes more fragments per operand load).
     """
-    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES, waves * SM_COUNT)
+    min_blocks = waves * SM_COUNT
+    bm, bn = block_tile(m, n, k, batch, BLOCK_TILES, min_blocks)
     bk = _block_k(k)
-    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, bk) // bk, 4, waves * SM_COUNT)
+    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, bk) // bk, 4, min_blocks)
     wm, wn = _warps(bm), _warps(bn)
     while wm * wn > max_warps and max(wm, wn) > 1:
         wm, wn = (wm // 2, wn) if wm >= wn else (wm, wn // 2)

@@ -16,7 +16,7 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
-from targets.kernel_library import operand_shapes
+from targets.kernel_library import conv_dims, operand_shapes
 from targets.schedules.gpu_rules import fused_kernel
 
 
@@ -29,8 +29,8 @@ def gemm_kernel(kind: str, dims: tuple[int, ...], dtype: str, acc: str | None = 
     with bb.function("main", [x, w]):
         with bb.dataflow():
             if kind == "conv":
-                stride = dims[4] if len(dims) > 4 else 1
-                y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=dims[3] // 2, out_dtype=acc or dtype))
+                _, _, _, r, stride = conv_dims(dims)
+                y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=r // 2, out_dtype=acc or dtype))
             else:
                 y = bb.emit(relax.op.matmul(x, w, out_dtype=acc or dtype))
             if acc and acc != dtype:
