@@ -450,7 +450,8 @@ def check_bundle(bundle: Path, info: dict[str, Any], models: Models, tmp: Path, 
     ort = _ort_reference(bundle)
     ort_err = report.errors(ours + ours2, ort) if ort else None
     args = [*art._to_device(eff_inputs), *art._params]  # inputs already on the GPU, as for PyTorch
-    row: dict[str, Any] = {"model": name, "batch": batch, "precision": precision, "opt_level": info["opt_level"],
+    row: dict[str, Any] = {"bundle": bundle.name, "model": name, "batch": batch, "precision": precision,
+                           "opt_level": info["opt_level"],
                            "weights_identical_to_build": identical, **err,
                            "ok": report.passes(precision, err, ort_err),
                            "torch_cosine": report.errors(theirs, ref)["cosine"],
