@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from targets.cuda import branch_free_guards, compile_fatbin, gpu_rules, pass_config
+from targets import cuda
+from targets.cuda import branch_free_guards, compile_fatbin, gpu_rules, nhwc_convolutions, pass_config
 from tests.targets.gpu_kernel_checks import sass_by_function
 from tests.targets.test_cuda_cast_fusion import fused
 
@@ -62,7 +64,7 @@ def _nhwc_stem_of_float32_input() -> tirx.PrimFunc:
 def test_the_stem_gathers_with_predicated_loads_instead_of_branches(tmp_path: Path) -> None:
     """nvcc 13 branches around every guarded load of the stem's gather when the guard short-circuits
     (each load then completes before the next one is issued); without short-circuits it predicates
-    them. Not the build's default until timed on a GPU (``BRANCH_FREE_GUARDS``)."""
+    them. The build rewrites the guards of channels-last builds only (``test_channels_last_builds_...``)."""
     target = tvm.target.Target(TARGET, host={"kind": "llvm"})
     sch = dict(gpu_rules())["tensorcore"].apply(_nhwc_stem_of_float32_input(), target, False)
     assert sch is not None
@@ -79,3 +81,27 @@ def test_the_stem_gathers_with_predicated_loads_instead_of_branches(tmp_path: Pa
     branches, loads, predicated = counts[False]
     assert branches > 4 * counts[True][0] and predicated < loads  # what the rewrite is for (nvcc 13)
     assert counts[True][1] == counts[True][2] > 0  # every load predicated
+
+
+def _conv(layout: str) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    nhwc = layout == "NHWC"
+    x = relax.Var("x", relax.TensorType((8, 16, 16, 8) if nhwc else (8, 8, 16, 16), "float32"))
+    w = relax.Var("w", relax.TensorType((3, 3, 8, 8) if nhwc else (8, 8, 3, 3), "float32"))
+    with bb.function("main", [x, w], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.conv2d(x, w, padding=1, data_layout=layout,
+                                                  kernel_layout="HWIO" if nhwc else "OIHW"))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def test_channels_last_builds_take_branch_free_guards() -> None:
+    """Measured on the H200 (docs/cuda.md, 2026-12-03): faster for every channels-last (batch-32) build,
+    slower for ResNet-18's NCHW batch-1 convolutions; so the build decides by the layout of its convolutions."""
+    assert nhwc_convolutions(_conv("NHWC")) and not nhwc_convolutions(_conv("NCHW"))
+    for layout, expected in (("NHWC", True), ("NCHW", False)):
+        mod = _conv(layout)
+        shape = [int(d) for d in mod["main"].params[1].ty.shape]
+        cuda.TARGET.prepare(mod, ["w"], [np.zeros(shape, np.float32)], precision="fp16")
+        assert cuda._build_state.guards is expected
