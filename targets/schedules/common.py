@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.ir import Expr as PrimExpr
+from tvm.ir import TensorLoad
 from tvm.s_tir.dlight.analysis.common_analysis import SBlockInfo
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 
@@ -125,3 +126,12 @@ def _bits(dtype: object) -> int:
         return int(bits)
     digits = "".join(ch for ch in str(dtype) if ch.isdigit())
     return int(digits) if digits else 32
+
+
+def is_copy_block(stmt: tirx.stmt.SBlock) -> bool:
+    """A block with only spatial iterators storing one element loaded from a buffer of the same dtype (a
+    transpose, slice or reshape step)."""
+    body = stmt.body
+    return (isinstance(body, tirx.BufferStore) and isinstance(body.value, TensorLoad) and stmt.init is None
+            and str(body.value.source.dtype) == str(body.buffer.dtype)
+            and all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars))

@@ -39,6 +39,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 
+from targets.schedules.common import is_copy_block
 from targets.schedules.wmma_intrin import register_wmma
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def find_gemm(sch: s_tir.Schedule, dtypes: frozenset[tuple[str, str]] = SUPPORTE
     ``dtypes`` (default: the tensor-core ones), else None."""
     from tvm.s_tir.dlight.gpu.matmul import get_index_map
 
+    inline_copies(sch)
     blocks = sch.get_child_blocks(get_root_block(sch))
     reductions = [b for b in blocks if _is_reduction(sch.get(b))]
     if len(reductions) != 1:
@@ -192,6 +194,23 @@ def find_gemm(sch: s_tir.Schedule, dtypes: frozenset[tuple[str, str]] = SUPPORTE
     if in_a != in_b or (in_a, acc) not in dtypes:
         return None
     return Gemm(reductions[0], in_a, acc)
+
+
+def inline_copies(sch: s_tir.Schedule) -> None:
+    """Copies (``common.is_copy_block``: a transpose, slice or reshape ``cast_fusion`` moved in front of a
+    GEMM, such as attention's head split) inlined into the kernel's one reduction block, which then reads
+    their source: the operand analysis sees the layout the copy to shared memory really reads."""
+    while True:
+        reductions = [b for b in sch.get_child_blocks(get_root_block(sch)) if _is_reduction(sch.get(b))]
+        if len(reductions) != 1:
+            return
+        copies = [p for p in sch.get_producers(reductions[0]) if is_copy_block(sch.get(p))]
+        if not copies:
+            return
+        try:
+            sch.compute_inline(copies[0])
+        except s_tir.ScheduleError:
+            return
 
 
 def _is_reduction(stmt: tirx.stmt.SBlock) -> bool:
@@ -264,13 +283,13 @@ def _unit(extent: tirx.PrimExpr) -> bool:
 
 
 def _indices(stmt: tirx.stmt.SBlock, index: int) -> list[tirx.PrimExpr]:
-    """Read ``index``'s indices with extent-1 variables as 0 (a 1x1 kernel's ``yy + ry`` is ``yy``)."""
+    """Read ``index``'s indices with extent-1 variables as 0 (a 1x1 kernel's ``yy + ry`` is ``yy``), simplified
+    within the iterators' ranges (a reshape's ``(h * 64 + d) % 64`` is ``d``)."""
     from tvm import sym
 
     analyzer = sym.Analyzer()
     for iv in stmt.iter_vars:
-        if _unit(iv.dom.extent):
-            analyzer.bind(iv.var, tirx.IntImm(iv.dom.extent.ty, 0))
+        analyzer.bind(iv.var, tirx.IntImm(iv.dom.extent.ty, 0) if _unit(iv.dom.extent) else iv.dom)
     return [analyzer.simplify(r.min) for r in stmt.reads[index].region]
 
 
