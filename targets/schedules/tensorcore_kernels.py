@@ -87,7 +87,7 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
 
 
-def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path, guards: bool | None = None) -> None:
+def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path, guards: bool = False) -> None:
     """Scheduled kernels, each under its name, into one shared library holding SASS for ``arch``
     (``guards``: see ``targets.cuda.compile_fatbin``)."""
     from targets.cuda import make_fpack_imports, pass_config
