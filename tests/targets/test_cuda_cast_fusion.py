@@ -109,23 +109,25 @@ def test_hand_built_block_has_cast_kernels_only_without_the_pass() -> None:
     assert len(launches(after)) == len(launches(before)) - 2
 
 
+def run_on_cpu(mod: tvm.IRModule, args: list[np.ndarray], casts_fused: bool) -> np.ndarray:
+    """``mod`` through the CUDA pipeline's fusion (with or without ``fuse_casts``), built and run on LLVM."""
+    host = tvm.target.Target({"kind": "llvm"})
+
+    @tvm.transform.module_pass(opt_level=0, name="test.cpu_pipeline")
+    def pipeline(m: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        passes = [*_FUSION, *([fuse_casts()] if casts_fused else []), relax.transform.FuseTIR(),
+                  *cpu.dataflow_lower_passes(host), *cpu.finalize_passes(host)]
+        with host:
+            return tvm.transform.Sequential(passes)(m)
+
+    vm = relax.VirtualMachine(tvm.compile(mod, target=host, relax_pipeline=pipeline), tvm.cpu())
+    return np.asarray(vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy())
+
+
 def test_hand_built_block_same_numbers_on_the_cpu() -> None:
     """The fused casts compute what the cast kernels did (fp16 on LLVM: bit for bit)."""
     mod, args = block_fp16()
-    host = tvm.target.Target({"kind": "llvm"})
-
-    def run(casts_fused: bool) -> np.ndarray:
-        @tvm.transform.module_pass(opt_level=0, name="test.cpu_pipeline")
-        def pipeline(m: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-            passes = [*_FUSION, *([fuse_casts()] if casts_fused else []), relax.transform.FuseTIR(),
-                      *cpu.dataflow_lower_passes(host), *cpu.finalize_passes(host)]
-            with host:
-                return tvm.transform.Sequential(passes)(m)
-
-        vm = relax.VirtualMachine(tvm.compile(mod, target=host, relax_pipeline=pipeline), tvm.cpu())
-        return np.asarray(vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy())
-
-    plain, fused_casts = run(False), run(True)
+    plain, fused_casts = run_on_cpu(mod, args, False), run_on_cpu(mod, args, True)
     assert np.isfinite(plain).all() and np.abs(plain).max() > 0
     np.testing.assert_array_equal(fused_casts, plain)
 

@@ -12,13 +12,12 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir
 from tvm.relax import op as R
-from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from targets import cuda
-from targets.cast_fusion import fuse_casts, is_layout_kernel
+from targets.cast_fusion import is_layout_kernel
 from targets.schedules import ScheduleReport
 from targets.schedules.gpu_tensorcore import analyze_operand, find_gemm
-from tests.targets.test_cuda_cast_fusion import _FUSION, cuda_target, fused, launches, zoo_module
+from tests.targets.test_cuda_cast_fusion import cuda_target, fused, launches, run_on_cpu, zoo_module
 
 B, S, HEADS, HEAD = 2, 16, 4, 16
 D = HEADS * HEAD
@@ -62,21 +61,9 @@ def test_head_split_and_merge_join_the_gemms() -> None:
 
 def test_same_numbers_on_the_cpu() -> None:
     rng = np.random.default_rng(0)
-    args = [rng.standard_normal((B, S, D)), rng.standard_normal((D, 3 * D)) / 8, rng.standard_normal((D, D)) / 8]
-    host = tvm.target.Target({"kind": "llvm"})
-
-    def run(moved: bool) -> np.ndarray:
-        @tvm.transform.module_pass(opt_level=0, name="test.cpu_pipeline")
-        def pipeline(m: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-            passes = [*_FUSION, *([fuse_casts()] if moved else []), relax.transform.FuseTIR(),
-                      *cpu.dataflow_lower_passes(host), *cpu.finalize_passes(host)]
-            with host:
-                return tvm.transform.Sequential(passes)(m)
-
-        vm = relax.VirtualMachine(tvm.compile(attention(), target=host, relax_pipeline=pipeline), tvm.cpu())
-        return np.asarray(vm["main"](*[tvm.runtime.tensor(a.astype(np.float32)) for a in args]).numpy())
-
-    plain, moved = run(False), run(True)
+    args = [a.astype(np.float32) for a in (rng.standard_normal((B, S, D)), rng.standard_normal((D, 3 * D)) / 8,
+                                           rng.standard_normal((D, D)) / 8)]
+    plain, moved = run_on_cpu(attention(), args, False), run_on_cpu(attention(), args, True)
     assert np.isfinite(plain).all() and np.abs(plain).max() > 0
     np.testing.assert_allclose(moved, plain, rtol=1e-5, atol=1e-6)
 
