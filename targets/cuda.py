@@ -611,6 +611,7 @@ def gpu_rules() -> list[tuple[str, Any]]:
     from targets.schedules.gpu_depthwise import GpuDepthwise
     from targets.schedules.gpu_depthwise_nhwc import GpuDepthwiseNhwc
     from targets.schedules.gpu_int8 import GpuInt8
+    from targets.schedules.gpu_pool_nhwc import GpuPoolNhwc
     from targets.schedules.gpu_rows import GpuRows
     from targets.schedules.gpu_simt import SimtMatmul
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
@@ -619,7 +620,8 @@ def gpu_rules() -> list[tuple[str, Any]]:
     # tiled by shape (``simt-matmul``); what neither takes (a GEMV, a symbolic shape) to dlight.
     return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True, shared_loads=True)),
             ("depthwise", GpuDepthwise()),
-            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("int8-dp4a", GpuInt8()), ("simt-matmul", SimtMatmul()),
+            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("pool-nhwc", GpuPoolNhwc()), ("int8-dp4a", GpuInt8()),
+            ("simt-matmul", SimtMatmul()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
             ("dlight-reduction", dl.gpu.Reduction()),
