@@ -22,7 +22,9 @@ Two steps, on two machines:
       Errors are effarch against PyTorch fp32: cosine (>= 0.999 required for fp16/bf16) and max error
       relative to the largest output. ``--profile`` adds the top 10 kernels of effarch (torch.profiler).
       Stops starting new bundles after --budget-s. Writes DIR/gpu_check.md and DIR/gpu_check.json after
-      every bundle (a call cut short keeps what it measured).
+      every bundle (a call cut short keeps what it measured). Two builds compared (A/B): copy their bundles into
+      one folder as ``MODEL.bBATCH.PRECISION~VARIANT``; both are timed in one run against the same PyTorch
+      timings, and each row names its bundle.
 """
 
 from __future__ import annotations

@@ -118,12 +118,19 @@ def table(rows: list[dict[str, Any]]) -> str:
             continue
         best = best_of({p: r.get(f"{p}_ms") for p in PEERS})
         ratio = r["effarch_ms"] / best[1] if best else None
-        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['effarch_ms']:.3f} | "
+        lines.append(f"| {_model(r)} | {r['batch']} | {r['precision']} | {r['effarch_ms']:.3f} | "
                      f"{_fmt(r.get('eager_ms'))} | {_fmt(r.get('compile_ms'))} | {_fmt(r.get('reduce_overhead_ms'))} | "
                      f"{best[0] if best else 'n/a'} | {_fmt(ratio, '.2f')}x | {r['cosine']:.6f} | "
                      f"{r['max_rel_err']:.2e} | {_fmt(r.get('torch_cosine'), '.6f')} | {_tc(r)} | "
                      f"{'yes' if r['ok'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def _model(row: dict[str, Any]) -> str:
+    """The row's model, with its bundle's variant where the bundle has one (``gpt.b32.fp16~L``: builds timed side
+    by side in one run)."""
+    variant = str(row.get("bundle", "")).partition("~")[2]
+    return f"{row['model']} ~{variant}" if variant else str(row["model"])
 
 
 def profile_table(name: str, ms_per_call: float, shares: list[dict[str, Any]]) -> str:
@@ -154,7 +161,7 @@ def int8_table(rows: list[dict[str, Any]]) -> str:
             continue
         base = fp32.get((r["model"], r["batch"]))
         sass = r.get("sass") or {}
-        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['effarch_ms']:.3f} | "
+        lines.append(f"| {_model(r)} | {r['batch']} | {r['precision']} | {r['effarch_ms']:.3f} | "
                      f"{_fmt(r['effarch_ms'] / base if base else None, '.2f')} | "
                      f"{_fmt(r.get('effarch_over_best'), '.2f')} | {_fmt(r.get('cosine_vs_ort'), '.6f')} | "
                      f"{r['cosine']:.6f} | {sass.get('IDP.4A', 'n/a')} | {sass.get('IMMA', 'n/a')} | "

@@ -116,6 +116,11 @@ def test_table_names_best_peer_and_ratio() -> None:
     assert "skipped: x" in lines[4]
 
 
+def test_table_names_the_variant_of_builds_timed_side_by_side() -> None:
+    lines = report.table([_row(bundle="resnet18.b32.bf16~guards"), _row(bundle="resnet18.b32.bf16")]).splitlines()
+    assert lines[2].startswith("| resnet18 ~guards | 32 |") and lines[3].startswith("| resnet18 | 32 |")
+
+
 def test_profile_table_shares_in_percent() -> None:
     shares = [{"kernel": "fused_conv2d_add_relu_kernel", "share": 0.456, "per_call_us": 314.0, "per_call_launches": 1}]
     text = report.profile_table("resnet18 b1 bf16", 0.688, shares)
