@@ -4,6 +4,7 @@ the PTX ``dp4a`` instruction after nvcc), and shapes the rule cannot take keep t
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,7 +72,9 @@ def _cuda_source(g: Graph) -> str:
 
 
 def _kernel(source: str, name: str) -> str:
-    start = source.rindex(f") {name}(")  # the definition, after the declarations
+    """The definition of the kernel named ``name`` (or ``PREFIX_name``: the zero point's reshape moved into it,
+    ``targets.cast_fusion``), after its declaration."""
+    start = max(m.start() for m in re.finditer(rf"[) ]\w*{name}\(", source))
     end = source.find('extern "C" __global__', start)
     return source[start:end if end >= 0 else len(source)]
 
