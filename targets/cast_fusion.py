@@ -105,6 +105,10 @@ def _has_contraction(func: Any) -> bool:
     return False
 
 
+def _ndim(v: relax.Expr) -> int:
+    return len(v.ty.shape) if isinstance(v.ty, relax.TensorType) and v.ty.shape is not None else -1
+
+
 def _is_float(dtype: Any) -> bool:
     return str(dtype).startswith(("float", "bfloat"))
 
@@ -173,7 +177,8 @@ class _Main:
         funcs = self.prim_funcs(value)
         if isinstance(value.op, tvm.ir.Op) and is_cast_kernel(funcs[0]):
             return args[0], False
-        if funcs and all(copies_only(f) for f in funcs) and any(is_layout_kernel(f) for f in funcs):
+        if (funcs and all(copies_only(f) for f in funcs) and any(is_layout_kernel(f) for f in funcs)
+                and _ndim(args[0]) > 0):  # a scalar's reshape (a quantized op's zero point) stays as it was
             return args[0], True
         return None
 

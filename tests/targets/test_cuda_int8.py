@@ -72,8 +72,8 @@ def _cuda_source(g: Graph) -> str:
 
 
 def _kernel(source: str, name: str) -> str:
-    """The definition of the kernel named ``name`` (or ``PREFIX_name``: the zero point's reshape moved into it,
-    ``targets.cast_fusion``), after its declaration."""
+    """The definition of the kernel named ``name`` (or ``PREFIX_name``, where ``targets.cast_fusion`` moved a
+    kernel into it), after its declaration."""
     start = max(m.start() for m in re.finditer(rf"[) ]\w*{name}\(", source))
     end = source.find('extern "C" __global__', start)
     return source[start:end if end >= 0 else len(source)]

@@ -97,3 +97,12 @@ def test_gpt_kernels_move_no_data_on_their_own() -> None:
         cuda.cuda_pipeline(cuda_target(), report)(mod)
     moved = {k: rule for k, rule in report.rules.items() if k.startswith("layout_") or k.endswith("_layout")}
     assert len(moved) == 2 and set(moved.values()) == {"tensorcore"}, report.rules
+
+
+def test_a_scalars_reshape_stays_beside_an_integer_gemm() -> None:
+    """A quantized matmul's zero point reshaped from [] to []: nothing to gain, and the integer kernels keep the
+    form they were measured in on the H200 (moved, the kernel would be ``layout_int8_matmul_gpu``)."""
+    from tests.targets.test_cuda_int8 import MATMUL, _cuda_source, _graph, _weights
+
+    source = _cuda_source(_graph(MATMUL, w=_weights((40, 64))))
+    assert ") int8_matmul_gpu_kernel(" in source
