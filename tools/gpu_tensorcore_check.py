@@ -52,6 +52,11 @@ CASES = [
     ("b32_gemm_2048x768x256", "matmul", (2048, 768, 256)),
     ("b32_gemm_2048x1024x256", "matmul", (2048, 1024, 256)),
     ("b32_gemm_2048x256x1024", "matmul", (2048, 256, 1024)),
+    # MiniLM at batch 32 (the zoo's 32 tokens a sentence: 1024 rows): QKV, FFN up and down, attention output
+    ("b32_gemm_1024x1152x384", "matmul", (1024, 1152, 384)),
+    ("b32_gemm_1024x1536x384", "matmul", (1024, 1536, 384)),
+    ("b32_gemm_1024x384x1536", "matmul", (1024, 384, 1536)),
+    ("b32_gemm_1024x384x384", "matmul", (1024, 384, 384)),
 ]
 BATCH1 = [name for name, _, _ in CASES if not name.startswith("b32")]
 # name -> (operand dtype, the op's out_dtype: None = the operands' dtype, so bf16 accumulates in bf16)
