@@ -39,7 +39,7 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 
-from targets.schedules.common import is_copy_block
+from targets.schedules.common import is_copy_block, is_reduction_block
 
 _PRIMITIVE = "Primitive"
 
@@ -98,11 +98,8 @@ def _has_contraction(func: Any) -> bool:
     if not isinstance(func, tirx.PrimFunc):
         return False
     sch = s_tir.Schedule(func)
-    for block in sch.get_child_blocks(get_root_block(sch)):
-        stmt = sch.get(block)
-        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars) and len(stmt.reads) == 2:
-            return True
-    return False
+    stmts = [sch.get(block) for block in sch.get_child_blocks(get_root_block(sch))]
+    return any(is_reduction_block(stmt) and len(stmt.reads) == 2 for stmt in stmts)
 
 
 def _ndim(v: relax.Expr) -> int:
@@ -150,19 +147,20 @@ class _Main:
             return value.op.name == "relax.call_tir" and _mergeable(self.mod[value.args[0]])
         if not (isinstance(value.op, relax.GlobalVar) and _is_primitive(self.mod[value.op])):
             return False
+        return all(self.kernel(c) for c in self.inner_calls(value))
+
+    def inner_calls(self, value: relax.Call) -> list[relax.Call]:
+        """The operator calls (call_tir) in the body of the primitive function ``value`` calls."""
         calls: list[relax.Call] = []
         relax.analysis.post_order_visit(self.mod[value.op].body,
                                         lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
-        return all(self.kernel(c) for c in calls if isinstance(c.op, tvm.ir.Op))
+        return [c for c in calls if isinstance(c.op, tvm.ir.Op)]
 
     def prim_funcs(self, value: relax.Expr) -> list[Any]:
         """The PrimFuncs a kernel's call runs (one for a call_tir, each call_tir of a primitive function)."""
         if isinstance(value.op, tvm.ir.Op):
             return [self.mod[value.args[0]]]
-        calls: list[relax.Call] = []
-        relax.analysis.post_order_visit(self.mod[value.op].body,
-                                        lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
-        return [self.mod[c.args[0]] for c in calls if isinstance(c.op, tvm.ir.Op)]
+        return [self.mod[c.args[0]] for c in self.inner_calls(value)]
 
     def contraction(self, value: relax.Expr) -> bool:
         return self.kernel(value) and any(_has_contraction(f) for f in self.prim_funcs(value))

@@ -135,3 +135,8 @@ def is_copy_block(stmt: tirx.stmt.SBlock) -> bool:
     return (isinstance(body, tirx.BufferStore) and isinstance(body.value, TensorLoad) and stmt.init is None
             and str(body.value.source.dtype) == str(body.buffer.dtype)
             and all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars))
+
+
+def is_reduction_block(stmt: tirx.stmt.SBlock) -> bool:
+    """A block with a reduction iterator (a matmul, convolution, pool or row reduction)."""
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)

@@ -18,21 +18,22 @@ the vector, a layout where channels are not innermost, a global pool, a window o
 from __future__ import annotations
 
 import logging
+import math
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from targets.schedules.common import is_reduction_block
+from targets.schedules.gpu_tensorcore import tirx_dtype_bytes
+
 logger = logging.getLogger(__name__)
 
 VECTOR_BYTES = 16
 THREADS = 128
 MAX_TAPS = 64  # window taps, each one unrolled vector load
-
-
-def _reduction(stmt: tirx.stmt.SBlock) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)
+FLOATS = ("float16", "bfloat16", "float32")
 
 
 def _channel_innermost(stmt: tirx.stmt.SBlock) -> bool:
@@ -48,13 +49,11 @@ def _channel_innermost(stmt: tirx.stmt.SBlock) -> bool:
 
 
 def vector_lanes(dtype: str, channels: int) -> int:
-    """Channels per thread: a 16-byte vector where the channel count divides, else 0 (declined)."""
-    lanes = VECTOR_BYTES // max(1, tirx_bytes(dtype))
+    """Channels per thread: a 16-byte vector of a float dtype where the channel count divides, else 0 (declined)."""
+    if dtype not in FLOATS:
+        return 0
+    lanes = VECTOR_BYTES // tirx_dtype_bytes(dtype)
     return lanes if channels % lanes == 0 else 0
-
-
-def tirx_bytes(dtype: str) -> int:
-    return {"float16": 2, "bfloat16": 2, "float32": 4}.get(str(dtype), 0) or 64
 
 
 class GpuPoolNhwc(ScheduleRule):
@@ -65,7 +64,7 @@ class GpuPoolNhwc(ScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(get_root_block(sch))
-        pools = [b for b in blocks if _reduction(sch.get(b))]
+        pools = [b for b in blocks if is_reduction_block(sch.get(b))]
         if len(pools) != 1 or not _channel_innermost(sch.get(pools[0])):
             return None
         pool = pools[0]
@@ -74,9 +73,7 @@ class GpuPoolNhwc(ScheduleRule):
         if not all(isinstance(e, tirx.IntImm) for e in extents):
             return None
         lanes = vector_lanes(str(stmt.writes[0].source.dtype), int(extents[3]))
-        taps = 1
-        for e in extents[4:]:
-            taps *= int(e)
+        taps = math.prod(int(e) for e in extents[4:])
         # a sliding window (a global pool, whose output is one pixel, stays with dlight's reductions)
         if not lanes or int(extents[1]) == 1 or int(extents[2]) == 1 or taps > MAX_TAPS:
             return None
@@ -87,7 +84,7 @@ class GpuPoolNhwc(ScheduleRule):
             return None
 
 
-def _schedule(sch: s_tir.Schedule, pool: s_tir.schedule.SBlockRV, lanes: int) -> s_tir.Schedule | None:
+def _schedule(sch: s_tir.Schedule, pool: s_tir.schedule.SBlockRV, lanes: int) -> s_tir.Schedule:
     root = get_root_block(sch)
     name = sch.get(pool).name_hint
     for block in sch.get_child_blocks(root):  # the padding (and any element-wise prologue)

@@ -39,7 +39,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 
-from targets.schedules.common import is_copy_block
+from targets.schedules.common import is_copy_block, is_reduction_block
 from targets.schedules.wmma_intrin import register_wmma
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def find_gemm(sch: s_tir.Schedule, dtypes: frozenset[tuple[str, str]] = SUPPORTE
 
     inline_copies(sch)
     blocks = sch.get_child_blocks(get_root_block(sch))
-    reductions = [b for b in blocks if _is_reduction(sch.get(b))]
+    reductions = [b for b in blocks if is_reduction_block(sch.get(b))]
     if len(reductions) != 1:
         return None
     stmt = sch.get(reductions[0])
@@ -201,7 +201,7 @@ def inline_copies(sch: s_tir.Schedule) -> None:
     GEMM, such as attention's head split) inlined into the kernel's one reduction block, which then reads
     their source: the operand analysis sees the layout the copy to shared memory really reads."""
     while True:
-        reductions = [b for b in sch.get_child_blocks(get_root_block(sch)) if _is_reduction(sch.get(b))]
+        reductions = [b for b in sch.get_child_blocks(get_root_block(sch)) if is_reduction_block(sch.get(b))]
         if len(reductions) != 1:
             return
         copies = [p for p in sch.get_producers(reductions[0]) if is_copy_block(sch.get(p))]
@@ -211,10 +211,6 @@ def inline_copies(sch: s_tir.Schedule) -> None:
             sch.compute_inline(copies[0])
         except s_tir.ScheduleError:
             return
-
-
-def _is_reduction(stmt: tirx.stmt.SBlock) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)
 
 
 class TensorCoreMatmul(ScheduleRule):
