@@ -8,7 +8,8 @@
       TensorCoreMatmul (as is; with split reductions; software-pipelined; split with at most 8 or 4 warps
       per block, pipelined where the rule decides, always (``-pipelined``, ``-pipe3``) or never
       (``-pipe1``), ``-vec`` writing back 4-element vectors, ``-ldsm`` loading fragments from the shared state
-      space; the build's rule is ``effarch-4warps-vec``),
+      space, ``-tBMxBNxBKwWMxWNsS`` in those tiles instead of the rule's choice; the build's rule is
+      ``effarch-4warps-vec-ldsm``),
       for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it, ``-4x4`` with 4x4 outputs per
       thread, ``-pipe`` / ``-pipe3`` software-pipelined), and by dlight's
       Matmul (its tensor-core path where it takes the shape, else SIMT), built
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,14 +188,24 @@ def run(in_dir: Path, out_dir: Path) -> None:
     print("\n".join(lines))
 
 
+def _schedule(name: str) -> str:
+    """``name`` if it is one of SCHEDULES, or one of them with forced tiles (``-t64x64x64w2x2s2``)."""
+    base = re.sub(r"-t\d+x\d+x\d+w\d+x\d+s\d+$", "", name)
+    if base not in SCHEDULES or (base != name and (base == "dlight" or "simt" in base)):
+        raise argparse.ArgumentTypeError(f"unknown schedule {name!r}: one of {', '.join(SCHEDULES)}, "
+                                         "a tensor-core one optionally ending in -tBMxBNxBKwWMxWNsS")
+    return name
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("step", choices=("pack", "run"))
     p.add_argument("--dir", default="out/tensorcore")
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--out", default=".")
-    p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
-                   help="pack only these schedules (run takes whichever were packed)")
+    p.add_argument("--schedules", nargs="+", type=_schedule, default=list(SCHEDULES),
+                   help="pack only these schedules (run takes whichever were packed); a tensor-core schedule "
+                        "with '-tBMxBNxBKwWMxWNsS' takes those tiles instead of the rule's choice")
     p.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], default=BATCH1,
                    help="pack only these kernels (default: the batch-1 ones)")
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=TENSOR_CORE_PRECISIONS)

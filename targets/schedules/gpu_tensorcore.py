@@ -221,12 +221,13 @@ class TensorCoreMatmul(ScheduleRule):
     """
 
     def __init__(self, split_k: bool = False, pipeline: int | None = None, max_warps: int = 16,
-                 vector_store: bool = False, shared_loads: bool = False) -> None:
+                 vector_store: bool = False, shared_loads: bool = False, tiles: Tiles | None = None) -> None:
         self.split_k = split_k
         self.pipeline = pipeline
         self.max_warps = max_warps
         self.vector_store = vector_store
         self.shared_loads = shared_loads
+        self.tiles = tiles  # every GEMM in these tiles instead of ``choose_tiles``' (kernel experiments)
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
@@ -239,7 +240,7 @@ class TensorCoreMatmul(ScheduleRule):
             return None
         try:
             return sch if schedule_gemm(sch, gemm, self.split_k, self.pipeline, self.max_warps,
-                                        self.vector_store, self.shared_loads) else None
+                                        self.vector_store, self.shared_loads, self.tiles) else None
         except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
             logger.info("tensor-core schedule declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
             return None
@@ -392,15 +393,16 @@ class Plan:
                 + (", stores along M" if self.along_m else "") + (", pipelined" if self.stages > 1 else ""))
 
 
-def plan_gemm(func: tirx.PrimFunc, split_k: bool = False, max_warps: int = 16) -> Plan | None:
+def plan_gemm(func: tirx.PrimFunc, split_k: bool = False, max_warps: int = 16,
+              tiles_override: Tiles | None = None) -> Plan | None:
     """The plan for ``func`` (None when the rule would not take it); schedules nothing."""
     sch = s_tir.Schedule(func)
     gemm = find_gemm(sch)
-    return None if gemm is None else _prepare(sch, gemm, split_k, max_warps)[0]
+    return None if gemm is None else _prepare(sch, gemm, split_k, max_warps, tiles_override)[0]
 
 
-def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
-             max_warps: int = 16) -> tuple[Plan | None, Operand, Operand]:
+def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool, max_warps: int = 16,
+             tiles_override: Tiles | None = None) -> tuple[Plan | None, Operand, Operand]:
     """Normalize ``gemm``'s block in ``sch`` (widening a bf16 accumulator) and choose its tiles
     (``split_k`` False: never a split reduction)."""
     stmt = sch.get(gemm.block)
@@ -421,7 +423,7 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
     # an operand that cannot be copied in 16-byte vectors (a convolution's gathered input) makes the
     # kernel wait on its loads: more blocks resident per SM hide that latency
     waves = GATHER_WAVES if not all(_vectors(op, gemm.in_dtype) for op in (a, b)) else 1
-    tiles = choose_tiles(m, n, k, batch, max_warps, waves)
+    tiles = tiles_override or choose_tiles(m, n, k, batch, max_warps, waves)
     if not split_k and tiles.split_k > 1:
         tiles = Tiles(tiles.block_m, tiles.block_n, tiles.block_k, tiles.warps_m, tiles.warps_n)
     # the partial sums of a split reduction are laid out [part, M, N]: written along N
@@ -430,13 +432,15 @@ def _prepare(sch: s_tir.Schedule, gemm: Gemm, split_k: bool,
 
 
 def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeline: int | None = None,
-                  max_warps: int = 16, vector_store: bool = False, shared_loads: bool = False) -> bool:
+                  max_warps: int = 16, vector_store: bool = False, shared_loads: bool = False,
+                  tiles_override: Tiles | None = None) -> bool:
     """Schedule ``gemm`` in place; ``split_k``: cut the reduction as ``choose_tiles`` says (partial sums in
     a global buffer, added by a second kernel that also runs the epilogue), else never; ``pipeline``:
     how many K steps the operand copies (``cp.async``) run ahead, plus one (None: ``pipeline_stages``
     decides; 1: none); ``vector_store``: the write-back in 4-element vectors; ``shared_loads``: fragments
-    loaded by ``wmma.load`` naming shared memory (ldmatrix in SASS; ``wmma_intrin.shared_load_source``)."""
-    plan, a, b = _prepare(sch, gemm, split_k, max_warps)
+    loaded by ``wmma.load`` naming shared memory (ldmatrix in SASS; ``wmma_intrin.shared_load_source``);
+    ``tiles_override``: these tiles instead of ``choose_tiles``' (``tools/gpu_tensorcore_check.py -t...``)."""
+    plan, a, b = _prepare(sch, gemm, split_k, max_warps, tiles_override)
     if plan is None:
         return False
     if pipeline is None:

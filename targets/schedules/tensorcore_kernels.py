@@ -52,11 +52,12 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     'effarch-pipelined' (the next K step's copies overlapped); 'effarch-Nwarps' split with at most N warps
     per block, pipelined where ``pipeline_stages`` says ('effarch-8warps' is the build's rule), with
     '-pipelined' / '-pipeS' always (S stages), '-pipe1' never, '-vec' writing back 4-element vectors,
-    '-ldsm' loading fragments with ``wmma.load`` from the shared state space (ldmatrix).
+    '-ldsm' loading fragments with ``wmma.load`` from the shared state space (ldmatrix), '-tBMxBNxBKwWMxWNsS'
+    in those tiles (``Tiles(BM, BN, BK, WM, WN, S)``) instead of the rule's choice.
     'effarch-simt': float32 on CUDA cores ('-4x4' outputs a thread, '-pipe' / '-pipeS' pipelined)."""
     from tvm.s_tir import dlight as dl
 
-    from targets.schedules.gpu_tensorcore import TensorCoreMatmul, plan_gemm
+    from targets.schedules.gpu_tensorcore import TensorCoreMatmul, Tiles, plan_gemm
 
     target = cuda_target(arch)
     pipe = re.search(r"-pipe(\d?)", schedule)
@@ -75,14 +76,17 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     warps = int(m.group(1)) if (m := re.search(r"(\d+)warps", schedule)) else 16
     if schedule in ("effarch", "effarch-splitk"):
         stages = stages or 1  # as built before the pipeline rule: never pipelined
+    forced = re.search(r"-t(\d+)x(\d+)x(\d+)w(\d+)x(\d+)s(\d+)", schedule)
+    forced_tiles = Tiles(*map(int, forced.groups())) if forced else None
     rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=stages, max_warps=warps,
-                                          vector_store="-vec" in schedule, shared_loads="-ldsm" in schedule)]
+                                          vector_store="-vec" in schedule, shared_loads="-ldsm" in schedule,
+                                          tiles=forced_tiles)]
                         if ours
                         else [dl.gpu.Matmul(), dl.gpu.Fallback()])
     for rule in rules:
         sch = rule.apply(func, target, False)
         if sch is not None:
-            how = str(plan_gemm(func, split, warps)) if ours else type(rule).__name__
+            how = str(plan_gemm(func, split, warps, forced_tiles)) if ours else type(rule).__name__
             return sch.mod["main"].with_attr("tirx.is_scheduled", True), how
     raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
 

@@ -319,3 +319,20 @@ def test_use_shared_loads_rewrites_only_marked_loads() -> None:
     assert body.count("nvcuda::wmma::load_matrix_sync(") == 1 and SHARED_MARK not in body
     assert out.index(f"void {SHARED_LOAD}(") < out.index('extern "C" __global__')
     assert use_shared_loads(source.replace(f"  {SHARED_MARK}();\n", "")) == source.replace(f"  {SHARED_MARK}();\n", "")
+
+
+def test_forced_tiles_replace_the_rules_choice_and_still_store_every_output_once() -> None:
+    """``TensorCoreMatmul(tiles=...)`` (the kernel check's ``-t64x64x64w2x2s1`` schedules) schedules in
+    exactly those tiles, a split included."""
+    from targets.schedules.gpu_tensorcore import Tiles
+
+    func = _kernel("matmul", "float16", None, (256, 384, 512))
+    for tiles in (Tiles(64, 64, 64, 2, 2, 1), Tiles(128, 64, 32, 2, 2, 2)):
+        assert tiles != choose_tiles(256, 384, 512)
+        plan = plan_gemm(func, split_k=True, tiles_override=tiles)
+        assert plan is not None and plan.tiles == tiles
+        sch = TensorCoreMatmul(split_k=True, tiles=tiles).apply(func, tvm.target.Target(TARGET, host={"kind": "llvm"}),
+                                                                False)
+        assert sch is not None
+        counts = store_counts(sch, sch.mod["main"].params[-1].name)
+        assert counts.min() == 1 and counts.max() == 1

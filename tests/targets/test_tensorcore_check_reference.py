@@ -40,3 +40,13 @@ def test_the_stem_case_is_resnet18s_stem() -> None:
     x, w, x64, w64 = check._inputs(0, kind, dims, "float16")
     assert x.shape == (1, 3, 224, 224) and w.shape == (64, 3, 7, 7)
     assert check.reference(kind, dims, x64, w64).shape == (1, 64, 112, 112)
+
+
+def test_schedule_names_take_forced_tiles_only_on_tensor_core_schedules() -> None:
+    import argparse
+
+    assert check._schedule("effarch-4warps-vec-ldsm-t64x64x64w2x2s1") == "effarch-4warps-vec-ldsm-t64x64x64w2x2s1"
+    assert check._schedule("dlight") == "dlight"
+    for bad in ("effarch-simt-t64x64x64w2x2s1", "dlight-t64x64x64w2x2s1", "effarch-nope", "effarch-t64x64"):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown schedule"):
+            check._schedule(bad)
