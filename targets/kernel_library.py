@@ -3,6 +3,7 @@ with the runtime-only TVM (outside ``targets.schedules``, whose package needs TV
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ def conv_dims(dims: tuple[int, ...]) -> tuple[int, int, int, int, int]:
     """A convolution case's (c, h, f, r, stride): the stride is 1 where ``dims`` gives none."""
     c, h, f, r, *rest = dims
     return c, h, f, r, (rest[0] if rest else 1)
+
+
+def forced_tiles(schedule: str) -> tuple[str, tuple[int, ...] | None]:
+    """A kernel-check schedule name split into its base name and the tiles it forces: ``-t64x64x64w2x2s1``
+    at its end gives (64, 64, 64, 2, 2, 1), ``Tiles``' fields in order; None where it forces none."""
+    forced = re.search(r"-t(\d+)x(\d+)x(\d+)w(\d+)x(\d+)s(\d+)$", schedule)
+    if forced is None:
+        return schedule, None
+    return schedule[:forced.start()], tuple(int(g) for g in forced.groups())
 
 
 class KernelLibrary:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -190,7 +189,9 @@ def run(in_dir: Path, out_dir: Path) -> None:
 
 def _schedule(name: str) -> str:
     """``name`` if it is one of SCHEDULES, or one of them with forced tiles (``-t64x64x64w2x2s2``)."""
-    base = re.sub(r"-t\d+x\d+x\d+w\d+x\d+s\d+$", "", name)
+    from targets.kernel_library import forced_tiles
+
+    base, _ = forced_tiles(name)
     if base not in SCHEDULES or (base != name and (base == "dlight" or "simt" in base)):
         raise argparse.ArgumentTypeError(f"unknown schedule {name!r}: one of {', '.join(SCHEDULES)}, "
                                          "a tensor-core one optionally ending in -tBMxBNxBKwWMxWNsS")

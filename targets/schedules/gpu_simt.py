@@ -246,15 +246,14 @@ def _stage(sch: s_tir.Schedule, main: SBlockRV, index: int, ko: LoopRV, threads:
     lanes = math.gcd(4, width, op.lanes)
     while lanes > 1 and elements % (threads[0] * threads[1] * lanes):
         lanes //= 2
-    transpose = op.k_inner
-    if transpose:
+    if op.k_inner:
         sch.transform_layout(cached, ("write", 0), lambda *idx: (*idx[:-2], idx[-1], idx[-2]))
     fused = sch.fuse(rows, cols)
     _, ty, tx, vec = sch.split(fused, [None, *threads, lanes])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     sch.vectorize(vec)
-    if transpose:  # rows padded: the transposed copy's stores go down a column
+    if op.k_inner:  # rows padded: the transposed copy's stores go down a column
         sch.storage_align(cached, 0, axis=-2, factor=32, offset=PAD)
     return cached
 

@@ -16,7 +16,7 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
-from targets.kernel_library import conv_dims, operand_shapes
+from targets.kernel_library import conv_dims, forced_tiles, operand_shapes
 from targets.schedules.gpu_rules import fused_kernel
 
 
@@ -50,7 +50,7 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
 
     Tensor cores: 'effarch' (never pipelined, no split), 'effarch-splitk' (split reductions),
     'effarch-pipelined' (the next K step's copies overlapped); 'effarch-Nwarps' split with at most N warps
-    per block, pipelined where ``pipeline_stages`` says ('effarch-8warps' is the build's rule), with
+    per block, pipelined where ``pipeline_stages`` says ('effarch-4warps-vec-ldsm' is the build's rule), with
     '-pipelined' / '-pipeS' always (S stages), '-pipe1' never, '-vec' writing back 4-element vectors,
     '-ldsm' loading fragments with ``wmma.load`` from the shared state space (ldmatrix), '-tBMxBNxBKwWMxWNsS'
     in those tiles (``Tiles(BM, BN, BK, WM, WN, S)``) instead of the rule's choice.
@@ -76,17 +76,17 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     warps = int(m.group(1)) if (m := re.search(r"(\d+)warps", schedule)) else 16
     if schedule in ("effarch", "effarch-splitk"):
         stages = stages or 1  # as built before the pipeline rule: never pipelined
-    forced = re.search(r"-t(\d+)x(\d+)x(\d+)w(\d+)x(\d+)s(\d+)", schedule)
-    forced_tiles = Tiles(*map(int, forced.groups())) if forced else None
+    _, numbers = forced_tiles(schedule)
+    forced = Tiles(*numbers) if numbers else None
     rules: list[Any] = ([TensorCoreMatmul(split_k=split, pipeline=stages, max_warps=warps,
                                           vector_store="-vec" in schedule, shared_loads="-ldsm" in schedule,
-                                          tiles=forced_tiles)]
+                                          tiles=forced)]
                         if ours
                         else [dl.gpu.Matmul(), dl.gpu.Fallback()])
     for rule in rules:
         sch = rule.apply(func, target, False)
         if sch is not None:
-            how = str(plan_gemm(func, split, warps, forced_tiles)) if ours else type(rule).__name__
+            how = str(plan_gemm(func, split, warps, forced)) if ours else type(rule).__name__
             return sch.mod["main"].with_attr("tirx.is_scheduled", True), how
     raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
 
