@@ -133,8 +133,9 @@ def lowering_options(spec: TargetSpec, cpu: str | None, opt_level: int, *, winog
     return {"channels_last": layout and fast, "pack": spec.pack_width(cpu) if fast else 0,
             "int8": spec.int8_isa(cpu) if fast else "", "winograd": winograd and fast and spec.channels_last,
             "bf16": spec.bf16_kernel(cpu) if precision == "bf16" else "",
-            # CUDA: attention-like groups as separate kernels, so each matmul gets tensor cores.
-            "split_multi_stage": spec.name == "cuda"}
+            # CUDA: attention-like groups as separate kernels, so each matmul gets tensor cores; a channels-last
+            # network's first strided convolution over its 2x2 patches folded into channels.
+            "split_multi_stage": spec.name == "cuda", "space_to_depth": spec.name == "cuda"}
 
 
 def model_info(g: Graph, lowered: LoweredModule) -> ModelInfo:

@@ -610,6 +610,7 @@ def gpu_rules() -> list[tuple[str, Any]]:
 
     from targets.schedules.gpu_depthwise import GpuDepthwise
     from targets.schedules.gpu_depthwise_nhwc import GpuDepthwiseNhwc
+    from targets.schedules.gpu_fold import GpuFold
     from targets.schedules.gpu_int8 import GpuInt8
     from targets.schedules.gpu_pool_nhwc import GpuPoolNhwc
     from targets.schedules.gpu_rows import GpuRows
@@ -620,7 +621,8 @@ def gpu_rules() -> list[tuple[str, Any]]:
     # tiled by shape (``simt-matmul``); what neither takes (a GEMV, a symbolic shape) to dlight.
     return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True, shared_loads=True)),
             ("depthwise", GpuDepthwise()),
-            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("pool-nhwc", GpuPoolNhwc()), ("int8-dp4a", GpuInt8()),
+            ("depthwise-nhwc", GpuDepthwiseNhwc()), ("pool-nhwc", GpuPoolNhwc()), ("fold-nhwc", GpuFold()),
+            ("int8-dp4a", GpuInt8()),
             ("simt-matmul", SimtMatmul()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),

@@ -23,7 +23,7 @@ from tvm.relax import op as R
 
 from compiler.errors import EffarchError
 from compiler.ir.core import Node
-from targets.lowering import winograd
+from targets.lowering import space_to_depth, winograd
 from targets.lowering.depthwise_int8 import depthwise_integer_nhwc
 from targets.lowering.packed import conv2d_nhwc_packed, conv_packable, pack_conv, panel_width
 from targets.lowering.packed_bf16 import computes_in_bf16, conv2d_nhwc_bf16, pack_conv_bf16
@@ -93,6 +93,10 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         u = c.relaid_weight(1, winograd.transform_weights(weight, nr), f"winograd{nr}")  # G g G^T, once
         y = c.bb.emit_te(winograd.conv2d_nhwc_winograd, lowering.nhwc(x), u, pads=win.pads,
                          primfunc_name_hint="conv2d_nhwc_winograd")
+    elif (lowering.space_to_depth and len(win.pads) == 4 and _static_batch(x)
+            and space_to_depth.applies(weight.shape, win.strides, win.dilations, groups)
+            and (folded := _folded(lowering, x, list(weight.shape[2:]), win.pads)) is not None):
+        y = space_to_depth.conv2d(folded, c.relaid_weight(1, space_to_depth.fold_weight(weight), "s2d"))
     elif nr and conv_packable(weight.shape[0], weight.shape[1], groups, nr) and len(win.pads) == 4:
         packed = c.relaid_weight(1, pack_conv(weight, nr), f"p{nr}")  # once, at compile time
         y = c.bb.emit_te(conv2d_nhwc_packed, lowering.nhwc(x), packed, strides=win.strides, pads=win.pads,
@@ -105,6 +109,14 @@ def _conv(lowering: Any, node: Node) -> relax.Expr | None:
         return y
     y = c.emit(y)
     return R.add(y, c.emit(R.reshape(c.arg(2), [1, 1, 1, -1])))
+
+
+def _folded(lowering: Any, x: Any, kernel: list[int], pads: list[int]) -> relax.Expr | None:
+    """``x`` folded for ``space_to_depth.conv2d``: a kernel of its own, before the group that convolves it."""
+    def fold(bb: relax.BlockBuilder, value: relax.Expr, nchw: bool) -> relax.Expr:
+        return bb.emit_te(space_to_depth.fold_input, value, nchw, kernel, pads, primfunc_name_hint="space_to_depth")
+
+    return lowering.folded_input(x, f"s2d{kernel}{pads}", fold)  # type: ignore[no-any-return]
 
 
 def _out_width(x: Any, win: Any) -> int:

@@ -117,8 +117,12 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
     ``outer`` is the lowering in progress (``targets.lowering.to_relax._Lowerer``): its block builder, the
     Relax expression of every IR value, and the values known at compile time."""
     inner = type(outer)(node.body, channels_last=outer.channels_last, pack=outer.pack, int8=outer.int8,
-                        split_multi_stage=outer.split_multi_stage, winograd=outer.winograd, bf16=outer.bf16)
+                        split_multi_stage=outer.split_multi_stage, winograd=outer.winograd, bf16=outer.bf16,
+                        space_to_depth=outer.space_to_depth)
     inner.in_group = True
+    inner.outer = outer
+    inner.group_inputs = {id(body): value for value, body in zip(node.inputs, node.body.inputs, strict=True)
+                          if value is not None}
     params, args = _signature(outer, inner, node)
     name = kernel_name(node)
     with inner.bb.function(name, params, attrs={"Primitive": True}, pure=True):
@@ -133,7 +137,12 @@ def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
     if inner.weight_vars:
         raise LoweringError(f"{describe(node)}: its body computes a large constant; fold constants first")
     inner_mod = inner.bb.get()
-    func, constants = _lift_constants(_with_kernels_of(outer, inner_mod, inner_mod[name].without_attr("global_symbol")))
+    func = _with_kernels_of(outer, inner_mod, inner_mod[name].without_attr("global_symbol"))
+    if inner.outer_params:  # values the outer lowering computed for the body (``_Lowerer.folded_input``)
+        func = relax.Function([*func.params, *(p for p, _ in inner.outer_params)], func.body, func.ret_ty,
+                              func.is_pure, func.attrs)
+        args = [*args, *(arg for _, arg in inner.outer_params)]
+    func, constants = _lift_constants(func)
     constants = [_as_weight(outer, inner, name, c) for c in constants]
     func, call_args = _drop_unused_params(func, [*args, *constants])
     call = outer.bb.emit(relax.Call(outer.bb.add_func(func, name), call_args), name_hint=name)

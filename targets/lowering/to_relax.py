@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,8 @@ class Lowered:
 
 
 def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
-          split_multi_stage: bool = False, winograd: bool = False, bf16: str = "") -> Lowered:
+          split_multi_stage: bool = False, winograd: bool = False, bf16: str = "",
+          space_to_depth: bool = False) -> Lowered:
     """Lower ``g`` to a Relax module whose ``main`` takes the graph inputs then the weights.
 
     ``channels_last`` lowers 2-D convolutions and the ops after them NHWC (the CPU targets'
@@ -57,12 +58,13 @@ def lower(g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "
     ``winograd`` computes channels-last 3x3 stride-1 convolutions by Winograd F(2x2,3x3)
     (``lowering.winograd``); ``bf16`` names the CPU's bf16 dot-product kernel, with which MatMul/Gemm
     with constant weights and channels-last convolutions compute on bf16 operands (``--precision bf16``;
-    ``lowering.packed_bf16``)."""
+    ``lowering.packed_bf16``); ``space_to_depth`` lowers channels-last stride-2 convolutions over few channels
+    (a network's first) as stride-1 ones over 2x2 patches folded into channels (``lowering.space_to_depth``)."""
     unsupported = sorted(_unsupported(g))
     if unsupported:
         raise EffarchError(f"cannot lower ops {', '.join(unsupported)}; no converter exists for them")
     return _Lowerer(g, channels_last=channels_last, pack=pack, int8=int8, split_multi_stage=split_multi_stage,
-                    winograd=winograd, bf16=bf16).run()
+                    winograd=winograd, bf16=bf16, space_to_depth=space_to_depth).run()
 
 
 def _unsupported(g: Graph) -> set[str]:
@@ -75,8 +77,16 @@ class _Lowerer:
     """The state of one lowering: Relax expression and known value of every IR value."""
 
     def __init__(self, g: Graph, *, channels_last: bool = False, pack: int = 0, int8: str = "",
-                 split_multi_stage: bool = False, winograd: bool = False, bf16: str = "") -> None:
+                 split_multi_stage: bool = False, winograd: bool = False, bf16: str = "",
+                 space_to_depth: bool = False) -> None:
         self.g = g
+        self.space_to_depth = space_to_depth
+        # Inside a group: the lowering around it, which body input each outer value feeds, and the parameters
+        # added for values the outer lowering computes for the group (``folded_input``) with their arguments.
+        self.outer: _Lowerer | None = None
+        self.group_inputs: dict[int, Value] = {}
+        self.outer_params: list[tuple[relax.Var, relax.Expr]] = []
+        self.folded: dict[tuple[int, str], relax.Expr] = {}
         self.split_multi_stage = split_multi_stage
         self.winograd = winograd
         self.bb = relax.BlockBuilder()
@@ -242,6 +252,28 @@ class _Lowerer:
             e = self.bb.emit(relax.op.permute_dims(self._expr(v), [0, 2, 3, 1]))
             self.nhwc_exprs[id(v)] = e
         return e
+
+    def folded_input(self, v: Value, key: str,
+                     fold: Callable[[relax.BlockBuilder, relax.Expr, bool], relax.Expr]) -> relax.Expr | None:
+        """``fold(bb, v, nchw)`` (``v`` as held: NCHW if it is, else channels-last), emitted once per ``key`` in
+        ``main``, also when a group reads it (the group then takes the result as a parameter). None when ``v``
+        is a value a group computes itself."""
+        if self.outer is None:
+            found = self.folded.get((id(v), key))
+            if found is None:
+                nchw = not self._nhwc_only(v)
+                found = fold(self.bb, self._expr(v) if nchw else self.nhwc(v), nchw)
+                self.folded[(id(v), key)] = found
+            return found
+        outer_value = self.group_inputs.get(id(v))
+        outer = None if outer_value is None else self.outer.folded_input(outer_value, key, fold)
+        if outer is None:
+            return None
+        param = next((p for p, arg in self.outer_params if arg.same_as(outer)), None)
+        if param is None:
+            param = relax.Var(f"{v.name}_folded".replace(".", "_"), outer.ty)
+            self.outer_params.append((param, outer))
+        return param
 
     def weight_value(self, v: Value) -> np.ndarray | None:
         arr = self.known.get(id(v))
