@@ -62,6 +62,9 @@ GATHER_WAVES = 4  # a kernel with an operand not copied in 16-byte vectors (a ga
 # 4 blocks per SM (ResNet-18 fp16 b1, H200 2026-12-03: stem 29.3 -> 8.9 us, the model 0.243 -> 0.216 ms; for
 # GEMMs of vector loads, more and smaller blocks measured slower: ResNet-18 fp16 b32 0.794 -> 1.023 ms)
 PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
+PIPELINE_SHORT_STEPS = 4  # ... or from which they are, in a grid of at most PIPELINE_SHORT_WAVES blocks per SM
+PIPELINE_SHORT_WAVES = 2
+PIPELINE_DEPTH = 2  # shared tiles of a pipelined GEMM: its copies run PIPELINE_DEPTH - 1 K steps ahead
 
 
 @dataclass(frozen=True)
@@ -502,14 +505,21 @@ def schedule_gemm(sch: s_tir.Schedule, gemm: Gemm, split_k: bool = False, pipeli
 
 def pipeline_stages(plan: Plan, a: Operand, b: Operand) -> int:
     """2 (the copies one K step ahead, as ``cp.async``) when both operands load in 16-byte vectors and each
-    block runs at least ``PIPELINE_MIN_STEPS`` K steps, else 1. On the H200 (2026-12-03,
+    block runs at least ``PIPELINE_MIN_STEPS`` K steps, or at least ``PIPELINE_SHORT_STEPS`` in a grid of at
+    most ``PIPELINE_SHORT_WAVES`` blocks per SM; else 1. On the H200 (2026-12-03,
     ``tools/gpu_tensorcore_check.py``) that took the 1568x512x4608 GEMM (72 steps) from 103 to 70 us in bf16
-    and 67 to 48 in fp16; at 9 steps (100352x64x576) it was 4% faster in bf16 and 10% slower in fp16; a
-    gathered operand (an NCHW convolution's input) cannot be copied asynchronously."""
+    and 67 to 48 in fp16; at 9 steps in a grid of many waves (100352x64x576) it was 4% faster in bf16 and 10%
+    slower in fp16, where other blocks hide a block's load latency. With a block or two per SM nothing hides
+    it: pipelining the short GEMMs of such grids (MiniLM's QKV, FFN up and attention output at 6 steps, GPT's
+    at 4) took, at batch 32 in one call (fifth session), MiniLM fp16 0.386 -> 0.366 ms, bf16 0.403 -> 0.383,
+    GPT fp16 0.217 -> 0.213, bf16 0.226 -> 0.215, MobileNetV2 fp16 0.596 -> 0.544, bf16 0.864 -> 0.801.
+    A gathered operand (an NCHW convolution's input) cannot be copied asynchronously."""
     tiles = plan.tiles
     steps = round_up(plan.k, tiles.block_k * tiles.split_k) // (tiles.block_k * tiles.split_k)
     vectors = all(_vectors(op, plan.in_dtype) for op in (a, b))
-    return 2 if vectors and steps >= PIPELINE_MIN_STEPS else 1
+    blocks = plan.batch * ceil_div(plan.m, tiles.block_m) * ceil_div(plan.n, tiles.block_n) * tiles.split_k
+    short = steps >= PIPELINE_SHORT_STEPS and blocks <= PIPELINE_SHORT_WAVES * SM_COUNT
+    return min(PIPELINE_DEPTH, steps) if vectors and (steps >= PIPELINE_MIN_STEPS or short) else 1
 
 
 def _vectors(op: Operand, dtype: str) -> bool:
