@@ -78,6 +78,11 @@ BLOCKS_PER_SM = 2
 # 0.195 -> 0.165 ms, MobileNetV2 b1 0.309 -> 0.276, the MLP b32 0.044 -> 0.040, the digits CNN b32 0.030 ->
 # 0.026 but b1 0.0290 -> 0.0303; ResNet-18 b1 and b32, MobileNetV2 b32 unchanged)
 MIN_PART_STEPS = 4
+# A GEMM whose filling tile is under 64 on both edges (4x4 outputs a thread, 64 threads a block) but whose
+# reduction is LONG_STEPS BLOCK_K steps or more takes 64x64 tiles, the reduction split until they fill the SMs as
+# well (H200, 2026-12-03, batch 32, one call: MiniLM fp32 1.143 -> 0.897 ms, its FFN down 76 -> 37 us a launch
+# with the partial sums' kernel; GPT fp32 0.649 -> 0.586).
+LONG_STEPS = 64
 
 
 @dataclass(frozen=True)
@@ -108,12 +113,18 @@ def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1, tall: int = TALL, 
     """The largest tile whose grid has ``BLOCKS_PER_SM`` blocks per SM, among tiles no larger than the matrix
     rounded up to 32 (less padding on a tie); else the one with the most blocks and the reduction split
     in two until the parts give every SM ``BLOCKS_PER_SM`` too, each part keeping ``MIN_PART_STEPS`` steps
-    (H200, 2026-12-03: ResNet-18 fp32 b1 0.569 -> 0.400 ms against splits to one block per SM). A thread's outputs:
+    (H200, 2026-12-03: ResNet-18 fp32 b1 0.569 -> 0.400 ms against splits to one block per SM); 64x64 tiles and a
+    split where small tiles would walk a long reduction (``LONG_STEPS``). A thread's outputs:
     ``MICRO`` along the edge its warp runs across (one 16-byte load per k; N, or M when ``across_m``),
     ``tall`` along the other where that edge of the tile is 64 or more."""
     bm, bn = block_tile(m, n, k, batch, BLOCK_TILES, BLOCKS_PER_SM * SM_COUNT)
-    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), round_up(k, BLOCK_K) // BLOCK_K,
-                            MIN_PART_STEPS, BLOCKS_PER_SM * SM_COUNT)
+    steps = round_up(k, BLOCK_K) // BLOCK_K
+    split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), steps, MIN_PART_STEPS,
+                            BLOCKS_PER_SM * SM_COUNT)
+    if LONG_STEPS and split == 1 and max(bm, bn) < 64 and steps >= LONG_STEPS:
+        bm, bn = block_tile(m, n, k, batch, tuple(t for t in BLOCK_TILES if max(t) <= 64 and min(t) >= 64), 0)
+        split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), steps, MIN_PART_STEPS,
+                                BLOCKS_PER_SM * SM_COUNT)
     if across_m:
         return SimtTiles(bm, bn, split, MICRO, tall if bn >= 64 else MICRO)
     return SimtTiles(bm, bn, split, tall if bm >= 64 else MICRO, MICRO)

@@ -39,6 +39,11 @@ CASES = GEMM_CASES + [
     ((4096, 1536, 384, 1), SimtTiles(128, 64, 1, 8, 4)),
     ((4096, 384, 1536, 1), SimtTiles(64, 64, 1, 8, 4)),    # 128x64 would give 192 blocks: under 2 per SM
     ((1568, 512, 4608, 1), SimtTiles(32, 64, 1)),          # layer 4 at batch 32: 400 blocks, not 64x64's 200
+    # MiniLM's FFN down at batch 32: 32x32 tiles would fill the SMs but walk 96 K steps with 64 threads a block;
+    # 64x64 tiles with K in 4 parts give as many blocks, each with 4x the work per operand load
+    ((1024, 384, 1536, 1), SimtTiles(64, 64, 4, 8, 4)),
+    ((2048, 256, 1024, 1), SimtTiles(64, 64, 4, 8, 4)),    # GPT's at batch 32 (64 steps)
+    ((1024, 384, 384, 1), SimtTiles(32, 32, 1)),           # MiniLM's attention output: 24 steps, left as it is
 ])
 def test_tiles_follow_the_shape(shape: tuple[int, int, int, int], tiles: SimtTiles) -> None:
     assert choose_simt_tiles(*shape) == tiles
