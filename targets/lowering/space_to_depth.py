@@ -49,19 +49,23 @@ def applies(weight_shape: tuple[int, ...], strides: list[int], dilations: list[i
 
 def folded_channels(channels: int) -> int:
     """Channels of one folded pixel: 4 per input channel, rounded up to even input channels."""
-    return 4 * (channels + channels % 2)
+    return 4 * _even(channels)
+
+
+def _even(channels: int) -> int:
+    return channels + channels % 2
 
 
 def fold_weight(weight: np.ndarray) -> np.ndarray:
     """OIHW weights -> the folded convolution's HWIO weights (module docstring)."""
     out, channels, kh, kw = weight.shape
-    even = channels + channels % 2
+    even = _even(channels)
     a, b = -(-kh // 2), -(-kw // 2)
     padded = np.zeros((out, even, 2 * a, 2 * b), dtype=weight.dtype)
     padded[:, :channels, :kh, :kw] = weight
     # [o, ch, a, p, b, q] -> [a, b, p, q, ch, o]
     folded = padded.reshape(out, even, a, 2, b, 2).transpose(2, 4, 3, 5, 1, 0)
-    return np.ascontiguousarray(folded.reshape(a, b, 4 * even, out))
+    return np.ascontiguousarray(folded.reshape(a, b, folded_channels(channels), out))
 
 
 def fold_input(x: te.Tensor, nchw: bool, kernel: list[int], pads: list[int]) -> te.Tensor:
@@ -75,7 +79,7 @@ def fold_input(x: te.Tensor, nchw: bool, kernel: list[int], pads: list[int]) -> 
     out_h = (height + pads[0] + pads[2] - kernel[0]) // 2 + 1
     out_w = (width + pads[1] + pads[3] - kernel[1]) // 2 + 1
     rows, cols = out_h + -(-kernel[0] // 2) - 1, out_w + -(-kernel[1] // 2) - 1
-    even = channels + channels % 2
+    even = _even(channels)
     zero = tirx.const(0, x.dtype)
 
     def value(b: Any, i: Any, j: Any, ch: Any) -> Any:
@@ -87,7 +91,7 @@ def fold_input(x: te.Tensor, nchw: bool, kernel: list[int], pads: list[int]) -> 
         load = x[b, c, y, z] if nchw else x[b, y, z, c]
         return tirx.if_then_else(inside, load, zero)
 
-    return te.compute((n, rows, cols, 4 * even), value, name=FOLD_BLOCK)
+    return te.compute((n, rows, cols, folded_channels(channels)), value, name=FOLD_BLOCK)
 
 
 def conv2d(folded: relax.Expr, folded_weight: relax.Expr) -> Any:
