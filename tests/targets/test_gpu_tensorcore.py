@@ -205,7 +205,9 @@ def test_long_reduction_is_pipelined_with_async_copies_and_builds_to_hmma(tmp_pa
 
 @pytest.mark.parametrize(("kind", "dims", "stages"), [
     ("matmul", (1568, 512, 4608), 2),   # 72 K steps, both operands in 16-byte vectors
-    ("matmul", (4096, 1536, 384), 1),   # 6 K steps: nothing to overlap
+    ("matmul", (4096, 1536, 384), 1),   # 6 K steps in 384 blocks (3 per SM): other blocks hide the loads
+    ("matmul", (1024, 1536, 384), 2),   # 6 K steps in 192 blocks (MiniLM's FFN up at batch 32): pipelined
+    ("matmul", (1024, 384, 128), 1),    # 2 K steps: nothing to overlap
     ("conv", (512, 7, 512, 3), 1),      # NCHW: the input is gathered one element at a time (no cp.async)
 ])
 def test_pipeline_stages_by_reduction_length_and_operand_loads(kind: str, dims: tuple[int, ...], stages: int) -> None:
