@@ -78,10 +78,10 @@ BLOCKS_PER_SM = 2
 # 0.195 -> 0.165 ms, MobileNetV2 b1 0.309 -> 0.276, the MLP b32 0.044 -> 0.040, the digits CNN b32 0.030 ->
 # 0.026 but b1 0.0290 -> 0.0303; ResNet-18 b1 and b32, MobileNetV2 b32 unchanged)
 MIN_PART_STEPS = 4
-# A GEMM whose filling tile is under 64 on both edges (4x4 outputs a thread, 64 threads a block) but whose
-# reduction is LONG_STEPS BLOCK_K steps or more takes 64x64 tiles, the reduction split until they fill the SMs as
-# well (H200, 2026-12-03, batch 32, one call: MiniLM fp32 1.143 -> 0.897 ms, its FFN down 76 -> 37 us a launch
-# with the partial sums' kernel; GPT fp32 0.649 -> 0.586).
+# A GEMM whose filling tile is under 64 on both edges (4x4 outputs a thread, 64 threads a block), though a 64x64
+# tile fits it, and whose reduction is LONG_STEPS BLOCK_K steps or more takes 64x64 tiles, the reduction split
+# until they fill the SMs as well (H200, 2026-12-03, batch 32, one call: MiniLM fp32 1.143 -> 0.897 ms, its FFN
+# down 76 -> 37 us a launch with the partial sums' kernel; GPT fp32 0.649 -> 0.586).
 LONG_STEPS = 64
 
 
@@ -121,8 +121,8 @@ def choose_simt_tiles(m: int, n: int, k: int, batch: int = 1, tall: int = TALL, 
     steps = round_up(k, BLOCK_K) // BLOCK_K
     split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), steps, MIN_PART_STEPS,
                             BLOCKS_PER_SM * SM_COUNT)
-    if LONG_STEPS and split == 1 and max(bm, bn) < 64 and steps >= LONG_STEPS:
-        bm, bn = block_tile(m, n, k, batch, tuple(t for t in BLOCK_TILES if max(t) <= 64 and min(t) >= 64), 0)
+    if split == 1 and max(bm, bn) < 64 <= min(round_up(m, 32), round_up(n, 32)) and steps >= LONG_STEPS:
+        bm, bn = 64, 64
         split = reduction_parts(batch * ceil_div(m, bm) * ceil_div(n, bn), steps, MIN_PART_STEPS,
                                 BLOCKS_PER_SM * SM_COUNT)
     if across_m:

@@ -64,7 +64,6 @@ GATHER_WAVES = 4  # a kernel with an operand not copied in 16-byte vectors (a ga
 PIPELINE_MIN_STEPS = 16  # K steps (per part of a split) from which the operand copies are pipelined
 PIPELINE_SHORT_STEPS = 4  # ... or from which they are, in a grid of at most PIPELINE_SHORT_WAVES blocks per SM
 PIPELINE_SHORT_WAVES = 2
-PIPELINE_DEPTH = 2  # shared tiles of a pipelined GEMM: its copies run PIPELINE_DEPTH - 1 K steps ahead
 
 
 @dataclass(frozen=True)
@@ -519,7 +518,7 @@ def pipeline_stages(plan: Plan, a: Operand, b: Operand) -> int:
     vectors = all(_vectors(op, plan.in_dtype) for op in (a, b))
     blocks = plan.batch * ceil_div(plan.m, tiles.block_m) * ceil_div(plan.n, tiles.block_n) * tiles.split_k
     short = steps >= PIPELINE_SHORT_STEPS and blocks <= PIPELINE_SHORT_WAVES * SM_COUNT
-    return min(PIPELINE_DEPTH, steps) if vectors and (steps >= PIPELINE_MIN_STEPS or short) else 1
+    return 2 if vectors and (steps >= PIPELINE_MIN_STEPS or short) else 1
 
 
 def _vectors(op: Operand, dtype: str) -> bool:

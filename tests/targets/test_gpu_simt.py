@@ -44,6 +44,7 @@ CASES = GEMM_CASES + [
     ((1024, 384, 1536, 1), SimtTiles(64, 64, 4, 8, 4)),
     ((2048, 256, 1024, 1), SimtTiles(64, 64, 4, 8, 4)),    # GPT's at batch 32 (64 steps)
     ((1024, 384, 384, 1), SimtTiles(32, 32, 1)),           # MiniLM's attention output: 24 steps, left as it is
+    ((16384, 32, 1024, 1), SimtTiles(32, 32, 1)),          # 32 columns: no 64x64 tile fits, left as it is
 ])
 def test_tiles_follow_the_shape(shape: tuple[int, int, int, int], tiles: SimtTiles) -> None:
     assert choose_simt_tiles(*shape) == tiles
