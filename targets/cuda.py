@@ -52,6 +52,7 @@ DEFAULT_ARCH = "sm_90"
 # whose kernels they match (``effarch compile --no-bundled-tuning`` leaves them out).
 BUNDLED_TUNING = Path(__file__).parent / "tuning" / "bundled"
 CHANNELS_LAST_MIN_BATCH = 8  # fp16/bf16 convolutions NHWC from this batch (``CudaTarget.channels_last_for``)
+FUSED_ATTENTION = True  # fp16/bf16 attention as one kernel (``targets.attention_fusion``), from sm_80
 
 DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # where the CUDA toolkit installs by default
 
@@ -654,11 +655,14 @@ def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None, *, tuned: A
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
 
+    from targets.attention_fusion import fuse_attention
     from targets.cast_fusion import fuse_casts
     from targets.schedules.gpu_rules import apply_rules
+    from targets.schedules.gpu_tensorcore import sm_version
 
     schedules = [apply_rules(gpu_rules(), report, tuned)] if schedule else []
-    legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+    attention = [fuse_attention()] if FUSED_ATTENTION and sm_version(tvm_target) >= 80 else []
+    legalize = [*attention, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), fuse_casts(), relax.transform.FuseTIR(),
                 *schedules]
 

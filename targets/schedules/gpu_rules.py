@@ -21,6 +21,7 @@ from compiler.errors import EffarchError
 logger = logging.getLogger(__name__)
 
 NamedRule = tuple[str, Any]  # (name, a dlight ScheduleRule)
+KERNEL_ATTR = "effarch.kernel"  # on a PrimFunc built already scheduled: its name in the ScheduleReport
 
 
 def schedule_kernel(kernel: str, func: tirx.PrimFunc, target: tvm.target.Target,
@@ -53,7 +54,11 @@ def apply_rules(rules: Sequence[NamedRule], report: Any = None, tuned: Any = Non
     def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         target = tvm.target.Target.current(allow_none=False)
         for gv, func in list(mod.functions_items()):
-            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs.get("tirx.is_scheduled", False):  # a kernel written scheduled says what made it
+                if report is not None and KERNEL_ATTR in func.attrs:
+                    report.rules[gv.name_hint] = str(func.attrs[KERNEL_ATTR])
                 continue
             mod[gv], rule = schedule_kernel(gv.name_hint, func, func.attrs.get("target", target), rules)
             scheduled = tuned.schedule(gv.name_hint, func, rule) if tuned is not None else None

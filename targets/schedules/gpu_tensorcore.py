@@ -172,7 +172,7 @@ class Gemm:
     acc_dtype: str
 
 
-def _sm(target: Target) -> int:
+def sm_version(target: Target) -> int:
     arch = str(target.attrs.get("arch", ""))
     digits = arch.removeprefix("sm_").rstrip("a")
     return int(digits) if digits.isdigit() else 0
@@ -232,7 +232,7 @@ class TensorCoreMatmul(ScheduleRule):
         self.tiles = tiles  # every GEMM in these tiles instead of ``choose_tiles``' (kernel experiments)
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or _sm(target) < 80:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda" or sm_version(target) < 80:
             return None
         if func.attrs is not None and "dlight.do_not_tensorize" in func.attrs:
             return None
