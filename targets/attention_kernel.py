@@ -41,14 +41,14 @@ from targets.schedules.gpu_rules import KERNEL_ATTR
 
 FRAG = 16
 WARP = 32
-SHARED_LIMIT = 48 * 1024  # static shared memory a block may use without opting in
+SHARED_LIMIT = 48 * 1024  # shared memory (static and dynamic) a block may use without opting in
 MAX_HEAD_DIM = 128
-MAX_KEYS = 128  # a softmax lane holds its half of a row in registers
+MAX_KEYS = 128  # a softmax lane holds keys / (2 * warps) of its row in registers: 64 at most
 PAD_16 = 8  # row padding of 16-bit tiles in elements: rows stay 16-byte aligned, banks spread
 PAD_32 = 4  # the same for float32 tiles
 VECTOR = 8  # 16-bit elements in a 16-byte copy
 OUT_VECTOR = 4  # output elements a lane converts and writes at once (float4 in, 8 bytes out)
-MAX_WARPS = 4
+MAX_WARPS = 4  # warps of a block, splitting the products' column tiles
 
 IndexFn = Callable[[Sequence[tirx.Expr]], list[tirx.Expr]]
 
@@ -172,17 +172,24 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
         T.evaluate(T.tvm_load_matrix_sync(frag.data, FRAG, FRAG, FRAG, index, _ptr(src, offset, FRAG * ld, 1),
                                           ld, layout))
 
-    def product(acc: tirx.Buffer, n_tiles: int, steps: int, a_frag: tirx.Buffer, b_frag: tirx.Buffer,
-                load_b: Callable[[tirx.Expr, tirx.Expr], None], col0: tirx.Expr) -> None:
-        """This warp's output tiles ``col0 + i * warps`` of A (fragments ``a_frag``) times B, into w_sh."""
+    def product(a_tile: tirx.Buffer, ld_a: int, steps: int, b_tile: tirx.Buffer, ld_b: int, b_layout: str,
+                b_offset: Callable[[tirx.Expr, tirx.Expr], tirx.Expr], cols: int, warp: tirx.Expr) -> None:
+        """w_sh's columns tile ``warp``, ``warp + warps``, ... of A (16 rows of ``a_tile``, ``steps`` tiles
+        deep) times B (16x16 tile (k, n) at ``b_offset(n, k)`` in ``b_tile``), on float32 accumulators."""
+        a_frag = T.decl_buffer((FRAG, steps * FRAG), dt, scope="wmma.matrix_a")
+        b_frag = T.decl_buffer((FRAG, FRAG), dt, scope="wmma.matrix_b")
+        n_tiles = cols // FRAG // p.warps
+        acc = T.decl_buffer((FRAG, n_tiles * FRAG), f32, scope="wmma.accumulator")
+        with T.unroll(0, steps) as k:
+            fragment_load(a_frag, k, a_tile, k * FRAG, ld_a, "row_major")
         with T.unroll(0, n_tiles) as i:
             T.evaluate(T.tvm_fill_fragment(acc.data, FRAG, FRAG, FRAG, i, T.float32(0)))
             with T.unroll(0, steps) as k:
-                load_b(col0 + i * p.warps, k)
+                fragment_load(b_frag, 0, b_tile, b_offset(warp + i * p.warps, k), ld_b, b_layout)
                 T.evaluate(T.tvm_mma_sync(acc.data, i, a_frag.data, k, b_frag.data, 0, acc.data, i))
         with T.unroll(0, n_tiles) as i:
             T.evaluate(T.tvm_store_matrix_sync(acc.data, FRAG, FRAG, FRAG, i,
-                                               _ptr(w_sh, (col0 + i * p.warps) * FRAG, FRAG * ld_w, 2), ld_w,
+                                               _ptr(w_sh, (warp + i * p.warps) * FRAG, FRAG * ld_w, 2), ld_w,
                                                "row_major"))
 
     with IRBuilder() as ib, T.prim_func():
@@ -237,13 +244,8 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
                 inputs.append((held, n))
 
             # scores: Q times this warp's key tiles of K^T ((d, key) is k_sh[key, d]: column-major)
-            q_fr = T.decl_buffer((FRAG, a.dim), dt, scope="wmma.matrix_a")
-            k_fr = T.decl_buffer((FRAG, FRAG), dt, scope="wmma.matrix_b")
-            s_acc = T.decl_buffer((FRAG, a.skv // p.warps), f32, scope="wmma.accumulator")
-            with T.unroll(0, a.dim // FRAG) as k:
-                fragment_load(q_fr, k, q_sh, k * FRAG, ld_k, "row_major")
-            product(s_acc, a.skv // FRAG // p.warps, a.dim // FRAG, q_fr, k_fr,
-                    lambda jt, k: fragment_load(k_fr, 0, k_sh, jt * FRAG * ld_k + k * FRAG, ld_k, "col_major"), wy)
+            product(q_sh, ld_k, a.dim // FRAG, k_sh, ld_k, "col_major", lambda n, k: n * FRAG * ld_k + k * FRAG,
+                    a.skv, wy)
 
             # softmax, in registers; the lanes of a row combine their maxima and sums by shuffles
             xs = T.decl_buffer((keys,), f32, scope="local")
@@ -270,13 +272,8 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
                 T.buffer_store(p_sh, tirx.Cast(dt, xs[jj] / acc[0]), [r, jj * lanes_row + part])
 
             # output: P times this warp's column tiles of V, through w_sh, then out in its layout
-            p_fr = T.decl_buffer((FRAG, a.skv), dt, scope="wmma.matrix_a")
-            v_fr = T.decl_buffer((FRAG, FRAG), dt, scope="wmma.matrix_b")
-            o_acc = T.decl_buffer((FRAG, a.dim_v // p.warps), f32, scope="wmma.accumulator")
-            with T.unroll(0, a.skv // FRAG) as k:
-                fragment_load(p_fr, k, p_sh, k * FRAG, ld_p, "row_major")
-            product(o_acc, a.dim_v // FRAG // p.warps, a.skv // FRAG, p_fr, v_fr,
-                    lambda dt_, k: fragment_load(v_fr, 0, v_sh, k * FRAG * ld_v + dt_ * FRAG, ld_v, "row_major"), wy)
+            product(p_sh, ld_p, a.skv // FRAG, v_sh, ld_v, "row_major", lambda n, k: k * FRAG * ld_v + n * FRAG,
+                    a.dim_v, wy)
             lanes = a.out_lanes
             per_row = a.dim_v // lanes
             with T.unroll(0, FRAG * per_row // threads) as it:
