@@ -2,26 +2,27 @@
 one kernel on WMMA tensor cores, written directly in TIR (``targets.attention_fusion`` finds the
 pattern in a Relax graph and builds this).
 
-One thread block takes 16 query rows of one (batch, head) pair, with ``warps`` warps splitting the
-columns of each product between them:
+One thread block takes ``row_tiles`` tiles of 16 query rows of one (batch, head) pair (two where the
+sequence and shared memory allow: they share the block's copies of K and V), each tile with
+``col_warps`` warps splitting the columns of each product between them:
 
-1. The 16 rows of Q and all of K and V are copied into shared memory (every load in flight before the
-   first store), in 16-byte vectors where the operand's source is contiguous and aligned along the head
-   dimension. ``Operand.index`` reads through the head split, so the kernel loads from the fused QKV
+1. The block's rows of Q and all of K and V are copied into shared memory (every load in flight before
+   the first store), in 16-byte vectors where the operand's source is contiguous and aligned along the
+   head dimension. ``Operand.index`` reads through the head split, so the kernel loads from the fused QKV
    projection's output directly.
-2. Warp ``w`` multiplies the rows by every ``warps``-th 16-key tile of K^T (float32 accumulators) into
-   shared memory.
-3. ``2 * warps`` lanes per row apply the graph's epilogue as the unfused graph computes it (the scores
+2. Warp ``c`` of a row tile multiplies its 16 rows by every ``col_warps``-th 16-key tile of K^T (float32
+   accumulators) into shared memory.
+3. ``2 * col_warps`` lanes per row apply the graph's epilogue as the unfused graph computes it (the scores
    rounded to the 16-bit type, then the scale and mask steps in that type), take the row's softmax in
    float32 (the lanes combine their maxima and sums by warp shuffles) and store the probabilities in
    the 16-bit type.
-4. Warp ``w`` multiplies the probabilities by every ``warps``-th 16-column tile of V, and the block
-   writes its rows in the output's layout: the head merge after attention is the output's index map,
-   not a kernel.
+4. Warp ``c`` multiplies its rows' probabilities by every ``col_warps``-th 16-column tile of V, and the
+   block writes its rows in the output's layout: the head merge after attention is the output's index
+   map, not a kernel.
 
 A warp's work is one long chain of dependent steps, so the kernel is as fast as it has warps resident
-per SM: 16 rows a block and the columns split across warps give GPT at batch 32 (128 heads of 64 rows)
-512 blocks of 4 warps where whole rows per warp gave 256 of 2.
+per SM: splitting the columns across warps took GPT's attention at batch 32 (128 heads of 64 rows) from
+10.1 us a launch (a warp per 16 whole rows, 2 warps a block) to 5.5; two row tiles a block to 5.35.
 
 Sizes it takes (``plan``): every edge a multiple of 16, head dims up to 128, up to 128 keys (a softmax
 lane holds its keys in registers), and the block's shared memory within 48 KiB. Anything else stays
@@ -48,7 +49,8 @@ PAD_16 = 8  # row padding of 16-bit tiles in elements: rows stay 16-byte aligned
 PAD_32 = 4  # the same for float32 tiles
 VECTOR = 8  # 16-bit elements in a 16-byte copy
 OUT_VECTOR = 4  # output elements a lane converts and writes at once (float4 in, 8 bytes out)
-MAX_WARPS = 4  # warps of a block, splitting the products' column tiles
+MAX_WARPS = 4  # warps of a row tile, splitting the products' column tiles
+MAX_ROW_TILES = 2  # 16-row query tiles of a block
 
 IndexFn = Callable[[Sequence[tirx.Expr]], list[tirx.Expr]]
 
@@ -97,18 +99,27 @@ class Attention:
 
 @dataclass(frozen=True)
 class Plan:
-    warps: int  # they split the key tiles of the scores and the column tiles of the output
-    blocks: int  # one per 16 query rows of a (batch, head) pair
+    col_warps: int  # warps splitting the key tiles of the scores and the column tiles of the output
+    row_tiles: int  # 16-row query tiles a block takes (one warp group each), sharing its copies of K and V
+    blocks: int
     shared_bytes: int
 
     @property
+    def warps(self) -> int:
+        return self.col_warps * self.row_tiles
+
+    @property
+    def rows(self) -> int:
+        return FRAG * self.row_tiles
+
+    @property
     def lanes_per_row(self) -> int:
-        return self.warps * WARP // FRAG
+        return self.warps * WARP // self.rows
 
 
-def shared_bytes(a: Attention) -> int:
-    tiles16 = (FRAG + a.skv) * (a.dim + PAD_16) + a.skv * (a.dim_v + PAD_16) + FRAG * (a.skv + PAD_16)
-    tiles32 = FRAG * (max(a.skv, a.dim_v) + PAD_32)  # the scores, later the output, in one buffer
+def shared_bytes(a: Attention, rows: int = FRAG) -> int:
+    tiles16 = (rows + a.skv) * (a.dim + PAD_16) + a.skv * (a.dim_v + PAD_16) + rows * (a.skv + PAD_16)
+    tiles32 = rows * (max(a.skv, a.dim_v) + PAD_32)  # the scores, later the output, in one buffer
     return 2 * tiles16 + 4 * tiles32
 
 
@@ -120,8 +131,11 @@ def plan(a: Attention) -> Plan | None:
             or a.skv > MAX_KEYS or shared_bytes(a) > SHARED_LIMIT:
         return None
     tiles = (a.skv // FRAG, a.dim_v // FRAG)
-    warps = next(w for w in (MAX_WARPS, 2, 1) if all(t % w == 0 for t in tiles))
-    return Plan(warps, a.batch * a.heads * (a.sq // FRAG), shared_bytes(a))
+    col_warps = next(w for w in (MAX_WARPS, 2, 1) if all(t % w == 0 for t in tiles))
+    row_tiles = next(r for r in range(MAX_ROW_TILES, 0, -1)
+                     if a.sq % (r * FRAG) == 0 and shared_bytes(a, r * FRAG) <= SHARED_LIMIT)
+    return Plan(col_warps, row_tiles, a.batch * a.heads * (a.sq // (row_tiles * FRAG)),
+                shared_bytes(a, row_tiles * FRAG))
 
 
 _OPS: dict[str, Callable[[tirx.Expr, tirx.Expr], tirx.Expr]] = {
@@ -159,7 +173,7 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
     from tvm.script.ir_builder import tirx as T
 
     dt, f32 = a.dtype, "float32"
-    tiles_q, threads, lanes_row = a.sq // FRAG, p.warps * WARP, p.lanes_per_row
+    rows, tiles_q, threads, lanes_row = p.rows, a.sq // p.rows, p.warps * WARP, p.lanes_per_row
     ld_k, ld_v, ld_p = a.dim + PAD_16, a.dim_v + PAD_16, a.skv + PAD_16
     ld_w = max(a.skv, a.dim_v) + PAD_32
     analyzer = sym.Analyzer()
@@ -174,23 +188,25 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
 
     def product(a_tile: tirx.Buffer, ld_a: int, steps: int, b_tile: tirx.Buffer, ld_b: int, b_layout: str,
                 b_offset: Callable[[tirx.Expr, tirx.Expr], tirx.Expr], cols: int, warp: tirx.Expr) -> None:
-        """w_sh's columns tile ``warp``, ``warp + warps``, ... of A (16 rows of ``a_tile``, ``steps`` tiles
-        deep) times B (16x16 tile (k, n) at ``b_offset(n, k)`` in ``b_tile``), on float32 accumulators."""
+        """For warp ``warp`` of the block: its row tile's 16 rows of A (``a_tile``, ``steps`` tiles deep) times
+        B's column tiles c, c + col_warps, ... (16x16 tile (k, n) at ``b_offset(n, k)`` in ``b_tile``), on
+        float32 accumulators, into those rows and columns of w_sh."""
+        row0, col = warp // p.col_warps * FRAG, warp % p.col_warps
         a_frag = T.decl_buffer((FRAG, steps * FRAG), dt, scope="wmma.matrix_a")
         b_frag = T.decl_buffer((FRAG, FRAG), dt, scope="wmma.matrix_b")
-        n_tiles = cols // FRAG // p.warps
+        n_tiles = cols // FRAG // p.col_warps
         acc = T.decl_buffer((FRAG, n_tiles * FRAG), f32, scope="wmma.accumulator")
         with T.unroll(0, steps) as k:
-            fragment_load(a_frag, k, a_tile, k * FRAG, ld_a, "row_major")
+            fragment_load(a_frag, k, a_tile, row0 * ld_a + k * FRAG, ld_a, "row_major")
         with T.unroll(0, n_tiles) as i:
             T.evaluate(T.tvm_fill_fragment(acc.data, FRAG, FRAG, FRAG, i, T.float32(0)))
             with T.unroll(0, steps) as k:
-                fragment_load(b_frag, 0, b_tile, b_offset(warp + i * p.warps, k), ld_b, b_layout)
+                fragment_load(b_frag, 0, b_tile, b_offset(col + i * p.col_warps, k), ld_b, b_layout)
                 T.evaluate(T.tvm_mma_sync(acc.data, i, a_frag.data, k, b_frag.data, 0, acc.data, i))
         with T.unroll(0, n_tiles) as i:
             T.evaluate(T.tvm_store_matrix_sync(acc.data, FRAG, FRAG, FRAG, i,
-                                               _ptr(w_sh, (warp + i * p.warps) * FRAG, FRAG * ld_w, 2), ld_w,
-                                               "row_major"))
+                                               _ptr(w_sh, row0 * ld_w + (col + i * p.col_warps) * FRAG, FRAG * ld_w,
+                                                    2), ld_w, "row_major"))
 
     with IRBuilder() as ib, T.prim_func():
         T.func_name(name)
@@ -202,15 +218,15 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
         with T.launch_thread(bx, p.blocks), T.launch_thread(wy, p.warps), T.launch_thread(lx, WARP):
             for var, extent in ((bx, p.blocks), (wy, p.warps), (lx, WARP)):
                 bound(var, extent)
-            b, h, q0 = bx // (a.heads * tiles_q), bx // tiles_q % a.heads, bx % tiles_q * FRAG
+            b, h, q0 = bx // (a.heads * tiles_q), bx // tiles_q % a.heads, bx % tiles_q * rows
             tid = wy * WARP + lx
-            q_sh = T.decl_buffer((FRAG, ld_k), dt, scope="shared")
+            q_sh = T.decl_buffer((rows, ld_k), dt, scope="shared")
             k_sh = T.decl_buffer((a.skv, ld_k), dt, scope="shared")
             v_sh = T.decl_buffer((a.skv, ld_v), dt, scope="shared")
-            p_sh = T.decl_buffer((FRAG, ld_p), dt, scope="shared")
+            p_sh = T.decl_buffer((rows, ld_p), dt, scope="shared")
             # the scores, then the output; dynamic shared memory, a pool of its own: StorageRewrite would
             # otherwise place it in a dead 16-bit tile, which tvm_access_ptr rejects
-            w_sh = T.decl_buffer((FRAG, ld_w), f32, scope="shared.dyn")
+            w_sh = T.decl_buffer((rows, ld_w), f32, scope="shared.dyn")
 
             def copy(dst: tirx.Buffer, op: Operand, row0: tirx.Expr, n_rows: int, cols: int) -> None:
                 # unrolled: every load of the tile is in flight before the first store to shared memory
@@ -226,7 +242,7 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
                         idx = [analyzer.simplify(x) for x in op.index([b, h, row0 + r, c + v])]
                         T.buffer_store(dst, ins[op.arg][tuple(idx)], [r, c + v])
 
-            copy(q_sh, a.q, q0, FRAG, a.dim)
+            copy(q_sh, a.q, q0, rows, a.dim)
             copy(k_sh, a.k, tirx.IntImm("int32", 0), a.skv, a.dim)
             copy(v_sh, a.v, tirx.IntImm("int32", 0), a.skv, a.dim_v)
             # the softmax's lanes: ``lanes_row`` neighbours take a row, every lanes_row-th key each; the
@@ -276,8 +292,8 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
                     a.dim_v, wy)
             lanes = a.out_lanes
             per_row = a.dim_v // lanes
-            with T.unroll(0, FRAG * per_row // threads) as it:
-                bound(it, FRAG * per_row // threads)
+            with T.unroll(0, rows * per_row // threads) as it:
+                bound(it, rows * per_row // threads)
                 e = it * threads + tid
                 rr, d = e // per_row, e % per_row * lanes
                 with T.vectorized(0, lanes) as v:

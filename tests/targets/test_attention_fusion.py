@@ -191,12 +191,15 @@ def test_plan_limits() -> None:
         return ak.Attention("float16", sizes["batch"], sizes["heads"], sizes["sq"], sizes["skv"], sizes["dim"],
                             sizes["dim_v"], (), None, None, None, (), (), None)  # type: ignore[arg-type]
 
+    # MiniLM: 2 key / column tiles, one warp each, both 16-row query tiles of a head in one block
     minilm = ak.plan(one())
-    assert minilm is not None and minilm.warps == 2 and minilm.blocks == 32 * 12 * 2
+    assert minilm is not None and (minilm.col_warps, minilm.row_tiles, minilm.blocks) == (2, 2, 32 * 12)
+    assert minilm.lanes_per_row == 4
     gpt_b1 = ak.plan(one(batch=1, heads=4, sq=64, skv=64, dim=64, dim_v=64))
-    assert gpt_b1 is not None and gpt_b1.warps == 4 and gpt_b1.blocks == 16
-    long_queries = ak.plan(one(sq=512, skv=64, dim=64, dim_v=64))
-    assert long_queries is not None and long_queries.warps == 4 and long_queries.blocks == 32 * 12 * 32
+    assert gpt_b1 is not None and (gpt_b1.col_warps, gpt_b1.row_tiles, gpt_b1.blocks) == (4, 2, 8)
+    odd_rows = ak.plan(one(sq=48, skv=64, dim=64, dim_v=64))  # 48 rows: 16-row tiles
+    assert odd_rows is not None and (odd_rows.row_tiles, odd_rows.blocks) == (1, 32 * 12 * 3)
+    assert ak.shared_bytes(one(sq=512, skv=64, dim=64, dim_v=64), 32) <= ak.SHARED_LIMIT
     # K, V and the float32 scores of 128 keys at head dim 64 need more than 48 KiB of shared memory
     assert ak.plan(one(sq=128, skv=128, dim=64, dim_v=64)) is None
     assert ak.plan(one(skv=40)) is None and ak.plan(one(skv=256)) is None and ak.plan(one(dim=256)) is None
