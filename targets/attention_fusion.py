@@ -40,6 +40,7 @@ STEP_OPS = {"relax.add": "add", "relax.subtract": "subtract", "relax.multiply": 
             "relax.divide": "divide"}
 NARROW = ("float16", "bfloat16")
 MAX_CHAIN = 8
+KERNEL_NAME = "fused_attention"
 
 
 def fuse_attention() -> tvm.transform.Pass:
@@ -357,10 +358,11 @@ def _rewrite(mod: tvm.IRModule, found: list[Match]) -> tvm.IRModule:
     calls: dict[relax.Var, relax.Expr] = {}
     kernels: dict[str, tvm.ir.GlobalVar] = {}
     for m in found:
-        kernel = ak.build(m.attention, m.plan, "fused_attention")
+        kernel = ak.build(m.attention, m.plan, KERNEL_NAME)
         key = str(tvm_ffi.structural_hash(kernel))
-        if key not in kernels:
-            kernels[key] = bb.add_func(kernel, "fused_attention")
+        if key not in kernels:  # attentions of other sizes or layouts: kernels of their own, each its symbol
+            name = KERNEL_NAME if not kernels else f"{KERNEL_NAME}_{len(kernels)}"
+            kernels[key] = bb.add_func(kernel.with_attr("global_symbol", name), name)
         out = relax.TensorType(m.attention.out_shape, m.attention.dtype)
         calls[m.var] = relax.call_tir(kernels[key], relax.Tuple(m.args), out)
     main_gv = mod.get_global_var("main")

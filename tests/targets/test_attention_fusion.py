@@ -35,32 +35,54 @@ def _heads_minilm(bb: relax.BlockBuilder, qkv: relax.Expr, i: int, axes: list[in
     return bb.emit(R.permute_dims(bb.emit(R.reshape(part, (B, s, HEADS, HEAD))), axes))
 
 
+def _emit_attention(bb: relax.BlockBuilder, qkv: relax.Expr, mask: relax.Expr, dtype: str, skv: int,
+                    axis: int = -1) -> tuple[relax.Expr, relax.Expr]:
+    """(the merged heads, the scores) of one attention over ``qkv``."""
+    wide = dtype == "bfloat16"  # bfloat16 products accumulate in float32, then cast
+    q, k_t, v = (_heads_minilm(bb, qkv, i, axes, skv)
+                 for i, axes in enumerate(([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3])))
+
+    def product(x: relax.Expr, y: relax.Expr) -> relax.Expr:
+        if wide:
+            return bb.emit(R.astype(bb.emit(R.matmul(x, y, out_dtype="float32")), dtype))
+        return bb.emit(R.matmul(x, y, out_dtype=dtype))
+
+    scores = product(q, k_t)
+    scaled = bb.emit(R.multiply(scores, bb.emit(R.astype(relax.const(0.25, "float32"), dtype))))
+    masked = bb.emit(R.add(scaled, mask))
+    probs = bb.emit(R.astype(bb.emit(R.nn.softmax(bb.emit(R.astype(masked, "float32")), axis=axis)), dtype))
+    heads = bb.emit(R.permute_dims(product(probs, v), [0, 2, 1, 3]))
+    return bb.emit(R.reshape(heads, (B, skv, D))), scores
+
+
 def attention(dtype: str = "float16", *, skv: int = S, scores_out: bool = False, axis: int = -1) -> tvm.IRModule:
     """A transformer's attention as ``mixed_precision`` leaves it: one QKV tensor split into heads, the
     scores scaled and masked in ``dtype``, softmax in float32, the heads merged after the product."""
     qkv = relax.Var("qkv", relax.TensorType((B, skv, 3 * D), dtype))
     mask = relax.Var("mask", relax.TensorType((B, 1, 1, skv), dtype))
-    wide = dtype == "bfloat16"  # bfloat16 products accumulate in float32, then cast
     bb = relax.BlockBuilder()
     with bb.function("main", [qkv, mask], attrs={"num_input": 2}):
         with bb.dataflow():
-            q, k_t, v = (_heads_minilm(bb, qkv, i, axes, skv)
-                         for i, axes in enumerate(([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3])))
-
-            def product(x: relax.Expr, y: relax.Expr) -> relax.Expr:
-                if wide:
-                    return bb.emit(R.astype(bb.emit(R.matmul(x, y, out_dtype="float32")), dtype))
-                return bb.emit(R.matmul(x, y, out_dtype=dtype))
-
-            scores = product(q, k_t)
-            scaled = bb.emit(R.multiply(scores, bb.emit(R.astype(relax.const(0.25, "float32"), dtype))))
-            masked = bb.emit(R.add(scaled, mask))
-            probs = bb.emit(R.astype(bb.emit(R.nn.softmax(bb.emit(R.astype(masked, "float32")), axis=axis)), dtype))
-            heads = bb.emit(R.permute_dims(product(probs, v), [0, 2, 1, 3]))
-            y = bb.emit(R.reshape(heads, (B, skv, D)))
+            y, scores = _emit_attention(bb, qkv, mask, dtype, skv, axis)
             out = bb.emit_output(relax.Tuple([y, scores]) if scores_out else y)
         bb.emit_func_output(out)
     return bb.get()
+
+
+def test_attentions_of_two_sizes_get_a_kernel_each() -> None:
+    """Two sequence lengths, two kernels, each with its own symbol; the same size twice shares one."""
+    ins = [relax.Var(f"qkv{i}", relax.TensorType((B, n, 3 * D), "float16")) for i, n in enumerate((S, 2 * S, S))]
+    masks = [relax.Var(f"mask{i}", relax.TensorType((B, 1, 1, n), "float16")) for i, n in enumerate((S, 2 * S, S))]
+    bb = relax.BlockBuilder()
+    with bb.function("main", [*ins, *masks]):
+        with bb.dataflow():
+            ys = [_emit_attention(bb, x, m, "float16", n)[0] for x, m, n in zip(ins, masks, (S, 2 * S, S), strict=True)]
+            out = bb.emit_output(relax.Tuple(ys))
+        bb.emit_func_output(out)
+    after = _fused(bb.get())
+    assert launches(after) == ["fused_attention", "fused_attention_1", "fused_attention"]
+    assert [str(after[n].attrs["global_symbol"]) for n in ("fused_attention", "fused_attention_1")] == [
+        "fused_attention", "fused_attention_1"]
 
 
 def _fused(mod: tvm.IRModule) -> tvm.IRModule:
