@@ -1,0 +1,161 @@
+"""Fused attention kernels (targets.attention_kernel) against numpy, over the sizes, masks, steps and layouts
+the fusion takes: more than the zoo's two transformers exercise (cross attention, 16-row tiles, one or two
+warps a row tile, no head merge, a 2-D causal mask, a divided scale, a mask added on the left).
+
+  python tools/gpu_attention_check.py pack [--dir out/attn] [--arch sm_90]
+      here (no GPU): each case's graph, as targets.mixed_precision leaves attention, through
+      targets.attention_fusion; every fused kernel into one library holding SASS only (nvcc); plan.json:
+      each case's kernel arguments and plan. No data travels: inputs come from a seed where they run.
+  python3 tools/gpu_attention_check.py run --dir out/attn --out DIR
+      on the GPU machine (runtime-only TVM, nothing compiled there; numpy only): runs every kernel on seeded
+      inputs; max error against numpy's float64 evaluation of the same graph (rounded to the 16-bit type where
+      the graph rounds) relative to the largest output; median time; writes DIR/attention.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits  # noqa: E402  (beside this script)
+
+# name: batch, heads, query rows, keys, head dim, value head dim, dtype, mask, steps, head merge
+CASES: dict[str, dict[str, Any]] = {
+    "minilm_like_b32": {"b": 32, "h": 12, "sq": 32, "skv": 32, "d": 32, "dv": 32, "mask": "pad"},
+    "gpt_like_b8_causal": {"b": 8, "h": 4, "sq": 64, "skv": 64, "d": 64, "dv": 64, "mask": "causal"},
+    "cross_48x96_d16_dv48": {"b": 3, "h": 2, "sq": 48, "skv": 96, "d": 16, "dv": 48, "mask": "pad"},
+    "keys_48_one_warp": {"b": 4, "h": 3, "sq": 48, "skv": 48, "d": 32, "dv": 32, "mask": "none"},
+    "keys_128_d32_b8": {"b": 8, "h": 12, "sq": 128, "skv": 128, "d": 32, "dv": 32, "mask": "pad"},
+    "divided_mask_left": {"b": 2, "h": 4, "sq": 32, "skv": 64, "d": 64, "dv": 64, "mask": "causal",
+                          "steps": "div_left"},
+    "no_head_merge": {"b": 2, "h": 4, "sq": 32, "skv": 32, "d": 32, "dv": 32, "mask": "pad", "merge": False},
+    "minilm_like_b32_bf16": {"b": 32, "h": 12, "sq": 32, "skv": 32, "d": 32, "dv": 32, "mask": "pad",
+                             "dtype": "bfloat16"},
+    "gpt_like_b8_causal_bf16": {"b": 8, "h": 4, "sq": 64, "skv": 64, "d": 64, "dv": 64, "mask": "causal",
+                                "dtype": "bfloat16"},
+}
+DEFAULTS = {"dtype": "float16", "steps": "mul_add", "merge": True}
+# Max error relative to the largest output a correct kernel stays under: a score one rounding of the 16-bit
+# type (2**-11, 2**-8) off moves its probability by about as much
+TOLERANCE = {"float16": 5e-3, "bfloat16": 4e-2}
+
+
+def _case(name: str) -> dict[str, Any]:
+    return {**DEFAULTS, **CASES[name]}
+
+
+def _shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    mask = {"pad": (c["b"], 1, 1, c["skv"]), "causal": (c["sq"], c["skv"]), "none": None}[c["mask"]]
+    shapes = {"q": (c["b"], c["sq"], c["h"] * c["d"]), "kv": (c["b"], c["skv"], c["h"] * (c["d"] + c["dv"])),
+              "scale": ()}
+    return {**shapes, "mask": mask} if mask else shapes
+
+
+def pack(out_dir: Path, arch: str) -> None:
+    from targets.attention_cases import fused_kernel
+    from targets.schedules.tensorcore_kernels import build_library
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    funcs, plan = {}, {}
+    for name in CASES:
+        c = _case(name)
+        funcs[name], args, out = fused_kernel(c, _shapes(c), arch)
+        plan[name] = {"args": args, "out": list(out)}
+        print(f"packed {name}: {args} -> {out}", flush=True)
+    build_library(funcs, arch, out_dir / "attention.so")
+    (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
+
+
+def _round(a: np.ndarray, dt: str) -> np.ndarray:
+    """``a`` rounded to ``dt`` and back to float64."""
+    if dt == "float16":
+        return a.astype(np.float16).astype(np.float64)
+    return _from_bf16_bits(_to_bf16_bits(a.astype(np.float32))).astype(np.float64)
+
+
+def inputs(index: int, c: dict[str, Any]) -> dict[str, np.ndarray]:
+    """float64 values already rounded to the 16-bit type: projections, the scale, the mask (0 or -inf)."""
+    rng = np.random.default_rng(3000 + index)
+    dt, shapes = c["dtype"], _shapes(c)
+    vals = {"q": rng.standard_normal(shapes["q"]), "kv": rng.standard_normal(shapes["kv"])}
+    scale = 1 / np.sqrt(c["d"])
+    vals["scale"] = np.array(scale if c["steps"] == "mul_add" else 1 / scale)
+    if c["mask"] == "pad":  # the last third of each batch row's keys are padding
+        mask = np.zeros(shapes["mask"])
+        mask[..., 2 * c["skv"] // 3:] = -np.inf
+        vals["mask"] = mask
+    elif c["mask"] == "causal":  # query i sees keys up to i + skv - sq
+        i, j = np.indices((c["sq"], c["skv"]))
+        vals["mask"] = np.where(j <= i + c["skv"] - c["sq"], 0.0, -np.inf)
+    return {k: _round(v, dt) for k, v in vals.items()}
+
+
+def reference(c: dict[str, Any], v: dict[str, np.ndarray]) -> np.ndarray:
+    dt, b, h, sq, skv, d, dv = c["dtype"], c["b"], c["h"], c["sq"], c["skv"], c["d"], c["dv"]
+    q = v["q"].reshape(b, sq, h, d).transpose(0, 2, 1, 3)
+    k = v["kv"][:, :, :h * d].reshape(b, skv, h, d).transpose(0, 2, 1, 3)
+    val = v["kv"][:, :, h * d:].reshape(b, skv, h, dv).transpose(0, 2, 1, 3)
+    s = _round(q @ k.transpose(0, 1, 3, 2), dt)
+    with np.errstate(invalid="ignore"):
+        s = _round(s * v["scale"], dt) if c["steps"] == "mul_add" else _round(s / v["scale"], dt)
+        if "mask" in v:
+            s = _round(s + v["mask"], dt)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    p = _round(e / e.sum(-1, keepdims=True), dt)
+    o = _round(p @ val, dt)
+    return o.transpose(0, 2, 1, 3) if c["merge"] else o
+
+
+def run(in_dir: Path, out_dir: Path) -> bool:
+    """The table; True when every kernel is within TOLERANCE."""
+    from targets.kernel_library import KernelLibrary
+
+    plan = json.loads((in_dir / "plan.json").read_text())
+    lib = KernelLibrary(in_dir / "attention.so")
+    rows = []
+    for index, name in enumerate(CASES):
+        c = _case(name)
+        dt = c["dtype"]
+        vals = inputs(index, c)
+        host = [vals[a].astype(np.float16) if dt == "float16" else _to_bf16_bits(vals[a].astype(np.float32))
+                for a in plan[name]["args"]]
+        got, args = lib.run(name, host, tuple(plan[name]["out"]), dt)
+        got64 = got.astype(np.float64) if dt == "float16" else _from_bf16_bits(got).astype(np.float64)
+        ref = reference(c, vals)
+        err = float(np.abs(got64 - ref).max() / np.abs(ref).max())
+        us = lib.median_us(name, args)
+        rows.append({"case": name, **c, "rel_max_err": err, "ok": bool(err < TOLERANCE[dt]), "us": us})
+    (out_dir / "attention.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| case | B x H, Sq x Skv, d / dv | dtype | mask, steps, merge | max err / max | us |", "|---" * 6 + "|"]
+    for r in rows:
+        flag = "" if r["ok"] else " **WRONG**"
+        lines.append(f"| {r['case']} | {r['b']}x{r['h']}, {r['sq']}x{r['skv']}, {r['d']} / {r['dv']} | {r['dtype']} | "
+                     f"{r['mask']}, {r['steps']}, {r['merge']} | {r['rel_max_err']:.2e}{flag} | {r['us']:.1f} |")
+    (out_dir / "attention.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return all(r["ok"] for r in rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=("pack", "run"))
+    p.add_argument("--dir", default="out/attn")
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--out", default=".")
+    args = p.parse_args()
+    if args.step == "pack":
+        pack(Path(args.dir), args.arch)
+        return 0
+    return 0 if run(Path(args.dir), Path(args.out)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
