@@ -91,19 +91,20 @@ def _call(e: Any, op: str | tuple[str, ...]) -> relax.Call | None:
 
 
 class Bindings:
-    """``main``'s bindings and who reads each variable."""
+    """``main``'s bindings and who reads each variable (the bound variables reading it; None for the
+    function's result)."""
 
     def __init__(self, func: relax.Function) -> None:
         self.value: dict[relax.Var, relax.Expr] = dict(relax.analysis.get_var2val(func))
-        self.readers: dict[relax.Var, int] = {}
-        for value in self.value.values():
+        self.readers: dict[relax.Var, list[relax.Var | None]] = {}
+        for var, value in self.value.items():
             for v in relax.analysis.free_vars(value):
-                self.readers[v] = self.readers.get(v, 0) + 1
+                self.readers.setdefault(v, []).append(var)
         for v in relax.analysis.free_vars(func.body.body):
-            self.readers[v] = self.readers.get(v, 0) + 1
+            self.readers.setdefault(v, []).append(None)
 
     def only_read_once(self, v: relax.Expr) -> bool:
-        return isinstance(v, relax.DataflowVar) and self.readers.get(v, 0) == 1
+        return isinstance(v, relax.DataflowVar) and len(self.readers.get(v, [])) == 1
 
     def producer(self, e: relax.Expr, op: str | tuple[str, ...]) -> relax.Call | None:
         """The call of ``op`` bound to ``e`` when only one binding reads ``e``."""
@@ -335,12 +336,11 @@ def _head_merge(graph: Bindings, var: relax.Var) -> relax.Var | None:
     """The binding ``permute_dims(var, [0, 2, 1, 3])`` when it is ``var``'s only reader."""
     if not graph.only_read_once(var):
         return None
-    for w, value in graph.value.items():
-        call = _call(value, "relax.permute_dims")
-        if call is not None and call.args[0].same_as(var):
-            axes = call.attrs.axes
-            return w if axes is not None and [int(a) for a in axes] == [0, 2, 1, 3] else None
-    return None
+    (reader,) = graph.readers[var]
+    call = _call(graph.value.get(reader), "relax.permute_dims") if reader is not None else None
+    if call is None or call.attrs.axes is None:
+        return None
+    return reader if [int(a) for a in call.attrs.axes] == [0, 2, 1, 3] else None
 
 
 def find_attention(func: relax.Function) -> list[Match]:

@@ -14,7 +14,6 @@ warps a row tile, no head merge, a 2-D causal mask, a divided scale, a mask adde
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits  # noqa: E402  (beside this script)
+import gpu_report as report  # noqa: E402  (beside this script)
+from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits  # noqa: E402
 
 # name: batch, heads, query rows, keys, head dim, value head dim, dtype, mask, steps, head merge
 CASES: dict[str, dict[str, Any]] = {
@@ -145,16 +145,7 @@ def run(in_dir: Path, out_dir: Path) -> bool:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=("pack", "run"))
-    p.add_argument("--dir", default="out/attn")
-    p.add_argument("--arch", default="sm_90")
-    p.add_argument("--out", default=".")
-    args = p.parse_args()
-    if args.step == "pack":
-        pack(Path(args.dir), args.arch)
-        return 0
-    return 0 if run(Path(args.dir), Path(args.out)) else 1
+    return report.pack_run_main(__doc__, "out/attn", pack, run)
 
 
 if __name__ == "__main__":

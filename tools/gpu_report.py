@@ -5,8 +5,10 @@ No torch, no TVM: unit-tested here (tests/tools/test_gpu_check.py), used on the 
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,3 +169,19 @@ def int8_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['cosine']:.6f} | {sass.get('IDP.4A', 'n/a')} | {sass.get('IMMA', 'n/a')} | "
                      f"{sass.get('HMMA', 'n/a')} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def pack_run_main(doc: str | None, default_dir: str, pack: Callable[[Path, str], None],
+                  run: Callable[[Path, Path], bool]) -> int:
+    """The command line of a kernel check tool: ``pack [--dir D] [--arch A]`` here, ``run --dir D --out O`` on
+    the GPU machine; the exit status is 1 when ``run`` finds a kernel wrong."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=("pack", "run"))
+    p.add_argument("--dir", default=default_dir)
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--out", default=".")
+    args = p.parse_args()
+    if args.step == "pack":
+        pack(Path(args.dir), args.arch)
+        return 0
+    return 0 if run(Path(args.dir), Path(args.out)) else 1

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_report as report  # noqa: E402  (beside this script)
 
 # (name, op, shape, output dtype): the attention scores [B, H, S, S] of the encoder (12 heads, seq 128) at
 # batch 1 and 32, GPT's and MiniLM's norms, ViT's 197-token rows, classifier rows, rows up to 2048 (longer: dlight).
@@ -138,16 +140,7 @@ def run(in_dir: Path, out_dir: Path) -> bool:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=("pack", "run"))
-    p.add_argument("--dir", default="out/rows")
-    p.add_argument("--arch", default="sm_90")
-    p.add_argument("--out", default=".")
-    args = p.parse_args()
-    if args.step == "pack":
-        pack(Path(args.dir), args.arch)
-        return 0
-    return 0 if run(Path(args.dir), Path(args.out)) else 1
+    return report.pack_run_main(__doc__, "out/rows", pack, run)
 
 
 if __name__ == "__main__":
