@@ -121,6 +121,7 @@ def run(in_dir: Path, out_dir: Path) -> bool:
     plan = json.loads((in_dir / "plan.json").read_text())
     lib = KernelLibrary(in_dir / "attention.so")
     rows = []
+    out_dir.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(CASES):
         c = _case(name)
         dt = c["dtype"]
@@ -132,6 +133,10 @@ def run(in_dir: Path, out_dir: Path) -> bool:
         ref = reference(c, vals)
         err = float(np.abs(got64 - ref).max() / np.abs(ref).max())
         us = lib.median_us(name, args)
+        if not err < TOLERANCE[dt]:
+            print(f"{name}: nan {int(np.isnan(got64).sum())}, max |out| {np.nanmax(np.abs(got64)):.3g} "
+                  f"(reference {np.abs(ref).max():.3g}); first outputs {got64.reshape(-1)[:6]} "
+                  f"against {ref.reshape(-1)[:6]}", flush=True)
         rows.append({"case": name, **c, "rel_max_err": err, "ok": bool(err < TOLERANCE[dt]), "us": us})
     (out_dir / "attention.json").write_text(json.dumps(rows, indent=1))
     lines = ["| case | B x H, Sq x Skv, d / dv | dtype | mask, steps, merge | max err / max | us |", "|---" * 6 + "|"]

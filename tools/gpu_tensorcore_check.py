@@ -77,8 +77,10 @@ FP32_SCHEDULES = ("effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "effa
 
 def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even."""
-    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    bits = np.array(a, dtype=np.float32, order="C").view(np.uint32)
+    # an array, also for 0-d input (arithmetic on a 0-d array gives a numpy scalar, which TVM's copyfrom would
+    # convert by value instead of copying as bits)
+    return np.asarray(((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16))
 
 
 def _from_bf16_bits(a: np.ndarray) -> np.ndarray:

@@ -39,3 +39,20 @@ def test_reference_is_the_graph(name: str) -> None:
     ref = check.reference(c, vals)
     assert np.isfinite(ref).all() and np.abs(ref).max() > 0.1
     assert np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["minilm_like_b32_bf16", "gpt_like_b8_causal_bf16"])
+def test_bfloat16_reference_is_the_graph(name: str) -> None:
+    """bfloat16 cases, their inputs sent as the GPU run sends them (bit patterns, the scale a 0-d array)."""
+    from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits
+
+    index = list(check.CASES).index(name)
+    c = check._case(name)
+    vals = check.inputs(index, c)
+    vm = relax.VirtualMachine(tvm.compile(attention_cases.graph(c, check._shapes(c)), target="llvm"), tvm.cpu())
+    args = [tvm.runtime.empty(vals[k].shape, "bfloat16", tvm.cpu()).copyfrom(_to_bf16_bits(vals[k].astype(np.float32)))
+            for k in check._shapes(c)]
+    out = vm["main"](*args)
+    got = _from_bf16_bits(out._create_view(out.shape, "uint16").numpy()).astype(np.float64)
+    ref = check.reference(c, vals)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < check.TOLERANCE["bfloat16"]
