@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import tvm
-import tvm_ffi
 from tvm import relax, sym, tirx
 
 from targets import attention_kernel as ak
+from targets.relax_match import Bindings, broadcasts, call_of, dtype_of, replace_with_kernels, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -66,53 +65,6 @@ class Match:
     plan: ak.Plan
 
 
-def _dtype(e: relax.Expr) -> str:
-    """A tensor's element type; '' for anything else (a tuple, a shape)."""
-    return str(getattr(e.ty, "dtype", ""))
-
-
-def _shape(e: relax.Expr) -> tuple[int, ...] | None:
-    shape = getattr(e.ty, "shape", None)
-    if shape is None or not hasattr(shape, "__len__"):
-        return None
-    dims = []
-    for d in shape:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        dims.append(int(d))
-    return tuple(dims)
-
-
-def _call(e: Any, op: str | tuple[str, ...]) -> relax.Call | None:
-    ops = (op,) if isinstance(op, str) else op
-    if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name in ops:
-        return e
-    return None
-
-
-class Bindings:
-    """``main``'s bindings and who reads each variable (the bound variables reading it; None for the
-    function's result)."""
-
-    def __init__(self, func: relax.Function) -> None:
-        self.value: dict[relax.Var, relax.Expr] = dict(relax.analysis.get_var2val(func))
-        self.readers: dict[relax.Var, list[relax.Var | None]] = {}
-        for var, value in self.value.items():
-            for v in relax.analysis.free_vars(value):
-                self.readers.setdefault(v, []).append(var)
-        for v in relax.analysis.free_vars(func.body.body):
-            self.readers.setdefault(v, []).append(None)
-
-    def only_read_once(self, v: relax.Expr) -> bool:
-        return isinstance(v, relax.DataflowVar) and len(self.readers.get(v, [])) == 1
-
-    def producer(self, e: relax.Expr, op: str | tuple[str, ...]) -> relax.Call | None:
-        """The call of ``op`` bound to ``e`` when only one binding reads ``e``."""
-        if not isinstance(e, relax.Var) or not self.only_read_once(e):
-            return None
-        return _call(self.value.get(e), op)
-
-
 def _ints(e: relax.Expr) -> list[int]:
     if isinstance(e, relax.ShapeExpr):
         return [int(x) for x in e.values]
@@ -130,7 +82,7 @@ def layout_chain(graph: Bindings, e: relax.Expr) -> tuple[relax.Expr, ak.IndexFn
         if call is None:
             break
         x = call.args[0]
-        in_shape, out_shape = _shape(x), _shape(src)
+        in_shape, out_shape = static_shape(x), static_shape(src)
         if in_shape is None or out_shape is None:
             return None
         step = _layout_step(call, in_shape, out_shape)
@@ -145,7 +97,7 @@ def layout_chain(graph: Bindings, e: relax.Expr) -> tuple[relax.Expr, ak.IndexFn
             out = step(out)
         return out
 
-    return (src, index) if _shape(src) is not None else None
+    return (src, index) if static_shape(src) is not None else None
 
 
 def _layout_step(call: relax.Call, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> ak.IndexFn | None:
@@ -217,22 +169,22 @@ def contiguous(shape: tuple[int, ...], index: ak.IndexFn, dims: tuple[int, int, 
 def _product(graph: Bindings, value: relax.Expr, dt: str) -> relax.Call | None:
     """The matmul of two ``dt`` operands that ``value`` is, in ``dt``: a matmul into ``dt``, or one into
     float32 (bfloat16's, ``mixed_precision`` widens its accumulator) cast to ``dt``."""
-    call = _call(value, "relax.matmul")
+    call = call_of(value, "relax.matmul")
     if call is None:
-        cast = _call(value, "relax.astype")
+        cast = call_of(value, "relax.astype")
         if cast is None or not isinstance(cast.args[0], relax.Var):
             return None
         call = graph.producer(cast.args[0], "relax.matmul")
-        if call is None or _dtype(call) != "float32":
+        if call is None or dtype_of(call) != "float32":
             return None
-    elif _dtype(call) != dt:
+    elif dtype_of(call) != dt:
         return None
-    return call if all(_dtype(x) == dt for x in call.args) else None
+    return call if all(dtype_of(x) == dt for x in call.args) else None
 
 
 def _match(graph: Bindings, var: relax.Var) -> Match | None:
     """The attention ending in the binding of ``var`` (the product with V), or None."""
-    dt = _dtype(var)
+    dt = dtype_of(var)
     call = _product(graph, graph.value[var], dt) if dt in NARROW else None
     if call is None:
         return None
@@ -242,7 +194,7 @@ def _match(graph: Bindings, var: relax.Var) -> Match | None:
     if softmax is None or int(softmax.attrs.axis) not in (-1, 3):
         return None
     widened = graph.producer(softmax.args[0], "relax.astype")
-    if widened is None or _dtype(softmax.args[0]) != "float32" or _dtype(widened.args[0]) != dt:
+    if widened is None or dtype_of(softmax.args[0]) != "float32" or dtype_of(widened.args[0]) != dt:
         return None
     s = widened.args[0]
     steps: list[tuple[str, relax.Expr, bool]] = []
@@ -255,28 +207,26 @@ def _match(graph: Bindings, var: relax.Var) -> Match | None:
         if step is None:
             return None
         lhs, rhs = step.args
-        chain_left = isinstance(lhs, relax.DataflowVar) and graph.only_read_once(lhs) and _shape(lhs) == _shape(s)
+        chain_left = (isinstance(lhs, relax.DataflowVar) and graph.only_read_once(lhs)
+                      and static_shape(lhs) == static_shape(s))
         other = rhs if chain_left else lhs
-        if _dtype(step) != dt or _shape(other) is None:
+        if dtype_of(step) != dt or static_shape(other) is None:
             return None
         steps.append((STEP_OPS[step.op.name], other, not chain_left))
         s = lhs if chain_left else rhs
     if scores is None:
         return None
     q, kt = scores.args
-    shapes = [s for s in (_shape(x) for x in (q, kt, v, var)) if s is not None and len(s) == 4]
+    shapes = [s for s in (static_shape(x) for x in (q, kt, v, var)) if s is not None and len(s) == 4]
     if len(shapes) != 4:
         return None
     (b, h, sq, d), (b2, h2, d2, skv), (b3, h3, skv2, dv), _ = shapes
     if (b2, h2, d2, b3, h3, skv2) != (b, h, d, b, h, skv):
         return None
-    if any(len(_shape(o) or ()) > 4 or not _broadcasts(_shape(o) or (), (b, h, sq, skv)) for _, o, _ in steps):
+    if any(len(static_shape(o) or ()) > 4 or not broadcasts(static_shape(o) or (), (b, h, sq, skv))
+           for _, o, _ in steps):
         return None
     return _build_match(graph, var, dt, (b, h, sq, skv, d, dv), q, kt, v, steps[::-1])
-
-
-def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
-    return all(n in (1, m) for n, m in zip(reversed(shape), reversed(to), strict=False))
 
 
 def _build_match(graph: Bindings, var: relax.Var, dt: str, sizes: tuple[int, ...], q: relax.Expr, kt: relax.Expr,
@@ -299,7 +249,7 @@ def _build_match(graph: Bindings, var: relax.Var, dt: str, sizes: tuple[int, ...
         src, index = chain
         if transposed:  # kt is (b, h, d, key); the kernel reads K as (b, h, key, d)
             index = _swap_last(index)
-        shape = _shape(src)
+        shape = static_shape(src)
         assert shape is not None
         operands.append(ak.Operand(arg(src), index, contiguous(shape, index, dims)))
     kernel_steps = tuple(ak.Step(op, arg(o), swap) for op, o, swap in steps)
@@ -308,8 +258,8 @@ def _build_match(graph: Bindings, var: relax.Var, dt: str, sizes: tuple[int, ...
     if merge is not None:
         out_var, out_shape, out_index = merge, (b, sq, h, dv), _merged
     out_lanes = ak.OUT_VECTOR if contiguous(out_shape, out_index, (b, h, sq, dv), ak.OUT_VECTOR) else 1
-    shapes = [_shape(a) for a in args]  # every one static: the chains and steps checked theirs
-    attention = ak.Attention(dt, b, h, sq, skv, d, dv, tuple((s or (), _dtype(a)) for s, a in zip(shapes, args,
+    shapes = [static_shape(a) for a in args]  # every one static: the chains and steps checked theirs
+    attention = ak.Attention(dt, b, h, sq, skv, d, dv, tuple((s or (), dtype_of(a)) for s, a in zip(shapes, args,
                                                                                                  strict=True)),
                              operands[0], operands[1], operands[2], kernel_steps, out_shape, out_index, out_lanes)
     plan = ak.plan(attention)
@@ -337,7 +287,7 @@ def _head_merge(graph: Bindings, var: relax.Var) -> relax.Var | None:
     if not graph.only_read_once(var):
         return None
     (reader,) = graph.readers[var]
-    call = _call(graph.value.get(reader), "relax.permute_dims") if reader is not None else None
+    call = call_of(graph.value.get(reader), "relax.permute_dims") if reader is not None else None
     if call is None or call.attrs.axes is None:
         return None
     return reader if [int(a) for a in call.attrs.axes] == [0, 2, 1, 3] else None
@@ -354,35 +304,8 @@ def find_attention(func: relax.Function) -> list[Match]:
 
 
 def _rewrite(mod: tvm.IRModule, found: list[Match]) -> tvm.IRModule:
-    bb = relax.BlockBuilder(mod)
-    calls: dict[relax.Var, relax.Expr] = {}
-    kernels: dict[str, tvm.ir.GlobalVar] = {}
-    for m in found:
-        kernel = ak.build(m.attention, m.plan, KERNEL_NAME)
-        key = str(tvm_ffi.structural_hash(kernel))
-        if key not in kernels:  # attentions of other sizes or layouts: kernels of their own, each its symbol
-            name = KERNEL_NAME if not kernels else f"{KERNEL_NAME}_{len(kernels)}"
-            kernels[key] = bb.add_func(kernel.with_attr("global_symbol", name), name)
-        out = relax.TensorType(m.attention.out_shape, m.attention.dtype)
-        calls[m.var] = relax.call_tir(kernels[key], relax.Tuple(m.args), out)
-    main_gv = mod.get_global_var("main")
-    new_main = _Replace(bb, calls).visit_expr(mod["main"])
-    bb.update_func(main_gv, new_main)
-    logger.info("cuda: %d attentions fused into one kernel each (%d kernels)", len(found), len(kernels))
-    return relax.transform.DeadCodeElimination()(bb.get())
-
-
-@relax.expr_functor.mutator
-class _Replace(relax.PyExprMutator):
-    """``main`` with the bindings in ``calls`` bound to their fused calls instead."""
-
-    def __init__(self, bb: relax.BlockBuilder, calls: dict[relax.Var, relax.Expr]) -> None:
-        super().__init__(bb.get())
-        self.calls = calls
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        for var, call in self.calls.items():
-            if binding.var.same_as(var):
-                self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
-                return
-        super().visit_var_binding_(binding)
+    calls = [(m.var, ak.build(m.attention, m.plan, KERNEL_NAME), m.args,
+              relax.TensorType(m.attention.out_shape, m.attention.dtype)) for m in found]
+    out = replace_with_kernels(mod, calls, KERNEL_NAME)
+    logger.info("cuda: %d attentions fused into one kernel each", len(found))
+    return out

@@ -22,7 +22,8 @@ from compiler.driver import compile_model, load_model
 from targets import attention_kernel as ak
 from targets import cuda
 from targets.artifact import open_artifact
-from targets.attention_fusion import Bindings, contiguous, find_attention, fuse_attention, layout_chain
+from targets.attention_fusion import contiguous, find_attention, fuse_attention, layout_chain
+from targets.relax_match import Bindings
 from tests.targets.test_cuda_cast_fusion import ARCH, cuda_target, launches, zoo_module
 
 B, S, HEADS, HEAD = 2, 32, 4, 16
