@@ -31,13 +31,13 @@ unfused.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import tvm
 from tvm import sym, tirx
 
+from targets.kernel_ir import broadcast, when
 from targets.schedules.gpu_rules import KERNEL_ATTR
 
 FRAG = 16
@@ -143,28 +143,11 @@ _OPS: dict[str, Callable[[tirx.Expr, tirx.Expr], tirx.Expr]] = {
     "multiply": lambda x, y: x * y, "divide": lambda x, y: x / y}
 
 
-def broadcast(shape: Sequence[int], index: Sequence[tirx.Expr]) -> list[tirx.Expr]:
-    """``index`` into a tensor of ``shape`` broadcast to ``len(index)`` dims (numpy's rules)."""
-    lead = len(index) - len(shape)
-    return [tirx.IntImm("int32", 0) if n == 1 else index[lead + i] for i, n in enumerate(shape)]
-
-
 def _ptr(buf: tirx.Buffer, offset: tirx.Expr, extent: int, rw: int) -> tirx.Expr:
     """``tvm_access_ptr`` to ``extent`` elements of ``buf`` from ``offset`` (rw: 1 read, 2 write)."""
     from tvm.script.ir_builder import tirx as T
 
     return T.tvm_access_ptr(T.type_annotation(buf.dtype), buf.data, offset, extent, rw)
-
-
-@contextlib.contextmanager
-def _when(cond: tirx.Expr | None) -> Iterator[None]:
-    from tvm.script.ir_builder import tirx as T
-
-    if cond is None:
-        yield
-        return
-    with T.If(cond), T.Then():
-        yield
 
 
 def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
@@ -237,7 +220,7 @@ def build(a: Attention, p: Plan, name: str) -> tirx.PrimFunc:
                     bound(it, (total + threads - 1) // threads)
                     e = it * threads + tid
                     r, c = e // per_row, e % per_row * lanes
-                    with _when(e < total if total % threads else None), T.vectorized(0, lanes) as v:
+                    with when(e < total if total % threads else None), T.vectorized(0, lanes) as v:
                         bound(v, lanes)
                         idx = [analyzer.simplify(x) for x in op.index([b, h, row0 + r, c + v])]
                         T.buffer_store(dst, ins[op.arg][tuple(idx)], [r, c + v])
