@@ -48,11 +48,13 @@ logger = logging.getLogger(__name__)
 # Architectures nvcc 12/13 and TVM's CUDA codegen both handle; sm_90 is the H200/H100.
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_120")
 DEFAULT_ARCH = "sm_90"
+ARCH_SPECIFIC = "wgmma."  # PTX that only sm_90a assembles (``targets.gemm_kernel``)
 # MetaSchedule records measured on real GPUs (``effarch tune --target cuda``), applied by every -O2 CUDA build
 # whose kernels they match (``effarch compile --no-bundled-tuning`` leaves them out).
 BUNDLED_TUNING = Path(__file__).parent / "tuning" / "bundled"
 CHANNELS_LAST_MIN_BATCH = 8  # fp16/bf16 convolutions NHWC from this batch (``CudaTarget.channels_last_for``)
 FUSED_ATTENTION = True  # fp16/bf16 attention as one kernel (``targets.attention_fusion``), from sm_80
+WGMMA_GEMMS = True  # fp16/bf16 GEMMs and their epilogues as wgmma kernels (``targets.gemm_fusion``), sm_90 only
 
 DEFAULT_NVCC = Path("/usr/local/cuda/bin/nvcc")  # where the CUDA toolkit installs by default
 
@@ -136,6 +138,8 @@ def compile_fatbin(source: str, arch: str, workdir: Path, guards: bool = False) 
     cu, out = workdir / "kernels.cu", workdir / "kernels.fatbin"
     cu.write_text(source)
     number = arch.removeprefix("sm_")
+    if number == "90" and ARCH_SPECIFIC in source:
+        number = "90a"  # Hopper's warpgroup instructions exist only in the arch-specific target (runs on sm_90)
     # No --use_fast_math (TVM's helper adds it): approximate exp/div would break fp32 tolerances.
     cmd = [find_nvcc(), "--fatbin", f"-gencode=arch=compute_{number},code=sm_{number}", *_NVCC_FLAGS,
            "-o", str(out), str(cu)]
@@ -657,12 +661,14 @@ def cuda_pipeline(tvm_target: tvm.target.Target, report: Any = None, *, tuned: A
 
     from targets.attention_fusion import fuse_attention
     from targets.cast_fusion import fuse_casts
+    from targets.gemm_fusion import fuse_gemms
     from targets.schedules.gpu_rules import apply_rules
     from targets.schedules.gpu_tensorcore import sm_version
 
     schedules = [apply_rules(gpu_rules(), report, tuned)] if schedule else []
     attention = [fuse_attention()] if FUSED_ATTENTION and sm_version(tvm_target) >= 80 else []
-    legalize = [*attention, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+    gemms = [fuse_gemms()] if WGMMA_GEMMS and sm_version(tvm_target) == 90 else []
+    legalize = [*attention, *gemms, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), fuse_casts(), relax.transform.FuseTIR(),
                 *schedules]
 

@@ -52,14 +52,16 @@ class KernelLibrary:
     def _tensor(self, array: np.ndarray, dtype: str) -> Any:
         return tvm.runtime.empty(array.shape, dtype, self.device).copyfrom(array)
 
-    def run(self, name: str, inputs: list[np.ndarray], out_shape: tuple[int, ...], dtype: str
-            ) -> tuple[np.ndarray, list[Any]]:
-        """The kernel's output (float16 as float16, bfloat16 as uint16 bits) and its argument tensors."""
-        args = [self._tensor(a, dtype) for a in inputs] + [tvm.runtime.empty(out_shape, dtype, self.device)]
+    def run(self, name: str, inputs: list[np.ndarray], out_shape: tuple[int, ...], dtype: str,
+            out_dtype: str | None = None) -> tuple[np.ndarray, list[Any]]:
+        """The kernel's output (float16 as float16, bfloat16 as uint16 bits) and its argument tensors; inputs in
+        ``dtype``, the output in ``out_dtype`` (default ``dtype``)."""
+        out_dtype = out_dtype or dtype
+        args = [self._tensor(a, dtype) for a in inputs] + [tvm.runtime.empty(out_shape, out_dtype, self.device)]
         self.module[name](*args)
         self.device.sync()
         out = args[-1]
-        bits = out._create_view(out.shape, "uint16").numpy() if dtype == "bfloat16" else out.numpy()
+        bits = out._create_view(out.shape, "uint16").numpy() if out_dtype == "bfloat16" else out.numpy()
         return bits, args
 
     def median_us(self, name: str, args: list[Any]) -> float:
