@@ -138,15 +138,13 @@ def run(in_dir: Path, out_dir: Path) -> bool:
                   f"(reference {np.abs(ref).max():.3g}); first outputs {got64.reshape(-1)[:6]} "
                   f"against {ref.reshape(-1)[:6]}", flush=True)
         rows.append({"case": name, **c, "rel_max_err": err, "ok": bool(err < TOLERANCE[dt]), "us": us})
-    (out_dir / "attention.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| case | B x H, Sq x Skv, d / dv | dtype | mask, steps, merge | max err / max | us |", "|---" * 6 + "|"]
-    for r in rows:
-        flag = "" if r["ok"] else " **WRONG**"
-        lines.append(f"| {r['case']} | {r['b']}x{r['h']}, {r['sq']}x{r['skv']}, {r['d']} / {r['dv']} | {r['dtype']} | "
-                     f"{r['mask']}, {r['steps']}, {r['merge']} | {r['rel_max_err']:.2e}{flag} | {r['us']:.1f} |")
-    (out_dir / "attention.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return all(r["ok"] for r in rows)
+    header = ["case", "B x H, Sq x Skv, d / dv", "dtype", "mask, steps, merge", "max err / max", "us"]
+
+    def cells(r: dict[str, Any], flag: str) -> list[str]:
+        return [r["case"], f"{r['b']}x{r['h']}, {r['sq']}x{r['skv']}, {r['d']} / {r['dv']}", r["dtype"],
+                f"{r['mask']}, {r['steps']}, {r['merge']}", f"{r['rel_max_err']:.2e}{flag}", f"{r['us']:.1f}"]
+
+    return report.write_check(out_dir, "attention", rows, header, cells)
 
 
 def main() -> int:

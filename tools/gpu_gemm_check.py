@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,14 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return np.vectorize(math.erf)(x)
 
 
-UNARY = {"gelu": lambda x: x * 0.5 * (1 + _erf(x / math.sqrt(2))),
-         "gelu_tanh": lambda x: x * 0.5 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
-         "relu": lambda x: np.maximum(x, 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
-         "silu": lambda x: x / (1 + np.exp(-x)), "tanh": np.tanh}
-BINARY = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
-          "maximum": np.maximum, "minimum": np.minimum}
+UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "gelu": lambda x: x * 0.5 * (1 + _erf(x / math.sqrt(2))),
+    "gelu_tanh": lambda x: x * 0.5 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+    "relu": lambda x: np.maximum(x, 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "silu": lambda x: x / (1 + np.exp(-x)), "tanh": np.tanh}
+BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
+    "maximum": np.maximum, "minimum": np.minimum}
 
 
 def reference(c: dict[str, Any], v: dict[str, np.ndarray]) -> np.ndarray:
@@ -153,16 +156,14 @@ def run(in_dir: Path, out_dir: Path) -> bool:
         rows.append({"case": name, "m": m, "n": c["n"], "k": k, "dtype": c["dtype"], "out_dtype": out_dtype,
                      "form": c["form"], "steps": [list(s) for s in c["steps"]], "rel_max_err": err,
                      "ok": bool(err < TOLERANCE[c["dtype"]]), "us": us, "tflops": tflops})
-    (out_dir / "gemm.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| case | M x N x K | dtype -> out | form, steps | max err / max | us | TFLOP/s |", "|---" * 7 + "|"]
-    for r in rows:
-        flag = "" if r["ok"] else " **WRONG**"
+    header = ["case", "M x N x K", "dtype -> out", "form, steps", "max err / max", "us", "TFLOP/s"]
+
+    def cells(r: dict[str, Any], flag: str) -> list[str]:
         steps = ", ".join("/".join(str(x) for x in s) for s in r["steps"]) or "-"
-        lines.append(f"| {r['case']} | {r['m']}x{r['n']}x{r['k']} | {r['dtype']} -> {r['out_dtype']} | "
-                     f"{r['form']}, {steps} | {r['rel_max_err']:.2e}{flag} | {r['us']:.2f} | {r['tflops']:.0f} |")
-    (out_dir / "gemm.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return all(r["ok"] for r in rows)
+        return [r["case"], f"{r['m']}x{r['n']}x{r['k']}", f"{r['dtype']} -> {r['out_dtype']}", f"{r['form']}, {steps}",
+                f"{r['rel_max_err']:.2e}{flag}", f"{r['us']:.2f}", f"{r['tflops']:.0f}"]
+
+    return report.write_check(out_dir, "gemm", rows, header, cells)
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ No torch, no TVM: unit-tested here (tests/tools/test_gpu_check.py), used on the 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -169,6 +170,18 @@ def int8_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['cosine']:.6f} | {sass.get('IDP.4A', 'n/a')} | {sass.get('IMMA', 'n/a')} | "
                      f"{sass.get('HMMA', 'n/a')} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def write_check(out_dir: Path, stem: str, rows: list[dict[str, Any]], header: list[str],
+                cells: Callable[[dict[str, Any], str], list[str]]) -> bool:
+    """A kernel check's rows as ``out_dir/stem.json`` and a table (``cells(row, flag)``, flag marking a wrong
+    row) in ``stem.md``, printed too; True when every row is ok."""
+    (out_dir / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(cells(r, "" if r["ok"] else " **WRONG**")) + " |" for r in rows]
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return all(r["ok"] for r in rows)
 
 
 def pack_run_main(doc: str | None, default_dir: str, pack: Callable[[Path, str], None],
