@@ -403,7 +403,7 @@ def build(g: Gemm, p: Plan, name: str) -> tirx.PrimFunc:
                             assert st.arg is not None
                             shape, idt = g.args[st.arg]
                             idx = broadcast(shape, out_idx)
-                            if shape[-1] == g.n:
+                            if shape and shape[-1] == g.n:  # contiguous along the columns: 16-byte reads
                                 ys = read(ins[st.arg], simplify(idx))
                             else:
                                 y = ins[st.arg][simplify(idx)]

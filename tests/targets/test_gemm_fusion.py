@@ -117,3 +117,37 @@ def test_gpt_at_batch_32_runs_its_gemms_on_wgmma(tmp_path: Path) -> None:
     compile_model(load_model(batched_source("gpt", 32)), older, target="cuda", cpu="sm_80", precision="fp16")
     sass80 = _sass(open_artifact(older).library_bytes(), tmp_path)
     assert "HGMMA" not in sass80 and "wgmma_gemm" not in sass80
+
+
+def test_scalar_and_per_row_inputs_build(tmp_path: Path) -> None:
+    """Epilogue inputs that do not run along the columns (a 0-d constant, a per-row [M, 1] tensor, a float32
+    bias) are read a value a row, or as two 16-byte halves: the kernel builds and compiles for sm_90a."""
+    from targets.schedules.tensorcore_kernels import build_library
+
+    dt = "float16"
+    x = relax.Var("x", relax.TensorType((512, 128), dt))
+    w = relax.Var("w", relax.TensorType((128, 192), dt))
+    rows = relax.Var("rows", relax.TensorType((512, 1), dt))
+    bias = relax.Var("bias", relax.TensorType((192,), "float32"))
+    fparams = [relax.Var(v.name, v.ty) for v in (x, w, rows, bias)]
+    bb = relax.BlockBuilder()
+    with bb.function("epilogue", fparams, attrs={"Primitive": True}, private=True):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(fparams[0], fparams[1], out_dtype=dt))
+            y = bb.emit(relax.op.multiply(y, relax.const(0.5, dt)))
+            y = bb.emit(relax.op.multiply(y, fparams[2]))
+            y = bb.emit(relax.op.astype(y, "float32"))
+            out = bb.emit_output(bb.emit(relax.op.add(y, fparams[3])))
+        bb.emit_func_output(out)
+    gv = bb.get().get_global_var("epilogue")
+    with bb.function("main", [x, w, rows, bias]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.Call(gv, [x, w, rows, bias])))
+        bb.emit_func_output(out)
+    (match,) = find_gemms(bb.get())
+    assert [(s.op, s.arg) for s in match.gemm.steps] == [("multiply", 2), ("multiply", 3), ("astype", None),
+                                                          ("add", 4)]
+    assert match.gemm.out_dtype == "float32"
+    build_library({"k": gk.build(match.gemm, match.plan, "k")}, "sm_90", tmp_path / "k.so")
+    sass = _sass((tmp_path / "k.so").read_bytes(), tmp_path)
+    assert "HGMMA.64x64x16.F32" in sass
