@@ -113,7 +113,9 @@ def _from_main(graph: Bindings, var: relax.Var) -> Match | None:
     x, w = call.args
     w_kmajor = False
     transpose = graph.producer(w, "relax.permute_dims")
-    if transpose is not None and len(static_shape(transpose.args[0]) or ()) == 2:
+    axes = transpose.attrs.axes if transpose is not None else None
+    if transpose is not None and len(static_shape(transpose.args[0]) or ()) == 2 \
+            and (axes is None or [int(a) for a in axes] == [1, 0]):
         w, w_kmajor = transpose.args[0], True
     return _match(out_var, call, product, x, w, w_kmajor, [], steps)
 

@@ -151,3 +151,19 @@ def test_scalar_and_per_row_inputs_build(tmp_path: Path) -> None:
     build_library({"k": gk.build(match.gemm, match.plan, "k")}, "sm_90", tmp_path / "k.so")
     sass = _sass((tmp_path / "k.so").read_bytes(), tmp_path)
     assert "HGMMA.64x64x16.F32" in sass
+
+
+def test_only_a_transpose_makes_the_weight_k_major() -> None:
+    """``permute_dims(t)`` or ``permute_dims(t, [1, 0])`` of a 2-D t is read as [N, K]; the identity
+    permutation is an ordinary [K, N] weight."""
+    for axes, kmajor in ((None, True), ([1, 0], True), ([0, 1], False)):
+        x = relax.Var("x", relax.TensorType((512, 128), "float16"))
+        t = relax.Var("t", relax.TensorType((128, 128), "float16"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x, t]):
+            with bb.dataflow():
+                w = bb.emit(relax.op.permute_dims(t, axes))
+                out = bb.emit_output(bb.emit(relax.op.matmul(x, w, out_dtype="float16")))
+            bb.emit_func_output(out)
+        (match,) = find_gemms(bb.get())
+        assert match.gemm.w_kmajor is kmajor and match.args[1].same_as(t if kmajor else w)
