@@ -45,6 +45,7 @@ SM_SHARED = 228 * 1024  # shared memory per SM; each block also holds 1 KiB the 
 BLOCK_RESERVED = 1024
 MAX_BLOCK_SHARED = 227 * 1024
 VECTOR = 8  # output columns a thread writes at once
+MAX_GRID_Y = 65535  # row tiles run along blockIdx.y
 NARROW = {"float16": "f16", "bfloat16": "bf16"}
 UNARY = ("gelu", "gelu_tanh", "relu", "sigmoid", "silu", "tanh", "astype")
 BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
@@ -119,6 +120,8 @@ def plan(g: Gemm) -> Plan | None:
     if g.dtype not in NARROW or g.k % BK or g.n % 64 or g.product_dtype not in (g.dtype, "float32"):
         return None
     bm, bn = 64, 64
+    if -(-g.m // bm) > MAX_GRID_Y:
+        return None
     blocks = (g.n // bn) * -(-g.m // bm)
 
     def waves(stages: int) -> int:

@@ -99,6 +99,7 @@ def test_plan_keeps_every_block_in_one_wave() -> None:
     assert (down.stages, down.inflight) == (4, 1)
     assert down.grid(gk.Gemm("float16", "float16", (2048, 1024), 256, False, (), ())) == (4, 32)
     assert gk.plan(gk.Gemm("float16", "float16", (2048, 100), 256, False, (), ())) is None
+    assert gk.plan(gk.Gemm("float16", "float16", (64 * gk.MAX_GRID_Y + 1, 64), 64, False, (), ())) is None
 
 
 def test_gpt_at_batch_32_runs_its_gemms_on_wgmma(tmp_path: Path) -> None:
