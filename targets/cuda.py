@@ -270,15 +270,21 @@ def fatbins_in(library: bytes) -> list[bytes]:
     return found
 
 
+_ARCH_SPECIFIC_FLAG = 0x100000  # set in an entry's flags for sm_90a-style targets (nvcc 13, compared on one kernel)
+
+
 def fatbin_entries(fatbin: bytes) -> list[tuple[str, str]]:
-    """(kind, arch) per fatbin entry: ('sass', 'sm_90') for machine code, ('ptx', ...) for PTX."""
+    """(kind, arch) per fatbin entry: ('sass', 'sm_90') for machine code, ('ptx', ...) for PTX; 'sm_90a' for
+    code of the arch-specific target (a flag bit of the entry header, as nvcc 13 writes it)."""
     header_size = struct.unpack_from("<H", fatbin, 6)[0]
     entries, pos = [], header_size
     while pos + 32 <= len(fatbin):
         kind, _, entry_header = struct.unpack_from("<HHI", fatbin, pos)
         (size,) = _U64.unpack_from(fatbin, pos + 8)
         arch = struct.unpack_from("<I", fatbin, pos + 28)[0]
-        entries.append(({1: "ptx", 2: "sass"}.get(kind, f"kind{kind}"), f"sm_{arch}"))
+        flags = _U64.unpack_from(fatbin, pos + 40)[0] if entry_header >= 48 else 0
+        suffix = "a" if flags & _ARCH_SPECIFIC_FLAG else ""
+        entries.append(({1: "ptx", 2: "sass"}.get(kind, f"kind{kind}"), f"sm_{arch}{suffix}"))
         pos += entry_header + size
     return entries
 

@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 
 from compiler.driver import compile_model, load_model
-from targets import gemm_cases
+from targets import cuda, gemm_cases
 from targets import gemm_kernel as gk
 from targets.artifact import open_artifact
 from targets.gemm_fusion import MIN_ROWS, find_gemms
@@ -108,7 +108,9 @@ def test_gpt_at_batch_32_runs_its_gemms_on_wgmma(tmp_path: Path) -> None:
     HGMMA in their SASS; for sm_80 none is."""
     path = tmp_path / "gpt.effarch"
     compile_model(load_model(batched_source("gpt", 32)), path, target="cuda", cpu="sm_90", precision="fp16")
-    sass = _sass(open_artifact(path).library_bytes(), tmp_path)
+    library = open_artifact(path).library_bytes()
+    assert cuda.machine_code_report(library) == {"fatbin_entries": [("sass", "sm_90a")], "cuda_source_kernels": 0}
+    sass = _sass(library, tmp_path)
     functions = re.split(r"\n\s*Function : ", sass)
     kernels = [f for f in functions[1:] if f.startswith("wgmma_gemm")]
     assert len(kernels) == 5, [f.split("\n", 1)[0] for f in functions[1:]]
