@@ -5,7 +5,8 @@ A case is a dict: ``x`` (the activation's shape, [..., K]), ``n``, ``dtype`` (fl
 (the product into float32, then cast: bfloat16's form), ``form`` (``function``: a private function as
 effarch's lowering groups a matmul and its epilogue; ``main``: the matmul in ``main``, ``main_t``: the same
 with the weight a transpose of an [N, K] input) and ``steps``: each ``(op,)`` for a unary op, ``("astype",
-dtype)``, or ``(op, input, swap)`` with input ``bias`` ([N]) or ``residual`` (the output's shape).
+dtype)``, or ``(op, input, swap)`` with input ``bias`` ([N]) or ``residual`` (the output's shape). The inputs'
+shapes come from the tool (``gpu_gemm_check.shapes``).
 """
 
 from __future__ import annotations
@@ -25,20 +26,11 @@ BINARY = {"add": R.add, "subtract": R.subtract, "multiply": R.multiply, "divide"
           "maximum": R.maximum, "minimum": R.minimum}
 
 
-def shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The graph's inputs in order: x, w, then the steps' inputs."""
-    x = tuple(c["x"])
-    k, n = x[-1], c["n"]
-    out = {"x": x, "w": (n, k) if c["form"] == "main_t" else (k, n)}
-    for step in c["steps"]:
-        if len(step) == 3:
-            out[step[1]] = (n,) if step[1] == "bias" else (*x[:-1], n)
-    return out
-
-
-def graph(c: dict[str, Any]) -> tvm.IRModule:
+def graph(c: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> tvm.IRModule:
+    """The case's Relax module; ``shapes``: its inputs in order (x, w, then the steps' inputs), as the tool
+    names them."""
     dt = c["dtype"]
-    params = {name: relax.Var(name, relax.TensorType(s, dt)) for name, s in shapes(c).items()}
+    params = {name: relax.Var(name, relax.TensorType(s, dt)) for name, s in shapes.items()}
     bb = relax.BlockBuilder()
 
     def body(p: dict[str, relax.Expr], emit: Any) -> relax.Expr:
@@ -73,11 +65,12 @@ def graph(c: dict[str, Any]) -> tvm.IRModule:
     return bb.get()
 
 
-def fused_kernel(c: dict[str, Any], arch: str) -> tuple[tvm.tirx.PrimFunc, list[str], tuple[int, ...], str]:
+def fused_kernel(c: dict[str, Any], shapes: dict[str, tuple[int, ...]], arch: str
+                 ) -> tuple[tvm.tirx.PrimFunc, list[str], tuple[int, ...], str]:
     """The case's one kernel, the names of the inputs it takes in order, its output shape and type; raises if
     the fusion does not take the case whole (every step in the kernel)."""
     with cuda_target(arch):
-        fused = fuse_gemms()(graph(c))
+        fused = fuse_gemms()(graph(c, shapes))
     calls: list[Any] = []
     ops: list[str] = []
 

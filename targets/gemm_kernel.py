@@ -47,7 +47,6 @@ MAX_BLOCK_SHARED = 227 * 1024
 VECTOR = 8  # output columns a thread writes at once
 MAX_GRID_Y = 65535  # row tiles run along blockIdx.y
 NARROW = {"float16": "f16", "bfloat16": "bf16"}
-UNARY = ("gelu", "gelu_tanh", "relu", "sigmoid", "silu", "tanh", "astype")
 BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
 
 

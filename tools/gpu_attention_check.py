@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_report as report  # noqa: E402  (beside this script)
-from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits  # noqa: E402
+from gpu_tensorcore_check import _from_bf16_bits, host_array, rounded  # noqa: E402
 
 # name: batch, heads, query rows, keys, head dim, value head dim, dtype, mask, steps, head merge
 CASES: dict[str, dict[str, Any]] = {
@@ -74,13 +74,6 @@ def pack(out_dir: Path, arch: str) -> None:
     (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
 
 
-def _round(a: np.ndarray, dt: str) -> np.ndarray:
-    """``a`` rounded to ``dt`` and back to float64."""
-    if dt == "float16":
-        return a.astype(np.float16).astype(np.float64)
-    return _from_bf16_bits(_to_bf16_bits(a.astype(np.float32))).astype(np.float64)
-
-
 def inputs(index: int, c: dict[str, Any]) -> dict[str, np.ndarray]:
     """float64 values already rounded to the 16-bit type: projections, the scale, the mask (0 or -inf)."""
     rng = np.random.default_rng(3000 + index)
@@ -95,7 +88,7 @@ def inputs(index: int, c: dict[str, Any]) -> dict[str, np.ndarray]:
     elif c["mask"] == "causal":  # query i sees keys up to i + skv - sq
         i, j = np.indices((c["sq"], c["skv"]))
         vals["mask"] = np.where(j <= i + c["skv"] - c["sq"], 0.0, -np.inf)
-    return {k: _round(v, dt) for k, v in vals.items()}
+    return {k: rounded(v, dt) for k, v in vals.items()}
 
 
 def reference(c: dict[str, Any], v: dict[str, np.ndarray]) -> np.ndarray:
@@ -103,14 +96,14 @@ def reference(c: dict[str, Any], v: dict[str, np.ndarray]) -> np.ndarray:
     q = v["q"].reshape(b, sq, h, d).transpose(0, 2, 1, 3)
     k = v["kv"][:, :, :h * d].reshape(b, skv, h, d).transpose(0, 2, 1, 3)
     val = v["kv"][:, :, h * d:].reshape(b, skv, h, dv).transpose(0, 2, 1, 3)
-    s = _round(q @ k.transpose(0, 1, 3, 2), dt)
+    s = rounded(q @ k.transpose(0, 1, 3, 2), dt)
     with np.errstate(invalid="ignore"):
-        s = _round(s * v["scale"], dt) if c["steps"] == "mul_add" else _round(s / v["scale"], dt)
+        s = rounded(s * v["scale"], dt) if c["steps"] == "mul_add" else rounded(s / v["scale"], dt)
         if "mask" in v:
-            s = _round(s + v["mask"], dt)
+            s = rounded(s + v["mask"], dt)
     e = np.exp(s - s.max(-1, keepdims=True))
-    p = _round(e / e.sum(-1, keepdims=True), dt)
-    o = _round(p @ val, dt)
+    p = rounded(e / e.sum(-1, keepdims=True), dt)
+    o = rounded(p @ val, dt)
     return o.transpose(0, 2, 1, 3) if c["merge"] else o
 
 
@@ -126,8 +119,7 @@ def run(in_dir: Path, out_dir: Path) -> bool:
         c = _case(name)
         dt = c["dtype"]
         vals = inputs(index, c)
-        host = [vals[a].astype(np.float16) if dt == "float16" else _to_bf16_bits(vals[a].astype(np.float32))
-                for a in plan[name]["args"]]
+        host = [host_array(vals[a], dt) for a in plan[name]["args"]]
         got, args = lib.run(name, host, tuple(plan[name]["out"]), dt)
         got64 = got.astype(np.float64) if dt == "float16" else _from_bf16_bits(got).astype(np.float64)
         ref = reference(c, vals)

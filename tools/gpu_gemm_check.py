@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_report as report  # noqa: E402  (beside this script)
-from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits  # noqa: E402
+from gpu_tensorcore_check import _from_bf16_bits, host_array, rounded  # noqa: E402
 
 F16, B16 = "float16", "bfloat16"
 # name: x shape, n, dtype, product into float32 then cast, form, steps (see targets.gemm_cases)
@@ -63,30 +63,21 @@ def pack(out_dir: Path, arch: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     funcs, plan = {}, {}
     for name in CASES:
-        funcs[name], args, out, out_dtype = fused_kernel(case(name), arch)
+        funcs[name], args, out, out_dtype = fused_kernel(case(name), shapes(case(name)), arch)
         plan[name] = {"args": args, "out": list(out), "out_dtype": out_dtype}
         print(f"packed {name}: {args} -> {out} {out_dtype}", flush=True)
     build_library(funcs, arch, out_dir / "gemm.so")
     (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
 
 
-def _round(a: np.ndarray, dt: str) -> np.ndarray:
-    if dt == F16:
-        return a.astype(np.float16).astype(np.float64)
-    if dt == B16:
-        return _from_bf16_bits(_to_bf16_bits(a.astype(np.float32))).astype(np.float64)
-    return a.astype(np.float32).astype(np.float64)
-
-
 def inputs(index: int, c: dict[str, Any]) -> dict[str, np.ndarray]:
     """float64 values already rounded to the case's type, keyed as targets.gemm_cases.shapes names them."""
-    from_shapes = _shapes(c)
     rng = np.random.default_rng(4000 + index)
-    return {name: _round(rng.standard_normal(s), c["dtype"]) for name, s in from_shapes.items()}
+    return {name: rounded(rng.standard_normal(s), c["dtype"]) for name, s in shapes(c).items()}
 
 
-def _shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """targets.gemm_cases.shapes without TVM (the GPU machine runs this tool with numpy alone)."""
+def shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The case graph's inputs in order: x, w, then the steps' inputs (bias [N], residual as the output)."""
     x = tuple(c["x"])
     out = {"x": x, "w": (c["n"], x[-1]) if c["form"] == "main_t" else (x[-1], c["n"])}
     for step in c["steps"]:
@@ -112,9 +103,9 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def reference(c: dict[str, Any], v: dict[str, np.ndarray]) -> np.ndarray:
     dt = c["dtype"]
     w = v["w"].T if c["form"] == "main_t" else v["w"]
-    y = _round(v["x"] @ w, "float32" if c["wide"] else dt)
+    y = rounded(v["x"] @ w, "float32" if c["wide"] else dt)
     if c["wide"]:
-        y = _round(y, dt)
+        y = rounded(y, dt)
     for step in c["steps"]:
         if step[0] == "astype":
             dt = step[1]
@@ -123,12 +114,8 @@ def reference(c: dict[str, Any], v: dict[str, np.ndarray]) -> np.ndarray:
         else:
             op, name, swap = step
             y = BINARY[op](v[name], y) if swap else BINARY[op](y, v[name])
-        y = _round(y, dt)
+        y = rounded(y, dt)
     return y
-
-
-def _host(a: np.ndarray, dt: str) -> np.ndarray:
-    return a.astype(np.float16) if dt == F16 else _to_bf16_bits(a.astype(np.float32))
 
 
 def run(in_dir: Path, out_dir: Path) -> bool:
@@ -144,7 +131,7 @@ def run(in_dir: Path, out_dir: Path) -> bool:
         vals = inputs(index, c)
         spec = plan[name]
         out_dtype = spec["out_dtype"]
-        host = [_host(vals[a], c["dtype"]) for a in spec["args"]]
+        host = [host_array(vals[a], c["dtype"]) for a in spec["args"]]
         got, args = lib.run(name, host, tuple(spec["out"]), c["dtype"], out_dtype)
         got64 = _from_bf16_bits(got).astype(np.float64) if out_dtype == B16 else got.astype(np.float64)
         ref = reference(c, vals)

@@ -87,6 +87,20 @@ def _from_bf16_bits(a: np.ndarray) -> np.ndarray:
     return (a.astype(np.uint32) << 16).view(np.float32)
 
 
+def rounded(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` rounded to ``dtype`` (float16, bfloat16, else float32) and back to float64."""
+    if dtype == "float16":
+        return a.astype(np.float16).astype(np.float64)
+    if dtype == "bfloat16":
+        return _from_bf16_bits(_to_bf16_bits(a.astype(np.float32))).astype(np.float64)
+    return a.astype(np.float32).astype(np.float64)
+
+
+def host_array(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` as a kernel takes it: float16, or bfloat16 as its bit patterns."""
+    return a.astype(np.float16) if dtype == "float16" else _to_bf16_bits(a.astype(np.float32))
+
+
 def _inputs(case: int, kind: str, dims: tuple[int, ...], dtype: str) -> tuple[np.ndarray, ...]:
     """(x, w) as the kernel takes them (float16, or bfloat16 bits as uint16) and their float64 values."""
     from targets.kernel_library import operand_shapes

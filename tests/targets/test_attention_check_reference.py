@@ -44,13 +44,13 @@ def test_reference_is_the_graph(name: str) -> None:
 @pytest.mark.parametrize("name", ["minilm_like_b32_bf16", "gpt_like_b8_causal_bf16"])
 def test_bfloat16_reference_is_the_graph(name: str) -> None:
     """bfloat16 cases, their inputs sent as the GPU run sends them (bit patterns, the scale a 0-d array)."""
-    from gpu_tensorcore_check import _from_bf16_bits, _to_bf16_bits
+    from gpu_tensorcore_check import _from_bf16_bits, host_array
 
     index = list(check.CASES).index(name)
     c = check._case(name)
     vals = check.inputs(index, c)
     vm = relax.VirtualMachine(tvm.compile(attention_cases.graph(c, check._shapes(c)), target="llvm"), tvm.cpu())
-    args = [tvm.runtime.empty(vals[k].shape, "bfloat16", tvm.cpu()).copyfrom(_to_bf16_bits(vals[k].astype(np.float32)))
+    args = [tvm.runtime.empty(vals[k].shape, "bfloat16", tvm.cpu()).copyfrom(host_array(vals[k], "bfloat16"))
             for k in check._shapes(c)]
     out = vm["main"](*args)
     got = _from_bf16_bits(out._create_view(out.shape, "uint16").numpy()).astype(np.float64)

@@ -27,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 import gpu_gemm_check as check  # noqa: E402  (tools/ is not a package)
 from gpu_models import batched_source  # noqa: E402
+from gpu_tensorcore_check import host_array  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(check.CASES))
 def test_every_check_case_is_one_kernel(name: str) -> None:
-    kernel, args, out, out_dtype = gemm_cases.fused_kernel(check.case(name), "sm_90")
+    kernel, args, out, out_dtype = gemm_cases.fused_kernel(check.case(name), check.shapes(check.case(name)), "sm_90")
     assert kernel.attrs["effarch.kernel"] == "wgmma-gemm"
-    assert args == list(check._shapes(check.case(name)))
+    assert args == list(check.shapes(check.case(name)))
     assert out_dtype == ("float32" if "to_float32" in name else check.case(name)["dtype"])
 
 
@@ -45,9 +46,9 @@ def test_reference_is_the_graph(name: str) -> None:
     c = check.case(name)
     vals = check.inputs(list(check.CASES).index(name), c)
     wide = {**c, "wide": True}
-    vm = relax.VirtualMachine(tvm.compile(gemm_cases.graph(wide), target="llvm"), tvm.cpu())
-    args = [tvm.runtime.empty(vals[k].shape, c["dtype"], tvm.cpu()).copyfrom(check._host(vals[k], c["dtype"]))
-            for k in gemm_cases.shapes(c)]
+    vm = relax.VirtualMachine(tvm.compile(gemm_cases.graph(wide, check.shapes(c)), target="llvm"), tvm.cpu())
+    args = [tvm.runtime.empty(vals[k].shape, c["dtype"], tvm.cpu()).copyfrom(host_array(vals[k], c["dtype"]))
+            for k in check.shapes(c)]
     out = vm["main"](*args)
     got = (check._from_bf16_bits(out._create_view(out.shape, "uint16").numpy()) if str(out.dtype) == "bfloat16"
            else out.numpy()).astype(np.float64)
@@ -60,6 +61,10 @@ def _case(**kw: Any) -> dict[str, Any]:
     return {**check.DEFAULTS, "x": (1024, 384), "n": 384, **kw}
 
 
+def _graph(c: dict[str, Any]) -> tvm.IRModule:
+    return gemm_cases.graph(c, check.shapes(c))
+
+
 @pytest.mark.parametrize("case", [
     _case(x=(MIN_ROWS - 64, 384)),  # too few rows: the schedule rules' smaller tiles
     _case(dtype="float32"),  # not a 16-bit GEMM
@@ -67,12 +72,12 @@ def _case(**kw: Any) -> dict[str, Any]:
     _case(n=200),  # N not a multiple of 64
 ], ids=["few-rows", "float32", "k-96", "n-200"])
 def test_what_stays_with_the_schedule_rules(case: dict[str, Any]) -> None:
-    assert find_gemms(gemm_cases.graph(case)) == []
+    assert find_gemms(_graph(case)) == []
 
 
 def test_an_unsupported_step_leaves_the_function() -> None:
     """A step that is not elementwise (softmax) in the grouped function: the whole function stays."""
-    mod = gemm_cases.graph(_case(steps=[("add", "bias", False)]))
+    mod = _graph(_case(steps=[("add", "bias", False)]))
     assert len(find_gemms(mod)) == 1
     params = [relax.Var(p.name, p.ty) for p in mod["epilogue"].params]
     bb = relax.BlockBuilder()
