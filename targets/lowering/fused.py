@@ -107,7 +107,10 @@ def kernel_name(node: Node) -> str:
 
 
 def _var_name(name: str) -> str:
-    return re.sub(r"\W", "_", name).strip("_") or "v"
+    """``name`` as a C identifier: it names a parameter of the kernel's CUDA/C source (``0.bias`` of an
+    ``nn.Sequential`` would otherwise start with a digit, which nvcc rejects)."""
+    name = re.sub(r"\W", "_", name).strip("_") or "v"
+    return f"v{name}" if name[0].isdigit() else name
 
 
 def lower_group(outer: Any, node: Node) -> tuple[list[relax.Expr], list[bool]]:
