@@ -114,7 +114,9 @@ def cmd_remote(args: argparse.Namespace) -> int:
     if not db.exists():
         with tarfile.open(PACK / "db.tar.xz") as tar:
             tar.extractall(top, filter="data")
-    env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT}", "PYTHONUNBUFFERED": "1"}
+    given = os.environ.get("PYTHONPATH")  # kept after ours: e.g. a carried xgboost (a learned cost model)
+    env = {**os.environ, "PYTHONPATH": ":".join([str(site), str(ROOT)] + ([given] if given else [])),
+           "PYTHONUNBUFFERED": "1"}
     env.pop("TVM_USE_RUNTIME_LIB", None)
     if shutil.which("nvcc"):  # candidates compiled by nvcc (TVM's default, NVRTC, needs cuda-python's version to match)
         env["TVM_CUDA_COMPILE_MODE"] = "nvcc"
