@@ -11,7 +11,10 @@ The GPU machine has no TVM and takes 64 MiB per call; TVM's compiler library alo
 kernels are saved, not measured) and writes ``.tvmfull``: the TVM package of this venv with its
 compiler library (xz with the x86 filter: 55 MiB), the files of tvm-ffi's cp312 wheel and the database.
 ``remote`` unpacks them into /tmp, runs ``effarch tune --db ... --target cuda --arch sm_90`` there
-(MetaSchedule, measured on the H200 beside our own schedules) and writes the database to ``--out``.
+(MetaSchedule, measured on the H200 beside our own schedules) and writes the database to ``--out``. The GPU
+machine has no xgboost, so MetaSchedule's cost model there is its random one, unless a first call to the same
+warm machine installs ``xgboost-cpu`` (5.6 MB; ``pip install --no-index --no-deps --target /tmp/xgbsite``) and
+``remote`` runs with ``PYTHONPATH=/tmp/xgbsite``: a given PYTHONPATH is kept after TVM's.
 ``ship`` keeps the index and the winning records (``TuningDatabase.export_winners``) in
 ``targets/tuning/bundled``, which every ``effarch compile --target cuda --arch sm_90`` applies.
 """

@@ -249,7 +249,8 @@ def _tune_chunk(kernel: Kernel, entry: KernelEntry, db: TuningDatabase, n: int, 
 
 def _cost_model() -> str:
     """MetaSchedule's XGBoost model where xgboost is installed; else its random model (the GPU machine has
-    no xgboost: the search then mutates the best measured candidates without a learned ranking)."""
+    no xgboost unless one is carried, as ``tools/cuda_tune.py`` says: the search then mutates the best measured
+    candidates without a learned ranking)."""
     import importlib.util
 
     return "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
