@@ -3,9 +3,11 @@
 The GPU machine has no TVM and takes 64 MiB per call; TVM's compiler library alone is 259 MB. So:
 
     python tools/cuda_tune.py pack --db out/cudadb resnet18 gpt ...   # here: kernels + the full TVM, compressed
+    python tools/cuda_tune.py pack --db out/cudadb32 --batch 32 --name b32 resnet18 gpt ...   # optional, beside it
     [device call, carry .tvmfull]
-    python3 tools/cuda_tune.py remote --trials 160 --time-budget 6m --out $OUT
-    python tools/cuda_tune.py ship --from DIR                          # here: DIR is what came back
+    python3 tools/cuda_tune.py remote --trials 160 --time-budget 4m --out $OUT/b1
+    python3 tools/cuda_tune.py remote --db b32 --trials 160 --time-budget 4m --out $OUT/b32
+    python tools/cuda_tune.py ship --from DIR/b1 [--replace]; python tools/cuda_tune.py ship --from DIR/b32
 
 ``pack`` lowers each model (``effarch tune MODEL --target cuda --arch sm_90``: no GPU here, so the
 kernels are saved, not measured) and writes ``.tvmfull``: the TVM package of this venv with its
@@ -84,18 +86,32 @@ def pack_tvm(dest: Path) -> None:
         stale.unlink()
 
 
-def pack_db(db: Path, dest: Path) -> None:
-    """The database's target folder, tasks included, as ``dest/db.tar.xz`` (JSON compresses ~10x)."""
-    with tarfile.open(dest / "db.tar.xz", "w:xz", preset=9) as tar:
-        tar.add(db, arcname="db", filter=lambda t: None if Path(t.name).name == "logs" else t)
+def pack_db(db: Path, dest: Path, name: str = "db") -> Path:
+    """The database's target folder, tasks included, as ``dest/NAME.tar.xz`` (JSON compresses ~10x)."""
+    path = dest / f"{name}.tar.xz"
+    with tarfile.open(path, "w:xz", preset=9) as tar:
+        tar.add(db, arcname=name, filter=lambda t: None if Path(t.name).name == "logs" else t)
+    return path
+
+
+def model_source(model: str, batch: int | None) -> str:
+    """What ``effarch tune`` takes for ``model`` at ``batch`` rows: the model itself at its own batch, else the
+    zoo model exported at that batch (as tools/gpu_check.py builds it; zoo names only)."""
+    if batch is None:
+        return model
+    sys.path.insert(0, str(ROOT / "tools"))
+    from gpu_models import batched_source  # torch and the zoo: imported only when a batch is asked for
+
+    return batched_source(model, batch)
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
     for model in args.models:
-        subprocess.run([str(Path(sys.executable).parent / "effarch"), "tune", model, "--target", "cuda",
-                        "--arch", ARCH, "--db", str(args.db), "--precision", args.precision], check=True)
+        subprocess.run([str(Path(sys.executable).parent / "effarch"), "tune", model_source(model, args.batch),
+                        "--target", "cuda", "--arch", ARCH, "--db", str(args.db), "--precision", args.precision],
+                       check=True)
     pack_tvm(PACK)
-    pack_db(args.db, PACK)
+    print(f"{pack_db(args.db, PACK, args.name)}: the kernels ('remote --db {args.name}' tunes them)")
     size = sum(p.stat().st_size for p in PACK.iterdir()) / 2**20
     print(f"{PACK}: {size:.1f} MiB (carry it; the tracked tree travels beside it, 64 MiB in all)")
     return 0
@@ -113,9 +129,9 @@ def cmd_remote(args: argparse.Namespace) -> int:
             shutil.copyfileobj(src, out, 1 << 24)
         with tarfile.open(PACK / "tvm_ffi.tar.xz") as tar:  # the wheel's files, as pip would place them
             tar.extractall(site, filter="data")
-    db = top / "db"
+    db = top / args.db
     if not db.exists():
-        with tarfile.open(PACK / "db.tar.xz") as tar:
+        with tarfile.open(PACK / f"{args.db}.tar.xz") as tar:
             tar.extractall(top, filter="data")
     given = os.environ.get("PYTHONPATH")  # kept after ours: e.g. a carried xgboost (a learned cost model)
     env = {**os.environ, "PYTHONPATH": ":".join([str(site), str(ROOT)] + ([given] if given else [])),
@@ -163,12 +179,17 @@ def main() -> int:
     a.add_argument("models", nargs="+", help="zoo names or ONNX files (as given to effarch tune)")
     a.add_argument("--db", type=Path, default=ROOT / "out" / "cudadb")
     a.add_argument("--precision", default="fp32")
+    a.add_argument("--batch", type=int, help="zoo models at this batch (exported as tools/gpu_check.py builds "
+                   "them), not the zoo's own")
+    a.add_argument("--name", default="db", help="the database's name in .tvmfull (NAME.tar.xz): packs of other "
+                   "batches travel beside it, each tuned by its own 'remote --db NAME'")
     a.set_defaults(func=cmd_pack)
     r = sub.add_parser("remote", help="on the GPU machine: tune the packed kernels")
     r.add_argument("--trials", type=int, default=160)
     r.add_argument("--chunk", type=int, default=16)
     r.add_argument("--time-budget", default="6m")
     r.add_argument("--out", required=True)
+    r.add_argument("--db", default="db", help="which packed database (pack --name); one --out folder for each")
     r.set_defaults(func=cmd_remote)
     s = sub.add_parser("ship", help="keep the winners of a remote tune in targets/tuning/bundled")
     s.add_argument("--from", dest="source", required=True, help="the folder holding cudadb.tar.xz")
