@@ -99,7 +99,8 @@ def model_source(model: str, batch: int | None) -> str:
     zoo model exported at that batch (as tools/gpu_check.py builds it; zoo names only)."""
     if batch is None:
         return model
-    sys.path.insert(0, str(ROOT / "tools"))
+    if str(ROOT / "tools") not in sys.path:  # once, however many models are packed
+        sys.path.insert(0, str(ROOT / "tools"))
     from gpu_models import batched_source  # torch and the zoo: imported only when a batch is asked for
 
     return batched_source(model, batch)

@@ -158,7 +158,8 @@ def test_a_rule_raising_on_one_kernel_hands_it_to_the_next(tmp_path: Path, monke
 
 
 def test_every_kernel_names_its_gpu_rule(mlp_artifact: Path) -> None:
-    counts = open_artifact(mlp_artifact).manifest["schedules"]
+    manifest = open_artifact(mlp_artifact).manifest
+    counts = manifest["schedules"]
     # "tuned": a kernel that took its record in the shipped sm_90 database (the MLP's two GEMMs since 2026-12-04)
     assert counts and set(counts) <= {name for name, _ in cuda.gpu_rules()} | {"tuned"}
-    assert counts.get("tuned", 0) == open_artifact(mlp_artifact).manifest["tuning"]["applied"]
+    assert counts.get("tuned", 0) == manifest["tuning"]["applied"]
