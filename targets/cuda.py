@@ -626,15 +626,17 @@ def gpu_rules() -> list[tuple[str, Any]]:
     from targets.schedules.gpu_pool_nhwc import GpuPoolNhwc
     from targets.schedules.gpu_rows import GpuRows
     from targets.schedules.gpu_simt import SimtMatmul
+    from targets.schedules.gpu_small_m import SmallMMatmul
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul
 
     # fp16/bf16 GEMMs and convolutions (``--precision``) go to tensor cores first; fp32 ones to CUDA cores,
-    # tiled by shape (``simt-matmul``); what neither takes (a GEMV, a symbolic shape) to dlight.
+    # tiled by shape (``simt-matmul``), or with fewer than 16 rows across the threads of K (``small-m``); what
+    # none takes (a GEMV, a symbolic shape) to dlight.
     return [("tensorcore", TensorCoreMatmul(split_k=True, max_warps=4, vector_store=True, shared_loads=True)),
             ("depthwise", GpuDepthwise()),
             ("depthwise-nhwc", GpuDepthwiseNhwc()), ("pool-nhwc", GpuPoolNhwc()), ("fold-nhwc", GpuFold()),
             ("int8-dp4a", GpuInt8()),
-            ("simt-matmul", SimtMatmul()),
+            ("simt-matmul", SimtMatmul()), ("small-m", SmallMMatmul()),
             ("dlight-matmul", dl.gpu.Matmul()), ("dlight-gemv", dl.gpu.GEMV()),
             ("dlight-low-batch-gemv", dl.gpu.LowBatchGEMV()), ("gpu-rows", GpuRows()),
             ("dlight-reduction", dl.gpu.Reduction()),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,17 @@ CASES = [
     ("b32_gemm_1024x1536x384", "matmul", (1024, 1536, 384)),
     ("b32_gemm_1024x384x1536", "matmul", (1024, 384, 1536)),
     ("b32_gemm_1024x384x384", "matmul", (1024, 384, 384)),
+    # float32 GEMMs of a few rows (effarch-small): the MLP at batch 8, and a few tokens through a 4096-wide
+    # layer, an FFN up and down of a 768-wide encoder, two rows of a 784-wide input, 15 rows (padded to 16)
+    ("small_8x784x512", "matmul", (8, 512, 784)),
+    ("small_8x512x512", "matmul", (8, 512, 512)),
+    ("small_4x4096x4096", "matmul", (4, 4096, 4096)),
+    ("small_12x3072x768", "matmul", (12, 3072, 768)),
+    ("small_12x768x3072", "matmul", (12, 768, 3072)),
+    ("small_2x512x784", "matmul", (2, 512, 784)),
+    ("small_15x1024x1024", "matmul", (15, 1024, 1024)),
 ]
-BATCH1 = [name for name, _, _ in CASES if not name.startswith("b32")]
+BATCH1 = [name for name, _, _ in CASES if not name.startswith(("b32", "small"))]
 # name -> (operand dtype, the op's out_dtype: None = the operands' dtype, so bf16 accumulates in bf16)
 PRECISIONS = {"fp16": ("float16", None), "fp16-acc32": ("float16", "float32"), "bf16": ("bfloat16", None),
               "bf16-acc32": ("bfloat16", "float32"), "fp32": ("float32", None)}
@@ -67,12 +77,13 @@ SCHEDULES = ("effarch", "effarch-splitk", "effarch-pipelined", "effarch-8warps",
              "effarch-8warps-pipe3", "effarch-8warps-pipe1", "effarch-8warps-vec", "effarch-4warps",
              "effarch-4warps-vec", "effarch-4warps-vec-ldsm", "effarch-4warps-vec-ldsm-pipe2",
              "effarch-4warps-vec-ldsm-pipe3", "effarch-8warps-vec-ldsm", "effarch-4warps-vec-ldsm-band", "effarch-simt",
-             "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "effarch-simt-band", "dlight")
+             "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "effarch-simt-band", "effarch-small",
+             "dlight")
 # '-band': the kernels built with ``targets.cuda.branch_free_guards`` (index-only guards without short-circuits)
 TENSOR_CORE_PRECISIONS = [p for p in PRECISIONS if p != "fp32"]
 # the tensor-core schedules take no float32 GEMM
 FP32_SCHEDULES = ("effarch-simt", "effarch-simt-4x4", "effarch-simt-pipe", "effarch-simt-pipe3", "effarch-simt-band",
-                  "dlight")
+                  "effarch-small", "dlight")
 
 
 def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
@@ -142,7 +153,7 @@ def pack(out_dir: Path, arch: str, schedules: tuple[str, ...] = SCHEDULES, cases
     for precision in precisions:
         dtype, acc = PRECISIONS[precision]
         for schedule in schedules:
-            if (dtype == "float32") != (schedule in FP32_SCHEDULES) and schedule != "dlight":
+            if (dtype == "float32") != schedule.startswith(FP32_SCHEDULES) and schedule != "dlight":
                 continue
             funcs = {}
             for name, kind, dims in CASES:
@@ -207,10 +218,13 @@ def _schedule(name: str) -> str:
     """``name`` if it is one of SCHEDULES, or one of them with forced tiles (``-t64x64x64w2x2s2``)."""
     from targets.kernel_library import forced_tiles
 
+    if re.fullmatch(r"effarch-small-n\d+k\d+", name):
+        return name
     base, _ = forced_tiles(name)
-    if base not in SCHEDULES or (base != name and (base == "dlight" or "simt" in base)):
+    if base not in SCHEDULES or (base != name and (base == "dlight" or "simt" in base or "small" in base)):
         raise argparse.ArgumentTypeError(f"unknown schedule {name!r}: one of {', '.join(SCHEDULES)}, "
-                                         "a tensor-core one optionally ending in -tBMxBNxBKwWMxWNsS")
+                                         "a tensor-core one optionally ending in -tBMxBNxBKwWMxWNsS, "
+                                         "effarch-small-nNkK")
     return name
 
 

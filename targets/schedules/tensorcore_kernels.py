@@ -54,7 +54,8 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     '-pipelined' / '-pipeS' always (S stages), '-pipe1' never, '-vec' writing back 4-element vectors,
     '-ldsm' loading fragments with ``wmma.load`` from the shared state space (ldmatrix), '-tBMxBNxBKwWMxWNsS'
     in those tiles (``Tiles(BM, BN, BK, WM, WN, S)``) instead of the rule's choice.
-    'effarch-simt': float32 on CUDA cores ('-4x4' outputs a thread, '-pipe' / '-pipeS' pipelined)."""
+    'effarch-simt': float32 on CUDA cores ('-4x4' outputs a thread, '-pipe' / '-pipeS' pipelined);
+    'effarch-small': float32 with a few rows (``_small_m``)."""
     from tvm.s_tir import dlight as dl
 
     from targets.schedules.gpu_tensorcore import TensorCoreMatmul, Tiles, plan_gemm
@@ -62,6 +63,8 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
     target = cuda_target(arch)
     pipe = re.search(r"-pipe(\d?)", schedule)
     stages = int(pipe.group(1) or 2) if pipe else None
+    if schedule.startswith("effarch-small"):
+        return _small_m(func, schedule, target)
     if schedule.startswith("effarch-simt"):
         from targets.schedules.gpu_simt import MICRO, TALL, SimtMatmul, plan_simt
 
@@ -89,6 +92,20 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
             how = str(plan_gemm(func, split, warps, forced)) if ours else type(rule).__name__
             return sch.mod["main"].with_attr("tirx.is_scheduled", True), how
     raise ValueError(f"schedule {schedule!r} took no rule for this kernel")
+
+
+def _small_m(func: tirx.PrimFunc, schedule: str, target: tvm.target.Target) -> tuple[tirx.PrimFunc, str]:
+    """'effarch-small': float32 GEMMs of a few rows (``gpu_small_m``), '-nNkK' with N threads across the
+    columns and K along the reduction instead of the rule's choice."""
+    from targets.schedules.gpu_small_m import SmallMMatmul, SmallMTiles, plan_small_m
+
+    forced = re.search(r"-n(\d+)k(\d+)$", schedule)
+    tiles = SmallMTiles(int(forced.group(1)), int(forced.group(2))) if forced else None
+    sch = SmallMMatmul(tiles).apply(func, target, False)
+    planned = plan_small_m(func)
+    if sch is None or planned is None:
+        raise ValueError(f"schedule {schedule!r} declined this kernel")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True), f"small-m {planned[0]}: {tiles or planned[1]}"
 
 
 def build_library(funcs: dict[str, tirx.PrimFunc], arch: str, path: Path, guards: bool = False) -> None:
