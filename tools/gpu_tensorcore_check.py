@@ -61,7 +61,7 @@ CASES = [
     ("b32_gemm_1024x384x384", "matmul", (1024, 384, 384)),
     # float32 GEMMs of a few rows (effarch-small): the MLP at batch 8, and a few tokens through a 4096-wide
     # layer, an FFN up and down of a 768-wide encoder, two rows of a 784-wide input, 15 rows (padded to 16)
-    ("small_8x784x512", "matmul", (8, 512, 784)),
+    ("small_8x512x784", "matmul", (8, 512, 784)),
     ("small_8x512x512", "matmul", (8, 512, 512)),
     ("small_4x4096x4096", "matmul", (4, 4096, 4096)),
     ("small_12x3072x768", "matmul", (12, 3072, 768)),

@@ -3,8 +3,9 @@ CUDA cores, the reduction split across the block's threads.
 
 ``simt-matmul`` takes no GEMM with an edge under 16 (its thread tiles run along both edges), dlight's GEMV
 rules take one row, so dlight's ``Matmul`` got these: a 64x32 tile of 128 threads, of which a batch-8 GEMM
-fills one eighth, each walking all of K. On the H200 (2026-12-04) the MLP's 8x784x512 layer took 0.0308 ms
-that way, and MetaSchedule found a schedule of 0.0116 ms; the weights are 1.6 MB, 0.5 us of HBM bandwidth.
+fills one eighth, each walking all of K. On the H200 (2026-12-04) the MLP's first layer (M x N x K: 8 x 512 x
+784) took 0.0308 ms that way, and MetaSchedule found a schedule of 0.0116 ms; its weights are 1.6 MB, 0.5 us of
+HBM bandwidth.
 
 Such a GEMM is a read of B. Every thread keeps all M rows of ``COLUMNS`` adjacent output columns in
 registers (one 16-byte load of B per k, broadcast loads of A; M padded to 8 or 16) and walks every
@@ -12,11 +13,12 @@ registers (one 16-byte load of B per k, broadcast loads of A; M padded to 8 or 1
 ``threads_k`` partial sums meet in shared memory, where one thread per output adds them and applies the epilogue.
 
 H200, 2026-12-04 08:05 UTC (``tools/gpu_tensorcore_check.py --precisions fp32 --schedules effarch-small dlight``,
-cosine 1.000000 against numpy on each; us, dlight -> this rule): 8x784x512 31.2 -> 10.2, 8x512x512 21.0 -> 4.5,
-4x4096x4096 245 -> 62, 12x3072x768 31.5 -> 9.3, 12x768x3072 120 -> 27, 2x512x784 23.8 -> 7.2, 15x1024x1024 41.3 ->
-24.0 (a 1024-wide layer is 32 blocks). The MLP end to end (bias and GELU in the write-back; ``tools/gpu_check.py``,
-two runs each, one call): batch 2 0.059 -> 0.036-0.038 ms, batch 4 0.077 -> 0.037-0.038 (from 0.80-1.15x the best
-PyTorch's time to 0.37-0.56x), batch 8 0.048 with MetaSchedule's records (2.65x and 1.11x over dlight) -> 0.039.
+cosine 1.000000 against numpy on each; M x N x K, us, dlight -> this rule): 8x512x784 31.2 -> 10.2, 8x512x512
+21.0 -> 4.5, 4x4096x4096 245 -> 62, 12x3072x768 31.5 -> 9.3, 12x768x3072 120 -> 27, 2x512x784 23.8 -> 7.2,
+15x1024x1024 41.3 -> 24.0 (a 1024-wide layer is 32 blocks). The MLP end to end (bias and GELU in the write-back;
+``tools/gpu_check.py``, two runs each, one call): batch 2 0.059 -> 0.036-0.038 ms, batch 4 0.077 -> 0.037-0.038
+(from 0.80-1.15x the best PyTorch's time to 0.37-0.56x), batch 8 0.048 with MetaSchedule's records (2.65x and
+1.11x over dlight) -> 0.039.
 """
 
 from __future__ import annotations
