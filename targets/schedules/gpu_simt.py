@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -140,17 +141,25 @@ class SimtMatmul(ScheduleRule):
         self.pipeline = pipeline
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
-            return None
-        sch = s_tir.Schedule(func)
-        gemm = find_gemm(sch, FP32)
-        if gemm is None:
-            return None
-        try:
-            return sch if schedule_simt(sch, gemm, self.tall, self.pipeline) else None
-        except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
-            logger.info("simt matmul declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
-            return None
+        return apply_fp32_gemm(func, target, "simt matmul",
+                               lambda sch, gemm: schedule_simt(sch, gemm, self.tall, self.pipeline))
+
+
+def apply_fp32_gemm(func: tirx.PrimFunc, target: Target, rule: str,
+                    schedule: Callable[[s_tir.Schedule, Gemm], bool]) -> s_tir.Schedule | None:
+    """``func`` scheduled by ``schedule`` if it is a CUDA kernel around one float32 GEMM that ``schedule`` takes
+    (it returns False, or raises on a shape or epilogue it does not take), else None."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
+        return None
+    sch = s_tir.Schedule(func)
+    gemm = find_gemm(sch, FP32)
+    if gemm is None:
+        return None
+    try:
+        return sch if schedule(sch, gemm) else None
+    except (s_tir.ScheduleError, ValueError) as exc:
+        logger.info("%s declined (%s)", rule, (str(exc).strip().splitlines() or ["?"])[-1])
+        return None
 
 
 @dataclass(frozen=True)

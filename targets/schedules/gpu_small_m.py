@@ -31,6 +31,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 
+from targets.schedules.gpu_simt import FP32, apply_fp32_gemm
 from targets.schedules.gpu_tensorcore import (
     MIN_EDGE,
     Gemm,
@@ -42,7 +43,6 @@ from targets.schedules.gpu_tensorcore import (
 
 logger = logging.getLogger(__name__)
 
-FP32 = frozenset({("float32", "float32")})
 COLUMNS = 4  # output columns a thread keeps: one 16-byte load of B per k
 # Threads across the columns and along K (H200, 2026-12-04, `tools/gpu_tensorcore_check.py`, six GEMMs of 2-12
 # rows: 8 x 32 the fastest or within 2% on five, 16 x 16 on one by 7%; 128-thread blocks 1.0-3.6x slower): a warp then
@@ -80,17 +80,8 @@ class SmallMMatmul(ScheduleRule):
         self.tiles = tiles  # forced tiles (experiments), else ``choose_small_m_tiles``
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
-            return None
-        sch = s_tir.Schedule(func)
-        gemm = find_gemm(sch, FP32)
-        if gemm is None:
-            return None
-        try:
-            return sch if schedule_small_m(sch, gemm, self.tiles) else None
-        except (s_tir.ScheduleError, ValueError) as exc:  # a shape or epilogue it does not take
-            logger.info("small-m matmul declined (%s)", (str(exc).strip().splitlines() or ["?"])[-1])
-            return None
+        return apply_fp32_gemm(func, target, "small-m matmul",
+                               lambda sch, gemm: schedule_small_m(sch, gemm, self.tiles))
 
 
 def plan_small_m(func: tirx.PrimFunc) -> tuple[tuple[int, int, int, int], SmallMTiles] | None:
