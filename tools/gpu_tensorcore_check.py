@@ -11,7 +11,9 @@
       space, ``-tBMxBNxBKwWMxWNsS`` in those tiles instead of the rule's choice; the build's rule is
       ``effarch-4warps-vec-ldsm``),
       for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it, ``-4x4`` with 4x4 outputs per
-      thread, ``-pipe`` / ``-pipe3`` software-pipelined), and by dlight's
+      thread, ``-pipe`` / ``-pipe3`` software-pipelined), by effarch's SmallMMatmul (``effarch-small``, the GEMMs
+      of 2-15 rows in the ``small_*`` cases; ``-nNkK`` with N threads across the columns and K along the
+      reduction), and by dlight's
       Matmul (its tensor-core path where it takes the shape, else SIMT), built
       into one library per (precision, schedule) with SASS only (nvcc); plan.json: what was packed and
       each kernel's tiles. No data travels: inputs come from a seed where they run.
