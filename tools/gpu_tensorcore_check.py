@@ -12,8 +12,8 @@
       ``effarch-4warps-vec-ldsm``),
       for fp32 by effarch's SimtMatmul (``effarch-simt`` as the build uses it, ``-4x4`` with 4x4 outputs per
       thread, ``-pipe`` / ``-pipe3`` software-pipelined), by effarch's SmallMMatmul (``effarch-small``, the GEMMs
-      of 2-15 rows in the ``small_*`` cases; ``-nNkK`` with N threads across the columns and K along the
-      reduction), and by dlight's
+      of 2-15 rows in the ``small_*`` cases; ``-nNkK[sS]`` with N threads across the columns and K along the
+      reduction, K in S parts), and by dlight's
       Matmul (its tensor-core path where it takes the shape, else SIMT), built
       into one library per (precision, schedule) with SASS only (nvcc); plan.json: what was packed and
       each kernel's tiles. No data travels: inputs come from a seed where they run.
@@ -220,7 +220,7 @@ def _schedule(name: str) -> str:
     """``name`` if it is one of SCHEDULES, or one of them with forced tiles (``-t64x64x64w2x2s2``)."""
     from targets.kernel_library import forced_tiles
 
-    if re.fullmatch(r"effarch-small-n\d+k\d+", name):
+    if re.fullmatch(r"effarch-small-n\d+k\d+(s\d+)?", name):
         return name
     base, _ = forced_tiles(name)
     if base not in SCHEDULES or (base != name and (base == "dlight" or "simt" in base or "small" in base)):

@@ -12,13 +12,13 @@ registers (one 16-byte load of B per k, broadcast loads of A; M padded to 8 or 1
 ``threads_k``-th k, so a warp reads whole 128-byte lines of B, ``threads_k`` rows at a time; the block's
 ``threads_k`` partial sums meet in shared memory, where one thread per output adds them and applies the epilogue.
 
-H200, 2026-12-04 08:05 UTC (``tools/gpu_tensorcore_check.py --precisions fp32 --schedules effarch-small dlight``,
-cosine 1.000000 against numpy on each; M x N x K, us, dlight -> this rule): 8x512x784 31.2 -> 10.2, 8x512x512
-21.0 -> 4.5, 4x4096x4096 245 -> 62, 12x3072x768 31.5 -> 9.3, 12x768x3072 120 -> 27, 2x512x784 23.8 -> 7.2,
-15x1024x1024 41.3 -> 24.0 (a 1024-wide layer is 32 blocks). The MLP end to end (bias and GELU in the write-back;
-``tools/gpu_check.py``, two runs each, one call): batch 2 0.059 -> 0.036-0.038 ms, batch 4 0.077 -> 0.037-0.038
-(from 0.80-1.15x the best PyTorch's time to 0.37-0.56x), batch 8 0.048 with MetaSchedule's records (2.65x and
-1.11x over dlight) -> 0.039.
+H200, 2026-12-04 (``tools/gpu_tensorcore_check.py --precisions fp32 --schedules effarch-small dlight``, cosine
+1.000000 against numpy on each; M x N x K, us, dlight at 08:05 UTC -> this rule at 08:05, or at 08:22 where the
+reduction is split): 8x512x784 31.2 -> 10.2, 8x512x512 21.0 -> 4.5, 4x4096x4096 245 -> 25.9, 12x3072x768 31.5 ->
+9.3, 12x768x3072 120 -> 11.1, 2x512x784 23.8 -> 7.2, 15x1024x1024 41.3 -> 9.7. The MLP end to end (bias and GELU
+in the write-back; ``tools/gpu_check.py``, two runs each, one call): batch 2 0.059 -> 0.036-0.038 ms, batch 4 0.077
+-> 0.037-0.038 (from 0.80-1.15x the best PyTorch's time to 0.37-0.56x), batch 8 0.048 with MetaSchedule's records
+(2.65x and 1.11x over dlight) -> 0.039.
 """
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ from tvm.target import Target
 from targets.schedules.gpu_simt import FP32, apply_fp32_gemm
 from targets.schedules.gpu_tensorcore import (
     MIN_EDGE,
+    SM_COUNT,
     Gemm,
     analyze_operand,
+    ceil_div,
     find_gemm,
     inline_rest,
     normalize,
+    reduction_parts,
+    schedule_partial_sum,
+    split_reduction,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,13 @@ COLUMNS = 4  # output columns a thread keeps: one 16-byte load of B per k
 # reads four rows of B, 128 contiguous bytes each.
 THREADS_N = 8
 THREADS_K = 32
+# A long reduction (LONG_STEPS steps of THREADS_K or more) in a grid of fewer than two blocks per SM is split in
+# parts, each a block of its own, while each part keeps MIN_PART_STEPS steps; a second kernel adds the parts and
+# applies the epilogue. H200, 2026-12-04 08:22 UTC, us unsplit -> split: 4x4096x4096 61.7 -> 25.9 (4 parts),
+# 12x768x3072 26.7 -> 11.1 (8), 15x1024x1024 23.8 -> 9.7 (4); shorter ones lost to the second launch: 8x512x784
+# 10.1 -> 18.3 (2), 12x3072x768 8.9 -> 11.2, 8x512x512 4.3 -> 7.6, 2x512x784 7.0 -> 9.9.
+LONG_STEPS = 32
+MIN_PART_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -58,18 +70,21 @@ class SmallMTiles:
 
     threads_n: int
     threads_k: int
+    split_k: int = 1
 
     @property
     def block_n(self) -> int:
         return self.threads_n * COLUMNS
 
 
-def choose_small_m_tiles(m: int) -> SmallMTiles:
+def choose_small_m_tiles(m: int, n: int, k: int, batch: int = 1) -> SmallMTiles:
     """``THREADS_N x THREADS_K`` threads; the partial sums of ``m`` rows (padded to 8) take 32 KiB of shared
-    memory, 64 KiB from 9 rows."""
-    if m < 1:
-        raise ValueError(f"a GEMM has at least one row, got {m}")
-    return SmallMTiles(THREADS_N, THREADS_K)
+    memory, 64 KiB from 9 rows. A long K split in parts while the blocks are fewer than two per SM."""
+    if min(m, n, k, batch) < 1:
+        raise ValueError(f"GEMM dimensions must be positive, got m={m} n={n} k={k} batch={batch}")
+    blocks, steps = batch * ceil_div(n, THREADS_N * COLUMNS), ceil_div(k, THREADS_K)
+    split = reduction_parts(blocks, steps, MIN_PART_STEPS, 2 * SM_COUNT) if steps >= LONG_STEPS else 1
+    return SmallMTiles(THREADS_N, THREADS_K, split)
 
 
 class SmallMMatmul(ScheduleRule):
@@ -89,7 +104,7 @@ def plan_small_m(func: tirx.PrimFunc) -> tuple[tuple[int, int, int, int], SmallM
     sch = s_tir.Schedule(func)
     gemm = find_gemm(sch, FP32)
     shape = None if gemm is None else _normalized(sch, gemm)
-    return None if shape is None else (shape, choose_small_m_tiles(shape[1]))
+    return None if shape is None else (shape, choose_small_m_tiles(shape[1], shape[2], shape[3], shape[0]))
 
 
 def _normalized(sch: s_tir.Schedule, gemm: Gemm) -> tuple[int, int, int, int] | None:
@@ -111,14 +126,20 @@ def schedule_small_m(sch: s_tir.Schedule, gemm: Gemm, tiles: SmallMTiles | None 
     shape = _normalized(sch, gemm)
     if shape is None:
         return False
-    tiles = tiles or choose_small_m_tiles(shape[1])
+    batch, m, n, k = shape
+    tiles = tiles or choose_small_m_tiles(m, n, k, batch)
     logger.info("small-m: %s: %s", "x".join(map(str, shape)), tiles)
     # M padded so that the block's padded outputs fall exactly on its threads (8 rows x 32 columns, 256): with a
     # guard instead, TVM 0.27 dropped it from the write-back placed inside, and rows past M were written
     rows = tiles.threads_k * tiles.threads_n // tiles.block_n
-    sch.pad_einsum(gemm.block, [1, rows, tiles.block_n, tiles.threads_k])
-    kept = [*_partial_sums(sch, gemm.block, tiles), gemm.block, _sum_partials(sch, gemm.block, tiles)]
+    sch.pad_einsum(gemm.block, [1, rows, tiles.block_n, tiles.threads_k * tiles.split_k])
+    main, parts = gemm.block, None
+    if tiles.split_k > 1:  # main: each part's sums [part * batch, m, n]; parts: their sum
+        main, parts = split_reduction(sch, gemm.block, tiles.split_k), gemm.block
+    kept = [*_partial_sums(sch, main, tiles), main, _sum_partials(sch, main, tiles), *([parts] if parts else [])]
     inline_rest(sch, {sch.get(b).name_hint for b in kept})
+    if parts is not None:
+        schedule_partial_sum(sch, parts)
     return True
 
 

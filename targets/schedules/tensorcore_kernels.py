@@ -96,11 +96,11 @@ def schedule_with(func: tirx.PrimFunc, schedule: str, arch: str) -> tuple[tirx.P
 
 def _small_m(func: tirx.PrimFunc, schedule: str, target: tvm.target.Target) -> tuple[tirx.PrimFunc, str]:
     """'effarch-small': float32 GEMMs of a few rows (``gpu_small_m``), '-nNkK' with N threads across the
-    columns and K along the reduction instead of the rule's choice."""
+    columns and K along the reduction (``sS``: K split in S parts; unsplit without) instead of the rule's choice."""
     from targets.schedules.gpu_small_m import SmallMMatmul, SmallMTiles, plan_small_m
 
-    forced = re.search(r"-n(\d+)k(\d+)$", schedule)
-    tiles = SmallMTiles(int(forced.group(1)), int(forced.group(2))) if forced else None
+    forced = re.search(r"-n(\d+)k(\d+)(?:s(\d+))?$", schedule)
+    tiles = SmallMTiles(int(forced.group(1)), int(forced.group(2)), int(forced.group(3) or 1)) if forced else None
     sch = SmallMMatmul(tiles).apply(func, target, False)
     planned = plan_small_m(func)
     if sch is None or planned is None:

@@ -46,19 +46,32 @@ def _linear_nk(m: int, n: int, k: int) -> tirx.PrimFunc:
     return te.create_prim_func([x, w, y])
 
 
-def test_tiles_are_eight_by_thirty_two_threads() -> None:
-    assert choose_small_m_tiles(8) == choose_small_m_tiles(15) == SmallMTiles(THREADS_N, THREADS_K)
-    assert SmallMTiles(THREADS_N, THREADS_K) == SmallMTiles(8, 32)
+@pytest.mark.parametrize(("shape", "split"), [
+    ((8, 512, 784, 1), 1),      # the MLP's first layer: 25 steps of 32, too short to pay for a second kernel
+    ((8, 512, 512, 1), 1),
+    ((4, 4096, 4096, 1), 4),    # 128 blocks, 128 steps: 4 parts give two blocks per SM
+    ((12, 768, 3072, 1), 8),    # 24 blocks, 96 steps: 8 parts of 12 (16 would leave 6)
+    ((15, 1024, 1024, 1), 4),   # 32 blocks, 32 steps: 4 parts of 8
+    ((8, 16384, 4096, 1), 1),   # 512 blocks fill the SMs already
+    ((8, 128, 4096, 128), 1),   # a batch of 128 products of 4 blocks each
+])
+def test_tiles_are_eight_by_thirty_two_threads_and_k_splits_while_blocks_are_few(
+        shape: tuple[int, int, int, int], split: int) -> None:
+    m, n, k, batch = shape
+    assert choose_small_m_tiles(m, n, k, batch) == SmallMTiles(THREADS_N, THREADS_K, split)
     assert SmallMTiles(8, 32).block_n == 32
-    with pytest.raises(ValueError, match="at least one row"):
-        choose_small_m_tiles(0)
+
+
+def test_bad_dimensions_raise() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        choose_small_m_tiles(0, 512, 512)
 
 
 @pytest.mark.parametrize(("name", "kind", "dims", "gemm"), CASES)
 def test_plan_reads_the_gemm_shape(name: str, kind: str, dims: tuple[int, ...], gemm: tuple[int, ...]) -> None:
     plan = plan_small_m(gemm_kernel(kind, dims, "float32"))
     assert plan is not None, name
-    assert plan[0] == gemm and plan[1] == choose_small_m_tiles(gemm[1])
+    assert plan[0] == gemm and plan[1] == choose_small_m_tiles(gemm[1], gemm[2], gemm[3], gemm[0])
 
 
 def test_declines_what_is_not_a_float32_gemm_of_a_few_rows() -> None:
@@ -85,9 +98,15 @@ def test_every_output_and_partial_sum_is_stored_once(name: str, kind: str, dims:
     out = store_counts(sch, sch.mod["main"].params[-1].name)
     assert out.min() == 1 and out.max() == 1, f"{name}: {(out == 0).sum()} outputs never stored"
     (shared,) = [b for b in allocated_buffers(sch) if b.scope() == "shared.dyn"]
-    parts = store_counts(sch, shared.name)  # [threads of K, batch, m padded, n padded]: each once
-    assert parts.min() == 1 and parts.max() == 1 and int(shared.shape[0]) == THREADS_K
-    assert int(shared.shape[2]) == -(-gemm[1] // 8) * 8
+    sums = store_counts(sch, shared.name)  # [threads of K, (part,) batch, m padded, n padded]: each once
+    assert sums.min() == 1 and sums.max() == 1 and int(shared.shape[0]) == THREADS_K
+    assert int(shared.shape[-2]) == -(-gemm[1] // 8) * 8
+    split = choose_small_m_tiles(gemm[1], gemm[2], gemm[3], gemm[0]).split_k
+    parts = [b for b in allocated_buffers(sch) if b.scope() == "global" and b.name.endswith(".rf")]
+    assert len(parts) == (split > 1), parts
+    if parts:  # K's parts, each block's sums in global memory for the kernel that adds them: each once
+        counts = store_counts(sch, parts[0].name)
+        assert counts.min() == 1 and counts.max() == 1 and int(parts[0].shape[0]) == split
 
 
 def test_every_case_builds_to_ffma_with_16_byte_loads_of_b_and_no_spills(tmp_path: Path) -> None:
