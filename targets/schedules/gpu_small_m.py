@@ -1,5 +1,5 @@
 """float32 GEMMs with a few rows (2 <= M < 16: a batch of a few samples or tokens through a linear layer) on
-CUDA cores, the reduction split across the block's threads.
+CUDA cores, the reduction split across the block's threads (and a long one across blocks too).
 
 ``simt-matmul`` takes no GEMM with an edge under 16 (its thread tiles run along both edges), dlight's GEMV
 rules take one row, so dlight's ``Matmul`` got these: a 64x32 tile of 128 threads, of which a batch-8 GEMM
@@ -65,8 +65,9 @@ MIN_PART_STEPS = 8
 
 @dataclass(frozen=True)
 class SmallMTiles:
-    """A block's ``threads_n x COLUMNS`` output columns (all M rows), its reduction over ``threads_k`` threads.
-    Its grid: one block per ``block_n`` columns (a 512-wide layer: 16 blocks, which still read B at 4.4 us)."""
+    """A block's ``threads_n x COLUMNS`` output columns (all M rows), its reduction over ``threads_k`` threads,
+    K in ``split_k`` parts. Its grid: one block per ``block_n`` columns and part (a 512-wide layer: 16 blocks,
+    which still read B in 4.5 us)."""
 
     threads_n: int
     threads_k: int
