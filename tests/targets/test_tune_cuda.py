@@ -21,7 +21,7 @@ from targets.base import get_target
 from targets.build import build
 from targets.cuda import BUNDLED_TUNING
 from targets.tuning import TuningDatabase, fused_module
-from targets.tuning.database import MIN_SPEEDUP
+from targets.tuning.database import KernelEntry
 from targets.tuning.kernels import model_kernels, tuning_form, workload_key
 from targets.tuning.measure import measuring_device
 
@@ -42,8 +42,7 @@ def _graph(name: str) -> Any:
 
 def _winners(folder: Path) -> set[str]:
     kernels = json.loads((folder / "kernels.json").read_text())["kernels"]
-    return {key for key, e in kernels.items()
-            if e["tuned_ms"] is not None and (e["own_ms"] is None or e["tuned_ms"] * MIN_SPEEDUP <= e["own_ms"])}
+    return {key for key, e in kernels.items() if KernelEntry(**e).tuned_wins}
 
 
 @pytest.mark.skipif(not NO_GPU_HERE, reason="a GPU is here: effarch tune would measure instead of saving")
@@ -187,8 +186,6 @@ def test_no_bundled_tuning_option_and_an_arch_without_records() -> None:
 
 
 def test_an_entry_knows_the_rule_its_own_time_measured() -> None:
-    from targets.tuning.database import KernelEntry
-
     old = KernelEntry("k", trials=32, own_ms=0.4, tuned_ms=0.1, own_rule="dlight-matmul")
     assert old.measured_against("dlight-matmul") and not old.measured_against("simt-matmul")
     assert KernelEntry("k", own_ms=0.4).measured_against("simt-matmul")  # older than the field: as before
